@@ -1,3 +1,13 @@
-pub mod pb {
-    tonic::include_proto!("taskprocessor.v1");
-}
+//! task-processor: a gRPC service that runs tasks with bounded workers,
+//! timeouts and cancellation, and streams their states to watchers.
+//!
+//! Layers, from the wire down: `server` → `api` → `manager` →
+//! `processor` → `task`. Nothing below `api` knows about protobuf or tonic.
+
+pub mod api;
+pub mod config;
+pub mod manager;
+pub mod pb;
+pub mod processor;
+pub mod server;
+pub mod task;

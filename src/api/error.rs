@@ -1,0 +1,49 @@
+//! The errors of the API edge and the one place they become gRPC statuses.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::manager::ManagerError;
+
+/// Everything an RPC can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A field broke a rule of the contract.
+    #[error("{field}: {description}")]
+    InvalidArgument { field: String, description: String },
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+}
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Self {
+        let message = error.to_string();
+        match error {
+            ApiError::InvalidArgument { field, description } => Status::with_error_details(
+                Code::InvalidArgument,
+                message,
+                ErrorDetails::with_bad_request_violation(field, description),
+            ),
+            ApiError::Manager(manager_error) => match manager_error {
+                ManagerError::NotFound(_) => Status::not_found(message),
+                ManagerError::NotCancellable { .. } => Status::failed_precondition(message),
+                ManagerError::RequestIdConflict { .. } => Status::already_exists(message),
+                ManagerError::QueueFull { retry_after, .. } => Status::with_error_details(
+                    Code::ResourceExhausted,
+                    format!("{message}; retry in {}ms", retry_after.as_millis()),
+                    ErrorDetails::with_retry_info(Some(retry_after)),
+                ),
+                ManagerError::ShuttingDown => Status::unavailable(message),
+            },
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Parsing of requests into domain values, enforcing the contract's
+//! "Limits on input". Each broken rule names its field.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use prost::Message;
+
+use super::{error::ApiError, json::json_from_proto, page_token};
+use crate::{
+    manager::ListQuery,
+    pb,
+    processor::{DEFAULT_KIND, Registry},
+    task::{NewTask, TaskId, TaskStatus},
+};
+
+pub const MAX_NAME_CHARS: usize = 200;
+pub const MAX_DESCRIPTION_CHARS: usize = 4096;
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL_KEY_CHARS: usize = 63;
+pub const MAX_LABEL_VALUE_CHARS: usize = 256;
+pub const MAX_REQUEST_ID_CHARS: usize = 128;
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// The configurable limits the API enforces.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Applied when a request says 0.
+    pub default_timeout_seconds: u32,
+    /// Requests above it are refused.
+    pub max_timeout_seconds: u32,
+    /// Largest `data`, as the size of its protobuf encoding.
+    pub max_data_bytes: usize,
+}
+
+/// Validates a create request against the limits and the registered kinds.
+pub fn new_task(
+    request: pb::CreateTaskRequest,
+    limits: &Limits,
+    registry: &Registry,
+) -> Result<NewTask, ApiError> {
+    let name = request.name.trim();
+    let name_chars = name.chars().count();
+    if name_chars == 0 {
+        return Err(ApiError::invalid("name", "is required and must not be blank"));
+    }
+    if name_chars > MAX_NAME_CHARS {
+        return Err(ApiError::invalid(
+            "name",
+            format!("must be at most {MAX_NAME_CHARS} characters after trimming, got {name_chars}"),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "name",
+            "must not contain control characters (NUL, line breaks, tabs, ...)",
+        ));
+    }
+
+    let description_chars = request.description.chars().count();
+    if description_chars > MAX_DESCRIPTION_CHARS {
+        return Err(ApiError::invalid(
+            "description",
+            format!("must be at most {MAX_DESCRIPTION_CHARS} characters, got {description_chars}"),
+        ));
+    }
+    if request.description.contains('\0') {
+        return Err(ApiError::invalid("description", "must not contain NUL"));
+    }
+
+    let kind = if request.kind.is_empty() {
+        DEFAULT_KIND.to_owned()
+    } else {
+        request.kind
+    };
+    if !registry.contains(&kind) {
+        return Err(ApiError::invalid(
+            "kind",
+            format!(
+                "{kind:?} is not a registered kind; known kinds: {}",
+                registry.kinds().join(", ")
+            ),
+        ));
+    }
+
+    let timeout_seconds = match request.timeout_seconds {
+        0 => limits.default_timeout_seconds,
+        requested if requested > limits.max_timeout_seconds => {
+            return Err(ApiError::invalid(
+                "timeout_seconds",
+                format!(
+                    "must be at most {} (the server's maximum), got {requested}",
+                    limits.max_timeout_seconds
+                ),
+            ));
+        }
+        requested => requested,
+    };
+
+    let labels = labels("labels", request.labels.into_iter().collect())?;
+
+    let request_id = match request.request_id {
+        id if id.is_empty() => None,
+        id => {
+            let chars = id.chars().count();
+            if chars > MAX_REQUEST_ID_CHARS {
+                return Err(ApiError::invalid(
+                    "request_id",
+                    format!("must be at most {MAX_REQUEST_ID_CHARS} characters, got {chars}"),
+                ));
+            }
+            if id.chars().any(char::is_control) {
+                return Err(ApiError::invalid(
+                    "request_id",
+                    "must not contain control characters",
+                ));
+            }
+            Some(id)
+        }
+    };
+
+    let data = match request.data {
+        None => None,
+        Some(value) => {
+            let encoded_bytes = value.encoded_len();
+            if encoded_bytes > limits.max_data_bytes {
+                return Err(ApiError::invalid(
+                    "data",
+                    format!(
+                        "is {encoded_bytes} bytes encoded, over the limit of {} bytes",
+                        limits.max_data_bytes
+                    ),
+                ));
+            }
+            let json = json_from_proto(&value)
+                .map_err(|invalid| ApiError::invalid("data", invalid.to_string()))?;
+            Some(Arc::new(json))
+        }
+    };
+
+    Ok(NewTask {
+        name: name.to_owned(),
+        description: request.description,
+        kind,
+        data,
+        timeout_seconds,
+        labels,
+        request_id,
+    })
+}
+
+/// Validates a label map (of a task or of a filter).
+fn labels(
+    field: &str,
+    labels: BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, ApiError> {
+    if labels.len() > MAX_LABELS {
+        return Err(ApiError::invalid(
+            field,
+            format!("must have at most {MAX_LABELS} pairs, got {}", labels.len()),
+        ));
+    }
+    for (key, value) in &labels {
+        let key_chars = key.chars().count();
+        if key_chars == 0 || key_chars > MAX_LABEL_KEY_CHARS {
+            return Err(ApiError::invalid(
+                field,
+                format!("key {key:?} must be 1 to {MAX_LABEL_KEY_CHARS} characters"),
+            ));
+        }
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/');
+        if !key.chars().all(allowed) {
+            return Err(ApiError::invalid(
+                field,
+                format!("key {key:?} may only hold a-z A-Z 0-9 . _ - /"),
+            ));
+        }
+        let value_chars = value.chars().count();
+        if value_chars > MAX_LABEL_VALUE_CHARS {
+            return Err(ApiError::invalid(
+                field,
+                format!("value of {key:?} must be at most {MAX_LABEL_VALUE_CHARS} characters, got {value_chars}"),
+            ));
+        }
+        if value.contains('\0') {
+            return Err(ApiError::invalid(
+                field,
+                format!("value of {key:?} must not contain NUL"),
+            ));
+        }
+    }
+    Ok(labels)
+}
+
+/// Parses the `id` of Get, Cancel and Watch.
+pub fn task_id(id: &str) -> Result<TaskId, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::invalid("id", format!("{id:?} is not a UUID")))
+}
+
+/// Validates a list request into a manager query.
+pub fn list_query(request: pb::ListTasksRequest) -> Result<ListQuery, ApiError> {
+    let limit = match request.page_size {
+        size if size < 0 => {
+            return Err(ApiError::invalid(
+                "page_size",
+                format!("must not be negative, got {size}"),
+            ));
+        }
+        0 => DEFAULT_PAGE_SIZE,
+        size => (size as usize).min(MAX_PAGE_SIZE),
+    };
+    let statuses = request
+        .statuses
+        .iter()
+        .map(|number| status_filter(*number))
+        .collect::<Result<Vec<_>, _>>()?;
+    let labels = labels("labels", request.labels.into_iter().collect())?;
+    let mut query = ListQuery {
+        statuses,
+        labels,
+        after: None,
+        limit,
+    };
+    if !request.page_token.is_empty() {
+        let after = page_token::decode(&request.page_token, &query)
+            .map_err(|error| ApiError::invalid("page_token", error.to_string()))?;
+        query.after = Some(after);
+    }
+    Ok(query)
+}
+
+fn status_filter(number: i32) -> Result<TaskStatus, ApiError> {
+    let status = pb::TaskStatus::try_from(number).ok();
+    match status {
+        Some(pb::TaskStatus::Pending) => Ok(TaskStatus::Pending),
+        Some(pb::TaskStatus::Running) => Ok(TaskStatus::Running),
+        Some(pb::TaskStatus::Completed) => Ok(TaskStatus::Completed),
+        Some(pb::TaskStatus::Failed) => Ok(TaskStatus::Failed),
+        Some(pb::TaskStatus::Cancelled) => Ok(TaskStatus::Cancelled),
+        Some(pb::TaskStatus::Unspecified) | None => Err(ApiError::invalid(
+            "statuses",
+            format!("{number} is not a task status to filter by (use PENDING .. CANCELLED)"),
+        )),
+    }
+}

@@ -1,0 +1,559 @@
+//! The manager actor: the one owner of all task state.
+//!
+//! Its loop waits only on its own channels, its timers and the runs it
+//! spawned; it never awaits a client, a watcher or a processor. Every task
+//! change goes through [`Manager::transition`].
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    future::poll_fn,
+    ops::Bound,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use serde_json::Value as JsonValue;
+use tokio::{
+    sync::{mpsc, watch},
+    task::{AbortHandle, JoinError, JoinSet},
+};
+use tokio_util::{
+    sync::CancellationToken,
+    time::{DelayQueue, delay_queue},
+};
+use tracing::{debug, info, warn};
+
+use super::{
+    Command, FORCED_STOP_AFTER, ListPage, ListQuery, ManagerConfig, ManagerError, ManagerStats,
+    watch::{TaskWatch, WatchState},
+};
+use crate::{
+    processor::{ProcessorError, ProgressReporter, ProgressUpdate, Registry, TaskContext},
+    task::{Applied, NewTask, Task, TaskEvent, TaskId, TaskStatus},
+};
+
+/// How many queued commands the loop takes in one go.
+const COMMAND_BATCH: usize = 256;
+
+/// How many tasks one `List` may look at before it returns a short page
+/// (with a token to go on), so a filter that matches nothing cannot hold
+/// the loop for long.
+const LIST_SCAN_BUDGET: usize = 20_000;
+
+/// How often watch channels whose watchers all left are dropped.
+const WATCHER_SWEEP_PERIOD: Duration = Duration::from_secs(10);
+
+type RunOutput = Result<JsonValue, ProcessorError>;
+
+/// A timer the actor set for itself.
+#[derive(Debug)]
+enum Timer {
+    /// The task's run exceeds its timeout.
+    Timeout(TaskId),
+    /// A run told to stop has not: abort it.
+    ForcedStop(TaskId),
+}
+
+/// A worker slot in use: one processor run.
+#[derive(Debug)]
+struct RunSlot {
+    attempt: u32,
+    cancellation: CancellationToken,
+    abort: AbortHandle,
+    timeout_timer: Option<delay_queue::Key>,
+    forced_stop_timer: Option<delay_queue::Key>,
+    started: Instant,
+}
+
+pub(super) struct Manager {
+    config: ManagerConfig,
+    registry: Registry,
+    /// Cloned into every run's context so processors can report progress.
+    progress_sender: mpsc::Sender<ProgressUpdate>,
+    /// Every task, in id (= creation) order, for paging.
+    tasks: BTreeMap<TaskId, Arc<Task>>,
+    request_ids: HashMap<String, TaskId>,
+    /// Pending tasks in FIFO order. Cancelled ones are skipped when popped
+    /// and swept out when they pile up, so cancel stays O(1).
+    queue: VecDeque<TaskId>,
+    /// Tasks in `Pending`: what counts against `queue_capacity`.
+    pending: usize,
+    runs: JoinSet<RunOutput>,
+    running: HashMap<TaskId, RunSlot>,
+    /// Which task each spawned run belongs to; a panicked run is known only
+    /// by its tokio id.
+    run_owners: HashMap<tokio::task::Id, TaskId>,
+    timers: DelayQueue<Timer>,
+    /// One channel per watched task, shared by all its watchers.
+    watchers: HashMap<TaskId, watch::Sender<WatchState>>,
+    /// Cleared when shutdown begins: creates are refused.
+    accepting: bool,
+    /// Cleared when running tasks are cancelled for shutdown: none start.
+    starting: bool,
+}
+
+impl Manager {
+    pub(super) fn new(
+        config: ManagerConfig,
+        registry: Registry,
+        progress_sender: mpsc::Sender<ProgressUpdate>,
+    ) -> Self {
+        Self {
+            config,
+            registry,
+            progress_sender,
+            tasks: BTreeMap::new(),
+            request_ids: HashMap::new(),
+            queue: VecDeque::new(),
+            pending: 0,
+            runs: JoinSet::new(),
+            running: HashMap::new(),
+            run_owners: HashMap::new(),
+            timers: DelayQueue::new(),
+            watchers: HashMap::new(),
+            accepting: true,
+            starting: true,
+        }
+    }
+
+    /// The loop. Ends when every handle is gone; runs still going are then
+    /// aborted.
+    pub(super) async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut progress: mpsc::Receiver<ProgressUpdate>,
+    ) {
+        let mut batch = Vec::with_capacity(COMMAND_BATCH);
+        let mut watcher_sweep = tokio::time::interval(WATCHER_SWEEP_PERIOD);
+        watcher_sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                received = commands.recv_many(&mut batch, COMMAND_BATCH) => {
+                    if received == 0 {
+                        break;
+                    }
+                    for command in batch.drain(..) {
+                        self.handle_command(command);
+                    }
+                }
+                Some(update) = progress.recv() => self.handle_progress(update),
+                Some(finished) = self.runs.join_next_with_id() => self.handle_run_finished(finished),
+                Some(expired) = poll_fn(|context| self.timers.poll_expired(context)) => {
+                    self.handle_timer(expired.into_inner());
+                }
+                _ = watcher_sweep.tick() => self.sweep_watchers(),
+            }
+            self.start_pending();
+        }
+        debug!(running = self.running.len(), "manager stopping; aborting runs");
+        self.runs.shutdown().await;
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        // A caller that gave up has dropped its receiver: not our problem.
+        match command {
+            Command::Create {
+                new_task,
+                respond_to,
+            } => {
+                let _ = respond_to.send(self.create(new_task));
+            }
+            Command::Get { id, respond_to } => {
+                let _ = respond_to.send(self.get(id));
+            }
+            Command::List { query, respond_to } => {
+                let _ = respond_to.send(Ok(self.list(&query)));
+            }
+            Command::Cancel { id, respond_to } => {
+                let _ = respond_to.send(self.cancel(id));
+            }
+            Command::Watch { id, respond_to } => {
+                let _ = respond_to.send(self.watch(id));
+            }
+            Command::StopAccepting { respond_to } => {
+                self.accepting = false;
+                let _ = respond_to.send(Ok(()));
+            }
+            Command::CancelRunning { reason, respond_to } => {
+                let _ = respond_to.send(Ok(self.cancel_running(&reason)));
+            }
+            Command::Stats { respond_to } => {
+                let _ = respond_to.send(Ok(self.stats()));
+            }
+        }
+    }
+
+    fn create(&mut self, new_task: NewTask) -> Result<Arc<Task>, ManagerError> {
+        if !self.accepting {
+            return Err(ManagerError::ShuttingDown);
+        }
+        if let Some(request_id) = &new_task.request_id {
+            if let Some(existing) = self
+                .request_ids
+                .get(request_id)
+                .and_then(|id| self.tasks.get(id))
+            {
+                return if existing.was_created_from(&new_task) {
+                    Ok(Arc::clone(existing))
+                } else {
+                    Err(ManagerError::RequestIdConflict {
+                        request_id: request_id.clone(),
+                    })
+                };
+            }
+        }
+        if self.pending >= self.config.queue_capacity {
+            return Err(ManagerError::QueueFull {
+                capacity: self.config.queue_capacity,
+                retry_after: self.config.queue_full_retry_after,
+            });
+        }
+        let id = TaskId::generate();
+        let task = Arc::new(Task::new(id, new_task, SystemTime::now()));
+        if let Some(request_id) = &task.request_id {
+            self.request_ids.insert(request_id.clone(), id);
+        }
+        self.tasks.insert(id, Arc::clone(&task));
+        self.queue.push_back(id);
+        self.pending += 1;
+        info!(task_id = %id, kind = %task.kind, "task created");
+        Ok(task)
+    }
+
+    fn get(&self, id: TaskId) -> Result<Arc<Task>, ManagerError> {
+        self.tasks
+            .get(&id)
+            .cloned()
+            .ok_or(ManagerError::NotFound(id))
+    }
+
+    fn list(&self, query: &ListQuery) -> ListPage {
+        let start = query.after.map_or(Bound::Unbounded, Bound::Excluded);
+        let matches = |task: &Task| {
+            (query.statuses.is_empty() || query.statuses.contains(&task.status))
+                && query
+                    .labels
+                    .iter()
+                    .all(|(key, value)| task.labels.get(key) == Some(value))
+        };
+        let mut tasks: Vec<Arc<Task>> = Vec::new();
+        let mut last_examined = None;
+        for (scanned, (id, task)) in self.tasks.range((start, Bound::Unbounded)).enumerate() {
+            if scanned == LIST_SCAN_BUDGET {
+                // Everything up to `last_examined` has been looked at.
+                return ListPage {
+                    tasks,
+                    next_after: last_examined,
+                };
+            }
+            if matches(task) {
+                if tasks.len() == query.limit {
+                    // One more match exists, so there is a next page.
+                    let next_after = tasks.last().map(|task| task.id);
+                    return ListPage { tasks, next_after };
+                }
+                tasks.push(Arc::clone(task));
+            }
+            last_examined = Some(*id);
+        }
+        ListPage {
+            tasks,
+            next_after: None,
+        }
+    }
+
+    fn cancel(&mut self, id: TaskId) -> Result<Arc<Task>, ManagerError> {
+        let task = self.get(id)?;
+        match task.status {
+            TaskStatus::Cancelled => Ok(task),
+            TaskStatus::Completed | TaskStatus::Failed => Err(ManagerError::NotCancellable {
+                id,
+                status: task.status,
+            }),
+            TaskStatus::Pending | TaskStatus::Running => {
+                let cancelled = self
+                    .transition(id, TaskEvent::Cancel("cancelled by client request".into()))
+                    .unwrap_or(task);
+                self.stop_run(id);
+                self.compact_queue();
+                Ok(cancelled)
+            }
+        }
+    }
+
+    fn watch(&mut self, id: TaskId) -> Result<TaskWatch, ManagerError> {
+        let task = self.get(id)?;
+        if task.status.is_terminal() {
+            // Nothing will change: a channel whose sender is already gone
+            // yields this one state and ends.
+            let (_, receiver) = watch::channel(WatchState::new(task));
+            return Ok(TaskWatch::new(receiver));
+        }
+        let sender = self
+            .watchers
+            .entry(id)
+            .or_insert_with(|| watch::Sender::new(WatchState::new(Arc::clone(&task))));
+        Ok(TaskWatch::new(sender.subscribe()))
+    }
+
+    fn cancel_running(&mut self, reason: &str) -> usize {
+        self.starting = false;
+        let running: Vec<TaskId> = self
+            .running
+            .keys()
+            .copied()
+            .filter(|id| self.status_of(*id) == Some(TaskStatus::Running))
+            .collect();
+        for id in &running {
+            self.transition(*id, TaskEvent::Cancel(reason.to_owned()));
+            self.stop_run(*id);
+        }
+        running.len()
+    }
+
+    fn stats(&self) -> ManagerStats {
+        ManagerStats {
+            tasks: self.tasks.len(),
+            pending: self.pending,
+            running: self.running.len(),
+            watched_tasks: self.watchers.len(),
+            watchers: self.watchers.values().map(watch::Sender::receiver_count).sum(),
+            request_ids: self.request_ids.len(),
+        }
+    }
+
+    fn handle_progress(&mut self, update: ProgressUpdate) {
+        let is_current_run = self
+            .running
+            .get(&update.task_id)
+            .is_some_and(|slot| slot.attempt == update.attempt);
+        if is_current_run && self.status_of(update.task_id) == Some(TaskStatus::Running) {
+            self.transition(update.task_id, TaskEvent::Progress(update.progress));
+        }
+    }
+
+    fn handle_run_finished(&mut self, finished: Result<(tokio::task::Id, RunOutput), JoinError>) {
+        let run_id = match &finished {
+            Ok((run_id, _)) => *run_id,
+            Err(error) => error.id(),
+        };
+        let Some(task_id) = self.run_owners.remove(&run_id) else {
+            return;
+        };
+        let Some(slot) = self.running.remove(&task_id) else {
+            return;
+        };
+        for timer in [slot.timeout_timer, slot.forced_stop_timer]
+            .into_iter()
+            .flatten()
+        {
+            self.timers.remove(&timer);
+        }
+        let event = match finished {
+            Ok((_, Ok(result))) => TaskEvent::Complete(Arc::new(result)),
+            Ok((_, Err(error))) => TaskEvent::Fail(error.to_string()),
+            Err(error) if error.is_panic() => {
+                let message = panic_message(error.into_panic());
+                warn!(task_id = %task_id, panic = %message, "processor panicked");
+                TaskEvent::Fail(format!("processor panicked: {message}"))
+            }
+            // Aborted by us after a cancel or timeout: the task already
+            // has its terminal state.
+            Err(_) => return,
+        };
+        // Only the current run may finish its task; the result of a run that
+        // was cancelled or timed out is discarded.
+        let is_current_run = self.tasks.get(&task_id).is_some_and(|task| {
+            task.status == TaskStatus::Running && task.attempt == slot.attempt
+        });
+        if !is_current_run {
+            debug!(task_id = %task_id, "late result of a stopped run discarded");
+            return;
+        }
+        if let Some(task) = self.transition(task_id, event) {
+            info!(
+                task_id = %task_id,
+                kind = %task.kind,
+                status = %task.status,
+                duration_ms = slot.started.elapsed().as_millis() as u64,
+                "task finished"
+            );
+        }
+    }
+
+    fn handle_timer(&mut self, timer: Timer) {
+        match timer {
+            Timer::Timeout(task_id) => {
+                let Some(slot) = self.running.get_mut(&task_id) else {
+                    return;
+                };
+                slot.timeout_timer = None;
+                let timeout_seconds = self
+                    .tasks
+                    .get(&task_id)
+                    .map_or(0, |task| task.timeout_seconds);
+                if self.status_of(task_id) == Some(TaskStatus::Running) {
+                    let error = format!("timed out after {timeout_seconds}s");
+                    info!(task_id = %task_id, timeout_seconds, "task timed out");
+                    self.transition(task_id, TaskEvent::Fail(error));
+                }
+                self.stop_run(task_id);
+            }
+            Timer::ForcedStop(task_id) => {
+                if let Some(slot) = self.running.get_mut(&task_id) {
+                    slot.forced_stop_timer = None;
+                    warn!(task_id = %task_id, "processor ignored its stop signal; aborting it");
+                    slot.abort.abort();
+                }
+            }
+        }
+    }
+
+    /// Starts pending tasks, oldest first, while there are free slots.
+    fn start_pending(&mut self) {
+        while self.starting && self.running.len() < self.config.max_concurrent {
+            let Some(task_id) = self.queue.pop_front() else {
+                break;
+            };
+            if self.status_of(task_id) != Some(TaskStatus::Pending) {
+                continue; // cancelled while it waited
+            }
+            self.start(task_id);
+        }
+    }
+
+    fn start(&mut self, task_id: TaskId) {
+        let start = TaskEvent::Start {
+            node: self.config.node_name.clone(),
+        };
+        let Some(task) = self.transition(task_id, start) else {
+            return;
+        };
+        let Some(processor) = self.registry.get(&task.kind) else {
+            // Kinds are checked on create and the registry never shrinks,
+            // so this is a bug; fail the task rather than lose it.
+            warn!(task_id = %task_id, kind = %task.kind, "no processor for kind");
+            let error = format!("no processor is registered for kind {:?}", task.kind);
+            self.transition(task_id, TaskEvent::Fail(error));
+            return;
+        };
+        let cancellation = CancellationToken::new();
+        let context = TaskContext::new(
+            task_id,
+            task.attempt,
+            task.data.clone(),
+            cancellation.clone(),
+            ProgressReporter::new(self.progress_sender.clone()),
+        );
+        let abort = self
+            .runs
+            .spawn(async move { processor.process(context).await });
+        self.run_owners.insert(abort.id(), task_id);
+        let timeout_timer = (task.timeout_seconds > 0).then(|| {
+            let timeout = Duration::from_secs(u64::from(task.timeout_seconds));
+            self.timers.insert(Timer::Timeout(task_id), timeout)
+        });
+        info!(task_id = %task_id, kind = %task.kind, attempt = task.attempt, "task started");
+        self.running.insert(
+            task_id,
+            RunSlot {
+                attempt: task.attempt,
+                cancellation,
+                abort,
+                timeout_timer,
+                forced_stop_timer: None,
+                started: Instant::now(),
+            },
+        );
+    }
+
+    /// Tells a run to stop, and arms the timer that aborts it if it does not.
+    fn stop_run(&mut self, task_id: TaskId) {
+        let Some(slot) = self.running.get_mut(&task_id) else {
+            return;
+        };
+        slot.cancellation.cancel();
+        if let Some(timer) = slot.timeout_timer.take() {
+            self.timers.remove(&timer);
+        }
+        if slot.forced_stop_timer.is_none() {
+            let timer = self
+                .timers
+                .insert(Timer::ForcedStop(task_id), FORCED_STOP_AFTER);
+            slot.forced_stop_timer = Some(timer);
+        }
+    }
+
+    /// The one door for task changes: checks the state machine, keeps the
+    /// pending count, and publishes to watchers. Returns the new state, or
+    /// `None` when the task is unknown or the event is illegal.
+    fn transition(&mut self, task_id: TaskId, event: TaskEvent) -> Option<Arc<Task>> {
+        let entry = self.tasks.get_mut(&task_id)?;
+        let before = entry.status;
+        match Arc::make_mut(entry).apply(event, SystemTime::now()) {
+            Ok(Applied::Changed { status_changed }) => {
+                let task = Arc::clone(entry);
+                if before == TaskStatus::Pending && task.status != TaskStatus::Pending {
+                    self.pending -= 1;
+                }
+                if status_changed {
+                    debug!(task_id = %task_id, from = %before, to = %task.status, "task status changed");
+                }
+                self.publish(&task, status_changed);
+                Some(task)
+            }
+            Ok(Applied::Unchanged) => Some(Arc::clone(entry)),
+            Err(illegal) => {
+                warn!(task_id = %task_id, %illegal, "illegal transition ignored");
+                None
+            }
+        }
+    }
+
+    fn publish(&mut self, task: &Arc<Task>, status_changed: bool) {
+        let Some(sender) = self.watchers.get(&task.id) else {
+            return;
+        };
+        if sender.receiver_count() > 0 {
+            sender.send_modify(|state| state.publish(Arc::clone(task), status_changed));
+        }
+        if task.status.is_terminal() || sender.receiver_count() == 0 {
+            // Dropping the sender ends each watcher right after it has seen
+            // the terminal state.
+            self.watchers.remove(&task.id);
+        }
+    }
+
+    fn sweep_watchers(&mut self) {
+        self.watchers
+            .retain(|_, sender| sender.receiver_count() > 0);
+    }
+
+    /// Drops cancelled entries from the queue once they outnumber the live
+    /// ones, so the queue stays proportional to `pending`.
+    fn compact_queue(&mut self) {
+        if self.queue.len() > 2 * self.pending + 64 {
+            let tasks = &self.tasks;
+            self.queue.retain(|id| {
+                tasks
+                    .get(id)
+                    .is_some_and(|task| task.status == TaskStatus::Pending)
+            });
+        }
+    }
+
+    fn status_of(&self, task_id: TaskId) -> Option<TaskStatus> {
+        self.tasks.get(&task_id).map(|task| task.status)
+    }
+}
+
+/// The text of a panic, when it has one.
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(message) => *message,
+        Err(payload) => match payload.downcast::<&'static str>() {
+            Ok(message) => (*message).to_owned(),
+            Err(_) => "a panic without a message".to_owned(),
+        },
+    }
+}

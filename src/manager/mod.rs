@@ -1,0 +1,215 @@
+//! The manager: one actor task owns every task, the FIFO queue, the running
+//! set, the timers and the watchers; everyone else holds a [`ManagerHandle`].
+//!
+//! The handle sends commands over a bounded channel and awaits a `oneshot`
+//! reply. Nothing here knows about gRPC.
+
+mod actor;
+mod watch;
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    processor::Registry,
+    task::{NewTask, Task, TaskId, TaskStatus},
+};
+
+pub use watch::TaskWatch;
+
+/// How long a processor may keep running after it was told to stop
+/// (cancel, timeout, shutdown) before it is aborted and its slot freed.
+pub const FORCED_STOP_AFTER: Duration = Duration::from_secs(1);
+
+/// How many commands may wait for the actor before callers wait in turn.
+const COMMAND_BUFFER: usize = 4096;
+
+/// How many progress reports may wait for the actor before processors wait.
+const PROGRESS_BUFFER: usize = 1024;
+
+/// What the manager needs to know to run tasks.
+#[derive(Clone, Debug)]
+pub struct ManagerConfig {
+    /// At most this many processors run at once.
+    pub max_concurrent: usize,
+    /// At most this many tasks wait in the queue; more is `QueueFull`.
+    pub queue_capacity: usize,
+    /// The name written into `Task.node` for runs on this process.
+    pub node_name: String,
+    /// How long a caller should wait before retrying on a full queue.
+    pub queue_full_retry_after: Duration,
+}
+
+/// Why the manager refused a command.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("task {0} not found")]
+    NotFound(TaskId),
+    #[error("task {id} is already {status} and cannot be cancelled")]
+    NotCancellable { id: TaskId, status: TaskStatus },
+    #[error("request_id {request_id:?} was already used with different parameters")]
+    RequestIdConflict { request_id: String },
+    #[error("the queue is full ({capacity} tasks waiting)")]
+    QueueFull {
+        capacity: usize,
+        retry_after: Duration,
+    },
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+/// A filter and a position for listing tasks in creation order.
+#[derive(Clone, Debug, Default)]
+pub struct ListQuery {
+    /// Only tasks in one of these statuses; empty means any.
+    pub statuses: Vec<TaskStatus>,
+    /// Only tasks that carry every one of these pairs.
+    pub labels: BTreeMap<String, String>,
+    /// Start after this id (exclusive); `None` starts at the oldest task.
+    pub after: Option<TaskId>,
+    /// At most this many tasks.
+    pub limit: usize,
+}
+
+/// One page of a listing.
+#[derive(Clone, Debug)]
+pub struct ListPage {
+    pub tasks: Vec<Arc<Task>>,
+    /// Where the next page starts; `None` on the last page.
+    pub next_after: Option<TaskId>,
+}
+
+/// Counters that show what the manager holds, for tests and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ManagerStats {
+    pub tasks: usize,
+    pub pending: usize,
+    /// Slots in use: running processors, including ones told to stop.
+    pub running: usize,
+    /// Tasks with a watch channel open.
+    pub watched_tasks: usize,
+    /// Open watch streams over all tasks.
+    pub watchers: usize,
+    pub request_ids: usize,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, ManagerError>>;
+
+/// A message to the actor; each carries the sender of its reply.
+#[derive(Debug)]
+enum Command {
+    Create {
+        new_task: NewTask,
+        respond_to: Reply<Arc<Task>>,
+    },
+    Get {
+        id: TaskId,
+        respond_to: Reply<Arc<Task>>,
+    },
+    List {
+        query: ListQuery,
+        respond_to: Reply<ListPage>,
+    },
+    Cancel {
+        id: TaskId,
+        respond_to: Reply<Arc<Task>>,
+    },
+    Watch {
+        id: TaskId,
+        respond_to: Reply<TaskWatch>,
+    },
+    StopAccepting {
+        respond_to: Reply<()>,
+    },
+    CancelRunning {
+        reason: String,
+        respond_to: Reply<usize>,
+    },
+    Stats {
+        respond_to: Reply<ManagerStats>,
+    },
+}
+
+/// The way to the manager actor. Cheap to clone; the actor stops when the
+/// last handle is dropped.
+#[derive(Clone, Debug)]
+pub struct ManagerHandle {
+    commands: mpsc::Sender<Command>,
+}
+
+impl ManagerHandle {
+    /// Spawns the actor on the current tokio runtime and returns its handle.
+    pub fn spawn(config: ManagerConfig, registry: Registry) -> Self {
+        let (commands, command_receiver) = mpsc::channel(COMMAND_BUFFER);
+        let (progress_sender, progress_receiver) = mpsc::channel(PROGRESS_BUFFER);
+        let actor = actor::Manager::new(config, registry, progress_sender);
+        tokio::spawn(actor.run(command_receiver, progress_receiver));
+        Self { commands }
+    }
+
+    /// Validated task in, stored `PENDING` task out (or, for a repeated
+    /// `request_id` with the same parameters, the task created first).
+    pub async fn create_task(&self, new_task: NewTask) -> Result<Arc<Task>, ManagerError> {
+        self.call(|respond_to| Command::Create {
+            new_task,
+            respond_to,
+        })
+        .await
+    }
+
+    pub async fn get_task(&self, id: TaskId) -> Result<Arc<Task>, ManagerError> {
+        self.call(|respond_to| Command::Get { id, respond_to }).await
+    }
+
+    pub async fn list_tasks(&self, query: ListQuery) -> Result<ListPage, ManagerError> {
+        self.call(|respond_to| Command::List { query, respond_to })
+            .await
+    }
+
+    /// Cancels a pending or running task; the returned task is already
+    /// `CANCELLED`. Cancelling a cancelled task returns it unchanged.
+    pub async fn cancel_task(&self, id: TaskId) -> Result<Arc<Task>, ManagerError> {
+        self.call(|respond_to| Command::Cancel { id, respond_to })
+            .await
+    }
+
+    /// Subscribes to a task; the watch's first state is the current one.
+    pub async fn watch_task(&self, id: TaskId) -> Result<TaskWatch, ManagerError> {
+        self.call(|respond_to| Command::Watch { id, respond_to })
+            .await
+    }
+
+    /// Refuses new tasks from now on (`ShuttingDown`); everything else,
+    /// including running tasks, carries on.
+    pub async fn stop_accepting(&self) -> Result<(), ManagerError> {
+        self.call(|respond_to| Command::StopAccepting { respond_to })
+            .await
+    }
+
+    /// Cancels every running task with `reason` and starts no new ones.
+    /// Returns how many were cancelled.
+    pub async fn cancel_running(&self, reason: impl Into<String>) -> Result<usize, ManagerError> {
+        let reason = reason.into();
+        self.call(|respond_to| Command::CancelRunning { reason, respond_to })
+            .await
+    }
+
+    pub async fn stats(&self) -> Result<ManagerStats, ManagerError> {
+        self.call(|respond_to| Command::Stats { respond_to }).await
+    }
+
+    /// Sends one command and waits for its reply. An actor that is gone
+    /// means the server is stopping.
+    async fn call<T>(
+        &self,
+        command: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, ManagerError> {
+        let (respond_to, reply) = oneshot::channel();
+        self.commands
+            .send(command(respond_to))
+            .await
+            .map_err(|_| ManagerError::ShuttingDown)?;
+        reply.await.map_err(|_| ManagerError::ShuttingDown)?
+    }
+}
