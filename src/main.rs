@@ -1,6 +1,8 @@
 //! The `task-processor` binary: parses flags, sets up logging, binds the
 //! listener and runs the server until SIGINT or SIGTERM.
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
 use clap::Parser;
 use task_processor::{
@@ -19,6 +21,7 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        .with_ansi(std::io::stdout().is_terminal())
         .init();
 
     let config = ServerConfig::try_from(flags)?;

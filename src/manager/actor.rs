@@ -70,6 +70,9 @@ pub(super) struct Manager {
     registry: Registry,
     /// Cloned into every run's context so processors can report progress.
     progress_sender: mpsc::Sender<ProgressUpdate>,
+    /// Progress from runs; drained before a run's result is applied, so a
+    /// report sent just before returning is never lost.
+    progress_updates: mpsc::Receiver<ProgressUpdate>,
     /// Every task, in id (= creation) order, for paging.
     tasks: BTreeMap<TaskId, Arc<Task>>,
     request_ids: HashMap<String, TaskId>,
@@ -97,11 +100,13 @@ impl Manager {
         config: ManagerConfig,
         registry: Registry,
         progress_sender: mpsc::Sender<ProgressUpdate>,
+        progress_updates: mpsc::Receiver<ProgressUpdate>,
     ) -> Self {
         Self {
             config,
             registry,
             progress_sender,
+            progress_updates,
             tasks: BTreeMap::new(),
             request_ids: HashMap::new(),
             queue: VecDeque::new(),
@@ -118,11 +123,7 @@ impl Manager {
 
     /// The loop. Ends when every handle is gone; runs still going are then
     /// aborted.
-    pub(super) async fn run(
-        mut self,
-        mut commands: mpsc::Receiver<Command>,
-        mut progress: mpsc::Receiver<ProgressUpdate>,
-    ) {
+    pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut batch = Vec::with_capacity(COMMAND_BATCH);
         let mut watcher_sweep = tokio::time::interval(WATCHER_SWEEP_PERIOD);
         watcher_sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -136,7 +137,7 @@ impl Manager {
                         self.handle_command(command);
                     }
                 }
-                Some(update) = progress.recv() => self.handle_progress(update),
+                Some(update) = self.progress_updates.recv() => self.handle_progress(update),
                 Some(finished) = self.runs.join_next_with_id() => self.handle_run_finished(finished),
                 Some(expired) = poll_fn(|context| self.timers.poll_expired(context)) => {
                     self.handle_timer(expired.into_inner());
@@ -340,6 +341,10 @@ impl Manager {
         let Some(task_id) = self.run_owners.remove(&run_id) else {
             return;
         };
+        // Reports the run sent before it returned come first.
+        while let Ok(update) = self.progress_updates.try_recv() {
+            self.handle_progress(update);
+        }
         let Some(slot) = self.running.remove(&task_id) else {
             return;
         };

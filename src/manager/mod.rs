@@ -143,8 +143,8 @@ impl ManagerHandle {
     pub fn spawn(config: ManagerConfig, registry: Registry) -> Self {
         let (commands, command_receiver) = mpsc::channel(COMMAND_BUFFER);
         let (progress_sender, progress_receiver) = mpsc::channel(PROGRESS_BUFFER);
-        let actor = actor::Manager::new(config, registry, progress_sender);
-        tokio::spawn(actor.run(command_receiver, progress_receiver));
+        let actor = actor::Manager::new(config, registry, progress_sender, progress_receiver);
+        tokio::spawn(actor.run(command_receiver));
         Self { commands }
     }
 

@@ -1,0 +1,313 @@
+//! Test support: starting the real server on 127.0.0.1:0, clients, test
+//! processors, and polling with deadlines (never bare sleeps).
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use serde_json::Value as JsonValue;
+use task_processor::{
+    config::ServerConfig,
+    manager::{ManagerHandle, ManagerStats},
+    pb::{self, task_service_client::TaskServiceClient},
+    processor::{Processor, ProcessorError, Registry, TaskContext},
+    server,
+    task::TaskId,
+};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::{Code, Status, transport::Channel};
+
+/// How long any polled condition may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+pub type Client = TaskServiceClient<Channel>;
+
+/// Settings for tests: a loopback port, a fast demo, no drain.
+pub fn test_config() -> ServerConfig {
+    ServerConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        demo_duration: Duration::from_millis(100),
+        drain_period: Duration::ZERO,
+        node_name: "test-node".into(),
+        ..ServerConfig::default()
+    }
+}
+
+/// A running server and what a test needs to drive and inspect it.
+pub struct TestServer {
+    pub address: SocketAddr,
+    pub manager: ManagerHandle,
+    pub gate: Gate,
+    stop: Option<oneshot::Sender<()>>,
+    serving: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(test_config()).await
+    }
+
+    pub async fn start_with(config: ServerConfig) -> Self {
+        let gate = Gate::default();
+        let mut registry = Registry::with_builtins(config.demo_duration);
+        registry.register("gate", gate.clone());
+        registry.register("stubborn", StubbornProcessor);
+        registry.register("panic", PanicProcessor);
+        registry.register("chatty", ChattyProcessor);
+        Self::start_with_registry(config, registry, gate).await
+    }
+
+    async fn start_with_registry(config: ServerConfig, registry: Registry, gate: Gate) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("local address");
+        let manager = ManagerHandle::spawn(config.manager_config(), registry.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = tokio::spawn({
+            let manager = manager.clone();
+            async move {
+                let shutdown = async {
+                    let _ = stopped.await;
+                };
+                server::run_with_manager(listener, config, registry, manager, shutdown)
+                    .await
+                    .expect("server runs and stops cleanly");
+            }
+        });
+        Self {
+            address,
+            manager,
+            gate,
+            stop: Some(stop),
+            serving: Some(serving),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    pub async fn client(&self) -> Client {
+        TaskServiceClient::new(self.channel().await)
+    }
+
+    /// Starts the shutdown sequence; returns a handle that finishes when
+    /// the server has stopped.
+    pub fn begin_shutdown(&mut self) -> JoinHandle<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.serving.take().expect("server still running")
+    }
+
+    pub async fn stats(&self) -> ManagerStats {
+        self.manager.stats().await.expect("manager alive")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(serving) = &self.serving {
+            serving.abort();
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing the test after [`DEADLINE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A create request of `kind` with `data` given as JSON.
+pub fn request(name: &str, kind: &str, data: Option<JsonValue>) -> pb::CreateTaskRequest {
+    pb::CreateTaskRequest {
+        name: name.into(),
+        kind: kind.into(),
+        data: data.as_ref().map(task_processor::api::json::json_to_proto),
+        ..Default::default()
+    }
+}
+
+pub async fn create(client: &mut Client, name: &str, kind: &str, data: Option<JsonValue>) -> pb::Task {
+    client
+        .create_task(request(name, kind, data))
+        .await
+        .unwrap_or_else(|status| panic!("create {name}: {status:?}"))
+        .into_inner()
+}
+
+pub async fn get(client: &mut Client, id: &str) -> pb::Task {
+    client
+        .get_task(pb::GetTaskRequest { id: id.into() })
+        .await
+        .unwrap_or_else(|status| panic!("get {id}: {status:?}"))
+        .into_inner()
+}
+
+pub fn status_of(task: &pb::Task) -> pb::TaskStatus {
+    pb::TaskStatus::try_from(task.status).expect("known status")
+}
+
+/// Polls until the task has `status`.
+pub async fn wait_for_status(client: &Client, id: &str, status: pb::TaskStatus) -> pb::Task {
+    eventually(&format!("task {id} to be {status:?}"), || {
+        let mut client = client.clone();
+        async move {
+            let task = get(&mut client, id).await;
+            (status_of(&task) == status).then_some(task)
+        }
+    })
+    .await
+}
+
+/// The JSON form of a task's `result` or `data`.
+pub fn json(value: &Option<prost_types::Value>) -> Option<JsonValue> {
+    value
+        .as_ref()
+        .map(|value| task_processor::api::json::json_from_proto(value).expect("valid JSON"))
+}
+
+/// Asserts an `INVALID_ARGUMENT` whose message and `BadRequest` detail name
+/// `field`.
+pub fn assert_invalid_argument(status: &Status, field: &str) {
+    use tonic_types::StatusExt;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains(field),
+        "message {:?} should name {field}",
+        status.message()
+    );
+    let bad_request = status
+        .get_details_bad_request()
+        .unwrap_or_else(|| panic!("no BadRequest detail in {status:?}"));
+    assert!(
+        bad_request
+            .field_violations
+            .iter()
+            .any(|violation| violation.field == field && !violation.description.is_empty()),
+        "BadRequest {bad_request:?} should name {field}"
+    );
+}
+
+/// A processor the test opens and closes: each run waits for a permit (or
+/// cancellation), and the gate records how many run at once and in which
+/// order they started.
+#[derive(Clone)]
+pub struct Gate {
+    permits: Arc<tokio::sync::Semaphore>,
+    running: Arc<AtomicUsize>,
+    most_running: Arc<AtomicUsize>,
+    started: Arc<Mutex<Vec<TaskId>>>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(0)),
+            running: Arc::default(),
+            most_running: Arc::default(),
+            started: Arc::default(),
+        }
+    }
+}
+
+impl Gate {
+    /// Lets `count` more runs finish.
+    pub fn release(&self, count: usize) {
+        self.permits.add_permits(count);
+    }
+
+    pub fn most_running(&self) -> usize {
+        self.most_running.load(Ordering::SeqCst)
+    }
+
+    pub fn started(&self) -> Vec<String> {
+        self.started
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl Processor for Gate {
+    async fn process(&self, context: TaskContext) -> Result<JsonValue, ProcessorError> {
+        self.started.lock().expect("not poisoned").push(context.task_id);
+        let now_running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_running.fetch_max(now_running, Ordering::SeqCst);
+        let outcome = tokio::select! {
+            permit = self.permits.acquire() => {
+                permit.expect("semaphore open").forget();
+                Ok(context.data().clone())
+            }
+            () = context.cancellation.cancelled() => Err(ProcessorError::new("stopped")),
+        };
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        outcome
+    }
+}
+
+/// Ignores cancellation entirely: only a forced abort stops it.
+pub struct StubbornProcessor;
+
+#[async_trait::async_trait]
+impl Processor for StubbornProcessor {
+    async fn process(&self, _context: TaskContext) -> Result<JsonValue, ProcessorError> {
+        std::future::pending::<()>().await;
+        Ok(JsonValue::Null)
+    }
+}
+
+/// Panics at once.
+pub struct PanicProcessor;
+
+#[async_trait::async_trait]
+impl Processor for PanicProcessor {
+    async fn process(&self, _context: TaskContext) -> Result<JsonValue, ProcessorError> {
+        panic!("deliberate test panic");
+    }
+}
+
+/// Reports progress `data.reports` times as fast as it can, then completes.
+pub struct ChattyProcessor;
+
+#[async_trait::async_trait]
+impl Processor for ChattyProcessor {
+    async fn process(&self, context: TaskContext) -> Result<JsonValue, ProcessorError> {
+        let reports = context.data().get("reports").and_then(JsonValue::as_u64).unwrap_or(100);
+        for report in 1..=reports {
+            let percent = (report * 100 / reports) as u32;
+            context.report_progress(percent, format!("report {report}")).await;
+        }
+        Ok(JsonValue::from(reports))
+    }
+}
