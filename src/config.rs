@@ -194,7 +194,11 @@ fn whole_seconds(setting: &'static str, duration: Duration) -> Result<u32, Confi
 /// The host name plus six random hex digits.
 fn default_node_name() -> String {
     let host = gethostname::gethostname().to_string_lossy().into_owned();
-    let host = if host.is_empty() { "task-processor".to_owned() } else { host };
+    let host = if host.is_empty() {
+        "task-processor".to_owned()
+    } else {
+        host
+    };
     // The tail of a v7 UUID is random.
     let random = uuid::Uuid::now_v7().simple().to_string();
     format!("{host}-{}", &random[random.len() - 6..])
@@ -205,8 +209,10 @@ mod tests {
     use super::*;
 
     fn parse(arguments: &[&str]) -> Result<ServerConfig, String> {
-        let flags = Flags::try_parse_from(std::iter::once("task-processor").chain(arguments.iter().copied()))
-            .map_err(|error| error.to_string())?;
+        let flags = Flags::try_parse_from(
+            std::iter::once("task-processor").chain(arguments.iter().copied()),
+        )
+        .map_err(|error| error.to_string())?;
         ServerConfig::try_from(flags).map_err(|error| error.to_string())
     }
 

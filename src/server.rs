@@ -54,8 +54,8 @@ pub async fn run(
 ///
 /// When `shutdown` completes: health goes `NOT_SERVING` and creates get
 /// `UNAVAILABLE` at once; for the drain period reads and watches go on;
-/// then running tasks are cancelled, open watch streams end `UNAVAILABLE`
-/// and the listener closes.
+/// then open watch streams end `UNAVAILABLE`, running tasks are cancelled
+/// (and aborted a second later if they ignore it) and the listener closes.
 pub async fn run_with_manager(
     listener: TcpListener,
     config: ServerConfig,
@@ -87,7 +87,9 @@ pub async fn run_with_manager(
     let task_service = TaskServiceServer::new(api)
         .max_decoding_message_size(config.max_data_bytes + REQUEST_OVERHEAD_BYTES);
 
-    let local_address = listener.local_addr().ok();
+    let local_address = listener
+        .local_addr()
+        .map_or_else(|error| error.to_string(), |address| address.to_string());
     let stop_serving = CancellationToken::new();
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
@@ -98,7 +100,7 @@ pub async fn run_with_manager(
         TcpIncoming::from(listener).with_nodelay(Some(true)),
         stop_serving.clone().cancelled_owned(),
     ));
-    info!(address = ?local_address, node = %config.node_name, "serving");
+    info!(address = %local_address, node = %config.node_name, "serving");
 
     tokio::select! {
         () = shutdown => {}
@@ -119,6 +121,9 @@ pub async fn run_with_manager(
     let _ = manager.stop_accepting().await;
     tokio::time::sleep(config.drain_period).await;
 
+    // Watchers hear UNAVAILABLE (retry elsewhere) before their tasks are
+    // cancelled under them.
+    watches_end.cancel();
     let cancelled = manager
         .cancel_running("cancelled: the server is shutting down")
         .await
@@ -126,7 +131,6 @@ pub async fn run_with_manager(
     info!(cancelled, "running tasks cancelled");
     wait_for_runs_to_stop(&manager).await;
 
-    watches_end.cancel();
     stop_serving.cancel();
     match tokio::time::timeout(CONNECTION_CLOSE_GRACE, &mut serving).await {
         Ok(finished) => finished??,

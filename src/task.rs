@@ -225,7 +225,11 @@ impl Task {
     /// Applies `event` at time `now`, enforcing the state machine
     /// `PENDING → RUNNING → COMPLETED | FAILED | CANCELLED` and
     /// `PENDING → CANCELLED`. Every change bumps `revision`.
-    pub fn apply(&mut self, event: TaskEvent, now: SystemTime) -> Result<Applied, IllegalTransition> {
+    pub fn apply(
+        &mut self,
+        event: TaskEvent,
+        now: SystemTime,
+    ) -> Result<Applied, IllegalTransition> {
         let from = self.status;
         let to = event.target_status(from);
         let illegal = IllegalTransition { from, to };
@@ -375,8 +379,13 @@ mod tests {
     fn start_counts_attempts_and_stamps_node_and_time() {
         let mut task = pending_task();
         assert_eq!((task.attempt, task.revision), (0, 1));
-        task.apply(TaskEvent::Start { node: "pod-a".into() }, SystemTime::now())
-            .expect("start");
+        task.apply(
+            TaskEvent::Start {
+                node: "pod-a".into(),
+            },
+            SystemTime::now(),
+        )
+        .expect("start");
         assert_eq!(task.attempt, 1);
         assert_eq!(task.node, "pod-a");
         assert!(task.started_at.is_some());
@@ -403,7 +412,12 @@ mod tests {
             message: "almost".into(),
         };
         let first = task.apply(TaskEvent::Progress(progress.clone()), SystemTime::now());
-        assert_eq!(first, Ok(Applied::Changed { status_changed: false }));
+        assert_eq!(
+            first,
+            Ok(Applied::Changed {
+                status_changed: false
+            })
+        );
         assert_eq!(task.progress.as_ref().map(|p| p.percent), Some(100));
         let revision = task.revision;
         let second = task.apply(TaskEvent::Progress(progress), SystemTime::now());

@@ -44,9 +44,10 @@ fn convert(value: &ProtoValue, level: usize) -> Result<JsonValue, Vec<String>> {
         None | Some(Kind::NullValue(_)) => JsonValue::Null,
         Some(Kind::BoolValue(flag)) => JsonValue::Bool(*flag),
         Some(Kind::StringValue(text)) => JsonValue::String(text.clone()),
-        Some(Kind::NumberValue(number)) => JsonValue::Number(json_number(*number).ok_or_else(
-            || vec![format!("{number} is not a number JSON can carry")],
-        )?),
+        Some(Kind::NumberValue(number)) => JsonValue::Number(
+            json_number(*number)
+                .ok_or_else(|| vec![format!("{number} is not a number JSON can carry")])?,
+        ),
         Some(Kind::ListValue(list)) => {
             let mut items = Vec::with_capacity(list.values.len());
             for (index, item) in list.values.iter().enumerate() {

@@ -21,7 +21,9 @@ const TOKEN_LENGTH: usize = 1 + 16 + 8 + 8;
 pub enum PageTokenError {
     #[error("is not a token this server issued")]
     Malformed,
-    #[error("was issued for other filters; use the same statuses and labels, or start again without a token")]
+    #[error(
+        "was issued for other filters; use the same statuses and labels, or start again without a token"
+    )]
     OtherFilters,
 }
 
@@ -59,7 +61,11 @@ pub fn decode(token: &str, query: &ListQuery) -> Result<TaskId, PageTokenError> 
 /// A stable fingerprint of the filters (not of the position or page size,
 /// which may change between pages).
 fn filter_fingerprint(query: &ListQuery) -> u64 {
-    let mut statuses: Vec<u8> = query.statuses.iter().map(|status| status_code(*status)).collect();
+    let mut statuses: Vec<u8> = query
+        .statuses
+        .iter()
+        .map(|status| status_code(*status))
+        .collect();
     statuses.sort_unstable();
     statuses.dedup();
     let mut canonical = statuses;
@@ -109,9 +115,15 @@ mod tests {
     #[test]
     fn a_token_round_trips_with_the_same_filters() {
         let id = TaskId::generate();
-        let filters = query(vec![TaskStatus::Running, TaskStatus::Pending], &[("team", "a")]);
+        let filters = query(
+            vec![TaskStatus::Running, TaskStatus::Pending],
+            &[("team", "a")],
+        );
         let token = encode(id, &filters);
-        let same_in_other_order = query(vec![TaskStatus::Pending, TaskStatus::Running], &[("team", "a")]);
+        let same_in_other_order = query(
+            vec![TaskStatus::Pending, TaskStatus::Running],
+            &[("team", "a")],
+        );
         assert_eq!(decode(&token, &same_in_other_order), Ok(id));
     }
 

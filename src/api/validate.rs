@@ -42,7 +42,10 @@ pub fn new_task(
     let name = request.name.trim();
     let name_chars = name.chars().count();
     if name_chars == 0 {
-        return Err(ApiError::invalid("name", "is required and must not be blank"));
+        return Err(ApiError::invalid(
+            "name",
+            "is required and must not be blank",
+        ));
     }
     if name_chars > MAX_NAME_CHARS {
         return Err(ApiError::invalid(
@@ -179,7 +182,9 @@ fn labels(
         if value_chars > MAX_LABEL_VALUE_CHARS {
             return Err(ApiError::invalid(
                 field,
-                format!("value of {key:?} must be at most {MAX_LABEL_VALUE_CHARS} characters, got {value_chars}"),
+                format!(
+                    "value of {key:?} must be at most {MAX_LABEL_VALUE_CHARS} characters, got {value_chars}"
+                ),
             ));
         }
         if value.contains('\0') {

@@ -146,7 +146,10 @@ impl Manager {
             }
             self.start_pending();
         }
-        debug!(running = self.running.len(), "manager stopping; aborting runs");
+        debug!(
+            running = self.running.len(),
+            "manager stopping; aborting runs"
+        );
         self.runs.shutdown().await;
     }
 
@@ -188,20 +191,19 @@ impl Manager {
         if !self.accepting {
             return Err(ManagerError::ShuttingDown);
         }
-        if let Some(request_id) = &new_task.request_id {
-            if let Some(existing) = self
+        if let Some(request_id) = &new_task.request_id
+            && let Some(existing) = self
                 .request_ids
                 .get(request_id)
                 .and_then(|id| self.tasks.get(id))
-            {
-                return if existing.was_created_from(&new_task) {
-                    Ok(Arc::clone(existing))
-                } else {
-                    Err(ManagerError::RequestIdConflict {
-                        request_id: request_id.clone(),
-                    })
-                };
-            }
+        {
+            return if existing.was_created_from(&new_task) {
+                Ok(Arc::clone(existing))
+            } else {
+                Err(ManagerError::RequestIdConflict {
+                    request_id: request_id.clone(),
+                })
+            };
         }
         if self.pending >= self.config.queue_capacity {
             return Err(ManagerError::QueueFull {
@@ -318,7 +320,11 @@ impl Manager {
             pending: self.pending,
             running: self.running.len(),
             watched_tasks: self.watchers.len(),
-            watchers: self.watchers.values().map(watch::Sender::receiver_count).sum(),
+            watchers: self
+                .watchers
+                .values()
+                .map(watch::Sender::receiver_count)
+                .sum(),
             request_ids: self.request_ids.len(),
         }
     }
@@ -368,9 +374,10 @@ impl Manager {
         };
         // Only the current run may finish its task; the result of a run that
         // was cancelled or timed out is discarded.
-        let is_current_run = self.tasks.get(&task_id).is_some_and(|task| {
-            task.status == TaskStatus::Running && task.attempt == slot.attempt
-        });
+        let is_current_run = self
+            .tasks
+            .get(&task_id)
+            .is_some_and(|task| task.status == TaskStatus::Running && task.attempt == slot.attempt);
         if !is_current_run {
             debug!(task_id = %task_id, "late result of a stopped run discarded");
             return;

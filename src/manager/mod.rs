@@ -159,7 +159,8 @@ impl ManagerHandle {
     }
 
     pub async fn get_task(&self, id: TaskId) -> Result<Arc<Task>, ManagerError> {
-        self.call(|respond_to| Command::Get { id, respond_to }).await
+        self.call(|respond_to| Command::Get { id, respond_to })
+            .await
     }
 
     pub async fn list_tasks(&self, query: ListQuery) -> Result<ListPage, ManagerError> {
@@ -201,10 +202,7 @@ impl ManagerHandle {
 
     /// Sends one command and waits for its reply. An actor that is gone
     /// means the server is stopping.
-    async fn call<T>(
-        &self,
-        command: impl FnOnce(Reply<T>) -> Command,
-    ) -> Result<T, ManagerError> {
+    async fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, ManagerError> {
         let (respond_to, reply) = oneshot::channel();
         self.commands
             .send(command(respond_to))

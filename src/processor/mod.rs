@@ -93,7 +93,9 @@ impl TaskContext {
             percent: percent.min(100),
             message: message.into(),
         };
-        self.progress.report(self.task_id, self.attempt, progress).await;
+        self.progress
+            .report(self.task_id, self.attempt, progress)
+            .await;
     }
 }
 

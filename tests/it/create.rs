@@ -21,7 +21,11 @@ async fn create_returns_the_stored_pending_task() {
     let mut create_request = request("  nightly report  ", "gate", Some(json!({"x": [1, 2.5]})));
     create_request.description = "a description".into();
     create_request.labels = HashMap::from([("team".into(), "data".into())]);
-    let task = client.create_task(create_request).await.expect("created").into_inner();
+    let task = client
+        .create_task(create_request)
+        .await
+        .expect("created")
+        .into_inner();
 
     assert!(uuid::Uuid::parse_str(&task.id).is_ok_and(|id| id.get_version_num() == 7));
     assert_eq!(task.name, "nightly report", "stored trimmed");
@@ -33,7 +37,10 @@ async fn create_returns_the_stored_pending_task() {
     assert_eq!(task.error, "");
     assert_eq!(task.timeout_seconds, 60, "0 becomes the default timeout");
     assert_eq!(task.labels.get("team").map(String::as_str), Some("data"));
-    assert_eq!((task.attempt, task.node.as_str(), task.revision), (0, "", 1));
+    assert_eq!(
+        (task.attempt, task.node.as_str(), task.revision),
+        (0, "", 1)
+    );
     assert!(task.created_at.is_some());
     assert!(task.started_at.is_none() && task.completed_at.is_none());
     server.gate.release(1);
@@ -46,7 +53,10 @@ async fn an_empty_kind_runs_the_demo_processor_with_progress() {
     let task = create(&mut client, "demo", "", Some(json!({"b": 2, "a": "x"}))).await;
     assert_eq!(task.kind, "demo");
     let done = wait_for_status(&client, &task.id, pb::TaskStatus::Completed).await;
-    assert_eq!(json(&done.result), Some(json!(r#"Processed: {"a":"x","b":2}"#)));
+    assert_eq!(
+        json(&done.result),
+        Some(json!(r#"Processed: {"a":"x","b":2}"#))
+    );
     let progress = done.progress.expect("demo reports progress");
     assert_eq!(progress.percent, 100);
     assert_eq!(done.attempt, 1);
@@ -58,16 +68,43 @@ async fn an_empty_kind_runs_the_demo_processor_with_progress() {
 async fn built_in_kinds_do_what_the_contract_says() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
-    let data = json!({"text": "a\u{0000}b", "emoji": "🦀", "n": -3, "f": 0.125, "list": [null, true, {}]});
+    let data =
+        json!({"text": "a\u{0000}b", "emoji": "🦀", "n": -3, "f": 0.125, "list": [null, true, {}]});
     let echo = create(&mut client, "echo", "echo", Some(data.clone())).await;
-    let sleep = create(&mut client, "sleep", "sleep", Some(json!({"seconds": 0.05}))).await;
-    let fail = create(&mut client, "fail", "fail", Some(json!({"message": "disk on fire"}))).await;
+    let sleep = create(
+        &mut client,
+        "sleep",
+        "sleep",
+        Some(json!({"seconds": 0.05})),
+    )
+    .await;
+    let fail = create(
+        &mut client,
+        "fail",
+        "fail",
+        Some(json!({"message": "disk on fire"})),
+    )
+    .await;
     let fail_plain = create(&mut client, "fail plain", "fail", None).await;
-    let bad_sleep = create(&mut client, "bad sleep", "sleep", Some(json!({"seconds": -1}))).await;
+    let bad_sleep = create(
+        &mut client,
+        "bad sleep",
+        "sleep",
+        Some(json!({"seconds": -1})),
+    )
+    .await;
 
     let echo = wait_for_status(&client, &echo.id, pb::TaskStatus::Completed).await;
-    assert_eq!(json(&echo.result), Some(data.clone()), "result is data unchanged");
-    assert_eq!(json(&echo.data), Some(data), "data comes back exactly as sent");
+    assert_eq!(
+        json(&echo.result),
+        Some(data.clone()),
+        "result is data unchanged"
+    );
+    assert_eq!(
+        json(&echo.data),
+        Some(data),
+        "data comes back exactly as sent"
+    );
     let sleep = wait_for_status(&client, &sleep.id, pb::TaskStatus::Completed).await;
     assert_eq!(json(&sleep.result), Some(json!({"slept": 0.05})));
     let fail = wait_for_status(&client, &fail.id, pb::TaskStatus::Failed).await;
@@ -86,15 +123,25 @@ async fn a_panicking_processor_fails_its_task_and_the_server_keeps_serving() {
     let task = create(&mut client, "panics", "panic", None).await;
     let failed = wait_for_status(&client, &task.id, pb::TaskStatus::Failed).await;
     assert!(failed.error.contains("panicked"), "{}", failed.error);
-    assert!(failed.error.contains("deliberate test panic"), "{}", failed.error);
+    assert!(
+        failed.error.contains("deliberate test panic"),
+        "{}",
+        failed.error
+    );
     let after = create(&mut client, "after", "echo", Some(json!(1))).await;
     wait_for_status(&client, &after.id, pb::TaskStatus::Completed).await;
-    assert_eq!(server.stats().await.running, 0, "the panicked run's slot is free");
+    assert_eq!(
+        server.stats().await.running,
+        0,
+        "the panicked run's slot is free"
+    );
 }
 
 fn nested(depth: usize) -> ProtoValue {
     (1..depth).fold(json_to_proto(&json!(1)), |inner, _| ProtoValue {
-        kind: Some(Kind::ListValue(ListValue { values: vec![inner] })),
+        kind: Some(Kind::ListValue(ListValue {
+            values: vec![inner],
+        })),
     })
 }
 
@@ -116,8 +163,9 @@ async fn every_broken_input_rule_is_invalid_argument_naming_its_field() {
         change(&mut create_request);
         create_request
     };
-    let too_many_labels: HashMap<String, String> =
-        (0..65).map(|index| (format!("k{index}"), "v".to_owned())).collect();
+    let too_many_labels: HashMap<String, String> = (0..65)
+        .map(|index| (format!("k{index}"), "v".to_owned()))
+        .collect();
     let cases: Vec<(&str, pb::CreateTaskRequest)> = vec![
         ("name", with(&|r| r.name = String::new())),
         ("name", with(&|r| r.name = "   \t ".into())),
@@ -125,21 +173,42 @@ async fn every_broken_input_rule_is_invalid_argument_naming_its_field() {
         ("name", with(&|r| r.name = "two\nlines".into())),
         ("name", with(&|r| r.name = "nul\0".into())),
         ("description", with(&|r| r.description = "d".repeat(4097))),
-        ("description", with(&|r| r.description = "nul\0inside".into())),
+        (
+            "description",
+            with(&|r| r.description = "nul\0inside".into()),
+        ),
         ("kind", with(&|r| r.kind = "no-such-kind".into())),
         ("timeout_seconds", with(&|r| r.timeout_seconds = 301)),
         ("labels", with(&|r| r.labels = too_many_labels.clone())),
-        ("labels", with(&|r| r.labels = HashMap::from([(String::new(), "v".into())]))),
-        ("labels", with(&|r| r.labels = HashMap::from([("k".repeat(64), "v".into())]))),
-        ("labels", with(&|r| r.labels = HashMap::from([("bad key".into(), "v".into())]))),
-        ("labels", with(&|r| r.labels = HashMap::from([("k".into(), "v".repeat(257))]))),
-        ("labels", with(&|r| r.labels = HashMap::from([("k".into(), "a\0b".into())]))),
+        (
+            "labels",
+            with(&|r| r.labels = HashMap::from([(String::new(), "v".into())])),
+        ),
+        (
+            "labels",
+            with(&|r| r.labels = HashMap::from([("k".repeat(64), "v".into())])),
+        ),
+        (
+            "labels",
+            with(&|r| r.labels = HashMap::from([("bad key".into(), "v".into())])),
+        ),
+        (
+            "labels",
+            with(&|r| r.labels = HashMap::from([("k".into(), "v".repeat(257))])),
+        ),
+        (
+            "labels",
+            with(&|r| r.labels = HashMap::from([("k".into(), "a\0b".into())])),
+        ),
         ("request_id", with(&|r| r.request_id = "r".repeat(129))),
         ("request_id", with(&|r| r.request_id = "tab\there".into())),
         ("data", with(&|r| r.data = Some(nested(33)))),
         ("data", with(&|r| r.data = Some(number(f64::NAN)))),
         ("data", with(&|r| r.data = Some(number(f64::INFINITY)))),
-        ("data", with(&|r| r.data = Some(json_to_proto(&json!("x".repeat(1024 * 1024 + 1)))))),
+        (
+            "data",
+            with(&|r| r.data = Some(json_to_proto(&json!("x".repeat(1024 * 1024 + 1))))),
+        ),
     ];
     for (field, bad_request) in cases {
         let status = client
@@ -168,14 +237,21 @@ async fn values_at_the_limits_are_accepted() {
         labels,
         request_id: "r".repeat(128),
     };
-    let task = client.create_task(at_limits).await.expect("accepted").into_inner();
+    let task = client
+        .create_task(at_limits)
+        .await
+        .expect("accepted")
+        .into_inner();
     assert_eq!(task.timeout_seconds, 300);
     assert_eq!(task.labels.len(), 64);
     // Just under the data limit, counting the encoding's own overhead.
     let big = json_to_proto(&json!("x".repeat(1024 * 1024 - 16)));
     let mut big_request = request("big", "echo", None);
     big_request.data = Some(big);
-    client.create_task(big_request).await.expect("data under the limit is accepted");
+    client
+        .create_task(big_request)
+        .await
+        .expect("data under the limit is accepted");
 }
 
 #[tokio::test]
@@ -200,16 +276,31 @@ async fn a_repeated_request_id_returns_the_first_task_or_is_refused() {
     let mut client = server.client().await;
     let mut first_request = request("idempotent", "echo", Some(json!({"k": 1})));
     first_request.request_id = "req-1".into();
-    let first = client.create_task(first_request.clone()).await.expect("first").into_inner();
+    let first = client
+        .create_task(first_request.clone())
+        .await
+        .expect("first")
+        .into_inner();
     wait_for_status(&client, &first.id, pb::TaskStatus::Completed).await;
 
-    let again = client.create_task(first_request.clone()).await.expect("retry").into_inner();
+    let again = client
+        .create_task(first_request.clone())
+        .await
+        .expect("retry")
+        .into_inner();
     assert_eq!(again.id, first.id, "the same task comes back");
-    assert_eq!(status_of(&again), pb::TaskStatus::Completed, "in its current state");
+    assert_eq!(
+        status_of(&again),
+        pb::TaskStatus::Completed,
+        "in its current state"
+    );
 
     let mut different = first_request.clone();
     different.data = Some(json_to_proto(&json!({"k": 2})));
-    let status = client.create_task(different).await.expect_err("other parameters");
+    let status = client
+        .create_task(different)
+        .await
+        .expect_err("other parameters");
     assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
     assert!(status.message().contains("req-1"), "{}", status.message());
     assert_eq!(server.stats().await.tasks, 1);
@@ -224,7 +315,14 @@ async fn concurrent_creates_with_one_request_id_make_one_task() {
     let creates = (0..20).map(|_| {
         let mut client = client.clone();
         let create_request = create_request.clone();
-        tokio::spawn(async move { client.create_task(create_request).await.expect("created").into_inner().id })
+        tokio::spawn(async move {
+            client
+                .create_task(create_request)
+                .await
+                .expect("created")
+                .into_inner()
+                .id
+        })
     });
     let mut ids = Vec::new();
     for create in creates {
@@ -261,7 +359,12 @@ async fn a_full_queue_is_resource_exhausted_with_retry_info() {
     server.gate.release(1);
     let accepted = eventually("room in the queue", || {
         let mut client = client.clone();
-        async move { client.create_task(request("fits now", "gate", None)).await.ok() }
+        async move {
+            client
+                .create_task(request("fits now", "gate", None))
+                .await
+                .ok()
+        }
     })
     .await
     .into_inner();

@@ -155,7 +155,12 @@ pub fn request(name: &str, kind: &str, data: Option<JsonValue>) -> pb::CreateTas
     }
 }
 
-pub async fn create(client: &mut Client, name: &str, kind: &str, data: Option<JsonValue>) -> pb::Task {
+pub async fn create(
+    client: &mut Client,
+    name: &str,
+    kind: &str,
+    data: Option<JsonValue>,
+) -> pb::Task {
     client
         .create_task(request(name, kind, data))
         .await
@@ -261,7 +266,10 @@ impl Gate {
 #[async_trait::async_trait]
 impl Processor for Gate {
     async fn process(&self, context: TaskContext) -> Result<JsonValue, ProcessorError> {
-        self.started.lock().expect("not poisoned").push(context.task_id);
+        self.started
+            .lock()
+            .expect("not poisoned")
+            .push(context.task_id);
         let now_running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_running.fetch_max(now_running, Ordering::SeqCst);
         let outcome = tokio::select! {
@@ -303,10 +311,16 @@ pub struct ChattyProcessor;
 #[async_trait::async_trait]
 impl Processor for ChattyProcessor {
     async fn process(&self, context: TaskContext) -> Result<JsonValue, ProcessorError> {
-        let reports = context.data().get("reports").and_then(JsonValue::as_u64).unwrap_or(100);
+        let reports = context
+            .data()
+            .get("reports")
+            .and_then(JsonValue::as_u64)
+            .unwrap_or(100);
         for report in 1..=reports {
             let percent = (report * 100 / reports) as u32;
-            context.report_progress(percent, format!("report {report}")).await;
+            context
+                .report_progress(percent, format!("report {report}"))
+                .await;
         }
         Ok(JsonValue::from(reports))
     }

@@ -1,0 +1,16 @@
+//! The integration suite: one binary, each module a part of the contract,
+//! all of them against the real server over real TCP on 127.0.0.1.
+
+// A failed expectation is how a test says what went wrong.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+mod create;
+mod lifecycle;
+mod list;
+mod process;
+mod reflection;
+mod scheduling;
+mod shutdown;
+mod watch;
