@@ -23,6 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // prost's codec, but a request nested too deep is INVALID_ARGUMENT.
+        .codec_path("crate::codec::TaskCodec")
         .compile_fds(file_descriptor_set)?;
     Ok(())
 }

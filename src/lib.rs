@@ -4,10 +4,14 @@
 //! Layers, from the wire down: `server` → `api` → `manager` →
 //! `processor` → `task`. Nothing below `api` knows about protobuf or tonic.
 
+pub mod admin;
 pub mod api;
+pub mod codec;
 pub mod config;
 pub mod manager;
+pub mod metrics;
 pub mod pb;
 pub mod processor;
 pub mod server;
 pub mod task;
+pub mod telemetry;

@@ -1,36 +1,41 @@
-//! The `task-processor` binary: parses flags, sets up logging, binds the
-//! listener and runs the server until SIGINT or SIGTERM.
-
-use std::io::IsTerminal;
+//! The `task-processor` binary: loads the configuration, sets up logging,
+//! binds the listeners and runs the server until SIGINT or SIGTERM.
 
 use anyhow::Context;
 use clap::Parser;
 use task_processor::{
-    config::{Flags, ServerConfig},
+    config::{Config, Flags},
     processor::Registry,
-    server,
+    server::{self, Listeners},
+    telemetry,
 };
 use tokio::net::TcpListener;
 use tracing::warn;
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::stdout().is_terminal())
-        .init();
+    // Validated before anything binds, so a bad setting never half-starts.
+    let config = Config::load(&flags, |name| std::env::var(name).ok())?;
+    if flags.print_config {
+        print!("{}", config.to_yaml());
+        return Ok(());
+    }
+    telemetry::init_logging(&config, flags.verbose);
+    telemetry::log_panics();
 
-    let config = ServerConfig::try_from(flags)?;
     let registry = Registry::with_builtins(config.demo_duration);
-    let listener = TcpListener::bind(config.listen)
+    let grpc = TcpListener::bind(&config.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-
-    server::run(listener, config, registry, shutdown_signal()).await?;
+        .with_context(|| format!("cannot listen for gRPC on {}", config.listen))?;
+    let admin = TcpListener::bind(&config.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen for admin HTTP on {}", config.admin_listen))?;
+    let listeners = Listeners {
+        grpc,
+        admin: Some(admin),
+    };
+    server::run(listeners, config, registry, shutdown_signal()).await?;
     Ok(())
 }
 

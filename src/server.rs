@@ -1,5 +1,6 @@
-//! The server: `TaskService`, gRPC health and reflection on one listener,
-//! and the order in which things stop.
+//! The server: `TaskService`, gRPC health and reflection on the gRPC
+//! listener, the admin endpoints on their own, and the order in which
+//! things stop.
 
 use std::{future::Future, time::Duration};
 
@@ -10,11 +11,14 @@ use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
 use crate::{
+    admin,
     api::TaskApi,
-    config::ServerConfig,
+    config::Config,
     manager::{FORCED_STOP_AFTER, ManagerHandle},
+    metrics::Metrics,
     pb::{self, task_service_server::TaskServiceServer},
     processor::Registry,
+    telemetry::RpcLayer,
 };
 
 /// Room in a request for everything besides `data`.
@@ -27,6 +31,15 @@ const CONNECTION_CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// The health service name of `TaskService`.
 pub const TASK_SERVICE_NAME: &str = "taskprocessor.v1.TaskService";
 
+/// The sockets the server answers on; the caller binds them, so tests can
+/// use port 0 and nothing races for a port.
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    /// `None` serves no admin endpoints.
+    pub admin: Option<TcpListener>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("the gRPC server failed")]
@@ -37,30 +50,34 @@ pub enum ServerError {
     Join(#[from] tokio::task::JoinError),
 }
 
-/// Runs the service on `listener` until `shutdown` completes, then stops in
-/// order (see [`run_with_manager`]).
+/// Runs the service until `shutdown` completes, then stops in order (see
+/// [`run_with`]).
 pub async fn run(
-    listener: TcpListener,
-    config: ServerConfig,
+    listeners: Listeners,
+    config: Config,
     registry: Registry,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    let manager = ManagerHandle::spawn(config.manager_config(), registry.clone());
-    run_with_manager(listener, config, registry, manager, shutdown).await
+    let metrics = Metrics::new();
+    let manager = ManagerHandle::spawn(config.manager_config(), registry.clone(), metrics.clone());
+    run_with(listeners, config, registry, manager, metrics, shutdown).await
 }
 
-/// Like [`run`], with a manager the caller spawned (and may keep a handle
-/// to, to look at its counters).
+/// Like [`run`], with a manager and metrics the caller made (and may keep,
+/// to look at them).
 ///
-/// When `shutdown` completes: health goes `NOT_SERVING` and creates get
-/// `UNAVAILABLE` at once; for the drain period reads and watches go on;
-/// then open watch streams end `UNAVAILABLE`, running tasks are cancelled
-/// (and aborted a second later if they ignore it) and the listener closes.
-pub async fn run_with_manager(
-    listener: TcpListener,
-    config: ServerConfig,
+/// When `shutdown` completes: gRPC health and `/readyz` go not-serving and
+/// creates get `UNAVAILABLE` at once; for the drain period reads, watches
+/// and runs go on; then no new task starts and running ones get the
+/// shutdown grace to finish; then open watch streams end `UNAVAILABLE`,
+/// what still runs is cancelled (and aborted a second later if it ignores
+/// that), and the listeners close.
+pub async fn run_with(
+    listeners: Listeners,
+    config: Config,
     registry: Registry,
     manager: ManagerHandle,
+    metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -68,13 +85,17 @@ pub async fn run_with_manager(
         .set_service_status(TASK_SERVICE_NAME, ServingStatus::Serving)
         .await;
 
+    // google.rpc error details are served too, so grpcurl can print the
+    // BadRequest and RetryInfo details of our errors.
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
     let watches_end = CancellationToken::new();
@@ -87,20 +108,36 @@ pub async fn run_with_manager(
     let task_service = TaskServiceServer::new(api)
         .max_decoding_message_size(config.max_data_bytes + REQUEST_OVERHEAD_BYTES);
 
-    let local_address = listener
-        .local_addr()
-        .map_or_else(|error| error.to_string(), |address| address.to_string());
+    let grpc_address = address_of(&listeners.grpc);
     let stop_serving = CancellationToken::new();
     let router = tonic::transport::Server::builder()
+        .layer(RpcLayer::new(metrics.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(task_service);
     let mut serving = tokio::spawn(router.serve_with_incoming_shutdown(
-        TcpIncoming::from(listener).with_nodelay(Some(true)),
+        TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
         stop_serving.clone().cancelled_owned(),
     ));
-    info!(address = %local_address, node = %config.node_name, "serving");
+
+    let draining = CancellationToken::new();
+    let admin_address = listeners.admin.as_ref().map(address_of);
+    let admin = listeners.admin.map(|listener| {
+        tokio::spawn(admin::serve(
+            listener,
+            metrics,
+            manager.clone(),
+            draining.clone(),
+            stop_serving.clone(),
+        ))
+    });
+    info!(
+        address = %grpc_address,
+        admin_address = admin_address.as_deref().unwrap_or("none"),
+        node = %config.node_name,
+        "serving"
+    );
 
     tokio::select! {
         () = shutdown => {}
@@ -112,24 +149,34 @@ pub async fn run_with_manager(
     }
 
     info!(drain_period = ?config.drain_period, "shutdown begun: not serving, refusing creates");
+    draining.cancel();
     for service in ["", TASK_SERVICE_NAME] {
         health_reporter
             .set_service_status(service, ServingStatus::NotServing)
             .await;
     }
-    // An error means the manager is already gone, which is what we want.
+    // Errors below mean the manager is already gone, which is the goal.
     let _ = manager.stop_accepting().await;
     tokio::time::sleep(config.drain_period).await;
 
-    // Watchers hear UNAVAILABLE (retry elsewhere) before their tasks are
-    // cancelled under them.
-    watches_end.cancel();
-    let cancelled = manager
-        .cancel_running("cancelled: the server is shutting down")
+    info!(shutdown_grace = ?config.shutdown_grace, "drain over: letting running tasks finish");
+    let _ = manager.stop_starting().await;
+    let finished_in_time = tokio::time::timeout(config.shutdown_grace, manager.wait_until_idle())
         .await
-        .unwrap_or_default();
-    info!(cancelled, "running tasks cancelled");
-    wait_for_runs_to_stop(&manager).await;
+        .is_ok();
+
+    // Watchers hear UNAVAILABLE (retry elsewhere) before what still runs
+    // is cancelled under them.
+    watches_end.cancel();
+    if !finished_in_time {
+        let cancelled = manager
+            .cancel_running("cancelled: the server is shutting down")
+            .await
+            .unwrap_or_default();
+        info!(cancelled, "grace over: running tasks cancelled");
+        let stop_budget = FORCED_STOP_AFTER + Duration::from_secs(1);
+        let _ = tokio::time::timeout(stop_budget, manager.wait_until_idle()).await;
+    }
 
     stop_serving.cancel();
     match tokio::time::timeout(CONNECTION_CLOSE_GRACE, &mut serving).await {
@@ -139,20 +186,15 @@ pub async fn run_with_manager(
             serving.abort();
         }
     }
+    if let Some(admin) = admin {
+        admin.abort();
+    }
     info!("stopped");
     Ok(())
 }
 
-/// Waits until no processor runs any more; cancelled ones are aborted after
-/// [`FORCED_STOP_AFTER`], so this is bounded.
-async fn wait_for_runs_to_stop(manager: &ManagerHandle) {
-    let deadline = tokio::time::Instant::now() + FORCED_STOP_AFTER + Duration::from_secs(1);
-    while tokio::time::Instant::now() < deadline {
-        match manager.stats().await {
-            Ok(stats) if stats.running > 0 => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            _ => return,
-        }
-    }
+fn address_of(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .map_or_else(|error| error.to_string(), |address| address.to_string())
 }

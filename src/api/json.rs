@@ -75,7 +75,9 @@ fn convert(value: &ProtoValue, level: usize) -> Result<JsonValue, Vec<String>> {
 }
 
 fn json_number(number: f64) -> Option<Number> {
-    if number.fract() == 0.0 && number.abs() < MAX_EXACT_INTEGER {
+    // -0.0 stays a float, so it comes back as sent.
+    let negative_zero = number == 0.0 && number.is_sign_negative();
+    if number.fract() == 0.0 && number.abs() < MAX_EXACT_INTEGER && !negative_zero {
         // Exact: the value is an integer well inside i64's range.
         return Some(Number::from(number as i64));
     }
@@ -151,6 +153,12 @@ mod tests {
         });
         let back = json_from_proto(&json_to_proto(&json)).expect("valid");
         assert_eq!(back, json);
+        let negative_zero = json_from_proto(&number(-0.0)).expect("valid");
+        assert!(
+            negative_zero
+                .as_f64()
+                .is_some_and(|zero| zero.is_sign_negative())
+        );
         assert_eq!(back["int"].to_string(), "42", "integers stay integers");
     }
 }

@@ -1,5 +1,5 @@
 //! The gRPC edge: `TaskService` handlers that validate requests, call the
-//! manager and convert answers, with one log line per RPC.
+//! manager and convert answers.
 
 mod convert;
 pub mod error;
@@ -7,12 +7,11 @@ pub mod json;
 pub mod page_token;
 pub mod validate;
 
-use std::{pin::Pin, time::Instant};
+use std::pin::Pin;
 
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
-use tracing::info;
 
 use crate::{
     manager::{ManagerHandle, TaskWatch},
@@ -59,35 +58,32 @@ impl TaskService for TaskApi {
         &self,
         request: Request<pb::CreateTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
-        let started = Instant::now();
         let result = async {
             let new_task = validate::new_task(request.into_inner(), &self.limits, &self.registry)?;
             let task = self.manager.create_task(new_task).await?;
             Ok(pb::Task::from(&*task))
         }
         .await;
-        respond("CreateTask", started, result)
+        respond(result)
     }
 
     async fn get_task(
         &self,
         request: Request<pb::GetTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
-        let started = Instant::now();
         let result = async {
             let id = validate::task_id(&request.get_ref().id)?;
             let task = self.manager.get_task(id).await?;
             Ok(pb::Task::from(&*task))
         }
         .await;
-        respond("GetTask", started, result)
+        respond(result)
     }
 
     async fn list_tasks(
         &self,
         request: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
-        let started = Instant::now();
         let result = async {
             let query = validate::list_query(request.into_inner())?;
             let page = self.manager.list_tasks(query.clone()).await?;
@@ -104,21 +100,20 @@ impl TaskService for TaskApi {
             })
         }
         .await;
-        respond("ListTasks", started, result)
+        respond(result)
     }
 
     async fn cancel_task(
         &self,
         request: Request<pb::CancelTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
-        let started = Instant::now();
         let result = async {
             let id = validate::task_id(&request.get_ref().id)?;
             let task = self.manager.cancel_task(id).await?;
             Ok(pb::Task::from(&*task))
         }
         .await;
-        respond("CancelTask", started, result)
+        respond(result)
     }
 
     type WatchTaskStream = WatchTaskStream;
@@ -127,34 +122,19 @@ impl TaskService for TaskApi {
         &self,
         request: Request<pb::WatchTaskRequest>,
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
-        let started = Instant::now();
         let result = async {
             let id = validate::task_id(&request.get_ref().id)?;
             let watch = self.manager.watch_task(id).await?;
             Ok(watch_stream(watch, self.shutdown.clone()))
         }
         .await;
-        respond("WatchTask", started, result)
+        respond(result)
     }
 }
 
-/// Logs the RPC and converts its outcome.
-fn respond<T>(
-    method: &'static str,
-    started: Instant,
-    result: Result<T, ApiError>,
-) -> Result<Response<T>, Status> {
-    let result = result.map_err(Status::from);
-    let code = match &result {
-        Ok(_) => tonic::Code::Ok,
-        Err(status) => status.code(),
-    };
-    let latency_us = started.elapsed().as_micros() as u64;
-    match &result {
-        Ok(_) => info!(method, ?code, latency_us, "rpc"),
-        Err(status) => info!(method, ?code, latency_us, message = status.message(), "rpc"),
-    }
-    result.map(Response::new)
+/// Converts an outcome; the RPC layer logs it with its code and latency.
+fn respond<T>(result: Result<T, ApiError>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(Status::from)
 }
 
 /// One step of a watch stream.
@@ -175,8 +155,11 @@ enum WatchStep {
 fn watch_stream(mut watch: TaskWatch, shutdown: CancellationToken) -> WatchTaskStream {
     Box::pin(async_stream::stream! {
         loop {
+            // Shutdown first: once it fires, watchers must hear UNAVAILABLE,
+            // not the cancellation the shutdown is about to cause.
             let step = tokio::select! {
                 biased;
+                () = shutdown.cancelled() => WatchStep::Unavailable,
                 next = watch.next() => match next {
                     Some(task) => WatchStep::Send(pb::WatchTaskResponse {
                         task: Some(pb::Task::from(&*task)),
@@ -184,7 +167,6 @@ fn watch_stream(mut watch: TaskWatch, shutdown: CancellationToken) -> WatchTaskS
                     None if watch.is_finished() => WatchStep::Done,
                     None => WatchStep::Unavailable,
                 },
-                () = shutdown.cancelled() => WatchStep::Unavailable,
             };
             match step {
                 WatchStep::Send(response) => yield Ok(response),

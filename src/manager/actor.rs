@@ -14,7 +14,7 @@ use std::{
 
 use serde_json::Value as JsonValue;
 use tokio::{
-    sync::{mpsc, watch},
+    sync::{mpsc, oneshot, watch},
     task::{AbortHandle, JoinError, JoinSet},
 };
 use tokio_util::{
@@ -28,6 +28,7 @@ use super::{
     watch::{TaskWatch, WatchState},
 };
 use crate::{
+    metrics::Metrics,
     processor::{ProcessorError, ProgressReporter, ProgressUpdate, Registry, TaskContext},
     task::{Applied, NewTask, Task, TaskEvent, TaskId, TaskStatus},
 };
@@ -40,8 +41,9 @@ const COMMAND_BATCH: usize = 256;
 /// the loop for long.
 const LIST_SCAN_BUDGET: usize = 20_000;
 
-/// How often watch channels whose watchers all left are dropped.
-const WATCHER_SWEEP_PERIOD: Duration = Duration::from_secs(10);
+/// How often expired finished tasks and watch channels whose watchers all
+/// left are dropped.
+const HOUSEKEEPING_PERIOD: Duration = Duration::from_secs(1);
 
 type RunOutput = Result<JsonValue, ProcessorError>;
 
@@ -68,6 +70,7 @@ struct RunSlot {
 pub(super) struct Manager {
     config: ManagerConfig,
     registry: Registry,
+    metrics: Metrics,
     /// Cloned into every run's context so processors can report progress.
     progress_sender: mpsc::Sender<ProgressUpdate>,
     /// Progress from runs; drained before a run's result is applied, so a
@@ -89,6 +92,10 @@ pub(super) struct Manager {
     timers: DelayQueue<Timer>,
     /// One channel per watched task, shared by all its watchers.
     watchers: HashMap<TaskId, watch::Sender<WatchState>>,
+    /// Finished tasks in the order they finished, for retention.
+    finished: VecDeque<(Instant, TaskId)>,
+    /// Callers waiting for the last run to stop.
+    idle_waiters: Vec<oneshot::Sender<Result<(), ManagerError>>>,
     /// Cleared when shutdown begins: creates are refused.
     accepting: bool,
     /// Cleared when running tasks are cancelled for shutdown: none start.
@@ -99,12 +106,14 @@ impl Manager {
     pub(super) fn new(
         config: ManagerConfig,
         registry: Registry,
+        metrics: Metrics,
         progress_sender: mpsc::Sender<ProgressUpdate>,
         progress_updates: mpsc::Receiver<ProgressUpdate>,
     ) -> Self {
         Self {
             config,
             registry,
+            metrics,
             progress_sender,
             progress_updates,
             tasks: BTreeMap::new(),
@@ -116,6 +125,8 @@ impl Manager {
             run_owners: HashMap::new(),
             timers: DelayQueue::new(),
             watchers: HashMap::new(),
+            finished: VecDeque::new(),
+            idle_waiters: Vec::new(),
             accepting: true,
             starting: true,
         }
@@ -125,8 +136,8 @@ impl Manager {
     /// aborted.
     pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut batch = Vec::with_capacity(COMMAND_BATCH);
-        let mut watcher_sweep = tokio::time::interval(WATCHER_SWEEP_PERIOD);
-        watcher_sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING_PERIOD);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 received = commands.recv_many(&mut batch, COMMAND_BATCH) => {
@@ -142,9 +153,17 @@ impl Manager {
                 Some(expired) = poll_fn(|context| self.timers.poll_expired(context)) => {
                     self.handle_timer(expired.into_inner());
                 }
-                _ = watcher_sweep.tick() => self.sweep_watchers(),
+                _ = housekeeping.tick() => {
+                    self.sweep_watchers();
+                    self.forget_expired_tasks();
+                }
             }
             self.start_pending();
+            if self.running.is_empty() {
+                for waiter in self.idle_waiters.drain(..) {
+                    let _ = waiter.send(Ok(()));
+                }
+            }
         }
         debug!(
             running = self.running.len(),
@@ -178,6 +197,11 @@ impl Manager {
                 self.accepting = false;
                 let _ = respond_to.send(Ok(()));
             }
+            Command::StopStarting { respond_to } => {
+                self.starting = false;
+                let _ = respond_to.send(Ok(()));
+            }
+            Command::WaitUntilIdle { respond_to } => self.idle_waiters.push(respond_to),
             Command::CancelRunning { reason, respond_to } => {
                 let _ = respond_to.send(Ok(self.cancel_running(&reason)));
             }
@@ -219,6 +243,7 @@ impl Manager {
         self.tasks.insert(id, Arc::clone(&task));
         self.queue.push_back(id);
         self.pending += 1;
+        self.metrics.task_created(&task.kind);
         info!(task_id = %id, kind = %task.kind, "task created");
         Ok(task)
     }
@@ -326,6 +351,7 @@ impl Manager {
                 .map(watch::Sender::receiver_count)
                 .sum(),
             request_ids: self.request_ids.len(),
+            finished: self.finished.len(),
         }
     }
 
@@ -510,8 +536,13 @@ impl Manager {
                 }
                 if status_changed {
                     debug!(task_id = %task_id, from = %before, to = %task.status, "task status changed");
+                } else if let Some(progress) = &task.progress {
+                    debug!(task_id = %task_id, kind = %task.kind, percent = progress.percent, "task progress");
                 }
                 self.publish(&task, status_changed);
+                if status_changed && task.status.is_terminal() {
+                    self.record_finished(&task);
+                }
                 Some(task)
             }
             Ok(Applied::Unchanged) => Some(Arc::clone(entry)),
@@ -534,6 +565,46 @@ impl Manager {
             // the terminal state.
             self.watchers.remove(&task.id);
         }
+    }
+
+    /// Counts a finished task and keeps it only as long as retention allows.
+    fn record_finished(&mut self, task: &Task) {
+        let run_time = task
+            .started_at
+            .zip(task.completed_at)
+            .and_then(|(started, completed)| completed.duration_since(started).ok());
+        self.metrics
+            .task_finished(&task.kind, task.status, run_time);
+        self.finished.push_back((Instant::now(), task.id));
+        while self.finished.len() > self.config.max_finished_tasks {
+            if let Some((_, oldest)) = self.finished.pop_front() {
+                self.forget(oldest);
+            }
+        }
+    }
+
+    /// Forgets finished tasks older than the retention period.
+    fn forget_expired_tasks(&mut self) {
+        while let Some((finished_at, id)) = self.finished.front().copied() {
+            if finished_at.elapsed() < self.config.retention {
+                break;
+            }
+            self.finished.pop_front();
+            self.forget(id);
+        }
+    }
+
+    /// Removes a finished task and its idempotency key.
+    fn forget(&mut self, id: TaskId) {
+        if let Some(task) = self.tasks.remove(&id) {
+            if let Some(request_id) = &task.request_id
+                && self.request_ids.get(request_id) == Some(&id)
+            {
+                self.request_ids.remove(request_id);
+            }
+            debug!(task_id = %id, "finished task forgotten");
+        }
+        self.watchers.remove(&id);
     }
 
     fn sweep_watchers(&mut self) {

@@ -12,6 +12,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
+    metrics::Metrics,
     processor::Registry,
     task::{NewTask, Task, TaskId, TaskStatus},
 };
@@ -39,6 +40,10 @@ pub struct ManagerConfig {
     pub node_name: String,
     /// How long a caller should wait before retrying on a full queue.
     pub queue_full_retry_after: Duration,
+    /// Finished tasks are forgotten this long after they finished...
+    pub retention: Duration,
+    /// ...or sooner when more than this many have finished (oldest first).
+    pub max_finished_tasks: usize,
 }
 
 /// Why the manager refused a command.
@@ -92,6 +97,8 @@ pub struct ManagerStats {
     /// Open watch streams over all tasks.
     pub watchers: usize,
     pub request_ids: usize,
+    /// Finished tasks still retained.
+    pub finished: usize,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, ManagerError>>;
@@ -122,6 +129,12 @@ enum Command {
     StopAccepting {
         respond_to: Reply<()>,
     },
+    StopStarting {
+        respond_to: Reply<()>,
+    },
+    WaitUntilIdle {
+        respond_to: Reply<()>,
+    },
     CancelRunning {
         reason: String,
         respond_to: Reply<usize>,
@@ -140,10 +153,16 @@ pub struct ManagerHandle {
 
 impl ManagerHandle {
     /// Spawns the actor on the current tokio runtime and returns its handle.
-    pub fn spawn(config: ManagerConfig, registry: Registry) -> Self {
+    pub fn spawn(config: ManagerConfig, registry: Registry, metrics: Metrics) -> Self {
         let (commands, command_receiver) = mpsc::channel(COMMAND_BUFFER);
         let (progress_sender, progress_receiver) = mpsc::channel(PROGRESS_BUFFER);
-        let actor = actor::Manager::new(config, registry, progress_sender, progress_receiver);
+        let actor = actor::Manager::new(
+            config,
+            registry,
+            metrics,
+            progress_sender,
+            progress_receiver,
+        );
         tokio::spawn(actor.run(command_receiver));
         Self { commands }
     }
@@ -185,6 +204,18 @@ impl ManagerHandle {
     /// including running tasks, carries on.
     pub async fn stop_accepting(&self) -> Result<(), ManagerError> {
         self.call(|respond_to| Command::StopAccepting { respond_to })
+            .await
+    }
+
+    /// Starts no more tasks; running ones carry on.
+    pub async fn stop_starting(&self) -> Result<(), ManagerError> {
+        self.call(|respond_to| Command::StopStarting { respond_to })
+            .await
+    }
+
+    /// Completes when no processor runs (at once if none does).
+    pub async fn wait_until_idle(&self) -> Result<(), ManagerError> {
+        self.call(|respond_to| Command::WaitUntilIdle { respond_to })
             .await
     }
 

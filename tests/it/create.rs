@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use prost_types::{ListValue, Value as ProtoValue, value::Kind};
 use serde_json::json;
-use task_processor::{api::json::json_to_proto, config::ServerConfig, pb};
+use task_processor::{api::json::json_to_proto, config::Config, pb};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -203,6 +203,9 @@ async fn every_broken_input_rule_is_invalid_argument_naming_its_field() {
         ("request_id", with(&|r| r.request_id = "r".repeat(129))),
         ("request_id", with(&|r| r.request_id = "tab\there".into())),
         ("data", with(&|r| r.data = Some(nested(33)))),
+        // Deeper than the protobuf decoder itself will go.
+        ("data", with(&|r| r.data = Some(nested(60)))),
+        ("data", with(&|r| r.data = Some(nested(500)))),
         ("data", with(&|r| r.data = Some(number(f64::NAN)))),
         ("data", with(&|r| r.data = Some(number(f64::INFINITY)))),
         (
@@ -256,7 +259,7 @@ async fn values_at_the_limits_are_accepted() {
 
 #[tokio::test]
 async fn the_data_limit_is_configurable() {
-    let config = ServerConfig {
+    let config = Config {
         max_data_bytes: 100,
         ..test_config()
     };
@@ -335,7 +338,7 @@ async fn concurrent_creates_with_one_request_id_make_one_task() {
 
 #[tokio::test]
 async fn a_full_queue_is_resource_exhausted_with_retry_info() {
-    let config = ServerConfig {
+    let config = Config {
         max_concurrent: 1,
         queue_capacity: 2,
         ..test_config()

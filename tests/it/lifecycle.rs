@@ -2,7 +2,7 @@
 //! as a client sees it.
 
 use serde_json::json;
-use task_processor::{config::ServerConfig, pb};
+use task_processor::{config::Config, pb};
 use tonic::Code;
 
 use crate::support::{
@@ -57,7 +57,7 @@ async fn ids_that_are_not_uuids_are_invalid_and_unknown_ones_not_found() {
 
 #[tokio::test]
 async fn get_returns_what_create_returned_until_it_changes() {
-    let server = TestServer::start_with(ServerConfig {
+    let server = TestServer::start_with(Config {
         max_concurrent: 1,
         ..test_config()
     })
@@ -75,7 +75,7 @@ async fn get_returns_what_create_returned_until_it_changes() {
 
 #[tokio::test]
 async fn cancelling_a_pending_task_cancels_it_at_once_and_it_never_runs() {
-    let server = TestServer::start_with(ServerConfig {
+    let server = TestServer::start_with(Config {
         max_concurrent: 1,
         ..test_config()
     })
@@ -127,7 +127,7 @@ async fn cancelling_a_pending_task_cancels_it_at_once_and_it_never_runs() {
 
 #[tokio::test]
 async fn cancelling_a_running_task_stops_its_processor_and_frees_the_slot() {
-    let server = TestServer::start_with(ServerConfig {
+    let server = TestServer::start_with(Config {
         max_concurrent: 1,
         ..test_config()
     })
@@ -165,7 +165,7 @@ async fn cancelling_a_running_task_stops_its_processor_and_frees_the_slot() {
 
 #[tokio::test]
 async fn a_processor_that_ignores_cancel_is_aborted_and_its_slot_freed() {
-    let server = TestServer::start_with(ServerConfig {
+    let server = TestServer::start_with(Config {
         max_concurrent: 1,
         ..test_config()
     })
@@ -245,7 +245,7 @@ async fn a_task_over_its_timeout_fails_saying_it_timed_out() {
 
 #[tokio::test]
 async fn a_stubborn_task_over_its_timeout_is_aborted_too() {
-    let server = TestServer::start_with(ServerConfig {
+    let server = TestServer::start_with(Config {
         max_concurrent: 1,
         ..test_config()
     })

@@ -9,6 +9,7 @@ mod support;
 mod create;
 mod lifecycle;
 mod list;
+mod operations;
 mod process;
 mod reflection;
 mod scheduling;

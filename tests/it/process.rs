@@ -1,11 +1,13 @@
-//! The real binary: started as a process, stopped with SIGTERM.
+//! The real binary: started as a process, configured, probed over HTTP and
+//! stopped with SIGTERM.
 
 use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
+    time::{Duration, Instant},
 };
 
-use serde_json::json;
+use serde_json::{Value as JsonValue, json};
 use task_processor::pb::{self, task_service_client::TaskServiceClient};
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -13,41 +15,57 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::support::{eventually, request};
+use crate::support::{eventually, http_get, request};
 
-/// The binary, started on a free loopback port; returns it and its address
-/// as read from its "serving" log line.
-fn start_binary(arguments: &[&str]) -> (Child, String) {
+/// Environment variables of a case.
+type Vars<'a> = &'a [(&'a str, &'a str)];
+
+/// A running binary and where it listens.
+struct Process {
+    child: Child,
+    grpc_url: String,
+    admin_address: String,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary on free loopback ports and reads its addresses from
+/// its JSON "serving" log line.
+fn start_binary(arguments: &[&str], env: &[(&str, &str)]) -> Process {
     let mut child = Command::new(env!("CARGO_BIN_EXE_task-processor"))
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .args(arguments)
-        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("the binary starts");
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let address = loop {
+    let serving = loop {
         let line = lines
             .next()
             .expect("the server logs that it serves")
             .expect("readable log");
-        if let Some(rest) = line
-            .split("address=")
-            .nth(1)
-            .filter(|_| line.contains("serving"))
-        {
-            break rest
-                .split_whitespace()
-                .next()
-                .expect("an address")
-                .to_owned();
+        let entry: JsonValue = serde_json::from_str(&line).expect("every log line is JSON");
+        if entry["message"] == "serving" {
+            break entry;
         }
     };
     // Keep draining the log so the process never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
-    (child, format!("http://{address}"))
+    let field = |name: &str| serving[name].as_str().expect("an address").to_owned();
+    Process {
+        child,
+        grpc_url: format!("http://{}", field("address")),
+        admin_address: field("admin_address"),
+    }
 }
 
 fn send_sigterm(child: &Child) {
@@ -59,20 +77,34 @@ fn send_sigterm(child: &Child) {
 }
 
 #[tokio::test]
-async fn sigterm_drains_refuses_creates_ends_watches_and_exits_zero() {
-    let (mut child, url) = start_binary(&["--drain-period", "2s", "--demo-duration", "10m"]);
-    let channel = tonic::transport::Channel::from_shared(url)
+async fn sigterm_drains_then_ends_watches_cancels_runs_and_exits_zero() {
+    let mut process = start_binary(
+        &[
+            "--drain-period",
+            "2s",
+            "--shutdown-grace",
+            "1s",
+            "--demo-duration",
+            "10m",
+        ],
+        &[],
+    );
+    let channel = tonic::transport::Channel::from_shared(process.grpc_url.clone())
         .expect("url")
         .connect()
         .await
         .expect("connect");
     let mut client = TaskServiceClient::new(channel.clone());
     let health = HealthClient::new(channel);
+    assert_eq!(http_get(&process.admin_address, "/readyz").await.0, 200);
+    assert_eq!(http_get(&process.admin_address, "/healthz").await.0, 200);
+
     let task = client
         .create_task(request("long demo", "demo", Some(json!({"n": 1}))))
         .await
         .expect("created")
         .into_inner();
+    crate::support::wait_for_status(&client, &task.id, pb::TaskStatus::Running).await;
     let mut watch = client
         .watch_task(pb::WatchTaskRequest {
             id: task.id.clone(),
@@ -82,7 +114,8 @@ async fn sigterm_drains_refuses_creates_ends_watches_and_exits_zero() {
         .into_inner();
     watch.next().await.expect("first").expect("ok");
 
-    send_sigterm(&child);
+    let signalled = Instant::now();
+    send_sigterm(&process.child);
     eventually("health NOT_SERVING", || {
         let mut health = health.clone();
         async move {
@@ -91,11 +124,27 @@ async fn sigterm_drains_refuses_creates_ends_watches_and_exits_zero() {
         }
     })
     .await;
+    assert_eq!(
+        http_get(&process.admin_address, "/readyz").await.0,
+        503,
+        "not ready while draining"
+    );
+    assert_eq!(
+        http_get(&process.admin_address, "/healthz").await.0,
+        200,
+        "still alive"
+    );
     let refused = client
         .create_task(request("late", "echo", None))
         .await
         .expect_err("refused while draining");
     assert_eq!(refused.code(), Code::Unavailable);
+    let during_drain = crate::support::get(&mut client, &task.id).await;
+    assert_eq!(
+        during_drain.status,
+        pb::TaskStatus::Running as i32,
+        "reads work while draining"
+    );
 
     let end = loop {
         match watch.next().await {
@@ -109,20 +158,94 @@ async fn sigterm_drains_refuses_creates_ends_watches_and_exits_zero() {
     );
 
     let exit = eventually("the process to exit", || {
-        let exited = child.try_wait().expect("wait");
+        let exited = process.child.try_wait().expect("wait");
         async move { exited }
     })
     .await;
     assert_eq!(exit.code(), Some(0), "{exit:?}");
+    // Drain 2 s + grace 1 s + forced stop 1 s + closing: well under 10 s.
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        signalled.elapsed()
+    );
 }
 
 #[tokio::test]
-async fn invalid_flags_exit_non_zero_naming_the_setting_before_binding() {
+async fn a_second_signal_exits_at_once() {
+    let mut process = start_binary(&["--drain-period", "1h"], &[]);
+    send_sigterm(&process.child);
+    eventually("readiness to drop", || {
+        let admin = process.admin_address.clone();
+        async move { (http_get(&admin, "/readyz").await.0 == 503).then_some(()) }
+    })
+    .await;
+    send_sigterm(&process.child);
+    let exit = eventually("the process to exit", || {
+        let exited = process.child.try_wait().expect("wait");
+        async move { exited }
+    })
+    .await;
+    assert!(
+        !exit.success(),
+        "an interrupted drain is not a clean exit: {exit:?}"
+    );
+}
+
+#[tokio::test]
+async fn settings_come_from_file_then_environment_then_flags() {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(
+        file.path(),
+        "node_name: from-file\nmax_concurrent: 3\nlog_format: json\n",
+    )
+    .expect("written");
+    let path = file.path().to_str().expect("utf-8");
     let output = Command::new(env!("CARGO_BIN_EXE_task-processor"))
-        .args(["--listen", "127.0.0.1:0", "--max-concurrent", "0"])
+        .args(["--config", path, "--max-concurrent", "5", "--print-config"])
+        .env("PROCESSING_MAX_CONCURRENT", "4")
+        .env("TASK_PROCESSOR_QUEUE_CAPACITY", "77")
+        .output()
+        .expect("runs");
+    assert!(output.status.success());
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains("node_name: from-file"), "{printed}");
+    assert!(printed.contains("max_concurrent: 5"), "{printed}");
+    assert!(printed.contains("queue_capacity: 77"), "{printed}");
+}
+
+#[tokio::test]
+async fn invalid_settings_exit_non_zero_naming_setting_and_source_before_binding() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = holder.local_addr().expect("address").to_string();
+    let cases: &[(&[&str], Vars, &str)] = &[
+        (&["--max-concurrent", "0"], &[], "flag --max-concurrent"),
+        (
+            &[],
+            &[("PROCESSING_MAX_TIMEOUT", "soon")],
+            "environment variable PROCESSING_MAX_TIMEOUT",
+        ),
+        // Checked before binding: the taken port is never reached.
+        (
+            &["--listen", &taken, "--log-format", "xml"],
+            &[],
+            "log_format",
+        ),
+    ];
+    for (arguments, env, expected) in cases {
+        let output = Command::new(env!("CARGO_BIN_EXE_task-processor"))
+            .args(*arguments)
+            .envs(env.iter().copied())
+            .output()
+            .expect("runs");
+        assert!(!output.status.success(), "{arguments:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{arguments:?}: {stderr}");
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_task-processor"))
+        .args(["--listen", &taken, "--admin-listen", "127.0.0.1:0"])
         .output()
         .expect("runs");
     assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("--max-concurrent"), "{stderr}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot listen"));
 }

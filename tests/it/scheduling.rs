@@ -1,13 +1,13 @@
 //! Bounded concurrency and FIFO start order.
 
 use serde_json::json;
-use task_processor::{config::ServerConfig, pb};
+use task_processor::{config::Config, pb};
 
 use crate::support::{TestServer, create, eventually, get, test_config, wait_for_status};
 
 #[tokio::test]
 async fn never_more_than_max_concurrent_tasks_run() {
-    let server = TestServer::start_with(ServerConfig {
+    let server = TestServer::start_with(Config {
         max_concurrent: 3,
         ..test_config()
     })
@@ -62,7 +62,7 @@ async fn never_more_than_max_concurrent_tasks_run() {
 
 #[tokio::test]
 async fn waiting_tasks_start_in_fifo_order() {
-    let server = TestServer::start_with(ServerConfig {
+    let server = TestServer::start_with(Config {
         max_concurrent: 1,
         ..test_config()
     })

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use task_processor::{config::ServerConfig, pb, server::TASK_SERVICE_NAME, task::TaskStatus};
+use task_processor::{config::Config, pb, server::TASK_SERVICE_NAME, task::TaskStatus};
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic_health::pb::{
@@ -16,7 +16,7 @@ use crate::support::{TestServer, create, eventually, request, test_config, wait_
 
 #[tokio::test]
 async fn health_serves_both_names_until_shutdown_then_the_sequence_runs_in_order() {
-    let mut server = TestServer::start_with(ServerConfig {
+    let mut server = TestServer::start_with(Config {
         drain_period: Duration::from_secs(3),
         ..test_config()
     })

@@ -13,8 +13,9 @@ use std::{
 
 use serde_json::Value as JsonValue;
 use task_processor::{
-    config::ServerConfig,
+    config::Config,
     manager::{ManagerHandle, ManagerStats},
+    metrics::Metrics,
     pb::{self, task_service_client::TaskServiceClient},
     processor::{Processor, ProcessorError, Registry, TaskContext},
     server,
@@ -28,20 +29,21 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 
 pub type Client = TaskServiceClient<Channel>;
 
-/// Settings for tests: a loopback port, a fast demo, no drain.
-pub fn test_config() -> ServerConfig {
-    ServerConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+/// Settings for tests: a fast demo, no drain, no grace.
+pub fn test_config() -> Config {
+    Config {
         demo_duration: Duration::from_millis(100),
         drain_period: Duration::ZERO,
+        shutdown_grace: Duration::ZERO,
         node_name: "test-node".into(),
-        ..ServerConfig::default()
+        ..Config::default()
     }
 }
 
 /// A running server and what a test needs to drive and inspect it.
 pub struct TestServer {
     pub address: SocketAddr,
+    pub admin_address: SocketAddr,
     pub manager: ManagerHandle,
     pub gate: Gate,
     stop: Option<oneshot::Sender<()>>,
@@ -53,7 +55,7 @@ impl TestServer {
         Self::start_with(test_config()).await
     }
 
-    pub async fn start_with(config: ServerConfig) -> Self {
+    pub async fn start_with(config: Config) -> Self {
         let gate = Gate::default();
         let mut registry = Registry::with_builtins(config.demo_duration);
         registry.register("gate", gate.clone());
@@ -63,10 +65,18 @@ impl TestServer {
         Self::start_with_registry(config, registry, gate).await
     }
 
-    async fn start_with_registry(config: ServerConfig, registry: Registry, gate: Gate) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = listener.local_addr().expect("local address");
-        let manager = ManagerHandle::spawn(config.manager_config(), registry.clone());
+    async fn start_with_registry(config: Config, registry: Registry, gate: Gate) -> Self {
+        let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = grpc.local_addr().expect("local address");
+        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let admin_address = admin.local_addr().expect("local address");
+        let listeners = server::Listeners {
+            grpc,
+            admin: Some(admin),
+        };
+        let metrics = Metrics::new();
+        let manager =
+            ManagerHandle::spawn(config.manager_config(), registry.clone(), metrics.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let serving = tokio::spawn({
             let manager = manager.clone();
@@ -74,13 +84,14 @@ impl TestServer {
                 let shutdown = async {
                     let _ = stopped.await;
                 };
-                server::run_with_manager(listener, config, registry, manager, shutdown)
+                server::run_with(listeners, config, registry, manager, metrics, shutdown)
                     .await
                     .expect("server runs and stops cleanly");
             }
         });
         Self {
             address,
+            admin_address,
             manager,
             gate,
             stop: Some(stop),
@@ -324,4 +335,32 @@ impl Processor for ChattyProcessor {
         }
         Ok(JsonValue::from(reports))
     }
+}
+
+/// A plain HTTP/1.1 GET; returns the status code and the body.
+pub async fn http_get(address: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("admin port open");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("request sent");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("response read");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status line");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }

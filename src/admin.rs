@@ -1,0 +1,71 @@
+//! The admin HTTP port: `/metrics` (Prometheus text), `/healthz` (the
+//! process is alive) and `/readyz` (it takes traffic; false from the moment
+//! a drain begins), for clusters and tools without native gRPC probes.
+
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{manager::ManagerHandle, metrics::Metrics};
+
+/// The Prometheus text format's content type.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[derive(Clone)]
+struct AdminState {
+    metrics: Metrics,
+    manager: ManagerHandle,
+    /// Fires when the drain begins: not ready any more.
+    draining: CancellationToken,
+}
+
+/// Serves the admin endpoints on `listener` until `stop` fires.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Metrics,
+    manager: ManagerHandle,
+    draining: CancellationToken,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let state = AdminState {
+        metrics,
+        manager,
+        draining,
+    };
+    let router = Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+}
+
+async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
+    // Stats fail only when the manager is gone, at the very end of a
+    // shutdown: the counters are still worth serving.
+    let stats = state.manager.stats().await.unwrap_or_default();
+    (
+        [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+        state.metrics.render(&stats),
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
+    if state.draining.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else {
+        (StatusCode::OK, "ready\n")
+    }
+}

@@ -1,0 +1,139 @@
+//! The command-line flags: the top layer of the configuration.
+//!
+//! Values stay text here and are parsed with every other layer, so an error
+//! names the flag the same way it names a file key or a variable.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// task-processor: runs tasks submitted over gRPC with bounded workers,
+/// timeouts and cancellation, and streams their states live.
+///
+/// Settings come from built-in defaults, then the YAML file given with
+/// --config, then environment variables, then these flags; later layers
+/// win. Durations take forms like 30s, 5m, 1h 30m.
+#[derive(Clone, Debug, Default, Parser)]
+#[command(version, about, long_about)]
+pub struct Flags {
+    /// YAML file with settings (keys as in config/example.yaml).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective configuration as YAML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
+    /// More log output: -v for debug, -vv for trace.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// gRPC address [env: SERVER_HOST, SERVER_PORT] [default: 0.0.0.0:50051]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+
+    /// Admin HTTP address for /metrics, /healthz and /readyz
+    /// [env: TASK_PROCESSOR_ADMIN_LISTEN] [default: 0.0.0.0:9090]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub admin_listen: Option<String>,
+
+    /// How many tasks run at once; the rest wait in FIFO order
+    /// [env: PROCESSING_MAX_CONCURRENT] [default: 10]
+    #[arg(long, value_name = "N")]
+    pub max_concurrent: Option<String>,
+
+    /// How many tasks may wait; beyond it CreateTask answers
+    /// RESOURCE_EXHAUSTED [env: TASK_PROCESSOR_QUEUE_CAPACITY] [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub queue_capacity: Option<String>,
+
+    /// Timeout of a task that asks for none, whole seconds; 0s means none
+    /// [env: PROCESSING_DEFAULT_TIMEOUT] [default: 60s]
+    #[arg(long, value_name = "DURATION")]
+    pub default_timeout: Option<String>,
+
+    /// Largest timeout a task may ask for, whole seconds
+    /// [env: PROCESSING_MAX_TIMEOUT] [default: 300s]
+    #[arg(long, value_name = "DURATION")]
+    pub max_timeout: Option<String>,
+
+    /// Largest task data, in bytes of its protobuf encoding
+    /// [env: TASK_PROCESSOR_MAX_DATA_BYTES] [default: 1048576]
+    #[arg(long, value_name = "BYTES")]
+    pub max_data_bytes: Option<String>,
+
+    /// How long a demo task works [env: TASK_PROCESSOR_DEMO_DURATION]
+    /// [default: 2s]
+    #[arg(long, value_name = "DURATION")]
+    pub demo_duration: Option<String>,
+
+    /// Name written into the node of tasks this process runs
+    /// [env: TASK_PROCESSOR_NODE_NAME] [default: host name plus a random
+    /// suffix]
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+
+    /// After SIGTERM, how long reads and watches go on while creates are
+    /// refused [env: TASK_PROCESSOR_DRAIN_PERIOD] [default: 5s]
+    #[arg(long, value_name = "DURATION")]
+    pub drain_period: Option<String>,
+
+    /// After the drain, how long running tasks may take to finish before
+    /// they are cancelled [env: TASK_PROCESSOR_SHUTDOWN_GRACE] [default: 25s]
+    #[arg(long, value_name = "DURATION")]
+    pub shutdown_grace: Option<String>,
+
+    /// How long finished tasks are kept [env: TASK_PROCESSOR_RETENTION]
+    /// [default: 24h]
+    #[arg(long, value_name = "DURATION")]
+    pub retention: Option<String>,
+
+    /// How many finished tasks are kept at most; the oldest go first
+    /// [env: TASK_PROCESSOR_MAX_FINISHED_TASKS] [default: 100000]
+    #[arg(long, value_name = "N")]
+    pub max_finished_tasks: Option<String>,
+
+    /// error, warn, info, debug or trace; RUST_LOG, when set, overrides it
+    /// [env: LOG_LEVEL] [default: info]
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    /// json or text [env: LOG_FORMAT] [default: json]
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}
+
+impl Flags {
+    /// The settings given as flags: (key, value, flag).
+    pub(super) fn values(&self) -> Vec<(&'static str, String, &'static str)> {
+        let flags = [
+            ("listen", &self.listen, "--listen"),
+            ("admin_listen", &self.admin_listen, "--admin-listen"),
+            ("max_concurrent", &self.max_concurrent, "--max-concurrent"),
+            ("queue_capacity", &self.queue_capacity, "--queue-capacity"),
+            (
+                "default_timeout",
+                &self.default_timeout,
+                "--default-timeout",
+            ),
+            ("max_timeout", &self.max_timeout, "--max-timeout"),
+            ("max_data_bytes", &self.max_data_bytes, "--max-data-bytes"),
+            ("demo_duration", &self.demo_duration, "--demo-duration"),
+            ("node_name", &self.node_name, "--node-name"),
+            ("drain_period", &self.drain_period, "--drain-period"),
+            ("shutdown_grace", &self.shutdown_grace, "--shutdown-grace"),
+            ("retention", &self.retention, "--retention"),
+            (
+                "max_finished_tasks",
+                &self.max_finished_tasks,
+                "--max-finished-tasks",
+            ),
+            ("log_level", &self.log_level, "--log-level"),
+            ("log_format", &self.log_format, "--log-format"),
+        ];
+        flags
+            .into_iter()
+            .filter_map(|(key, value, flag)| value.clone().map(|value| (key, value, flag)))
+            .collect()
+    }
+}

@@ -1,0 +1,118 @@
+//! Parsers for setting values, shared by every layer. Each returns a
+//! reason a person can act on.
+
+use std::time::Duration;
+
+use serde::Serializer;
+
+use super::LogFormat;
+
+/// `host:port`, with a numeric port. The host may be a name; it is
+/// resolved when the port is bound.
+pub fn address(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?} must be host:port, e.g. 0.0.0.0:50051"))?;
+    if host.is_empty() {
+        return Err(format!(
+            "{text:?} has no host; use 0.0.0.0:{port} for every interface"
+        ));
+    }
+    port.parse::<u16>()
+        .map_err(|_| format!("{text:?} has no valid port (0 to 65535)"))?;
+    Ok(text.to_owned())
+}
+
+/// A whole number, 0 or more.
+pub fn count(text: &str) -> Result<usize, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number"))
+}
+
+/// A whole number, 1 or more.
+pub fn positive(text: &str) -> Result<usize, String> {
+    match count(text)? {
+        0 => Err("must be at least 1".into()),
+        value => Ok(value),
+    }
+}
+
+/// `30s`, `5m`, `1h 30m`, or a bare number of seconds as the Go service
+/// accepted.
+pub fn duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(text)
+        .map_err(|error| format!("{text:?} is not a duration like 30s or 5m ({error})"))
+}
+
+/// A duration of whole seconds that fits the API's `uint32` seconds.
+pub fn whole_seconds(text: &str) -> Result<Duration, String> {
+    let value = duration(text)?;
+    if value.subsec_nanos() != 0 {
+        return Err(format!("{text:?} must be a whole number of seconds"));
+    }
+    if value.as_secs() > u64::from(u32::MAX) {
+        return Err(format!("{text:?} is too long"));
+    }
+    Ok(value)
+}
+
+pub fn node_name(text: &str) -> Result<String, String> {
+    let name = text.trim();
+    if name.is_empty() || name.len() > 253 || name.chars().any(char::is_control) {
+        return Err("must be 1 to 253 characters without control characters".into());
+    }
+    Ok(name.to_owned())
+}
+
+pub fn log_level(text: &str) -> Result<String, String> {
+    let level = text.trim().to_ascii_lowercase();
+    match level.as_str() {
+        "error" | "warn" | "info" | "debug" | "trace" => Ok(level),
+        // The Go service's names.
+        "warning" => Ok("warn".into()),
+        _ => Err(format!(
+            "{text:?} is not one of error, warn, info, debug, trace"
+        )),
+    }
+}
+
+pub fn log_format(text: &str) -> Result<LogFormat, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "json" => Ok(LogFormat::Json),
+        "text" | "console" | "pretty" => Ok(LogFormat::Text),
+        _ => Err(format!("{text:?} is not one of json, text")),
+    }
+}
+
+/// Durations print as they are written: `30s`, `5m`, `1day`.
+pub fn serialize_duration<S: Serializer>(
+    value: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let text = if value.is_zero() {
+        "0s".to_owned()
+    } else {
+        humantime::format_duration(*value).to_string()
+    };
+    serializer.serialize_str(&text)
+}
+
+/// The host name plus six random hex digits, so two processes on one host
+/// differ.
+pub fn default_node_name() -> String {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let host = if host.is_empty() {
+        "task-processor".to_owned()
+    } else {
+        host
+    };
+    // The tail of a v7 UUID is random.
+    let random = uuid::Uuid::now_v7().simple().to_string();
+    format!("{host}-{}", &random[random.len() - 6..])
+}

@@ -1,0 +1,225 @@
+//! Prometheus metrics: what the service counts, and the text exposition
+//! served on the admin port.
+//!
+//! Counters are bumped where things happen (the manager for tasks, the RPC
+//! layer for calls); gauges of current state are read from the manager when
+//! scraped, so they can never drift.
+
+use std::{sync::Arc, time::Duration};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::{Family, MetricConstructor},
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+use crate::{manager::ManagerStats, task::TaskStatus};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FinishedLabels {
+    kind: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    method: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: String,
+}
+
+/// Builds histograms with fixed buckets for a family.
+#[derive(Clone, Copy)]
+struct Buckets {
+    start: f64,
+    factor: f64,
+    count: u16,
+}
+
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(exponential_buckets(self.start, self.factor, self.count))
+    }
+}
+
+/// Every metric of the process. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    tasks_created: Family<KindLabels, Counter>,
+    tasks_finished: Family<FinishedLabels, Counter>,
+    task_run_seconds: Family<KindLabels, Histogram, Buckets>,
+    rpc_requests: Family<RpcLabels, Counter>,
+    rpc_duration_seconds: Family<MethodLabels, Histogram, Buckets>,
+    queue_depth: Gauge,
+    running_tasks: Gauge,
+    active_watchers: Gauge,
+    retained_tasks: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("task_processor");
+        let tasks_created = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "tasks_created",
+            "Tasks accepted, by kind",
+            tasks_created.clone(),
+        );
+        let tasks_finished = Family::<FinishedLabels, Counter>::default();
+        registry.register(
+            "tasks_finished",
+            "Tasks that reached a terminal status, by kind and status",
+            tasks_finished.clone(),
+        );
+        // 1 ms to about 4.4 minutes.
+        let run_buckets = Buckets {
+            start: 0.001,
+            factor: 4.0,
+            count: 10,
+        };
+        let task_run_seconds = Family::new_with_constructor(run_buckets);
+        registry.register(
+            "task_run_seconds",
+            "Run time of finished tasks, from start to terminal status, by kind",
+            task_run_seconds.clone(),
+        );
+        let rpc_requests = Family::<RpcLabels, Counter>::default();
+        registry.register(
+            "rpc_requests",
+            "gRPC calls, by method and status code",
+            rpc_requests.clone(),
+        );
+        // 50 µs to about 13 seconds.
+        let rpc_buckets = Buckets {
+            start: 0.000_05,
+            factor: 4.0,
+            count: 10,
+        };
+        let rpc_duration_seconds = Family::new_with_constructor(rpc_buckets);
+        registry.register(
+            "rpc_duration_seconds",
+            "gRPC call latency (streams: until the stream ends), by method",
+            rpc_duration_seconds.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register("queue_depth", "Tasks waiting to run", queue_depth.clone());
+        let running_tasks = Gauge::default();
+        registry.register(
+            "running_tasks",
+            "Worker slots in use",
+            running_tasks.clone(),
+        );
+        let active_watchers = Gauge::default();
+        registry.register(
+            "active_watchers",
+            "Open WatchTask streams",
+            active_watchers.clone(),
+        );
+        let retained_tasks = Gauge::default();
+        registry.register(
+            "retained_tasks",
+            "Tasks held in memory, finished or not",
+            retained_tasks.clone(),
+        );
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                tasks_created,
+                tasks_finished,
+                task_run_seconds,
+                rpc_requests,
+                rpc_duration_seconds,
+                queue_depth,
+                running_tasks,
+                active_watchers,
+                retained_tasks,
+            }),
+        }
+    }
+
+    pub fn task_created(&self, kind: &str) {
+        let labels = KindLabels {
+            kind: kind.to_owned(),
+        };
+        self.inner.tasks_created.get_or_create(&labels).inc();
+    }
+
+    /// A task reached `status`; `run_time` is set when it had started.
+    pub fn task_finished(&self, kind: &str, status: TaskStatus, run_time: Option<Duration>) {
+        let labels = FinishedLabels {
+            kind: kind.to_owned(),
+            status: status.to_string(),
+        };
+        self.inner.tasks_finished.get_or_create(&labels).inc();
+        if let Some(run_time) = run_time {
+            let labels = KindLabels {
+                kind: kind.to_owned(),
+            };
+            self.inner
+                .task_run_seconds
+                .get_or_create(&labels)
+                .observe(run_time.as_secs_f64());
+        }
+    }
+
+    pub fn rpc_finished(&self, method: &str, code: tonic::Code, latency: Duration) {
+        let labels = RpcLabels {
+            method: method.to_owned(),
+            code: format!("{code:?}"),
+        };
+        self.inner.rpc_requests.get_or_create(&labels).inc();
+        let labels = MethodLabels {
+            method: method.to_owned(),
+        };
+        self.inner
+            .rpc_duration_seconds
+            .get_or_create(&labels)
+            .observe(latency.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition, with gauges set from `stats`.
+    pub fn render(&self, stats: &ManagerStats) -> String {
+        let gauge = |value: usize| i64::try_from(value).unwrap_or(i64::MAX);
+        self.inner.queue_depth.set(gauge(stats.pending));
+        self.inner.running_tasks.set(gauge(stats.running));
+        self.inner.active_watchers.set(gauge(stats.watchers));
+        self.inner.retained_tasks.set(gauge(stats.tasks));
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        if encode(&mut text, &self.inner.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+}

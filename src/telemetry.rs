@@ -1,0 +1,332 @@
+//! Logs and per-RPC observation: the subscriber setup, and a tower layer
+//! that gives every call a span (method, peer, request id), catches panics
+//! as `INTERNAL`, and records the final code and latency in one log line
+//! and in the metrics.
+
+use std::{
+    future::Future,
+    io::IsTerminal,
+    panic::AssertUnwindSafe,
+    pin::Pin,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body::Frame;
+use tonic::{Code, Status, transport::server::TcpConnectInfo};
+use tower::{Layer, Service};
+use tracing::{Instrument, Span, error, info, info_span};
+use tracing_subscriber::EnvFilter;
+
+use crate::{
+    config::{Config, LogFormat},
+    metrics::Metrics,
+};
+
+/// The metadata key carrying a call's request id, both ways.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Longest request id taken from a client; longer ones are replaced.
+const MAX_REQUEST_ID_LENGTH: usize = 128;
+
+/// Installs the global subscriber: `LOG_FORMAT` json or text, verbosity
+/// from `LOG_LEVEL` raised by `-v`, and `RUST_LOG` for fine control.
+pub fn init_logging(config: &Config, verbose: u8) {
+    let level = raise_level(&config.log_level, verbose);
+    // Transport crates are chatty at debug; keep them quiet unless asked.
+    let default_filter = format!("{level},h2=warn,hyper=warn,hyper_util=warn,tower=warn");
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|directives| EnvFilter::try_new(directives).ok())
+        .unwrap_or_else(|| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log_format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        LogFormat::Text => builder.with_ansi(std::io::stdout().is_terminal()).init(),
+    }
+}
+
+fn raise_level(level: &str, verbose: u8) -> &'static str {
+    const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+    let index = LEVELS.iter().position(|known| *known == level).unwrap_or(2);
+    LEVELS[(index + usize::from(verbose)).min(LEVELS.len() - 1)]
+}
+
+/// Logs every panic, wherever it happens, with a backtrace; the RPC layer
+/// and the manager then turn it into `INTERNAL` or a failed task.
+pub fn log_panics() {
+    std::panic::set_hook(Box::new(|panic| {
+        let backtrace = std::backtrace::Backtrace::force_capture();
+        error!(panic = %panic, backtrace = %backtrace, "panic");
+    }));
+}
+
+/// The layer that observes every gRPC call.
+#[derive(Clone, Debug)]
+pub struct RpcLayer {
+    metrics: Metrics,
+}
+
+impl RpcLayer {
+    pub fn new(metrics: Metrics) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for RpcLayer {
+    type Service = RpcService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcService {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RpcService<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, RequestBody> Service<Request<RequestBody>> for RpcService<S>
+where
+    S: Service<Request<RequestBody>, Response = Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    RequestBody: Send + 'static,
+{
+    type Response = Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, mut request: Request<RequestBody>) -> Self::Future {
+        let method = short_method(request.uri().path());
+        let peer = request
+            .extensions()
+            .get::<TcpConnectInfo>()
+            .and_then(|info| info.remote_addr)
+            .map(|address| address.to_string())
+            .unwrap_or_default();
+        let request_id = request_id(request.headers());
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            request.headers_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        let span = info_span!("rpc", method = %method, peer = %peer, request_id = %request_id);
+        let call = Call {
+            method,
+            peer,
+            request_id,
+            started: Instant::now(),
+            span: span.clone(),
+            metrics: self.metrics.clone(),
+        };
+        // The clone that was polled ready is the one to call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let outcome = AssertUnwindSafe(inner.call(request).instrument(span))
+                .catch_unwind()
+                .await;
+            let mut response = match outcome {
+                Ok(Ok(response)) => response,
+                Ok(Err(error)) => return Err(error),
+                Err(_) => {
+                    // The panic hook has logged it with a backtrace.
+                    error!(parent: &call.span, "handler panicked; answering INTERNAL");
+                    Status::internal("internal error; the server logged the details").into_http()
+                }
+            };
+            if let Ok(value) = HeaderValue::from_str(&call.request_id) {
+                response.headers_mut().insert(REQUEST_ID_HEADER, value);
+            }
+            // A "trailers-only" answer (every error) has its code in the
+            // headers; otherwise it comes in the trailers at the end.
+            if let Some(code) = grpc_code(response.headers()) {
+                call.finish(code);
+                return Ok(response);
+            }
+            Ok(response.map(|body| {
+                tonic::body::Body::new(ObservedBody {
+                    inner: body,
+                    call: Some(call),
+                })
+            }))
+        })
+    }
+}
+
+/// `/taskprocessor.v1.TaskService/CreateTask` → `TaskService/CreateTask`.
+fn short_method(path: &str) -> String {
+    let trimmed = path.trim_start_matches('/');
+    match trimmed.split_once('/') {
+        Some((service, method)) => {
+            let service = service.rsplit('.').next().unwrap_or(service);
+            format!("{service}/{method}")
+        }
+        None => trimmed.to_owned(),
+    }
+}
+
+/// The client's `x-request-id` when usable, else a fresh one.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .filter(|value| !value.is_empty() && value.len() <= MAX_REQUEST_ID_LENGTH)
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+}
+
+fn grpc_code(headers: &HeaderMap) -> Option<Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<i32>().ok())
+        .map(Code::from_i32)
+}
+
+/// One call being observed.
+struct Call {
+    method: String,
+    peer: String,
+    request_id: String,
+    started: Instant,
+    span: Span,
+    metrics: Metrics,
+}
+
+impl Call {
+    fn finish(self, code: Code) {
+        let latency = self.started.elapsed();
+        self.metrics.rpc_finished(&self.method, code, latency);
+        info!(
+            parent: &self.span,
+            method = %self.method,
+            peer = %self.peer,
+            request_id = %self.request_id,
+            code = ?code,
+            latency_ms = millis(latency),
+            "rpc finished"
+        );
+    }
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that reports the call's code when the trailers go
+    /// out, or `CANCELLED` when the client leaves first.
+    struct ObservedBody<B> {
+        #[pin]
+        inner: B,
+        call: Option<Call>,
+    }
+
+    impl<B> PinnedDrop for ObservedBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(call) = this.project().call.take() {
+                call.finish(Code::Cancelled);
+            }
+        }
+    }
+}
+
+impl<B> http_body::Body for ObservedBody<B>
+where
+    B: http_body::Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(context);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(grpc_code)
+                    && let Some(call) = this.call.take()
+                {
+                    call.finish(code);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(call) = this.call.take() {
+                    call.finish(Code::Internal);
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(call) = this.call.take() {
+                    call.finish(Code::Ok);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_are_shortened_to_service_and_method() {
+        assert_eq!(
+            short_method("/taskprocessor.v1.TaskService/CreateTask"),
+            "TaskService/CreateTask"
+        );
+        assert_eq!(short_method("/grpc.health.v1.Health/Check"), "Health/Check");
+    }
+
+    #[test]
+    fn verbosity_raises_the_level_and_stops_at_trace() {
+        assert_eq!(raise_level("info", 0), "info");
+        assert_eq!(raise_level("info", 1), "debug");
+        assert_eq!(raise_level("warn", 5), "trace");
+    }
+
+    #[test]
+    fn a_usable_client_request_id_is_kept_and_others_replaced() {
+        let mut headers = HeaderMap::new();
+        headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&headers), "abc-123");
+        headers.insert(
+            REQUEST_ID_HEADER,
+            HeaderValue::from_str(&"x".repeat(200)).expect("ascii"),
+        );
+        assert_ne!(request_id(&headers).len(), 200);
+        assert!(!request_id(&HeaderMap::new()).is_empty());
+    }
+}
