@@ -299,7 +299,46 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::convert::Infallible;
+
     use super::*;
+
+    /// A handler with a bug.
+    #[derive(Clone)]
+    struct PanickingHandler;
+
+    impl Service<Request<()>> for PanickingHandler {
+        type Response = Response<tonic::body::Body>;
+        type Error = Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+
+        fn poll_ready(&mut self, _context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _request: Request<()>) -> Self::Future {
+            Box::pin(async { panic!("a bug in a handler") })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_internal_with_a_request_id() {
+        let metrics = Metrics::new();
+        let mut service = RpcLayer::new(metrics.clone()).layer(PanickingHandler);
+        let request = Request::builder()
+            .uri("/taskprocessor.v1.TaskService/GetTask")
+            .body(())
+            .expect("request");
+        let response = service.call(request).await.expect("answered, not crashed");
+        assert_eq!(grpc_code(response.headers()), Some(Code::Internal));
+        assert!(response.headers().contains_key(REQUEST_ID_HEADER));
+        let exposition = metrics.render(&crate::manager::ManagerStats::default());
+        assert!(
+            exposition
+                .contains(r#"rpc_requests_total{method="TaskService/GetTask",code="Internal"} 1"#),
+            "{exposition}"
+        );
+    }
 
     #[test]
     fn methods_are_shortened_to_service_and_method() {
