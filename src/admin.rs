@@ -1,4 +1,4 @@
-//! The admin HTTP port: `/metrics` (Prometheus text), `/healthz` (the
+//! The admin HTTP port: `/metrics` (OpenMetrics text, as Prometheus scrapes it), `/healthz` (the
 //! process is alive) and `/readyz` (it takes traffic; false from the moment
 //! a drain begins), for clusters and tools without native gRPC probes.
 
@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{manager::ManagerHandle, metrics::Metrics};
 
-/// The Prometheus text format's content type.
-const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// What `prometheus-client` writes: the OpenMetrics text format, which
+/// Prometheus negotiates and parses.
+const OPENMETRICS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Clone)]
 struct AdminState {
@@ -53,7 +54,7 @@ async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
     // shutdown: the counters are still worth serving.
     let stats = state.manager.stats().await.unwrap_or_default();
     (
-        [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+        [(header::CONTENT_TYPE, OPENMETRICS_TEXT)],
         state.metrics.render(&stats),
     )
 }

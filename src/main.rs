@@ -9,7 +9,10 @@ use task_processor::{
     server::{self, Listeners},
     telemetry,
 };
-use tokio::net::TcpListener;
+use tokio::{
+    net::TcpListener,
+    signal::unix::{Signal, SignalKind, signal},
+};
 use tracing::warn;
 
 #[tokio::main]
@@ -23,6 +26,7 @@ async fn main() -> anyhow::Result<()> {
     }
     telemetry::init_logging(&config, flags.verbose);
     telemetry::log_panics();
+    let signals = ShutdownSignals::install()?;
 
     let registry = Registry::with_builtins(config.demo_duration);
     let grpc = TcpListener::bind(&config.listen)
@@ -35,32 +39,46 @@ async fn main() -> anyhow::Result<()> {
         grpc,
         admin: Some(admin),
     };
-    server::run(listeners, config, registry, shutdown_signal()).await?;
+    server::run(
+        listeners,
+        config,
+        registry,
+        signals.first_then_exit_on_second(),
+    )
+    .await?;
     Ok(())
 }
 
-/// Completes on the first SIGINT or SIGTERM; a second one exits at once.
-async fn shutdown_signal() {
-    wait_for_signal().await;
-    tokio::spawn(async {
-        wait_for_signal().await;
-        warn!("second signal: exiting now");
-        std::process::exit(130);
-    });
+/// SIGINT and SIGTERM, listened for from the moment this is made: a
+/// signal that arrives while the server starts is not lost (nor does it
+/// kill the process the default way).
+struct ShutdownSignals {
+    interrupt: Signal,
+    terminate: Signal,
 }
 
-async fn wait_for_signal() {
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(error) => {
-                warn!(%error, "cannot listen for SIGTERM; only Ctrl+C stops the server");
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
+impl ShutdownSignals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+
+    /// Completes on the first signal; a second one exits at once.
+    async fn first_then_exit_on_second(mut self) {
+        self.next().await;
+        tokio::spawn(async move {
+            self.next().await;
+            warn!("second signal: exiting now");
+            std::process::exit(130);
+        });
     }
 }

@@ -18,7 +18,7 @@ use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::Frame;
 use tonic::{Code, Status, transport::server::TcpConnectInfo};
 use tower::{Layer, Service};
-use tracing::{Instrument, Span, error, info, info_span};
+use tracing::{Instrument, Span, debug, error, info, info_span};
 use tracing_subscriber::EnvFilter;
 
 use crate::{
@@ -218,15 +218,29 @@ impl Call {
     fn finish(self, code: Code) {
         let latency = self.started.elapsed();
         self.metrics.rpc_finished(&self.method, code, latency);
-        info!(
-            parent: &self.span,
-            method = %self.method,
-            peer = %self.peer,
-            request_id = %self.request_id,
-            code = ?code,
-            latency_ms = millis(latency),
-            "rpc finished"
-        );
+        // Probes and tools call health and reflection every few seconds;
+        // their lines would bury the calls that matter.
+        if self.method.starts_with("Health/") || self.method.contains("ServerReflection/") {
+            debug!(
+                parent: &self.span,
+                method = %self.method,
+                peer = %self.peer,
+                request_id = %self.request_id,
+                code = ?code,
+                latency_ms = millis(latency),
+                "rpc finished"
+            );
+        } else {
+            info!(
+                parent: &self.span,
+                method = %self.method,
+                peer = %self.peer,
+                request_id = %self.request_id,
+                code = ?code,
+                latency_ms = millis(latency),
+                "rpc finished"
+            );
+        }
     }
 }
 

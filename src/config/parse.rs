@@ -19,6 +19,14 @@ pub fn address(text: &str) -> Result<String, String> {
             "{text:?} has no host; use 0.0.0.0:{port} for every interface"
         ));
     }
+    // An IPv6 host must be bracketed; anything else with a colon is garbage
+    // such as a Kubernetes service link (`tcp://10.0.0.1:80`).
+    let bracketed = host.starts_with('[') && host.ends_with(']');
+    if host.contains(':') && !bracketed {
+        return Err(format!(
+            "{text:?} is not host:port (write IPv6 hosts as [::1]:50051)"
+        ));
+    }
     port.parse::<u16>()
         .map_err(|_| format!("{text:?} has no valid port (0 to 65535)"))?;
     Ok(text.to_owned())

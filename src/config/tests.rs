@@ -296,6 +296,12 @@ fn every_validation_error_names_setting_source_and_reason() {
         (vec!["--listen", ":50051"], vec![], "listen", "no host"),
         (
             vec![],
+            vec![("SERVER_PORT", "tcp://10.0.0.1:80")],
+            "listen",
+            "SERVER_PORT",
+        ),
+        (
+            vec![],
             vec![("SERVER_PORT", "http")],
             "listen",
             "SERVER_PORT",

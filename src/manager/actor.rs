@@ -64,7 +64,6 @@ struct RunSlot {
     abort: AbortHandle,
     timeout_timer: Option<delay_queue::Key>,
     forced_stop_timer: Option<delay_queue::Key>,
-    started: Instant,
 }
 
 pub(super) struct Manager {
@@ -408,15 +407,7 @@ impl Manager {
             debug!(task_id = %task_id, "late result of a stopped run discarded");
             return;
         }
-        if let Some(task) = self.transition(task_id, event) {
-            info!(
-                task_id = %task_id,
-                kind = %task.kind,
-                status = %task.status,
-                duration_ms = slot.started.elapsed().as_millis() as u64,
-                "task finished"
-            );
-        }
+        self.transition(task_id, event);
     }
 
     fn handle_timer(&mut self, timer: Timer) {
@@ -500,7 +491,6 @@ impl Manager {
                 abort,
                 timeout_timer,
                 forced_stop_timer: None,
-                started: Instant::now(),
             },
         );
     }
@@ -575,6 +565,17 @@ impl Manager {
             .and_then(|(started, completed)| completed.duration_since(started).ok());
         self.metrics
             .task_finished(&task.kind, task.status, run_time);
+        // Every way a task ends passes here: completion, failure, timeout,
+        // cancel by a client or by shutdown.
+        info!(
+            task_id = %task.id,
+            kind = %task.kind,
+            status = %task.status,
+            attempt = task.attempt,
+            run_ms = run_time.map(|run_time| run_time.as_millis() as u64),
+            error = %task.error,
+            "task finished"
+        );
         self.finished.push_back((Instant::now(), task.id));
         while self.finished.len() > self.config.max_finished_tasks {
             if let Some((_, oldest)) = self.finished.pop_front() {

@@ -163,12 +163,10 @@ async fn sigterm_drains_then_ends_watches_cancels_runs_and_exits_zero() {
     })
     .await;
     assert_eq!(exit.code(), Some(0), "{exit:?}");
-    // Drain 2 s + grace 1 s + forced stop 1 s + closing: well under 10 s.
-    assert!(
-        signalled.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        signalled.elapsed()
-    );
+    // The budget a pod gets: drain 2 s + grace 1 s + forced stop 1 s +
+    // closing 2 s, with room for a loaded machine.
+    let budget = Duration::from_secs(2 + 1 + 1 + 2 + 15);
+    assert!(signalled.elapsed() < budget, "{:?}", signalled.elapsed());
 }
 
 #[tokio::test]

@@ -25,7 +25,7 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{Code, Status, transport::Channel};
 
 /// How long any polled condition may take before the test fails.
-pub const DEADLINE: Duration = Duration::from_secs(10);
+pub const DEADLINE: Duration = Duration::from_secs(30);
 
 pub type Client = TaskServiceClient<Channel>;
 
