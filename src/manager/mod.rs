@@ -55,7 +55,7 @@ pub enum ManagerError {
     NotCancellable { id: TaskId, status: TaskStatus },
     #[error("request_id {request_id:?} was already used with different parameters")]
     RequestIdConflict { request_id: String },
-    #[error("the queue is full (it holds {capacity} waiting tasks)")]
+    #[error("the queue is full: {capacity} tasks are waiting")]
     QueueFull {
         capacity: usize,
         retry_after: Duration,

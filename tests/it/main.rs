@@ -14,4 +14,5 @@ mod process;
 mod reflection;
 mod scheduling;
 mod shutdown;
+mod taskctl;
 mod watch;

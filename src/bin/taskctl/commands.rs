@@ -1,0 +1,388 @@
+//! What each subcommand does: builds the request from the parsed command
+//! line, calls the server, prints the answer, and says how it went as an
+//! [`Outcome`] or a [`CliError`].
+//!
+//! Every unary call is bounded by `--call-timeout`; watch streams are not,
+//! since they last as long as the task.
+
+use std::{collections::HashMap, future::Future, io::Read, time::Duration};
+
+use serde_json::Value as JsonValue;
+use task_processor::{
+    api::json::json_to_proto,
+    pb::{self, task_service_client::TaskServiceClient},
+};
+use tonic::{Code, Request, Response, Status, transport::Channel};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::{
+    cli::{Cli, Command, CreateArgs, HealthArgs, ListArgs, OutputFormat},
+    connection::ServerAddress,
+    errors::{CliError, ExitStatus},
+    output::{self, HealthReport, Printer},
+    progress::WatchDisplay,
+};
+
+/// The health services checked when `--service` is not given.
+const DEFAULT_HEALTH_SERVICES: [&str; 2] = ["", "taskprocessor.v1.TaskService"];
+
+/// How a command that did its job ended; errors are [`CliError`]s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// A watched task ended `FAILED`.
+    TaskFailed,
+    /// A watched task ended `CANCELLED`.
+    TaskCancelled,
+}
+
+impl Outcome {
+    pub fn exit_status(self) -> ExitStatus {
+        match self {
+            Self::Success => ExitStatus::Success,
+            Self::TaskFailed => ExitStatus::TaskFailed,
+            Self::TaskCancelled => ExitStatus::TaskCancelled,
+        }
+    }
+}
+
+/// Where the server is and what every call needs.
+struct Session {
+    address: ServerAddress,
+    call_timeout: Duration,
+    printer: Printer,
+}
+
+/// Runs the command the command line names.
+pub async fn run(cli: Cli) -> Result<Outcome, CliError> {
+    let Cli { global, command } = cli;
+    if let Command::Completions(args) = &command {
+        return print_completions(args.shell);
+    }
+    let session = Session {
+        address: ServerAddress::from_flags(&global)?,
+        call_timeout: global.call_timeout,
+        printer: Printer::new(global.output)?,
+    };
+    match command {
+        Command::Create(args) => session.create(&args).await,
+        Command::Get(args) => session.get(&args.id).await,
+        Command::List(args) => session.list(args).await,
+        Command::Watch(args) => session.watch(&args.id).await,
+        Command::Cancel(args) => session.cancel(&args.id).await,
+        Command::Health(args) => session.health(args).await,
+        Command::Completions(args) => print_completions(args.shell),
+    }
+}
+
+impl Session {
+    /// Connects; each command does so once, after checking its local
+    /// input, so a typo in --data needs no server to be reported.
+    async fn connect(&self) -> Result<Channel, CliError> {
+        self.address.connect(self.call_timeout).await
+    }
+
+    async fn tasks(&self) -> Result<TaskServiceClient<Channel>, CliError> {
+        Ok(TaskServiceClient::new(self.connect().await?))
+    }
+
+    /// A request that tells the server our deadline too.
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(self.call_timeout);
+        request
+    }
+
+    /// Awaits one call within `--call-timeout`; `map_status` turns a
+    /// refusal into an error a person can act on.
+    async fn unary<T>(
+        &self,
+        call: impl Future<Output = Result<Response<T>, Status>>,
+        map_status: impl FnOnce(Status) -> CliError,
+    ) -> Result<T, CliError> {
+        match tokio::time::timeout(self.call_timeout, call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) if status.code() == Code::DeadlineExceeded => {
+                Err(self.deadline_exceeded())
+            }
+            Ok(Err(status)) => Err(map_status(status)),
+            Err(_elapsed) => Err(self.deadline_exceeded()),
+        }
+    }
+
+    fn deadline_exceeded(&self) -> CliError {
+        CliError::DeadlineExceeded {
+            timeout: humantime::format_duration(self.call_timeout).to_string(),
+        }
+    }
+
+    async fn create(&self, args: &CreateArgs) -> Result<Outcome, CliError> {
+        let request = create_request(args)?;
+        let mut client = self.tasks().await?;
+        let task = self
+            .unary(client.create_task(self.request(request)), |status| {
+                CliError::from_task_status(status, None)
+            })
+            .await?;
+        if !args.wait {
+            self.printer.print_task(&task)?;
+            return Ok(Outcome::Success);
+        }
+        if self.printer.format == OutputFormat::Table {
+            output::write_stdout(&format!("created task {} ({})\n", task.id, task.name))?;
+        }
+        self.follow(client, &task.id).await
+    }
+
+    async fn get(&self, task_id: &str) -> Result<Outcome, CliError> {
+        let mut client = self.tasks().await?;
+        let request = self.request(pb::GetTaskRequest {
+            id: task_id.to_owned(),
+        });
+        let task = self
+            .unary(client.get_task(request), |status| {
+                CliError::from_task_status(status, Some(task_id))
+            })
+            .await?;
+        self.printer.print_task(&task)?;
+        // Whatever the task's status: `get` reports, `watch` judges.
+        Ok(Outcome::Success)
+    }
+
+    async fn cancel(&self, task_id: &str) -> Result<Outcome, CliError> {
+        let mut client = self.tasks().await?;
+        let request = self.request(pb::CancelTaskRequest {
+            id: task_id.to_owned(),
+        });
+        let task = self
+            .unary(client.cancel_task(request), |status| {
+                CliError::from_task_status(status, Some(task_id))
+            })
+            .await?;
+        self.printer.print_task(&task)?;
+        Ok(Outcome::Success)
+    }
+
+    async fn list(&self, args: ListArgs) -> Result<Outcome, CliError> {
+        let mut client = self.tasks().await?;
+        let mut request = pb::ListTasksRequest {
+            page_size: args.limit.unwrap_or(0),
+            page_token: args.page_token.unwrap_or_default(),
+            statuses: args
+                .statuses
+                .into_iter()
+                .map(|status| pb::TaskStatus::from(status).into())
+                .collect(),
+            labels: args.labels.into_iter().collect(),
+        };
+        let mut page = self
+            .unary(client.list_tasks(self.request(request.clone())), |status| {
+                CliError::from_task_status(status, None)
+            })
+            .await?;
+        if args.all {
+            let mut tasks = std::mem::take(&mut page.tasks);
+            while !page.next_page_token.is_empty() {
+                if page.next_page_token == request.page_token {
+                    return Err(CliError::Protocol("the same page token twice".into()));
+                }
+                request.page_token = std::mem::take(&mut page.next_page_token);
+                page = self
+                    .unary(client.list_tasks(self.request(request.clone())), |status| {
+                        CliError::from_task_status(status, None)
+                    })
+                    .await?;
+                tasks.append(&mut page.tasks);
+            }
+            page = pb::ListTasksResponse {
+                tasks,
+                next_page_token: String::new(),
+            };
+        }
+        self.printer.print_task_list(&page)?;
+        Ok(Outcome::Success)
+    }
+
+    async fn watch(&self, task_id: &str) -> Result<Outcome, CliError> {
+        let client = self.tasks().await?;
+        self.follow(client, task_id).await
+    }
+
+    /// Follows the task to a terminal status; the outcome is that status.
+    async fn follow(
+        &self,
+        mut client: TaskServiceClient<Channel>,
+        task_id: &str,
+    ) -> Result<Outcome, CliError> {
+        let map_status = |status| CliError::from_task_status(status, Some(task_id));
+        // Only opening the stream is bounded; the stream lasts as long as
+        // the task does.
+        let mut stream = self
+            .unary(
+                client.watch_task(pb::WatchTaskRequest {
+                    id: task_id.to_owned(),
+                }),
+                map_status,
+            )
+            .await?;
+        let display = WatchDisplay::new(&self.printer);
+        let ended = loop {
+            let task = match stream.message().await {
+                Ok(Some(pb::WatchTaskResponse { task: Some(task) })) => task,
+                Ok(Some(pb::WatchTaskResponse { task: None })) => continue,
+                Ok(None) => {
+                    break Err(CliError::Protocol(
+                        "the watch stream ended before the task reached a final status".into(),
+                    ));
+                }
+                Err(status) => break Err(map_status(status)),
+            };
+            if let Err(error) = display.show(&task) {
+                break Err(error);
+            }
+            let outcome = match pb::TaskStatus::try_from(task.status) {
+                Ok(pb::TaskStatus::Completed) => Outcome::Success,
+                Ok(pb::TaskStatus::Failed) => Outcome::TaskFailed,
+                Ok(pb::TaskStatus::Cancelled) => Outcome::TaskCancelled,
+                _ => continue,
+            };
+            break Ok((task, outcome));
+        };
+        display.finish();
+        let (task, outcome) = ended?;
+        // A closing line for people; JSON and YAML readers have the states.
+        if self.printer.format == OutputFormat::Table {
+            let line = output::final_line(&task, std::time::SystemTime::now());
+            output::write_stdout(&(line + "\n"))?;
+        }
+        Ok(outcome)
+    }
+
+    async fn health(&self, args: HealthArgs) -> Result<Outcome, CliError> {
+        let services = if args.services.is_empty() {
+            DEFAULT_HEALTH_SERVICES.map(str::to_owned).to_vec()
+        } else {
+            args.services
+        };
+        let mut client = HealthClient::new(self.connect().await?);
+        let mut reports = Vec::with_capacity(services.len());
+        for service in services {
+            let request = self.request(HealthCheckRequest {
+                service: service.clone(),
+            });
+            let response = self
+                .unary(client.check(request), |status| {
+                    if status.code() == Code::NotFound {
+                        CliError::HealthServiceNotFound {
+                            service: service.clone(),
+                        }
+                    } else {
+                        CliError::from_status(status)
+                    }
+                })
+                .await?;
+            let status = ServingStatus::try_from(response.status).map_or_else(
+                |_| format!("UNKNOWN({})", response.status),
+                |status| status.as_str_name().to_owned(),
+            );
+            reports.push(HealthReport { service, status });
+        }
+        self.printer.print_health(&reports)?;
+        let serving = ServingStatus::Serving.as_str_name();
+        match reports.into_iter().find(|report| report.status != serving) {
+            Some(report) => Err(CliError::NotServing {
+                service: report.service,
+                status: report.status,
+            }),
+            None => Ok(Outcome::Success),
+        }
+    }
+}
+
+/// The create request from the command line, with `--data` read and
+/// parsed.
+fn create_request(args: &CreateArgs) -> Result<pb::CreateTaskRequest, CliError> {
+    let data = args.data.as_deref().map(read_data).transpose()?;
+    let timeout_seconds = args
+        .timeout
+        .map(whole_seconds)
+        .transpose()?
+        .unwrap_or_default();
+    let labels: HashMap<String, String> = args.labels.iter().cloned().collect();
+    Ok(pb::CreateTaskRequest {
+        name: args.name.clone(),
+        description: args.description.clone(),
+        kind: args.kind.clone(),
+        data: data.as_ref().map(json_to_proto),
+        timeout_seconds,
+        labels,
+        request_id: args.request_id.clone().unwrap_or_default(),
+    })
+}
+
+/// `--data`: JSON text, `@FILE`, or `-` for stdin.
+fn read_data(argument: &str) -> Result<JsonValue, CliError> {
+    let (text, source) = if argument == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(CliError::io("read --data from stdin"))?;
+        (text, "stdin".to_owned())
+    } else if let Some(path) = argument.strip_prefix('@') {
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            CliError::Usage(format!("--data @{path}: cannot read the file: {error}"))
+        })?;
+        (text, format!("@{path}"))
+    } else {
+        (argument.to_owned(), "--data".to_owned())
+    };
+    serde_json::from_str(&text).map_err(|error| {
+        CliError::Usage(format!(
+            "--data: {source} is not valid JSON: {error} (quote it for the shell: --data '{{\"a\": 1}}')"
+        ))
+    })
+}
+
+/// A task timeout in whole seconds, rounded up so that `500ms` is not
+/// silently "the server's default".
+fn whole_seconds(duration: Duration) -> Result<u32, CliError> {
+    let seconds = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    u32::try_from(seconds).map_err(|_| CliError::Usage(format!("--timeout {seconds}s is too long")))
+}
+
+fn print_completions(shell: clap_complete::Shell) -> Result<Outcome, CliError> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut crate::cli::command(), "taskctl", &mut script);
+    output::write_stdout(&String::from_utf8_lossy(&script))?;
+    Ok(Outcome::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_round_up_to_whole_seconds() {
+        assert_eq!(whole_seconds(Duration::from_secs(30)).expect("fits"), 30);
+        assert_eq!(
+            whole_seconds(Duration::from_millis(1_500)).expect("fits"),
+            2
+        );
+        assert_eq!(whole_seconds(Duration::ZERO).expect("fits"), 0);
+        assert!(whole_seconds(Duration::from_secs(u64::from(u32::MAX) + 1)).is_err());
+    }
+
+    #[test]
+    fn data_is_json_text_or_a_file() {
+        assert_eq!(
+            read_data(r#"{"a": [1, "x"]}"#).expect("valid"),
+            serde_json::json!({"a": [1, "x"]})
+        );
+        let error = read_data("{not json").expect_err("invalid");
+        assert!(matches!(error, CliError::Usage(_)), "{error}");
+        let error = read_data("@/nonexistent/taskctl-data.json").expect_err("no file");
+        assert!(error.to_string().contains("cannot read"), "{error}");
+    }
+}

@@ -1,0 +1,44 @@
+//! `taskctl`, the command line of task-processor: parses the command line,
+//! runs the command against the server, and turns how it went into the
+//! exit code (see `errors::EXIT_CODES`, also printed by `--help`).
+//!
+//! Everything else lives in the modules: `cli` (flags), `commands` (what
+//! each subcommand does), `connection`, `output` and `proto_json` (how
+//! answers are printed), `progress` (the live bar), `errors`.
+
+mod cli;
+mod commands;
+mod connection;
+mod errors;
+mod output;
+mod progress;
+mod proto_json;
+
+use std::process::ExitCode;
+
+use errors::ExitStatus;
+
+fn main() -> ExitCode {
+    // On a usage error clap prints it and exits with 2 here.
+    let cli = cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("taskctl: cannot start the async runtime: {error}");
+            return ExitStatus::OtherError.into();
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(outcome) => outcome.exit_status().into(),
+        Err(error) => {
+            // `taskctl list | head`: the reader left; nothing to say.
+            if !error.is_broken_pipe() {
+                eprintln!("taskctl: {error}");
+            }
+            error.exit_status().into()
+        }
+    }
+}
