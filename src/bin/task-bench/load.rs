@@ -101,6 +101,38 @@ pub fn millis(duration: Duration) -> String {
     format!("{:.2} ms", duration.as_secs_f64() * 1000.0)
 }
 
+/// How many alternating slices each comparison is cut into: the ceiling
+/// and ours take turns, so drift in the machine's load hits both alike.
+const SLICES: u32 = 3;
+
+/// Measures the ceiling and ours in alternating slices of `phase`; returns
+/// the median slice of each.
+async fn compare<F, Fut>(
+    bare: &[Client],
+    ours: &[Client],
+    in_flight: usize,
+    phase: Duration,
+    call: F,
+) -> (Measured, Measured)
+where
+    F: Fn(Client) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let slice = phase / SLICES;
+    let mut ceiling = Vec::new();
+    let mut measured = Vec::new();
+    for _ in 0..SLICES {
+        ceiling.push(drive(bare, in_flight, slice, call.clone()).await);
+        measured.push(drive(ours, in_flight, slice, call.clone()).await);
+    }
+    (median(ceiling), median(measured))
+}
+
+fn median(mut slices: Vec<Measured>) -> Measured {
+    slices.sort_by(|a, b| a.per_second.total_cmp(&b.per_second));
+    slices[slices.len() / 2]
+}
+
 /// CreateTask and GetTask at 1, 64 and 256 in flight over 4 connections,
 /// ours next to the ceiling.
 pub async fn report_unary(scale: Scale) -> anyhow::Result<()> {
@@ -115,16 +147,22 @@ pub async fn report_unary(scale: Scale) -> anyhow::Result<()> {
         .into_inner();
 
     println!(
-        "## Unary RPCs ({CONNECTIONS} connections, memory store, echo kind, {:?} per phase)\n",
-        scale.phase
+        "## Unary RPCs ({CONNECTIONS} connections, echo kind, {:?} per figure in {SLICES} alternating slices, median slice shown)\n",
+        scale.phase * 2
     );
     println!(
         "| RPC | in flight | ceiling ops/s | ours ops/s | ratio | ours p50 | ours p99 | ceiling p50 | ceiling p99 |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for in_flight in [1, 64, 256] {
-        let ceiling = drive(&bare_clients, in_flight, scale.phase, create).await;
-        let measured = drive(&our_clients, in_flight, scale.phase, create).await;
+        let (ceiling, measured) = compare(
+            &bare_clients,
+            &our_clients,
+            in_flight,
+            scale.phase * 2,
+            create,
+        )
+        .await;
         print_row("CreateTask", in_flight, ceiling, measured);
     }
     for in_flight in [1, 64, 256] {
@@ -137,11 +175,25 @@ pub async fn report_unary(scale: Scale) -> anyhow::Result<()> {
                 }
             }
         };
-        let ceiling = drive(&bare_clients, in_flight, scale.phase, get.clone()).await;
-        let measured = drive(&our_clients, in_flight, scale.phase, get).await;
+        let (ceiling, measured) =
+            compare(&bare_clients, &our_clients, in_flight, scale.phase * 2, get).await;
         print_row("GetTask", in_flight, ceiling, measured);
     }
     println!();
+    Ok(())
+}
+
+/// CreateTask at 64 in flight against our server only, for profiling.
+pub async fn profile_create(scale: Scale) -> anyhow::Result<()> {
+    let ours = RunningServer::ours(bench_config()).await?;
+    let clients = ours.clients(CONNECTIONS).await?;
+    let measured = drive(&clients, 64, scale.phase * 4, create).await;
+    println!(
+        "CreateTask at 64 in flight: {:.0}/s, p50 {}, p99 {}",
+        measured.per_second,
+        millis(measured.p50),
+        millis(measured.p99)
+    );
     Ok(())
 }
 

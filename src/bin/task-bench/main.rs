@@ -153,6 +153,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(scale: Scale) -> anyhow::Result<()> {
+    // `--only-create`: just CreateTask at 64 in flight against our server,
+    // for a profiler to watch.
+    if std::env::args().any(|argument| argument == "--only-create") {
+        return load::profile_create(scale).await;
+    }
     println!(
         "task-bench: {} cores, scale {scale:?}\n",
         std::thread::available_parallelism().map_or(0, usize::from)
