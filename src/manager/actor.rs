@@ -372,9 +372,14 @@ impl Manager {
         let Some(task_id) = self.run_owners.remove(&run_id) else {
             return;
         };
-        // Reports the run sent before it returned come first.
-        while let Ok(update) = self.progress_updates.try_recv() {
-            self.handle_progress(update);
+        // Reports the run sent before it returned come first. They are
+        // among those queued now; taking only those keeps this bounded
+        // however fast other runs keep reporting.
+        for _ in 0..self.progress_updates.len() {
+            match self.progress_updates.try_recv() {
+                Ok(update) => self.handle_progress(update),
+                Err(_) => break,
+            }
         }
         let Some(slot) = self.running.remove(&task_id) else {
             return;
