@@ -1,0 +1,191 @@
+// TaskService and gRPC health, called from Node against the real server.
+//
+// The server's address comes from TASK_PROCESSOR_ADDR (host:port); .ci/run
+// starts target/debug/task-processor on a free loopback port and sets it.
+// With no address, or no server there, every test fails: a client test that
+// skips is a client test that never ran.
+
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { after, before, describe, test } from 'node:test';
+
+import grpc from '@grpc/grpc-js';
+
+import { call, connect, fromValue, toValue, waitForReady } from '../client.js';
+
+const CONNECT_TIMEOUT_MILLISECONDS = 10_000;
+const CALL_TIMEOUT_MILLISECONDS = 10_000;
+const TERMINAL = new Set(['TASK_STATUS_COMPLETED', 'TASK_STATUS_FAILED', 'TASK_STATUS_CANCELLED']);
+
+/** A label unique to one test, so lists see only that test's tasks. */
+function runLabel() {
+  return { 'client-test-run': randomUUID() };
+}
+
+/** Reads a server stream to its end; rejects when it ends with an error. */
+function readAll(stream) {
+  return new Promise((resolve, reject) => {
+    const messages = [];
+    stream.on('data', (message) => messages.push(message));
+    stream.on('error', reject);
+    stream.on('end', () => resolve(messages));
+  });
+}
+
+function deadline() {
+  return { deadline: Date.now() + CALL_TIMEOUT_MILLISECONDS };
+}
+
+describe('TaskService from Node', () => {
+  let clients;
+
+  before(async () => {
+    const address = process.env.TASK_PROCESSOR_ADDR;
+    assert.ok(
+      address,
+      'TASK_PROCESSOR_ADDR is not set: start task-processor and set it to its host:port (.ci/run does both)',
+    );
+    clients = connect(address);
+    try {
+      await waitForReady(clients.tasks, CONNECT_TIMEOUT_MILLISECONDS);
+    } catch (error) {
+      assert.fail(
+        `no task-processor answers at ${address} within ${CONNECT_TIMEOUT_MILLISECONDS} ms: ${error.message}`,
+      );
+    }
+  });
+
+  after(() => clients?.close());
+
+  function create(name, kind, data, labels) {
+    const request = { name, kind, labels: labels ?? {} };
+    if (data !== undefined) request.data = toValue(data);
+    return call(clients.tasks, 'CreateTask', request);
+  }
+
+  test('health is SERVING for the server and for the service', async () => {
+    for (const service of ['', 'taskprocessor.v1.TaskService']) {
+      const response = await call(clients.health, 'check', { service });
+      assert.equal(response.status, 'SERVING', `service "${service}"`);
+    }
+  });
+
+  test('creates an echo task, then gets it', async () => {
+    const labels = runLabel();
+    const data = { greeting: 'hello', numbers: [1, 2.5, -3], nested: { ok: true } };
+    const created = await create('  node echo  ', 'echo', data, labels);
+    assert.equal(created.status, 'TASK_STATUS_PENDING');
+    assert.match(created.id, /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+    assert.equal(created.name, 'node echo', 'stored trimmed');
+    assert.equal(created.kind, 'echo');
+    assert.ok(BigInt(created.revision) >= 1n);
+    assert.ok(created.created_at, 'created_at is always set');
+    assert.deepEqual({ ...created.labels }, labels);
+    assert.deepEqual(fromValue(created.data), data);
+
+    const fetched = await call(clients.tasks, 'GetTask', { id: created.id });
+    assert.equal(fetched.id, created.id);
+    assert.equal(fetched.name, 'node echo');
+    assert.ok(BigInt(fetched.revision) >= BigInt(created.revision));
+  });
+
+  test('watches an echo task to completion', async () => {
+    const data = { text: 'any Unicode \u00e9\u4e16\u0000 comes back', list: [null, false] };
+    const created = await create('node watch', 'echo', data, runLabel());
+
+    const states = await readAll(clients.tasks.WatchTask({ id: created.id }, deadline()));
+
+    assert.ok(states.length > 0, 'the first message is the current state');
+    const revisions = states.map((state) => BigInt(state.task.revision));
+    for (let index = 1; index < revisions.length; index += 1) {
+      assert.ok(revisions[index] >= revisions[index - 1], 'revision never goes down');
+    }
+    for (const state of states.slice(0, -1)) {
+      assert.ok(!TERMINAL.has(state.task.status), 'only the last state is terminal');
+    }
+    const last = states.at(-1).task;
+    assert.equal(last.status, 'TASK_STATUS_COMPLETED', last.error);
+    assert.deepEqual(fromValue(last.result), data, 'echo returns data unchanged');
+    assert.ok(last.completed_at);
+    assert.equal(last.attempt, 1);
+  });
+
+  test('lists tasks a page at a time, oldest first', async () => {
+    const labels = runLabel();
+    const createdIds = [];
+    for (const number of [0, 1, 2]) {
+      createdIds.push((await create(`node list ${number}`, 'echo', { n: number }, labels)).id);
+    }
+
+    const listedIds = [];
+    let pageToken = '';
+    let pages = 0;
+    do {
+      const page = await call(clients.tasks, 'ListTasks', {
+        page_size: 2,
+        page_token: pageToken,
+        labels,
+      });
+      pages += 1;
+      assert.ok(page.tasks.length <= 2);
+      listedIds.push(...page.tasks.map((task) => task.id));
+      pageToken = page.next_page_token;
+      assert.ok(pages < 10, 'paging ends');
+    } while (pageToken);
+
+    assert.deepEqual(listedIds, createdIds);
+    assert.ok(pages >= 2);
+  });
+
+  test('cancels a running sleep task', async () => {
+    const created = await create('node sleep', 'sleep', { seconds: 600 }, runLabel());
+    const watch = clients.tasks.WatchTask({ id: created.id }, deadline());
+    const statuses = [];
+    const watchEnded = new Promise((resolve, reject) => {
+      watch.on('error', reject);
+      watch.on('end', resolve);
+    });
+    const running = new Promise((resolve, reject) => {
+      watch.on('data', ({ task }) => {
+        statuses.push(task.status);
+        if (task.status === 'TASK_STATUS_RUNNING') resolve();
+      });
+      watch.on('end', () => reject(new Error(`the watch ended before the task ran: ${statuses}`)));
+      watch.on('error', reject);
+    });
+    await running;
+
+    const cancelled = await call(clients.tasks, 'CancelTask', { id: created.id });
+    assert.equal(cancelled.status, 'TASK_STATUS_CANCELLED');
+    assert.ok(cancelled.completed_at);
+    assert.match(cancelled.error, /cancel/i);
+
+    await watchEnded;
+    assert.equal(statuses.at(-1), 'TASK_STATUS_CANCELLED', 'the watch ends with the cancel');
+    const again = await call(clients.tasks, 'CancelTask', { id: created.id });
+    assert.equal(again.status, 'TASK_STATUS_CANCELLED', 'a repeated cancel succeeds');
+    assert.equal(again.revision, cancelled.revision, 'and changes nothing');
+    const fetched = await call(clients.tasks, 'GetTask', { id: created.id });
+    assert.equal(fetched.status, 'TASK_STATUS_CANCELLED');
+  });
+
+  test('an empty name is INVALID_ARGUMENT naming the field', async () => {
+    await assert.rejects(create('', 'echo'), (error) => {
+      assert.equal(error.code, grpc.status.INVALID_ARGUMENT);
+      assert.match(error.details, /name/);
+      assert.equal(
+        error.metadata.get('grpc-status-details-bin').length,
+        1,
+        'a google.rpc.Status with a BadRequest detail rides along',
+      );
+      return true;
+    });
+  });
+
+  test('an unknown id is NOT_FOUND', async () => {
+    await assert.rejects(call(clients.tasks, 'GetTask', { id: randomUUID() }), (error) => {
+      assert.equal(error.code, grpc.status.NOT_FOUND);
+      return true;
+    });
+  });
+});

@@ -1,0 +1,201 @@
+"""TaskService and gRPC health, called from Python against the real server.
+
+The server's address comes from TASK_PROCESSOR_ADDR (host:port); .ci/run
+starts target/debug/task-processor on a free loopback port and sets it. With
+no address, or no server there, every test fails: a client test that skips is
+a client test that never ran.
+"""
+
+import os
+import uuid
+
+import grpc
+import pytest
+from google.protobuf import json_format, struct_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from taskprocessor.v1 import task_service_pb2 as pb
+from taskprocessor.v1 import task_service_pb2_grpc as pb_grpc
+
+# Deadline of every call, in seconds; a watch of an `echo` task ends at once.
+CALL_TIMEOUT = 10
+CONNECT_TIMEOUT = 10
+TERMINAL = {
+    pb.TASK_STATUS_COMPLETED,
+    pb.TASK_STATUS_FAILED,
+    pb.TASK_STATUS_CANCELLED,
+}
+
+
+@pytest.fixture(scope="session")
+def channel():
+    address = os.environ.get("TASK_PROCESSOR_ADDR")
+    if not address:
+        pytest.fail(
+            "TASK_PROCESSOR_ADDR is not set: start task-processor and set it to "
+            "its host:port (.ci/run does both)",
+            pytrace=False,
+        )
+    with grpc.insecure_channel(address) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT)
+        except grpc.FutureTimeoutError:
+            pytest.fail(
+                f"no task-processor answers at {address} "
+                f"within {CONNECT_TIMEOUT} s",
+                pytrace=False,
+            )
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def tasks(channel):
+    return pb_grpc.TaskServiceStub(channel)
+
+
+@pytest.fixture
+def run_label():
+    """A label unique to one test, so lists see only that test's tasks."""
+    return {"client-test-run": uuid.uuid4().hex}
+
+
+def json_value(value) -> struct_pb2.Value:
+    return json_format.ParseDict(value, struct_pb2.Value())
+
+
+def from_json_value(value: struct_pb2.Value):
+    return json_format.MessageToDict(value)
+
+
+def create(tasks, name, kind, data=None, labels=None) -> pb.Task:
+    request = pb.CreateTaskRequest(name=name, kind=kind, labels=labels or {})
+    if data is not None:
+        request.data.CopyFrom(json_value(data))
+    return tasks.CreateTask(request, timeout=CALL_TIMEOUT)
+
+
+def test_health_is_serving_for_the_server_and_the_service(channel):
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "taskprocessor.v1.TaskService"):
+        response = health.Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=CALL_TIMEOUT
+        )
+        assert response.status == health_pb2.HealthCheckResponse.SERVING, service
+
+
+def test_create_then_get_an_echo_task(tasks, run_label):
+    data = {"greeting": "hello", "numbers": [1, 2.5, -3], "nested": {"ok": True}}
+    created = create(tasks, "  python echo  ", "echo", data, run_label)
+    assert created.status == pb.TASK_STATUS_PENDING
+    assert uuid.UUID(created.id).version == 7
+    assert created.name == "python echo", "stored trimmed"
+    assert created.kind == "echo"
+    assert created.revision >= 1
+    assert created.HasField("created_at")
+    assert dict(created.labels) == run_label
+    assert from_json_value(created.data) == data
+
+    fetched = tasks.GetTask(pb.GetTaskRequest(id=created.id), timeout=CALL_TIMEOUT)
+    assert fetched.id == created.id
+    assert fetched.name == "python echo"
+    assert fetched.revision >= created.revision
+
+
+def test_watch_an_echo_task_to_completion(tasks, run_label):
+    data = {"text": "any Unicode \u00e9\u4e16\u0000 comes back", "list": [None, False]}
+    created = create(tasks, "python watch", "echo", data, run_label)
+
+    states = list(
+        tasks.WatchTask(pb.WatchTaskRequest(id=created.id), timeout=CALL_TIMEOUT)
+    )
+
+    assert states, "the first message is the current state"
+    revisions = [state.task.revision for state in states]
+    assert revisions == sorted(revisions), "revision never goes down"
+    statuses = [state.task.status for state in states]
+    assert all(status not in TERMINAL for status in statuses[:-1])
+    last = states[-1].task
+    assert last.status == pb.TASK_STATUS_COMPLETED, last.error
+    assert from_json_value(last.result) == data, "echo returns data unchanged"
+    assert last.HasField("completed_at")
+    assert last.attempt == 1
+
+
+def test_list_pages_through_tasks_oldest_first(tasks, run_label):
+    created_ids = [
+        create(tasks, f"python list {number}", "echo", {"n": number}, run_label).id
+        for number in range(3)
+    ]
+
+    listed_ids = []
+    page_token = ""
+    pages = 0
+    while True:
+        page = tasks.ListTasks(
+            pb.ListTasksRequest(page_size=2, page_token=page_token, labels=run_label),
+            timeout=CALL_TIMEOUT,
+        )
+        pages += 1
+        assert len(page.tasks) <= 2
+        listed_ids.extend(task.id for task in page.tasks)
+        page_token = page.next_page_token
+        if not page_token:
+            break
+        assert pages < 10, "paging ends"
+
+    assert listed_ids == created_ids
+    assert pages >= 2
+
+
+def test_cancel_a_running_sleep_task(tasks, run_label):
+    created = create(tasks, "python sleep", "sleep", {"seconds": 600}, run_label)
+    watch = tasks.WatchTask(pb.WatchTaskRequest(id=created.id), timeout=CALL_TIMEOUT)
+    for state in watch:
+        if state.task.status == pb.TASK_STATUS_RUNNING:
+            break
+        assert state.task.status == pb.TASK_STATUS_PENDING
+    else:
+        pytest.fail("the watch ended before the task ran")
+
+    cancelled = tasks.CancelTask(
+        pb.CancelTaskRequest(id=created.id), timeout=CALL_TIMEOUT
+    )
+    assert cancelled.status == pb.TASK_STATUS_CANCELLED
+    assert cancelled.HasField("completed_at")
+    assert "cancel" in cancelled.error.lower()
+
+    rest = [state.task.status for state in watch]
+    assert rest[-1] == pb.TASK_STATUS_CANCELLED, "the watch ends with the cancel"
+    again = tasks.CancelTask(pb.CancelTaskRequest(id=created.id), timeout=CALL_TIMEOUT)
+    assert again.status == pb.TASK_STATUS_CANCELLED, "a repeated cancel succeeds"
+    assert again.revision == cancelled.revision, "and changes nothing"
+    fetched = tasks.GetTask(pb.GetTaskRequest(id=created.id), timeout=CALL_TIMEOUT)
+    assert fetched.status == pb.TASK_STATUS_CANCELLED
+
+
+def test_an_empty_name_is_invalid_argument_naming_the_field(tasks):
+    with pytest.raises(grpc.RpcError) as raised:
+        tasks.CreateTask(
+            pb.CreateTaskRequest(name="", kind="echo"), timeout=CALL_TIMEOUT
+        )
+    error = raised.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "name" in error.details()
+
+    status = rpc_status.from_call(error)
+    assert status is not None, "the error carries google.rpc.Status details"
+    violations = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            violations.extend(bad_request.field_violations)
+    assert [violation.field for violation in violations] == ["name"]
+
+
+def test_an_unknown_id_is_not_found(tasks):
+    with pytest.raises(grpc.RpcError) as raised:
+        tasks.GetTask(pb.GetTaskRequest(id=str(uuid.uuid4())), timeout=CALL_TIMEOUT)
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
