@@ -74,7 +74,8 @@ export function call(client, method, request, timeoutMilliseconds = 10_000) {
 // `structValue`, ...) although our own messages keep the .proto's snake_case:
 // proto-loader takes the well-known types from protobufjs's bundled
 // definitions, whose field names are camelCase whatever `keepCase` says. A
-// snake_case member would be dropped silently and send an empty Value.
+// snake_case member would be dropped silently and send an empty Value,
+// which the server refuses as INVALID_ARGUMENT.
 
 /** Any JSON value as a google.protobuf.Value message. */
 export function toValue(json) {

@@ -40,8 +40,15 @@ fn convert(value: &ProtoValue, level: usize) -> Result<JsonValue, Vec<String>> {
         return Err(vec![format!("nested deeper than {MAX_DATA_DEPTH} levels")]);
     }
     let json = match &value.kind {
-        // A Value with no kind set is what some encoders send for null.
-        None | Some(Kind::NullValue(_)) => JsonValue::Null,
+        // Not JSON at all: usually a client that misspelled the field of
+        // the kind it meant (proto-loader's `struct_value` for `structValue`)
+        // and would otherwise lose its data without a word.
+        None => {
+            return Err(vec![
+                "is a google.protobuf.Value with no kind set; send null_value for null".into(),
+            ]);
+        }
+        Some(Kind::NullValue(_)) => JsonValue::Null,
         Some(Kind::BoolValue(flag)) => JsonValue::Bool(*flag),
         Some(Kind::StringValue(text)) => JsonValue::String(text.clone()),
         Some(Kind::NumberValue(number)) => JsonValue::Number(
@@ -143,6 +150,14 @@ mod tests {
         assert_eq!(error.path, "data.xs[1]");
         assert!(json_from_proto(&number(f64::INFINITY)).is_err());
         assert!(json_from_proto(&number(f64::NEG_INFINITY)).is_err());
+    }
+
+    #[test]
+    fn a_value_with_no_kind_is_refused_not_taken_for_null() {
+        let empty = list(vec![number(1.0), ProtoValue { kind: None }]);
+        let error = json_from_proto(&empty).expect_err("no kind");
+        assert_eq!(error.path, "data[1]");
+        assert!(error.reason.contains("no kind"), "{error}");
     }
 
     #[test]
