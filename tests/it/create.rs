@@ -207,6 +207,7 @@ async fn every_broken_input_rule_is_invalid_argument_naming_its_field() {
         ("data", with(&|r| r.data = Some(nested(60)))),
         ("data", with(&|r| r.data = Some(nested(500)))),
         ("data", with(&|r| r.data = Some(number(f64::NAN)))),
+        ("data", with(&|r| r.data = Some(ProtoValue { kind: None }))),
         ("data", with(&|r| r.data = Some(number(f64::INFINITY)))),
         (
             "data",
