@@ -1,6 +1,8 @@
 //! `taskctl`, the command line, driven as a person or a script would: the
 //! real binary as a child process against the real server, checking what
-//! it prints (tables, proto3 JSON, YAML) and how it exits.
+//! it prints (tables, proto3 JSON, YAML) and how it exits. What the real
+//! server does not do on cue (never answer, answer a deadline's status) a
+//! scripted `TaskService` does.
 //!
 //! The child is blocking; it runs on tokio's blocking pool so the
 //! in-process server keeps serving meanwhile.
@@ -9,8 +11,15 @@ use std::{process::Stdio, time::Duration};
 
 use prost_reflect::{DescriptorPool, DynamicMessage};
 use serde_json::{Value as JsonValue, json};
-use task_processor::{config::Config, pb};
+use task_processor::{
+    config::Config,
+    pb::{
+        self,
+        task_service_server::{TaskService, TaskServiceServer},
+    },
+};
 use tokio::task::JoinHandle;
+use tonic::{Code, Request, Response, Status, transport::server::TcpIncoming};
 
 use crate::support::{
     DEADLINE, TestServer, create, eventually, get, json as json_of, test_config, wait_for_status,
@@ -131,6 +140,78 @@ fn detail<'a>(view: &'a str, key: &str) -> &'a str {
         .find_map(|line| line.strip_prefix(&format!("{key}:")))
         .map(str::trim)
         .unwrap_or_else(|| panic!("no {key}: in {view}"))
+}
+
+/// A `TaskService` that answers every call with one status, or — with
+/// `None` — never answers: what the real server does not do on cue.
+struct ScriptedService {
+    answer: Option<(Code, &'static str)>,
+}
+
+impl ScriptedService {
+    async fn answer<T>(&self) -> Result<Response<T>, Status> {
+        match self.answer {
+            Some((code, message)) => Err(Status::new(code, message)),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl TaskService for ScriptedService {
+    type WatchTaskStream = tokio_stream::Empty<Result<pb::WatchTaskResponse, Status>>;
+
+    async fn create_task(
+        &self,
+        _request: Request<pb::CreateTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        self.answer().await
+    }
+
+    async fn get_task(
+        &self,
+        _request: Request<pb::GetTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        self.answer().await
+    }
+
+    async fn list_tasks(
+        &self,
+        _request: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        self.answer().await
+    }
+
+    async fn cancel_task(
+        &self,
+        _request: Request<pb::CancelTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        self.answer().await
+    }
+
+    async fn watch_task(
+        &self,
+        _request: Request<pb::WatchTaskRequest>,
+    ) -> Result<Response<Self::WatchTaskStream>, Status> {
+        self.answer().await
+    }
+}
+
+/// Serves a [`ScriptedService`] on 127.0.0.1:0; returns its address and
+/// the serving task, to abort at the end.
+async fn start_scripted(answer: Option<(Code, &'static str)>) -> (String, JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let serving = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(TaskServiceServer::new(ScriptedService { answer }))
+            .serve_with_incoming(TcpIncoming::from(listener))
+            .await
+            .expect("serves");
+    });
+    (format!("http://{address}"), serving)
 }
 
 /// A port on 127.0.0.1 where nothing listens.
@@ -433,10 +514,13 @@ async fn watch_follows_a_task_live_to_each_terminal_status() {
     taskctl(&server, &["cancel", &held.id]).await.expect_code(0);
     let refused = taskctl(&server, &["cancel", &gated.id]).await;
     refused.expect_code(1);
-    assert!(
-        refused.stderr.contains("already finished"),
-        "{}",
-        refused.stderr
+    assert_eq!(
+        refused.stderr.trim(),
+        format!(
+            "taskctl: task {} is already completed and cannot be cancelled",
+            gated.id
+        ),
+        "said once"
     );
 }
 
@@ -597,27 +681,64 @@ async fn errors_say_what_to_do_and_exit_with_their_code() {
         );
     }
 
+    // The violation is told once, naming the field and what sets it.
     let blank = taskctl(&server, &["create", "  "]).await;
     blank.expect_code(6);
-    assert!(
-        blank.stderr.contains("invalid argument"),
-        "{}",
-        blank.stderr
+    assert_eq!(
+        blank.stderr.trim(),
+        "taskctl: invalid argument: field name (NAME): is required and must not be blank"
     );
-    assert!(blank.stderr.contains("field name: "), "{}", blank.stderr);
     let bad_label = taskctl(&server, &["create", "x", "--label", "bad key!=v"]).await;
     bad_label.expect_code(6);
+    assert_eq!(bad_label.stderr.lines().count(), 1, "{}", bad_label.stderr);
     assert!(
-        bad_label.stderr.contains("field labels"),
+        bad_label
+            .stderr
+            .starts_with("taskctl: invalid argument: field labels (--label): key \"bad key!\""),
         "{}",
         bad_label.stderr
     );
     let not_uuid = taskctl(&server, &["get", "not-a-uuid"]).await;
     not_uuid.expect_code(6);
+    assert_eq!(
+        not_uuid.stderr.trim(),
+        "taskctl: invalid argument: field id (ID): \"not-a-uuid\" is not a UUID"
+    );
+
+    // --data is named once, as given.
+    let not_json = taskctl(&server, &["create", "x", "--data", "{not json"]).await;
+    not_json.expect_code(2);
     assert!(
-        not_uuid.stderr.contains("field id: "),
+        not_json
+            .stderr
+            .starts_with("taskctl: --data is not valid JSON: "),
         "{}",
-        not_uuid.stderr
+        not_json.stderr
+    );
+    assert_eq!(
+        not_json.stderr.matches("--data").count(),
+        2,
+        "once, and once in the quoting hint: {}",
+        not_json.stderr
+    );
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let path = directory.path().join("broken.json");
+    std::fs::write(&path, "{not json").expect("written");
+    let argument = format!("@{}", path.display());
+    let not_json = taskctl(&server, &["create", "x", "--data", &argument]).await;
+    not_json.expect_code(2);
+    assert!(
+        not_json
+            .stderr
+            .starts_with(&format!("taskctl: --data {argument} is not valid JSON: ")),
+        "{}",
+        not_json.stderr
+    );
+    assert_eq!(
+        not_json.stderr.matches("--data").count(),
+        1,
+        "{}",
+        not_json.stderr
     );
 
     // Usage errors, found before any call.
@@ -627,6 +748,7 @@ async fn errors_say_what_to_do_and_exit_with_their_code() {
         &["create", "x", "--timeout", "soon"],
         &["list", "--status", "sleeping"],
         &["list", "--limit", "0"],
+        &["--call-timeout", "0s", "health"],
         &["--tls", "health"],
         &["frobnicate"],
     ] {
@@ -763,7 +885,11 @@ async fn help_shows_examples_and_exit_codes() {
     let help = run(command("127.0.0.1:9", &["--help"])).await;
     help.expect_code(0);
     assert!(help.stdout.contains("Exit codes:"), "{}", help.stdout);
-    for line in ["  3  the task failed", "  7  unavailable"] {
+    for line in [
+        "  3  the task failed",
+        "  7  unavailable",
+        "  8  the server is busy (queue full); retry later",
+    ] {
         assert!(help.stdout.contains(line), "{line} in {}", help.stdout);
     }
     for subcommand in [
@@ -804,4 +930,207 @@ async fn a_repeated_request_id_returns_the_same_task() {
     assert_eq!(first.id, second.id);
     let mut client = server.client().await;
     assert_eq!(get(&mut client, &first.id).await.name, "once");
+
+    // The same key with other parameters: said plainly, with what to do.
+    let reused = taskctl(
+        &server,
+        &["create", "twice", "--kind", "echo", "--request-id", "key-1"],
+    )
+    .await;
+    reused.expect_code(1);
+    assert_eq!(
+        reused.stderr.trim(),
+        "taskctl: --request-id \"key-1\" was already used to create a task with other \
+         parameters; repeat that create exactly to get its task, or choose a new --request-id"
+    );
+}
+
+#[tokio::test]
+async fn a_full_queue_exits_busy_and_says_when_to_retry() {
+    let server = TestServer::start_with(Config {
+        max_concurrent: 1,
+        queue_capacity: 1,
+        ..test_config()
+    })
+    .await;
+    let mut client = server.client().await;
+    let running = create(&mut client, "running", "gate", None).await;
+    wait_for_status(&client, &running.id, pb::TaskStatus::Running).await;
+    create(&mut client, "waiting", "gate", None).await;
+
+    let refused = taskctl(&server, &["create", "one too many", "--kind", "gate"]).await;
+    refused.expect_code(8);
+    assert_eq!(
+        refused.stderr.trim(),
+        "taskctl: the server is busy: its queue of waiting tasks is full; retry in 1s"
+    );
+    server.gate.release(2);
+}
+
+#[tokio::test]
+async fn a_call_past_its_deadline_is_reported_as_our_timeout() {
+    // No answer at all: whichever of taskctl's timer, tonic's client and
+    // the server notices the deadline first, it is the same timeout.
+    let (address, serving) = start_scripted(None).await;
+    let unknown = "0190b4a4-5d3e-7f00-8000-000000000000";
+    let silent = run(command(
+        &address,
+        &["get", unknown, "--call-timeout", "300ms"],
+    ))
+    .await;
+    silent.expect_code(1);
+    assert_eq!(
+        silent.stderr.trim(),
+        "taskctl: no answer within 300ms (raise it with --call-timeout)"
+    );
+    serving.abort();
+
+    // What tonic's server answers when the deadline taskctl sent passes,
+    // and what other servers answer.
+    for answer in [
+        (Code::Cancelled, "Timeout expired"),
+        (Code::DeadlineExceeded, "deadline exceeded"),
+    ] {
+        let (address, serving) = start_scripted(Some(answer)).await;
+        let late = run(command(&address, &["create", "late"])).await;
+        late.expect_code(1);
+        assert_eq!(
+            late.stderr.trim(),
+            "taskctl: no answer within 10s (raise it with --call-timeout)",
+            "{answer:?}"
+        );
+        serving.abort();
+    }
+
+    // Other refusals are told in words, never as a bare gRPC code.
+    let (address, serving) = start_scripted(Some((Code::Internal, "handler panicked"))).await;
+    let failed = run(command(&address, &["list"])).await;
+    failed.expect_code(1);
+    assert_eq!(
+        failed.stderr.trim(),
+        "taskctl: the server failed (internal error): handler panicked"
+    );
+    serving.abort();
+}
+
+#[tokio::test]
+async fn the_same_task_prints_the_same_text_every_time() {
+    let server = TestServer::start().await;
+    let keys = [
+        "team", "env", "zone", "app", "tier", "owner", "cost", "batch",
+    ];
+    let label_args: Vec<String> = keys.iter().map(|key| format!("{key}=v-{key}")).collect();
+    let mut args = vec![
+        "create",
+        "labelled",
+        "--kind",
+        "echo",
+        "--data",
+        r#"{"zeta": 1, "alpha": {"x": 2, "b": 3}, "mid": 4}"#,
+        "-o",
+        "json",
+    ];
+    for label in &label_args {
+        args.extend(["--label", label.as_str()]);
+    }
+    let created = taskctl(&server, &args).await;
+    created.expect_code(0);
+    let id = task_from_json(&created.stdout).id;
+
+    let mut sorted = keys;
+    sorted.sort_unstable();
+    for format in ["json", "yaml"] {
+        let first = taskctl(&server, &["get", &id, "-o", format]).await;
+        first.expect_code(0);
+        for _ in 0..3 {
+            let again = taskctl(&server, &["get", &id, "-o", format]).await;
+            assert_eq!(again.stdout, first.stdout, "-o {format}");
+        }
+        // Map entries in key order; the task's fields in declaration order.
+        let positions: Vec<usize> = sorted
+            .iter()
+            .map(|key| {
+                first
+                    .stdout
+                    .find(&format!("v-{key}"))
+                    .unwrap_or_else(|| panic!("{key} in {}", first.stdout))
+            })
+            .collect();
+        assert!(positions.is_sorted(), "-o {format}: {}", first.stdout);
+        let data_keys: Vec<usize> = ["alpha", "b", "x", "mid", "zeta"]
+            .iter()
+            .map(|key| {
+                let written = if format == "json" {
+                    format!("\"{key}\":")
+                } else {
+                    format!(" {key}:")
+                };
+                first
+                    .stdout
+                    .find(&written)
+                    .unwrap_or_else(|| panic!("{written} in {}", first.stdout))
+            })
+            .collect();
+        assert!(data_keys.is_sorted(), "-o {format}: {}", first.stdout);
+        assert!(
+            first.stdout.find("name").expect("name") < first.stdout.find("kind").expect("kind")
+        );
+    }
+}
+
+#[tokio::test]
+async fn yaml_quotes_strings_a_yaml_1_1_reader_would_misread() {
+    let server = TestServer::start().await;
+    let created = taskctl(
+        &server,
+        &[
+            "create",
+            "2026-11-25",
+            "--kind",
+            "echo",
+            "--description",
+            "1_000",
+            "--data",
+            r#"{"day": "2026-11-25", "answer": "yes", "at": "12:30"}"#,
+            "--label",
+            "on=off",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    created.expect_code(0);
+    let id = task_from_json(&created.stdout).id;
+    let mut client = server.client().await;
+    let task = wait_for_status(&client, &id, pb::TaskStatus::Completed).await;
+
+    let as_yaml = taskctl(&server, &["get", &id, "-o", "yaml"]).await;
+    as_yaml.expect_code(0);
+    let yaml = &as_yaml.stdout;
+    for line in [
+        "name: '2026-11-25'",
+        "description: '1_000'",
+        "  'on': 'off'",
+        "  day: '2026-11-25'",
+        "  answer: 'yes'",
+        "  at: '12:30'",
+    ] {
+        assert!(
+            yaml.lines().any(|written| written == line),
+            "{line} in {yaml}"
+        );
+    }
+    // RFC 3339 times are timestamps to YAML 1.1.
+    for key in ["createdAt", "startedAt", "completedAt"] {
+        let value = yaml
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{key}: ")))
+            .unwrap_or_else(|| panic!("{key} in {yaml}"));
+        assert!(
+            value.starts_with('\'') && value.ends_with('\''),
+            "{key}: {value}"
+        );
+    }
+    assert_eq!(from_yaml::<pb::Task>("taskprocessor.v1.Task", yaml), task);
+    assert_eq!(get(&mut client, &id).await, task);
 }

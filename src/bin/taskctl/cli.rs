@@ -61,15 +61,16 @@ pub struct GlobalArgs {
     )]
     pub output: OutputFormat,
 
-    /// How long each call (and connecting) may take, e.g. 10s, 1m. Not
-    /// applied to watch streams, which last as long as the task. (Named
-    /// apart from `create --timeout`, which is the task's own timeout.)
+    /// How long each call (and connecting) may take, e.g. 10s, 1m; more
+    /// than 0. Not applied to watch streams, which last as long as the
+    /// task. (Named apart from `create --timeout`, which is the task's own
+    /// timeout.)
     #[arg(
         long,
         global = true,
         env = "TASKCTL_CALL_TIMEOUT",
         default_value = "10s",
-        value_parser = parse_duration,
+        value_parser = parse_call_timeout,
         value_name = "DURATION"
     )]
     pub call_timeout: Duration,
@@ -306,6 +307,23 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|error| format!("{error} (try 30s, 5m, 1h)"))
 }
 
+/// The longest deadline gRPC can send: `grpc-timeout` has at most eight
+/// digits, and its largest unit is the hour (tonic panics beyond it).
+const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(99_999_999 * 3_600);
+
+/// `--call-timeout`: a duration a call can be given, so neither 0 (every
+/// call would fail before it is sent) nor more than gRPC can carry.
+fn parse_call_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = parse_duration(text)?;
+    if timeout.is_zero() {
+        return Err("must be more than 0 (try 10s, 1m)".to_owned());
+    }
+    if timeout > MAX_CALL_TIMEOUT {
+        return Err("must be at most 99999999h, the longest deadline gRPC can carry".to_owned());
+    }
+    Ok(timeout)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,6 +339,18 @@ mod tests {
         assert_eq!(parse_label("a="), Ok(("a".to_owned(), String::new())));
         assert!(parse_label("=b").is_err());
         assert!(parse_label("ab").is_err());
+    }
+
+    #[test]
+    fn call_timeouts_are_positive_and_fit_in_grpc() {
+        assert_eq!(parse_call_timeout("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_call_timeout("99999999h").is_ok());
+        for text in ["0s", "0ms", "100000000h", "soon"] {
+            assert!(parse_call_timeout(text).is_err(), "{text}");
+        }
+        let error = Cli::try_parse_from(["taskctl", "--call-timeout", "0s", "health"])
+            .expect_err("0s is refused");
+        assert_eq!(error.exit_code(), 2);
     }
 
     #[test]

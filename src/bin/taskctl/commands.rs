@@ -20,7 +20,7 @@ use tonic_health::pb::{
 use crate::{
     cli::{Cli, Command, CreateArgs, HealthArgs, ListArgs, OutputFormat},
     connection::ServerAddress,
-    errors::{CliError, ExitStatus},
+    errors::{CliError, ExitStatus, is_deadline_exceeded},
     output::{self, HealthReport, Printer},
     progress::WatchDisplay,
 };
@@ -96,7 +96,8 @@ impl Session {
     }
 
     /// Awaits one call within `--call-timeout`; `map_status` turns a
-    /// refusal into an error a person can act on.
+    /// refusal into an error a person can act on. The deadline is ours
+    /// whether our timer, tonic's client or the server noticed it first.
     async fn unary<T>(
         &self,
         call: impl Future<Output = Result<Response<T>, Status>>,
@@ -104,9 +105,7 @@ impl Session {
     ) -> Result<T, CliError> {
         match tokio::time::timeout(self.call_timeout, call).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) if status.code() == Code::DeadlineExceeded => {
-                Err(self.deadline_exceeded())
-            }
+            Ok(Err(status)) if is_deadline_exceeded(&status) => Err(self.deadline_exceeded()),
             Ok(Err(status)) => Err(map_status(status)),
             Err(_elapsed) => Err(self.deadline_exceeded()),
         }
@@ -123,7 +122,7 @@ impl Session {
         let mut client = self.tasks().await?;
         let task = self
             .unary(client.create_task(self.request(request)), |status| {
-                CliError::from_task_status(status, None)
+                CliError::from_create_status(status, args.request_id.as_deref())
             })
             .await?;
         if !args.wait {
@@ -324,25 +323,24 @@ fn create_request(args: &CreateArgs) -> Result<pb::CreateTaskRequest, CliError> 
 
 /// `--data`: JSON text, `@FILE`, or `-` for stdin.
 fn read_data(argument: &str) -> Result<JsonValue, CliError> {
-    let (text, source) = if argument == "-" {
+    // What the error names: the flag as given, except the JSON text itself.
+    let (text, source, hint) = if argument == "-" {
         let mut text = String::new();
         std::io::stdin()
             .read_to_string(&mut text)
             .map_err(CliError::io("read --data from stdin"))?;
-        (text, "stdin".to_owned())
+        (text, "--data - (stdin)".to_owned(), "")
     } else if let Some(path) = argument.strip_prefix('@') {
         let text = std::fs::read_to_string(path).map_err(|error| {
             CliError::Usage(format!("--data @{path}: cannot read the file: {error}"))
         })?;
-        (text, format!("@{path}"))
+        (text, format!("--data @{path}"), "")
     } else {
-        (argument.to_owned(), "--data".to_owned())
+        let hint = " (quote it for the shell: --data '{\"a\": 1}')";
+        (argument.to_owned(), "--data".to_owned(), hint)
     };
-    serde_json::from_str(&text).map_err(|error| {
-        CliError::Usage(format!(
-            "--data: {source} is not valid JSON: {error} (quote it for the shell: --data '{{\"a\": 1}}')"
-        ))
-    })
+    serde_json::from_str(&text)
+        .map_err(|error| CliError::Usage(format!("{source} is not valid JSON: {error}{hint}")))
 }
 
 /// A task timeout in whole seconds, rounded up so that `500ms` is not
@@ -382,6 +380,13 @@ mod tests {
         );
         let error = read_data("{not json").expect_err("invalid");
         assert!(matches!(error, CliError::Usage(_)), "{error}");
+        let text = error.to_string();
+        assert!(text.starts_with("--data is not valid JSON: "), "{text}");
+        assert_eq!(
+            text.matches("--data").count(),
+            2,
+            "once, and in the hint: {text}"
+        );
         let error = read_data("@/nonexistent/taskctl-data.json").expect_err("no file");
         assert!(error.to_string().contains("cannot read"), "{error}");
     }

@@ -5,9 +5,9 @@
 //! Errors are written for the person at the terminal: each says what
 //! happened in words they can act on, never a bare gRPC code.
 
-use std::{fmt, io};
+use std::{fmt, io, time::Duration};
 
-use tonic::{Code, Status};
+use tonic::{Code, Status, TimeoutExpired};
 use tonic_types::StatusExt;
 
 /// The exit codes of `taskctl`. Scripts depend on these numbers: never
@@ -32,6 +32,9 @@ pub enum ExitStatus {
     InvalidArgument = 6,
     /// No server answers, it is shutting down, or it is not serving.
     Unavailable = 7,
+    /// The server's queue of waiting tasks is full; the same command may
+    /// succeed later.
+    ServerBusy = 8,
 }
 
 /// Every exit code with what it means, in the order `--help` shows them.
@@ -64,6 +67,10 @@ pub const EXIT_CODES: &[(ExitStatus, &str)] = &[
     (
         ExitStatus::Unavailable,
         "unavailable: cannot connect, server shutting down, or not serving",
+    ),
+    (
+        ExitStatus::ServerBusy,
+        "the server is busy (queue full); retry later",
     ),
 ];
 
@@ -118,7 +125,9 @@ pub enum CliError {
     #[error("health service {service:?} is not known to the server")]
     HealthServiceNotFound { service: String },
 
-    #[error("invalid argument: {message}{}", Violations(field_violations))]
+    /// The violations name the fields; the message is shown only when
+    /// there are none, since the server's message repeats them.
+    #[error("invalid argument{}", InvalidArgumentText { message, field_violations })]
     InvalidArgument {
         message: String,
         field_violations: Vec<FieldViolation>,
@@ -130,14 +139,31 @@ pub enum CliError {
     #[error("{service:?} is {status}, not SERVING")]
     NotServing { service: String, status: String },
 
+    /// The call's deadline passed, whichever side noticed it first.
     #[error("no answer within {timeout} (raise it with --call-timeout)")]
     DeadlineExceeded { timeout: String },
 
-    #[error("task {task_id} has already finished: {message}")]
+    /// `message` is the server's, which usually names the task itself.
+    #[error("{}", already_finished_text(task_id, message))]
     TaskAlreadyFinished { task_id: String, message: String },
 
-    #[error("the server refused: {code:?}: {message}")]
-    Refused { code: Code, message: String },
+    /// A create reused an idempotency key with other parameters.
+    #[error(
+        "--request-id {request_id:?} was already used to create a task with other parameters; \
+         repeat that create exactly to get its task, or choose a new --request-id"
+    )]
+    RequestIdReused { request_id: String },
+
+    /// `RESOURCE_EXHAUSTED`: the queue of waiting tasks is full.
+    #[error("the server is busy: its queue of waiting tasks is full; {}", RetryText(*retry_after))]
+    ServerBusy { retry_after: Option<Duration> },
+
+    /// Any other refusal; `reason` puts the status code in words.
+    #[error("{reason}{}", MessageText(message))]
+    Refused {
+        reason: &'static str,
+        message: String,
+    },
 
     /// The server answered something that breaks the contract.
     #[error("unexpected answer from the server: {0}")]
@@ -166,8 +192,10 @@ impl CliError {
             | Self::CannotConnect { .. }
             | Self::Unavailable { .. }
             | Self::NotServing { .. } => ExitStatus::Unavailable,
+            Self::ServerBusy { .. } => ExitStatus::ServerBusy,
             Self::DeadlineExceeded { .. }
             | Self::TaskAlreadyFinished { .. }
+            | Self::RequestIdReused { .. }
             | Self::Refused { .. }
             | Self::Protocol(_)
             | Self::Io { .. }
@@ -201,6 +229,17 @@ impl CliError {
         }
     }
 
+    /// Turns a status from `CreateTask` into an error a person can act on;
+    /// `request_id` is the `--request-id` sent, if any.
+    pub fn from_create_status(status: Status, request_id: Option<&str>) -> Self {
+        match (status.code(), request_id) {
+            (Code::AlreadyExists, Some(request_id)) => Self::RequestIdReused {
+                request_id: request_id.to_owned(),
+            },
+            _ => Self::from_status(status),
+        }
+    }
+
     /// The mapping of gRPC status codes that do not depend on what was
     /// asked.
     pub fn from_status(status: Status) -> Self {
@@ -212,11 +251,62 @@ impl CliError {
             Code::Unavailable => Self::Unavailable {
                 message: unavailable_message(&status),
             },
+            Code::ResourceExhausted => Self::ServerBusy {
+                retry_after: status
+                    .get_details_retry_info()
+                    .and_then(|retry_info| retry_info.retry_delay),
+            },
             code => Self::Refused {
-                code,
+                reason: code_in_words(code),
                 message: status.message().to_owned(),
             },
         }
+    }
+}
+
+/// True when the status says the call's deadline passed: `DEADLINE_EXCEEDED`,
+/// or the `CANCELLED` "Timeout expired" that tonic answers with — both its
+/// server and its own client side — when a `grpc-timeout` runs out.
+pub fn is_deadline_exceeded(status: &Status) -> bool {
+    match status.code() {
+        Code::DeadlineExceeded => true,
+        Code::Cancelled => status.message() == TimeoutExpired(()).to_string(),
+        _ => false,
+    }
+}
+
+/// A status code in words, for refusals that have no better description.
+fn code_in_words(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "the server answered with an error that says OK",
+        Code::Cancelled => "the call was cancelled",
+        Code::Unknown => "the server failed",
+        Code::InvalidArgument => "invalid argument",
+        Code::DeadlineExceeded => "the call took too long",
+        Code::NotFound => "not found",
+        Code::AlreadyExists => "already exists",
+        Code::PermissionDenied => "permission denied",
+        Code::ResourceExhausted => "the server is out of resources",
+        Code::FailedPrecondition => "not possible in the current state",
+        Code::Aborted => "the call was aborted",
+        Code::OutOfRange => "out of range",
+        Code::Unimplemented => "the server does not offer this call (another version?)",
+        Code::Internal => "the server failed (internal error)",
+        Code::Unavailable => "server unavailable",
+        Code::DataLoss => "data was lost",
+        Code::Unauthenticated => "not authenticated",
+    }
+}
+
+/// The error of a cancel refused because the task has finished, naming the
+/// task once whether or not the server's message already does.
+fn already_finished_text(task_id: &str, message: &str) -> String {
+    if message.is_empty() {
+        format!("task {task_id} has already finished and cannot be cancelled")
+    } else if message.contains(task_id) {
+        message.to_owned()
+    } else {
+        format!("task {task_id} cannot be cancelled: {message}")
     }
 }
 
@@ -237,6 +327,27 @@ fn field_violations(status: &Status) -> Vec<FieldViolation> {
         .unwrap_or_default()
 }
 
+/// The flag or argument of `taskctl` that sets a request field, so the
+/// person knows what to change; `None` for fields `taskctl` does not know.
+fn flag_of_field(field: &str) -> Option<&'static str> {
+    // `labels["a b"]` and the like: the field is the part before any index.
+    let field = field.split(['[', '.']).next().unwrap_or(field);
+    Some(match field {
+        "name" => "NAME",
+        "id" => "ID",
+        "description" => "--description",
+        "kind" => "--kind",
+        "data" => "--data",
+        "labels" => "--label",
+        "timeout_seconds" => "--timeout",
+        "request_id" => "--request-id",
+        "page_size" => "--limit",
+        "page_token" => "--page-token",
+        "statuses" => "--status",
+        _ => return None,
+    })
+}
+
 /// A status made by tonic for a broken connection has a terse message; the
 /// cause underneath says more.
 fn unavailable_message(status: &Status) -> String {
@@ -253,30 +364,86 @@ fn unavailable_message(status: &Status) -> String {
     message
 }
 
-/// Prints field violations one per line under the message.
-struct Violations<'a>(&'a [FieldViolation]);
+/// `: field kind (--kind): …` for one violation, one line per violation
+/// for several, `: message` for none.
+struct InvalidArgumentText<'a> {
+    message: &'a str,
+    field_violations: &'a [FieldViolation],
+}
 
-impl fmt::Display for Violations<'_> {
+impl fmt::Display for InvalidArgumentText<'_> {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for violation in self.0 {
-            write!(
-                formatter,
-                "\n  field {}: {}",
-                violation.field, violation.description
-            )?;
+        match self.field_violations {
+            [] => write!(formatter, "{}", MessageText(self.message)),
+            [violation] => write!(formatter, ": {}", ViolationText(violation)),
+            violations => {
+                formatter.write_str(":")?;
+                for violation in violations {
+                    write!(formatter, "\n  {}", ViolationText(violation))?;
+                }
+                Ok(())
+            }
         }
-        Ok(())
+    }
+}
+
+/// `field kind (--kind): "resize" is not a registered kind`.
+struct ViolationText<'a>(&'a FieldViolation);
+
+impl fmt::Display for ViolationText<'_> {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let FieldViolation { field, description } = self.0;
+        write!(formatter, "field {field}")?;
+        if let Some(flag) = flag_of_field(field) {
+            write!(formatter, " ({flag})")?;
+        }
+        write!(formatter, ": {description}")
+    }
+}
+
+/// `: message`, or nothing when the server sent no message.
+struct MessageText<'a>(&'a str);
+
+impl fmt::Display for MessageText<'_> {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            write!(formatter, ": {}", self.0)
+        }
+    }
+}
+
+/// `retry in 1s`, from the server's `google.rpc.RetryInfo`.
+struct RetryText(Option<Duration>);
+
+impl fmt::Display for RetryText {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(delay) if !delay.is_zero() => {
+                write!(formatter, "retry in {}", humantime::format_duration(delay))
+            }
+            _ => formatter.write_str("retry later"),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use tonic_types::{ErrorDetails, StatusExt};
+
     use super::*;
 
     #[test]
     fn every_exit_status_is_in_the_table_once_and_in_the_help() {
         let help = exit_codes_help();
-        for code in 0..=7u8 {
+        let highest = EXIT_CODES
+            .iter()
+            .map(|(status, _)| status.code())
+            .max()
+            .unwrap_or_default();
+        assert_eq!(highest, ExitStatus::ServerBusy.code());
+        for code in 0..=highest {
             let rows = EXIT_CODES
                 .iter()
                 .filter(|(status, _)| status.code() == code)
@@ -287,18 +454,110 @@ mod tests {
     }
 
     #[test]
-    fn invalid_argument_names_the_field() {
-        let error = CliError::InvalidArgument {
-            message: "name: must not be empty".into(),
-            field_violations: vec![FieldViolation {
-                field: "name".into(),
-                description: "must not be empty".into(),
-            }],
-        };
+    fn invalid_argument_names_the_field_once() {
+        let status = Status::with_error_details(
+            Code::InvalidArgument,
+            "kind: \"resize\" is not a registered kind",
+            ErrorDetails::with_bad_request_violation("kind", "\"resize\" is not a registered kind"),
+        );
+        let error = CliError::from_status(status);
         assert_eq!(
             error.to_string(),
-            "invalid argument: name: must not be empty\n  field name: must not be empty"
+            "invalid argument: field kind (--kind): \"resize\" is not a registered kind"
         );
         assert_eq!(error.exit_status(), ExitStatus::InvalidArgument);
+
+        let several = CliError::InvalidArgument {
+            message: "two problems".into(),
+            field_violations: vec![
+                FieldViolation {
+                    field: "labels".into(),
+                    description: "key \"a b\" may only hold a-z".into(),
+                },
+                FieldViolation {
+                    field: "shoe_size".into(),
+                    description: "must be positive".into(),
+                },
+            ],
+        };
+        assert_eq!(
+            several.to_string(),
+            "invalid argument:\n  field labels (--label): key \"a b\" may only hold a-z\n  \
+             field shoe_size: must be positive"
+        );
+        let bare = CliError::from_status(Status::invalid_argument("no details"));
+        assert_eq!(bare.to_string(), "invalid argument: no details");
+    }
+
+    #[test]
+    fn timeouts_from_either_side_are_deadlines() {
+        assert!(is_deadline_exceeded(&Status::deadline_exceeded("late")));
+        // What tonic's server and client answer when a grpc-timeout runs out.
+        let tonic_timeout = Status::from_error(Box::new(TimeoutExpired(())));
+        assert_eq!(tonic_timeout.code(), Code::Cancelled);
+        assert!(is_deadline_exceeded(&tonic_timeout));
+        assert!(!is_deadline_exceeded(&Status::cancelled(
+            "the client went away"
+        )));
+        assert!(!is_deadline_exceeded(&Status::internal("Timeout expired")));
+    }
+
+    #[test]
+    fn a_full_queue_says_when_to_retry() {
+        let status = Status::with_error_details(
+            Code::ResourceExhausted,
+            "the queue is full: 3 tasks are waiting; retry in 1000ms",
+            ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
+        );
+        let error = CliError::from_status(status);
+        assert_eq!(
+            error.to_string(),
+            "the server is busy: its queue of waiting tasks is full; retry in 1s"
+        );
+        assert_eq!(error.exit_status(), ExitStatus::ServerBusy);
+        let without_detail = CliError::from_status(Status::resource_exhausted("full"));
+        assert!(
+            without_detail.to_string().ends_with("; retry later"),
+            "{without_detail}"
+        );
+    }
+
+    #[test]
+    fn refusals_are_told_in_words_once() {
+        let reused = CliError::from_create_status(
+            Status::already_exists("request_id \"k\" was already used with different parameters"),
+            Some("k"),
+        );
+        let text = reused.to_string();
+        assert!(
+            text.starts_with("--request-id \"k\" was already used"),
+            "{text}"
+        );
+        assert!(text.contains("choose a new --request-id"), "{text}");
+
+        let finished = CliError::from_task_status(
+            Status::failed_precondition("task 42 is already completed and cannot be cancelled"),
+            Some("42"),
+        );
+        assert_eq!(
+            finished.to_string(),
+            "task 42 is already completed and cannot be cancelled"
+        );
+        let terse = CliError::from_task_status(Status::failed_precondition(""), Some("42"));
+        assert_eq!(
+            terse.to_string(),
+            "task 42 has already finished and cannot be cancelled"
+        );
+
+        for code in [
+            Code::Internal,
+            Code::Unimplemented,
+            Code::Cancelled,
+            Code::AlreadyExists,
+        ] {
+            let text = CliError::from_status(Status::new(code, "details")).to_string();
+            assert!(!text.contains(&format!("{code:?}")), "{text}");
+            assert!(text.ends_with(": details"), "{text}");
+        }
     }
 }

@@ -3,8 +3,8 @@
 //! exit code (see `errors::EXIT_CODES`, also printed by `--help`).
 //!
 //! Everything else lives in the modules: `cli` (flags), `commands` (what
-//! each subcommand does), `connection`, `output` and `proto_json` (how
-//! answers are printed), `progress` (the live bar), `errors`.
+//! each subcommand does), `connection`, `output`, `proto_json` and `yaml`
+//! (how answers are printed), `progress` (the live bar), `errors`.
 
 mod cli;
 mod commands;
@@ -13,6 +13,7 @@ mod errors;
 mod output;
 mod progress;
 mod proto_json;
+mod yaml;
 
 use std::process::ExitCode;
 

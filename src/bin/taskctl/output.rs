@@ -15,6 +15,7 @@ use crate::{
     cli::OutputFormat,
     errors::CliError,
     proto_json::{self, JsonLayout, ProtoJson},
+    yaml,
 };
 
 /// Names longer than this are cut in tables (never in `get`).
@@ -120,8 +121,8 @@ impl Printer {
                 .map(|report| {
                     format!(
                         "---\nservice: {}\nstatus: {}\n",
-                        yaml_scalar(&report.service),
-                        report.status
+                        yaml::string_scalar(&report.service),
+                        yaml::string_scalar(&report.status)
                     )
                 })
                 .collect(),
@@ -404,13 +405,6 @@ pub fn format_duration(duration: Duration) -> String {
         60..3_600 => format!("{}m{:02}s", seconds / 60, seconds % 60),
         _ => format!("{}h{:02}m", seconds / 3_600, seconds % 3_600 / 60),
     }
-}
-
-/// A string as a YAML scalar: quoted when YAML would read it otherwise.
-fn yaml_scalar(text: &str) -> String {
-    yaml_serde::to_string(text)
-        .map(|yaml| yaml.trim_end().to_owned())
-        .unwrap_or_else(|_| format!("{text:?}"))
 }
 
 #[cfg(test)]

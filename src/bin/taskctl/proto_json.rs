@@ -1,19 +1,21 @@
 //! Generated messages as proto3 JSON — lowerCamelCase names, enum names,
 //! RFC 3339 timestamps, 64-bit integers as strings, default values left
-//! out, fields in declaration order — which is what grpcurl prints, and
-//! the same value as YAML.
+//! out, fields in declaration order, map entries (labels, the keys of
+//! `data` and `result`) sorted by key — which is what grpcurl prints, and
+//! the same value as YAML (written by `yaml`).
 //!
 //! prost's types know no JSON; the message is re-read through its
 //! descriptor (`prost-reflect`) from the descriptor set the build embeds.
 
-use std::io;
+use std::{cmp::Ordering, io};
 
 use prost::Message;
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
+use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor, ReflectMessage};
 use serde::Serialize;
 use serde_json::ser::{CompactFormatter, Formatter, PrettyFormatter};
+use yaml_serde::{Mapping, Value as Tree};
 
-use crate::errors::CliError;
+use crate::{errors::CliError, yaml};
 
 /// Full names of the messages `taskctl` prints.
 pub const TASK: &str = "taskprocessor.v1.Task";
@@ -71,11 +73,11 @@ impl ProtoJson {
         full_name: &str,
         layout: JsonLayout,
     ) -> Result<String, CliError> {
-        let dynamic = self.dynamic(message, full_name)?;
+        let tree = self.tree(message, full_name)?;
         let mut bytes = Vec::new();
         let written = match layout {
-            JsonLayout::Pretty => write_json(&dynamic, &mut bytes, PrettyFormatter::new()),
-            JsonLayout::Compact => write_json(&dynamic, &mut bytes, CompactFormatter),
+            JsonLayout::Pretty => write_json(&tree, &mut bytes, PrettyFormatter::new()),
+            JsonLayout::Compact => write_json(&tree, &mut bytes, CompactFormatter),
         };
         written.map_err(|error| CliError::Render(format!("{full_name}: {error}")))?;
         String::from_utf8(bytes)
@@ -84,23 +86,105 @@ impl ProtoJson {
 
     /// The same value as [`Self::to_json`], as YAML (ending in a newline).
     pub fn to_yaml(&self, message: &impl Message, full_name: &str) -> Result<String, CliError> {
-        let json = self.to_json(message, full_name, JsonLayout::Compact)?;
-        // Read back into YAML's own value, which keeps the field order.
-        let value: yaml_serde::Value = serde_json::from_str(&json)
+        Ok(yaml::to_string(&self.tree(message, full_name)?))
+    }
+
+    /// The proto3 JSON value of the message, in an order-keeping tree with
+    /// map entries sorted: prost-reflect writes maps in hash order, which
+    /// would print the same task differently each time.
+    fn tree(&self, message: &impl Message, full_name: &str) -> Result<Tree, CliError> {
+        let dynamic = self.dynamic(message, full_name)?;
+        let mut bytes = Vec::new();
+        write_json(&dynamic, &mut bytes, CompactFormatter)
             .map_err(|error| CliError::Render(format!("{full_name}: {error}")))?;
-        yaml_serde::to_string(&value)
-            .map_err(|error| CliError::Render(format!("{full_name} as YAML: {error}")))
+        let mut tree: Tree = serde_json::from_slice(&bytes)
+            .map_err(|error| CliError::Render(format!("{full_name}: {error}")))?;
+        sort_maps(&mut tree, &dynamic.descriptor());
+        Ok(tree)
+    }
+}
+
+/// Sorts, in the JSON value of a `message`, the entries of every map field
+/// and of every `google.protobuf.Struct`, at any depth.
+fn sort_maps(value: &mut Tree, message: &MessageDescriptor) {
+    if matches!(
+        message.full_name(),
+        "google.protobuf.Struct" | "google.protobuf.Value" | "google.protobuf.ListValue"
+    ) {
+        sort_struct_value(value);
+        return;
+    }
+    let Tree::Mapping(fields) = value else {
+        return;
+    };
+    for (name, field_value) in fields.iter_mut() {
+        let Some(field) = name
+            .as_str()
+            .and_then(|name| message.get_field_by_json_name(name))
+        else {
+            continue;
+        };
+        let Kind::Message(field_message) = field.kind() else {
+            continue;
+        };
+        match field_value {
+            Tree::Mapping(entries) if field.is_map() => {
+                sort_entries(entries);
+                if let Kind::Message(value_message) = field_message.map_entry_value_field().kind() {
+                    for entry_value in entries.values_mut() {
+                        sort_maps(entry_value, &value_message);
+                    }
+                }
+            }
+            Tree::Sequence(items) if field.is_list() => {
+                for item in items {
+                    sort_maps(item, &field_message);
+                }
+            }
+            single => sort_maps(single, &field_message),
+        }
+    }
+}
+
+/// A `google.protobuf.Value` as JSON: objects are `Struct`s, whose keys are
+/// sorted; arrays are `ListValue`s.
+fn sort_struct_value(value: &mut Tree) {
+    match value {
+        Tree::Mapping(entries) => {
+            sort_entries(entries);
+            entries.values_mut().for_each(sort_struct_value);
+        }
+        Tree::Sequence(items) => items.iter_mut().for_each(sort_struct_value),
+        _ => {}
+    }
+}
+
+/// Sorts the entries of one map by key: integer keys (JSON writes them as
+/// strings) by value, all others as text.
+fn sort_entries(entries: &mut Mapping) {
+    let mut sorted: Vec<(Tree, Tree)> = std::mem::take(entries).into_iter().collect();
+    sorted.sort_by(|(left, _), (right, _)| compare_keys(left, right));
+    *entries = sorted.into_iter().collect();
+}
+
+fn compare_keys(left: &Tree, right: &Tree) -> Ordering {
+    let (Some(left), Some(right)) = (left.as_str(), right.as_str()) else {
+        return Ordering::Equal;
+    };
+    match (left.parse::<i128>(), right.parse::<i128>()) {
+        (Ok(left_number), Ok(right_number)) => left_number.cmp(&right_number),
+        _ => left.cmp(right),
     }
 }
 
 fn write_json<F: Formatter>(
-    message: &DynamicMessage,
+    value: &impl Serialize,
     writer: &mut Vec<u8>,
     formatter: F,
 ) -> Result<(), serde_json::Error> {
     let mut serializer =
         serde_json::Serializer::with_formatter(writer, IntegralNumbers { inner: formatter });
-    message.serialize(&mut serializer)
+    value.serialize(&mut serializer)
 }
 
 /// Writes a whole `f64` (as every number in a `google.protobuf.Value` is)
@@ -238,6 +322,79 @@ mod tests {
         assert_eq!(from_json.transcode_to::<pb::Task>().expect("a task"), task);
 
         let yaml = proto_json.to_yaml(&task, TASK).expect("renders");
+        let from_yaml =
+            DynamicMessage::deserialize(descriptor, yaml_serde::Deserializer::from_str(&yaml))
+                .expect("YAML reads back");
+        assert_eq!(from_yaml.transcode_to::<pb::Task>().expect("a task"), task);
+    }
+
+    #[test]
+    fn map_entries_come_out_sorted_by_key() {
+        let proto_json = ProtoJson::new().expect("descriptors");
+        let keys = ["m", "c", "x", "a", "k", "b", "z", "e", "q", "d"];
+        let task = pb::Task {
+            labels: keys
+                .iter()
+                .map(|key| ((*key).to_owned(), "v".to_owned()))
+                .collect(),
+            data: Some(json_to_proto(&serde_json::json!({
+                "zeta": {"y": 1, "b": 2}, "alpha": [{"d": 1, "c": 2}]
+            }))),
+            ..sample_task()
+        };
+        let json = proto_json
+            .to_json(&task, TASK, JsonLayout::Compact)
+            .expect("renders");
+        let mut sorted = keys;
+        sorted.sort_unstable();
+        let labels = sorted.map(|key| format!(r#""{key}":"v""#)).join(",");
+        assert!(
+            json.contains(&format!(r#""labels":{{{labels}}}"#)),
+            "{json}"
+        );
+        assert!(
+            json.contains(r#""data":{"alpha":[{"c":2,"d":1}],"zeta":{"b":2,"y":1}}"#),
+            "{json}"
+        );
+        // Fields stay in declaration order.
+        assert!(json.starts_with(r#"{"id":"#), "{json}");
+
+        let yaml = proto_json.to_yaml(&task, TASK).expect("renders");
+        let labels_at = yaml.find("labels:\n").expect("labels");
+        let label_lines: Vec<&str> = yaml[labels_at..].lines().skip(1).take(keys.len()).collect();
+        let expected: Vec<String> = sorted.iter().map(|key| format!("  {key}: v")).collect();
+        assert_eq!(label_lines, expected, "{yaml}");
+    }
+
+    #[test]
+    fn yaml_quotes_what_yaml_1_1_reads_as_another_type() {
+        let proto_json = ProtoJson::new().expect("descriptors");
+        let task = pb::Task {
+            name: "2026-11-25".into(),
+            kind: "yes".into(),
+            description: "1_000".into(),
+            node: "on".into(),
+            labels: [("no".to_owned(), "12:30".to_owned())].into(),
+            data: Some(json_to_proto(&serde_json::json!({"day": "2026-11-25"}))),
+            ..sample_task()
+        };
+        let yaml = proto_json.to_yaml(&task, TASK).expect("renders");
+        for line in [
+            "name: '2026-11-25'",
+            "kind: 'yes'",
+            "description: '1_000'",
+            "node: 'on'",
+            "  'no': '12:30'",
+            "  day: '2026-11-25'",
+            "createdAt: '2023-11-14T22:13:20.123Z'",
+            "revision: '7'",
+        ] {
+            assert!(
+                yaml.lines().any(|written| written == line),
+                "{line} in {yaml}"
+            );
+        }
+        let descriptor = proto_json.descriptor(TASK).expect("descriptor");
         let from_yaml =
             DynamicMessage::deserialize(descriptor, yaml_serde::Deserializer::from_str(&yaml))
                 .expect("YAML reads back");
