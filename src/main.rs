@@ -15,6 +15,12 @@ use tokio::{
 };
 use tracing::warn;
 
+/// mimalloc: the service allocates many small, short-lived buffers per call
+/// (HTTP/2 frames, messages, strings); glibc's malloc spent about an eighth
+/// of the CPU on them under load (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();

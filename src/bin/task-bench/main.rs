@@ -26,6 +26,11 @@ use task_processor::{
 use tokio::{net::TcpListener, sync::oneshot};
 use tonic::transport::Channel;
 
+/// The same allocator as the `task-processor` binary, so the figures are
+/// the service's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Connections every RPC scenario spreads its calls over.
 pub const CONNECTIONS: usize = 4;
 
