@@ -3,7 +3,8 @@
 //! server as the ceiling), drives both with the same client, and prints
 //! every figure with its ratio to the ceiling or its target.
 //!
-//! Run: `cargo run --release --bin task-bench` (`--quick` for a short run).
+//! Run: `cargo run --release --bin task-bench` (`--quick` for a short run;
+//! `--only-actor` or `--only-create` for one figure, e.g. under a profiler).
 //! These machines are noisy: compare ratios taken in the same run, not
 //! absolute figures across runs.
 
@@ -159,9 +160,12 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(scale: Scale) -> anyhow::Result<()> {
     // `--only-create`: just CreateTask at 64 in flight against our server,
-    // for a profiler to watch.
+    // for a profiler to watch; `--only-actor`: just the actor figures.
     if std::env::args().any(|argument| argument == "--only-create") {
         return load::profile_create(scale).await;
+    }
+    if std::env::args().any(|argument| argument == "--only-actor") {
+        return load::report_actor(scale).await;
     }
     println!(
         "task-bench: {} cores, scale {scale:?}\n",
