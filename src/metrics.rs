@@ -56,6 +56,36 @@ impl MetricConstructor<Histogram> for Buckets {
     }
 }
 
+/// The task metrics of one kind. Clones share the same series.
+#[derive(Clone, Debug)]
+pub struct KindMetrics {
+    created: Counter,
+    completed: Counter,
+    failed: Counter,
+    cancelled: Counter,
+    run_seconds: Histogram,
+}
+
+impl KindMetrics {
+    pub fn task_created(&self) {
+        self.created.inc();
+    }
+
+    /// A task reached `status`; `run_time` is set when it had started.
+    pub fn task_finished(&self, status: TaskStatus, run_time: Option<Duration>) {
+        match status {
+            TaskStatus::Completed => self.completed.inc(),
+            TaskStatus::Failed => self.failed.inc(),
+            TaskStatus::Cancelled => self.cancelled.inc(),
+            // Not terminal: nothing finished.
+            TaskStatus::Pending | TaskStatus::Running => return,
+        };
+        if let Some(run_time) = run_time {
+            self.run_seconds.observe(run_time.as_secs_f64());
+        }
+    }
+}
+
 /// Every metric of the process. Cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -168,28 +198,25 @@ impl Metrics {
         }
     }
 
-    pub fn task_created(&self, kind: &str) {
-        let labels = KindLabels {
+    /// The task metrics of `kind`, looked up once so the manager can bump
+    /// them for every task without building label sets.
+    pub fn for_kind(&self, kind: &str) -> KindMetrics {
+        let inner = &self.inner;
+        let kind_labels = KindLabels {
             kind: kind.to_owned(),
         };
-        self.inner.tasks_created.get_or_create(&labels).inc();
-    }
-
-    /// A task reached `status`; `run_time` is set when it had started.
-    pub fn task_finished(&self, kind: &str, status: TaskStatus, run_time: Option<Duration>) {
-        let labels = FinishedLabels {
-            kind: kind.to_owned(),
-            status: status.to_string(),
-        };
-        self.inner.tasks_finished.get_or_create(&labels).inc();
-        if let Some(run_time) = run_time {
-            let labels = KindLabels {
+        let finished = |status: TaskStatus| {
+            inner.tasks_finished.get_or_create_owned(&FinishedLabels {
                 kind: kind.to_owned(),
-            };
-            self.inner
-                .task_run_seconds
-                .get_or_create(&labels)
-                .observe(run_time.as_secs_f64());
+                status: status.to_string(),
+            })
+        };
+        KindMetrics {
+            created: inner.tasks_created.get_or_create_owned(&kind_labels),
+            completed: finished(TaskStatus::Completed),
+            failed: finished(TaskStatus::Failed),
+            cancelled: finished(TaskStatus::Cancelled),
+            run_seconds: inner.task_run_seconds.get_or_create_owned(&kind_labels),
         }
     }
 

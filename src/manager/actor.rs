@@ -28,7 +28,7 @@ use super::{
     watch::{TaskWatch, WatchState},
 };
 use crate::{
-    metrics::Metrics,
+    metrics::{KindMetrics, Metrics},
     processor::{ProcessorError, ProgressReporter, ProgressUpdate, Registry, TaskContext},
     task::{Applied, NewTask, Task, TaskEvent, TaskId, TaskStatus},
 };
@@ -70,6 +70,8 @@ pub(super) struct Manager {
     config: ManagerConfig,
     registry: Registry,
     metrics: Metrics,
+    /// Per-kind metric handles, looked up once per kind.
+    kind_metrics: HashMap<String, KindMetrics>,
     /// Cloned into every run's context so processors can report progress.
     progress_sender: mpsc::Sender<ProgressUpdate>,
     /// Progress from runs; drained before a run's result is applied, so a
@@ -113,6 +115,7 @@ impl Manager {
             config,
             registry,
             metrics,
+            kind_metrics: HashMap::new(),
             progress_sender,
             progress_updates,
             tasks: BTreeMap::new(),
@@ -242,7 +245,7 @@ impl Manager {
         self.tasks.insert(id, Arc::clone(&task));
         self.queue.push_back(id);
         self.pending += 1;
-        self.metrics.task_created(&task.kind);
+        self.metrics_of(&task.kind).task_created();
         info!(task_id = %id, kind = %task.kind, "task created");
         Ok(task)
     }
@@ -568,8 +571,8 @@ impl Manager {
             .started_at
             .zip(task.completed_at)
             .and_then(|(started, completed)| completed.duration_since(started).ok());
-        self.metrics
-            .task_finished(&task.kind, task.status, run_time);
+        self.metrics_of(&task.kind)
+            .task_finished(task.status, run_time);
         // Every way a task ends passes here: completion, failure, timeout,
         // cancel by a client or by shutdown.
         info!(
@@ -629,6 +632,15 @@ impl Manager {
                     .is_some_and(|task| task.status == TaskStatus::Pending)
             });
         }
+    }
+
+    fn metrics_of(&mut self, kind: &str) -> &KindMetrics {
+        if !self.kind_metrics.contains_key(kind) {
+            let handles = self.metrics.for_kind(kind);
+            self.kind_metrics.insert(kind.to_owned(), handles);
+        }
+        // Inserted just above when missing.
+        &self.kind_metrics[kind]
     }
 
     fn status_of(&self, task_id: TaskId) -> Option<TaskStatus> {
