@@ -5,7 +5,7 @@
 //! and most frequent words of `data.text`, reports progress line by line and
 //! stops when `context.cancellation` fires (cancel, timeout or shutdown). It
 //! is registered as `wordcount` next to `demo`, `echo`, `sleep` and `fail`,
-//! and [`server::run`] serves everything until Ctrl+C. The example takes
+//! and [`server::run`] serves everything until Ctrl+C or SIGTERM. The example takes
 //! the binary's flags (`--help` lists them), so it listens on
 //! 0.0.0.0:50051 unless told otherwise.
 //!
@@ -149,7 +149,12 @@ async fn main() -> anyhow::Result<()> {
     // own configuration can fill `Config { listen, ..Config::default() }`.
     let flags = Flags::parse();
     let config = Config::load(&flags, |name| std::env::var(name).ok())?;
+    if flags.print_config {
+        print!("{}", config.to_yaml());
+        return Ok(());
+    }
     telemetry::init_logging(&config, flags.verbose);
+    telemetry::log_panics();
 
     let mut registry = Registry::with_builtins(config.demo_duration);
     registry.register(WORDCOUNT_KIND, WordCountProcessor);
@@ -164,16 +169,25 @@ async fn main() -> anyhow::Result<()> {
         grpc,
         admin: Some(admin),
     };
-    server::run(listeners, config, registry, ctrl_c()).await?;
+    server::run(listeners, config, registry, shutdown_signal()).await?;
     Ok(())
 }
 
-/// Completes on Ctrl+C. If the signal cannot be watched, never completes
-/// (rather than stopping the server at once).
-async fn ctrl_c() {
-    if let Err(error) = tokio::signal::ctrl_c().await {
-        warn!(%error, "cannot listen for Ctrl+C; stop the process another way");
-        std::future::pending::<()>().await;
+/// Completes on Ctrl+C or SIGTERM (how Kubernetes stops a pod), so the
+/// server drains as the `task-processor` binary does. If neither can be
+/// watched, never completes (rather than stopping the server at once).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        warn!("cannot listen for SIGINT/SIGTERM; stop the process another way");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
     }
 }
 

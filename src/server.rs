@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     admin,
@@ -48,6 +48,8 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("the gRPC server task panicked or was cancelled")]
     Join(#[from] tokio::task::JoinError),
+    #[error("the task manager stopped unexpectedly")]
+    ManagerStopped,
 }
 
 /// Runs the service until `shutdown` completes, then stops in order (see
@@ -145,6 +147,11 @@ pub async fn run_with(
             // The server stopped on its own: that is an error.
             finished??;
             return Ok(());
+        }
+        () = manager.closed() => {
+            error!("the task manager stopped unexpectedly; exiting so the process is restarted");
+            serving.abort();
+            return Err(ServerError::ManagerStopped);
         }
     }
 

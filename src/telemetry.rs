@@ -130,7 +130,15 @@ where
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             request.headers_mut().insert(REQUEST_ID_HEADER, value);
         }
-        let span = info_span!("rpc", method = %method, peer = %peer, request_id = %request_id);
+        // `task_id` is filled in by the handler once it knows the task, so
+        // the call's line names the task it created, read or cancelled.
+        let span = info_span!(
+            "rpc",
+            method = %method,
+            peer = %peer,
+            request_id = %request_id,
+            task_id = tracing::field::Empty,
+        );
         let call = Call {
             method,
             peer,

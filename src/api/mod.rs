@@ -17,6 +17,7 @@ use crate::{
     manager::{ManagerHandle, TaskWatch},
     pb::{self, task_service_server::TaskService},
     processor::Registry,
+    task::TaskId,
 };
 
 pub use error::ApiError;
@@ -61,6 +62,7 @@ impl TaskService for TaskApi {
         let result = async {
             let new_task = validate::new_task(request.into_inner(), &self.limits, &self.registry)?;
             let task = self.manager.create_task(new_task).await?;
+            record_task_id(&task.id);
             Ok(pb::Task::from(&*task))
         }
         .await;
@@ -73,6 +75,7 @@ impl TaskService for TaskApi {
     ) -> Result<Response<pb::Task>, Status> {
         let result = async {
             let id = validate::task_id(&request.get_ref().id)?;
+            record_task_id(&id);
             let task = self.manager.get_task(id).await?;
             Ok(pb::Task::from(&*task))
         }
@@ -109,6 +112,7 @@ impl TaskService for TaskApi {
     ) -> Result<Response<pb::Task>, Status> {
         let result = async {
             let id = validate::task_id(&request.get_ref().id)?;
+            record_task_id(&id);
             let task = self.manager.cancel_task(id).await?;
             Ok(pb::Task::from(&*task))
         }
@@ -124,12 +128,18 @@ impl TaskService for TaskApi {
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
         let result = async {
             let id = validate::task_id(&request.get_ref().id)?;
+            record_task_id(&id);
             let watch = self.manager.watch_task(id).await?;
             Ok(watch_stream(watch, self.shutdown.clone()))
         }
         .await;
         respond(result)
     }
+}
+
+/// Names the task in the call's span (see `telemetry::RpcLayer`).
+fn record_task_id(id: &TaskId) {
+    tracing::Span::current().record("task_id", tracing::field::display(id));
 }
 
 /// Converts an outcome; the RPC layer logs it with its code and latency.

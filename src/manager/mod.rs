@@ -231,6 +231,13 @@ impl ManagerHandle {
         self.call(|respond_to| Command::Stats { respond_to }).await
     }
 
+    /// Completes when the actor is gone. Outside a shutdown that means it
+    /// died (a bug): the server then exits so it is restarted, instead of
+    /// answering `UNAVAILABLE` forever while its health says `SERVING`.
+    pub async fn closed(&self) {
+        self.commands.closed().await;
+    }
+
     /// Sends one command and waits for its reply. An actor that is gone
     /// means the server is stopping.
     async fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, ManagerError> {
@@ -240,5 +247,44 @@ impl ManagerHandle {
             .await
             .map_err(|_| ManagerError::ShuttingDown)?;
         reply.await.map_err(|_| ManagerError::ShuttingDown)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closed_completes_when_the_actor_is_gone() {
+        let config = ManagerConfig {
+            max_concurrent: 1,
+            queue_capacity: 1,
+            node_name: "test".into(),
+            queue_full_retry_after: Duration::from_secs(1),
+            retention: Duration::from_secs(60),
+            max_finished_tasks: 10,
+        };
+        let first = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let manager = first
+            .block_on(async { ManagerHandle::spawn(config, Registry::empty(), Metrics::new()) });
+        // Dropping the runtime drops the actor, as a panic in it would.
+        drop(first);
+        let second = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        second.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), manager.closed())
+                .await
+                .expect("closed() completes once the actor is gone");
+            let answer = manager.stats().await;
+            assert!(
+                matches!(answer, Err(ManagerError::ShuttingDown)),
+                "{answer:?}"
+            );
+        });
     }
 }

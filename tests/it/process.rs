@@ -4,6 +4,7 @@
 use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -20,11 +21,12 @@ use crate::support::{eventually, http_get, request};
 /// Environment variables of a case.
 type Vars<'a> = &'a [(&'a str, &'a str)];
 
-/// A running binary and where it listens.
+/// A running binary, where it listens, and the log lines it wrote.
 struct Process {
     child: Child,
     grpc_url: String,
     admin_address: String,
+    log: Arc<Mutex<Vec<JsonValue>>>,
 }
 
 impl Drop for Process {
@@ -58,13 +60,22 @@ fn start_binary(arguments: &[&str], env: &[(&str, &str)]) -> Process {
             break entry;
         }
     };
-    // Keep draining the log so the process never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
+    // Keep reading the log so the process never blocks on a full pipe.
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let collected = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if let Ok(entry) = serde_json::from_str(&line) {
+                collected.lock().expect("not poisoned").push(entry);
+            }
+        }
+    });
     let field = |name: &str| serving[name].as_str().expect("an address").to_owned();
     Process {
         child,
         grpc_url: format!("http://{}", field("address")),
         admin_address: field("admin_address"),
+        log,
     }
 }
 
@@ -105,6 +116,26 @@ async fn sigterm_drains_then_ends_watches_cancels_runs_and_exits_zero() {
         .expect("created")
         .into_inner();
     crate::support::wait_for_status(&client, &task.id, pb::TaskStatus::Running).await;
+    // The call's log line names the task it created.
+    eventually("the CreateTask log line", || {
+        let log = Arc::clone(&process.log);
+        let id = task.id.clone();
+        async move {
+            let log = log.lock().expect("not poisoned");
+            log.iter()
+                .any(|entry| {
+                    entry["message"] == "rpc finished"
+                        && entry["method"] == "TaskService/CreateTask"
+                        && entry["code"] == "Ok"
+                        && entry["span"]["task_id"] == id.as_str()
+                        && entry["request_id"]
+                            .as_str()
+                            .is_some_and(|id| !id.is_empty())
+                })
+                .then_some(())
+        }
+    })
+    .await;
     let mut watch = client
         .watch_task(pb::WatchTaskRequest {
             id: task.id.clone(),
