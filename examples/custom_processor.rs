@@ -33,7 +33,6 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use anyhow::Context;
 use async_trait::async_trait;
 use clap::Parser;
 use serde_json::{Value as JsonValue, json};
@@ -43,7 +42,6 @@ use task_processor::{
     server::{self, Listeners},
     telemetry,
 };
-use tokio::net::TcpListener;
 use tracing::warn;
 
 /// The kind clients ask for in `CreateTask.kind`.
@@ -159,16 +157,7 @@ async fn main() -> anyhow::Result<()> {
     let mut registry = Registry::with_builtins(config.demo_duration);
     registry.register(WORDCOUNT_KIND, WordCountProcessor);
 
-    let grpc = TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let admin = TcpListener::bind(&config.admin_listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
-    let listeners = Listeners {
-        grpc,
-        admin: Some(admin),
-    };
+    let listeners = Listeners::bind(&config).await?;
     server::run(listeners, config, registry, shutdown_signal()).await?;
     Ok(())
 }

@@ -9,10 +9,7 @@ use task_processor::{
     server::{self, Listeners},
     telemetry,
 };
-use tokio::{
-    net::TcpListener,
-    signal::unix::{Signal, SignalKind, signal},
-};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::warn;
 
 /// mimalloc: the service allocates many small, short-lived buffers per call
@@ -35,16 +32,7 @@ async fn main() -> anyhow::Result<()> {
     let signals = ShutdownSignals::install()?;
 
     let registry = Registry::with_builtins(config.demo_duration);
-    let grpc = TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| format!("cannot listen for gRPC on {}", config.listen))?;
-    let admin = TcpListener::bind(&config.admin_listen)
-        .await
-        .with_context(|| format!("cannot listen for admin HTTP on {}", config.admin_listen))?;
-    let listeners = Listeners {
-        grpc,
-        admin: Some(admin),
-    };
+    let listeners = Listeners::bind(&config).await?;
     server::run(
         listeners,
         config,

@@ -40,8 +40,37 @@ pub struct Listeners {
     pub admin: Option<TcpListener>,
 }
 
+impl Listeners {
+    /// Binds the gRPC and admin addresses of `config`.
+    pub async fn bind(config: &Config) -> Result<Self, ServerError> {
+        let bind = |purpose: &'static str, address: &str| {
+            let address = address.to_owned();
+            async move {
+                TcpListener::bind(&address)
+                    .await
+                    .map_err(|source| ServerError::Bind {
+                        purpose,
+                        address,
+                        source,
+                    })
+            }
+        };
+        Ok(Self {
+            grpc: bind("gRPC", &config.listen).await?,
+            admin: Some(bind("admin HTTP", &config.admin_listen).await?),
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    #[error("cannot listen for {purpose} on {address}")]
+    Bind {
+        purpose: &'static str,
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the gRPC server failed")]
     Transport(#[from] tonic::transport::Error),
     #[error("the reflection service could not be built")]
