@@ -184,7 +184,10 @@ pub async fn run_with(
         }
     }
 
-    info!(drain_period = ?config.drain_period, "shutdown begun: not serving, refusing creates");
+    info!(
+        drain_period = %humantime::format_duration(config.drain_period),
+        "shutdown begun: not serving, refusing creates"
+    );
     draining.cancel();
     for service in ["", TASK_SERVICE_NAME] {
         health_reporter
@@ -195,7 +198,10 @@ pub async fn run_with(
     let _ = manager.stop_accepting().await;
     tokio::time::sleep(config.drain_period).await;
 
-    info!(shutdown_grace = ?config.shutdown_grace, "drain over: letting running tasks finish");
+    info!(
+        shutdown_grace = %humantime::format_duration(config.shutdown_grace),
+        "drain over: letting running tasks finish"
+    );
     let _ = manager.stop_starting().await;
     let finished_in_time = tokio::time::timeout(config.shutdown_grace, manager.wait_until_idle())
         .await

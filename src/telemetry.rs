@@ -18,7 +18,7 @@ use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::Frame;
 use tonic::{Code, Status, transport::server::TcpConnectInfo};
 use tower::{Layer, Service};
-use tracing::{Instrument, Span, debug, error, info, info_span};
+use tracing::{Instrument, Span, debug, error, info, info_span, warn};
 use tracing_subscriber::EnvFilter;
 
 use crate::{
@@ -38,10 +38,14 @@ pub fn init_logging(config: &Config, verbose: u8) {
     let level = raise_level(&config.log_level, verbose);
     // Transport crates are chatty at debug; keep them quiet unless asked.
     let default_filter = format!("{level},h2=warn,hyper=warn,hyper_util=warn,tower=warn");
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|directives| EnvFilter::try_new(directives).ok())
-        .unwrap_or_else(|| EnvFilter::new(default_filter));
+    let mut rejected_rust_log = None;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) => EnvFilter::try_new(&directives).unwrap_or_else(|error| {
+            rejected_rust_log = Some((directives, error));
+            EnvFilter::new(&default_filter)
+        }),
+        Err(_) => EnvFilter::new(&default_filter),
+    };
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match config.log_format {
         LogFormat::Json => builder
@@ -51,6 +55,9 @@ pub fn init_logging(config: &Config, verbose: u8) {
             .with_span_list(false)
             .init(),
         LogFormat::Text => builder.with_ansi(std::io::stdout().is_terminal()).init(),
+    }
+    if let Some((directives, error)) = rejected_rust_log {
+        warn!(rust_log = %directives, %error, "RUST_LOG is not a valid filter; using LOG_LEVEL");
     }
 }
 
