@@ -5,7 +5,7 @@
 //! layer for calls); gauges of current state are read from the manager when
 //! scraped, so they can never drift.
 
-use std::{sync::Arc, time::Duration};
+use std::{borrow::Cow, sync::Arc, time::Duration};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -33,13 +33,13 @@ struct FinishedLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
-    method: String,
-    code: String,
+    method: Cow<'static, str>,
+    code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabels {
-    method: String,
+    method: Cow<'static, str>,
 }
 
 /// Builds histograms with fixed buckets for a family.
@@ -220,15 +220,15 @@ impl Metrics {
         }
     }
 
-    pub fn rpc_finished(&self, method: &str, code: tonic::Code, latency: Duration) {
+    /// A call ended. `method` is borrowed for the methods we know, so the
+    /// common case builds its label sets without allocating.
+    pub fn rpc_finished(&self, method: Cow<'static, str>, code: tonic::Code, latency: Duration) {
         let labels = RpcLabels {
-            method: method.to_owned(),
-            code: format!("{code:?}"),
+            method: method.clone(),
+            code: code_name(code),
         };
         self.inner.rpc_requests.get_or_create(&labels).inc();
-        let labels = MethodLabels {
-            method: method.to_owned(),
-        };
+        let labels = MethodLabels { method };
         self.inner
             .rpc_duration_seconds
             .get_or_create(&labels)
@@ -248,5 +248,29 @@ impl Metrics {
             text.clear();
         }
         text
+    }
+}
+
+/// The name of a gRPC code as the `code` label shows it (`NotFound`).
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "Ok",
+        Code::Cancelled => "Cancelled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
     }
 }

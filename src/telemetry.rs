@@ -4,6 +4,7 @@
 //! and in the metrics.
 
 use std::{
+    borrow::Cow,
     future::Future,
     io::IsTerminal,
     panic::AssertUnwindSafe,
@@ -127,23 +128,23 @@ where
 
     fn call(&mut self, mut request: Request<RequestBody>) -> Self::Future {
         let method = short_method(request.uri().path());
-        let peer = request
-            .extensions()
-            .get::<TcpConnectInfo>()
-            .and_then(|info| info.remote_addr)
-            .map(|address| address.to_string())
-            .unwrap_or_default();
+        let peer = Peer(
+            request
+                .extensions()
+                .get::<TcpConnectInfo>()
+                .and_then(|info| info.remote_addr),
+        );
         let request_id = request_id(request.headers());
-        if let Ok(value) = HeaderValue::from_str(&request_id) {
-            request.headers_mut().insert(REQUEST_ID_HEADER, value);
-        }
+        request
+            .headers_mut()
+            .insert(REQUEST_ID_HEADER, request_id.clone());
         // `task_id` is filled in by the handler once it knows the task, so
         // the call's line names the task it created, read or cancelled.
         let span = info_span!(
             "rpc",
             method = %method,
             peer = %peer,
-            request_id = %request_id,
+            request_id = request_id.to_str().unwrap_or_default(),
             task_id = tracing::field::Empty,
         );
         let call = Call {
@@ -170,9 +171,9 @@ where
                     Status::internal("internal error; the server logged the details").into_http()
                 }
             };
-            if let Ok(value) = HeaderValue::from_str(&call.request_id) {
-                response.headers_mut().insert(REQUEST_ID_HEADER, value);
-            }
+            response
+                .headers_mut()
+                .insert(REQUEST_ID_HEADER, call.request_id.clone());
             // A "trailers-only" answer (every error) has its code in the
             // headers; otherwise it comes in the trailers at the end.
             if let Some(code) = grpc_code(response.headers()) {
@@ -189,26 +190,70 @@ where
     }
 }
 
-/// `/taskprocessor.v1.TaskService/CreateTask` → `TaskService/CreateTask`.
-fn short_method(path: &str) -> String {
+/// `/taskprocessor.v1.TaskService/CreateTask` → `TaskService/CreateTask`;
+/// borrowed for the methods we serve, so most calls allocate nothing here.
+fn short_method(path: &str) -> Cow<'static, str> {
+    const KNOWN: &[(&str, &str)] = &[
+        (
+            "/taskprocessor.v1.TaskService/CreateTask",
+            "TaskService/CreateTask",
+        ),
+        (
+            "/taskprocessor.v1.TaskService/GetTask",
+            "TaskService/GetTask",
+        ),
+        (
+            "/taskprocessor.v1.TaskService/ListTasks",
+            "TaskService/ListTasks",
+        ),
+        (
+            "/taskprocessor.v1.TaskService/CancelTask",
+            "TaskService/CancelTask",
+        ),
+        (
+            "/taskprocessor.v1.TaskService/WatchTask",
+            "TaskService/WatchTask",
+        ),
+        ("/grpc.health.v1.Health/Check", "Health/Check"),
+        ("/grpc.health.v1.Health/Watch", "Health/Watch"),
+    ];
+    if let Some((_, short)) = KNOWN.iter().find(|(full, _)| *full == path) {
+        return Cow::Borrowed(short);
+    }
     let trimmed = path.trim_start_matches('/');
-    match trimmed.split_once('/') {
+    Cow::Owned(match trimmed.split_once('/') {
         Some((service, method)) => {
             let service = service.rsplit('.').next().unwrap_or(service);
             format!("{service}/{method}")
         }
         None => trimmed.to_owned(),
-    }
+    })
 }
 
 /// The client's `x-request-id` when usable, else a fresh one.
-fn request_id(headers: &HeaderMap) -> String {
-    headers
-        .get(REQUEST_ID_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .filter(|value| !value.is_empty() && value.len() <= MAX_REQUEST_ID_LENGTH)
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    let from_client = headers.get(REQUEST_ID_HEADER).filter(|value| {
+        !value.is_empty() && value.len() <= MAX_REQUEST_ID_LENGTH && value.to_str().is_ok()
+    });
+    if let Some(value) = from_client {
+        return value.clone();
+    }
+    let mut buffer = uuid::Uuid::encode_buffer();
+    let id = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buffer);
+    // A hyphenated UUID is always a valid header value.
+    HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// A peer address, shown as `unknown` when the transport has none.
+struct Peer(Option<std::net::SocketAddr>);
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(address) => address.fmt(formatter),
+            None => formatter.write_str("unknown"),
+        }
+    }
 }
 
 fn grpc_code(headers: &HeaderMap) -> Option<Code> {
@@ -221,9 +266,9 @@ fn grpc_code(headers: &HeaderMap) -> Option<Code> {
 
 /// One call being observed.
 struct Call {
-    method: String,
-    peer: String,
-    request_id: String,
+    method: Cow<'static, str>,
+    peer: Peer,
+    request_id: HeaderValue,
     started: Instant,
     span: Span,
     metrics: Metrics,
@@ -232,7 +277,6 @@ struct Call {
 impl Call {
     fn finish(self, code: Code) {
         let latency = self.started.elapsed();
-        self.metrics.rpc_finished(&self.method, code, latency);
         // Probes and tools call health and reflection every few seconds;
         // their lines would bury the calls that matter.
         if self.method.starts_with("Health/") || self.method.contains("ServerReflection/") {
@@ -240,7 +284,7 @@ impl Call {
                 parent: &self.span,
                 method = %self.method,
                 peer = %self.peer,
-                request_id = %self.request_id,
+                request_id = self.request_id.to_str().unwrap_or_default(),
                 code = ?code,
                 latency_ms = millis(latency),
                 "rpc finished"
@@ -250,12 +294,13 @@ impl Call {
                 parent: &self.span,
                 method = %self.method,
                 peer = %self.peer,
-                request_id = %self.request_id,
+                request_id = self.request_id.to_str().unwrap_or_default(),
                 code = ?code,
                 latency_ms = millis(latency),
                 "rpc finished"
             );
         }
+        self.metrics.rpc_finished(self.method, code, latency);
     }
 }
 
@@ -396,5 +441,8 @@ mod tests {
         );
         assert_ne!(request_id(&headers).len(), 200);
         assert!(!request_id(&HeaderMap::new()).is_empty());
+        assert!(
+            uuid::Uuid::parse_str(request_id(&HeaderMap::new()).to_str().expect("ascii")).is_ok()
+        );
     }
 }
