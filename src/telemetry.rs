@@ -19,7 +19,7 @@ use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::Frame;
 use tonic::{Code, Status, transport::server::TcpConnectInfo};
 use tower::{Layer, Service};
-use tracing::{Instrument, Span, debug, error, info, info_span, warn};
+use tracing::{Instrument, Span, error, info_span, warn};
 use tracing_subscriber::EnvFilter;
 
 use crate::{
@@ -277,28 +277,25 @@ struct Call {
 impl Call {
     fn finish(self, code: Code) {
         let latency = self.started.elapsed();
+        macro_rules! log_call {
+            ($level:ident) => {
+                tracing::$level!(
+                    parent: &self.span,
+                    method = %self.method,
+                    peer = %self.peer,
+                    request_id = self.request_id.to_str().unwrap_or_default(),
+                    code = ?code,
+                    latency_ms = millis(latency),
+                    "rpc finished"
+                )
+            };
+        }
         // Probes and tools call health and reflection every few seconds;
         // their lines would bury the calls that matter.
         if self.method.starts_with("Health/") || self.method.contains("ServerReflection/") {
-            debug!(
-                parent: &self.span,
-                method = %self.method,
-                peer = %self.peer,
-                request_id = self.request_id.to_str().unwrap_or_default(),
-                code = ?code,
-                latency_ms = millis(latency),
-                "rpc finished"
-            );
+            log_call!(debug);
         } else {
-            info!(
-                parent: &self.span,
-                method = %self.method,
-                peer = %self.peer,
-                request_id = self.request_id.to_str().unwrap_or_default(),
-                code = ?code,
-                latency_ms = millis(latency),
-                "rpc finished"
-            );
+            log_call!(info);
         }
         self.metrics.rpc_finished(self.method, code, latency);
     }
