@@ -1,7 +1,5 @@
 //! Domain → protobuf conversions for responses.
 
-use std::time::SystemTime;
-
 use prost_types::Timestamp;
 
 use super::json::json_to_proto;
@@ -46,13 +44,9 @@ impl From<&Task> for pb::Task {
             attempt: task.attempt,
             node: task.node.clone(),
             revision: task.revision,
-            created_at: Some(timestamp(task.created_at)),
-            started_at: task.started_at.map(timestamp),
-            completed_at: task.completed_at.map(timestamp),
+            created_at: Some(Timestamp::from(task.created_at)),
+            started_at: task.started_at.map(Timestamp::from),
+            completed_at: task.completed_at.map(Timestamp::from),
         }
     }
-}
-
-fn timestamp(time: SystemTime) -> Timestamp {
-    Timestamp::from(time)
 }

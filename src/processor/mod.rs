@@ -81,11 +81,6 @@ impl TaskContext {
         self.data.as_deref().unwrap_or(&JsonValue::Null)
     }
 
-    /// The task's input, shared, as the request sent it.
-    pub fn shared_data(&self) -> Option<Arc<JsonValue>> {
-        self.data.clone()
-    }
-
     /// Reports progress to everyone watching the task. Waits only when the
     /// manager is far behind, which slows this processor, never the manager.
     pub async fn report_progress(&self, percent: u32, message: impl Into<String>) {

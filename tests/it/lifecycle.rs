@@ -2,12 +2,11 @@
 //! as a client sees it.
 
 use serde_json::json;
-use task_processor::{config::Config, pb};
+use task_processor::pb;
 use tonic::Code;
 
 use crate::support::{
-    TestServer, assert_invalid_argument, create, eventually, get, status_of, test_config,
-    wait_for_status,
+    TestServer, assert_invalid_argument, create, eventually, get, status_of, wait_for_status,
 };
 
 fn ids(
@@ -57,11 +56,7 @@ async fn ids_that_are_not_uuids_are_invalid_and_unknown_ones_not_found() {
 
 #[tokio::test]
 async fn get_returns_what_create_returned_until_it_changes() {
-    let server = TestServer::start_with(Config {
-        max_concurrent: 1,
-        ..test_config()
-    })
-    .await;
+    let server = TestServer::with_one_slot().await;
     let mut client = server.client().await;
     let blocker = create(&mut client, "blocker", "gate", None).await;
     wait_for_status(&client, &blocker.id, pb::TaskStatus::Running).await;
@@ -75,11 +70,7 @@ async fn get_returns_what_create_returned_until_it_changes() {
 
 #[tokio::test]
 async fn cancelling_a_pending_task_cancels_it_at_once_and_it_never_runs() {
-    let server = TestServer::start_with(Config {
-        max_concurrent: 1,
-        ..test_config()
-    })
-    .await;
+    let server = TestServer::with_one_slot().await;
     let mut client = server.client().await;
     let blocker = create(&mut client, "blocker", "gate", None).await;
     wait_for_status(&client, &blocker.id, pb::TaskStatus::Running).await;
@@ -127,11 +118,7 @@ async fn cancelling_a_pending_task_cancels_it_at_once_and_it_never_runs() {
 
 #[tokio::test]
 async fn cancelling_a_running_task_stops_its_processor_and_frees_the_slot() {
-    let server = TestServer::start_with(Config {
-        max_concurrent: 1,
-        ..test_config()
-    })
-    .await;
+    let server = TestServer::with_one_slot().await;
     let mut client = server.client().await;
     let running = create(
         &mut client,
@@ -165,28 +152,32 @@ async fn cancelling_a_running_task_stops_its_processor_and_frees_the_slot() {
 
 #[tokio::test]
 async fn a_processor_that_ignores_cancel_is_aborted_and_its_slot_freed() {
-    let server = TestServer::start_with(Config {
-        max_concurrent: 1,
-        ..test_config()
-    })
-    .await;
+    let server = TestServer::with_one_slot().await;
     let mut client = server.client().await;
     let stubborn = create(&mut client, "stubborn", "stubborn", None).await;
     wait_for_status(&client, &stubborn.id, pb::TaskStatus::Running).await;
     let next = create(&mut client, "next", "echo", None).await;
-    client
+    let cancelled = client
         .cancel_task(pb::CancelTaskRequest {
             id: stubborn.id.clone(),
         })
         .await
-        .expect("cancelled");
-    // The slot is held until the forced stop a second later, then freed.
-    assert_eq!(
-        server.stats().await.running,
-        1,
-        "the stubborn run still holds its slot"
+        .expect("cancelled")
+        .into_inner();
+    let next = wait_for_status(&client, &next.id, pb::TaskStatus::Completed).await;
+    // The slot is held until the forced stop a second after the cancel, and
+    // only then freed: the next task cannot have started earlier. (Timers
+    // never fire early; the margin covers the two clocks' rounding.)
+    let as_time = |timestamp: Option<prost_types::Timestamp>| {
+        std::time::SystemTime::try_from(timestamp.expect("set")).expect("valid")
+    };
+    let held = as_time(next.started_at)
+        .duration_since(as_time(cancelled.completed_at))
+        .expect("the next task started after the cancel");
+    assert!(
+        held >= task_processor::manager::FORCED_STOP_AFTER - std::time::Duration::from_millis(10),
+        "the stubborn run held its slot only {held:?}"
     );
-    wait_for_status(&client, &next.id, pb::TaskStatus::Completed).await;
     eventually("no runs left", || async {
         (server.stats().await.running == 0).then_some(())
     })
@@ -245,11 +236,7 @@ async fn a_task_over_its_timeout_fails_saying_it_timed_out() {
 
 #[tokio::test]
 async fn a_stubborn_task_over_its_timeout_is_aborted_too() {
-    let server = TestServer::start_with(Config {
-        max_concurrent: 1,
-        ..test_config()
-    })
-    .await;
+    let server = TestServer::with_one_slot().await;
     let mut client = server.client().await;
     let mut stubborn = crate::support::request("stubborn", "stubborn", None);
     stubborn.timeout_seconds = 1;

@@ -62,11 +62,7 @@ async fn never_more_than_max_concurrent_tasks_run() {
 
 #[tokio::test]
 async fn waiting_tasks_start_in_fifo_order() {
-    let server = TestServer::start_with(Config {
-        max_concurrent: 1,
-        ..test_config()
-    })
-    .await;
+    let server = TestServer::with_one_slot().await;
     let mut client = server.client().await;
     let mut ids = Vec::new();
     for index in 0..20 {

@@ -55,6 +55,16 @@ impl TestServer {
         Self::start_with(test_config()).await
     }
 
+    /// A server that runs one task at a time, so tests can hold the only
+    /// slot and keep everything else waiting.
+    pub async fn with_one_slot() -> Self {
+        Self::start_with(Config {
+            max_concurrent: 1,
+            ..test_config()
+        })
+        .await
+    }
+
     pub async fn start_with(config: Config) -> Self {
         let gate = Gate::default();
         let mut registry = Registry::with_builtins(config.demo_duration);

@@ -14,15 +14,14 @@ use serde_json::json;
 use task_processor::{
     api::json::json_to_proto,
     config::Config,
-    manager::{ManagerConfig, ManagerHandle},
+    manager::ManagerHandle,
     metrics::Metrics,
     pb::{self, task_service_client::TaskServiceClient},
     processor::Registry,
-    task::NewTask,
 };
 use tonic::transport::Channel;
 
-use crate::{CONNECTIONS, RunningServer, Scale, bench_config};
+use crate::{CONNECTIONS, RunningServer, Scale, bench_config, echo_task};
 
 type Client = TaskServiceClient<Channel>;
 
@@ -287,28 +286,18 @@ pub async fn report_end_to_end(scale: Scale) -> anyhow::Result<()> {
 
 /// Commands per second through `ManagerHandle`, no gRPC.
 pub async fn report_actor(scale: Scale) -> anyhow::Result<()> {
-    let config = ManagerConfig {
+    let config = Config {
         max_concurrent: 64,
-        queue_capacity: 10_000_000,
-        node_name: "bench".into(),
-        queue_full_retry_after: Duration::from_secs(1),
-        retention: Duration::from_secs(3600),
         max_finished_tasks: 100_000,
-    };
+        ..bench_config()
+    }
+    .manager_config();
     let manager = ManagerHandle::spawn(
         config,
         Registry::with_builtins(Duration::ZERO),
         Metrics::new(),
     );
-    let new_task = NewTask {
-        name: "bench".into(),
-        description: String::new(),
-        kind: "echo".into(),
-        data: None,
-        timeout_seconds: 60,
-        labels: Default::default(),
-        request_id: None,
-    };
+    let new_task = echo_task("bench");
     let stored = manager.create_task(new_task.clone()).await?;
     println!(
         "## The actor alone (ManagerHandle, in process, 64 callers, {:?})\n",

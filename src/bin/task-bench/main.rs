@@ -23,6 +23,7 @@ use task_processor::{
     pb::task_service_client::TaskServiceClient,
     processor::Registry,
     server::{self, Listeners},
+    task::NewTask,
 };
 use tokio::{net::TcpListener, sync::oneshot};
 use tonic::transport::Channel;
@@ -112,6 +113,20 @@ pub fn bench_config() -> Config {
         shutdown_grace: Duration::ZERO,
         node_name: "bench".into(),
         ..Config::default()
+    }
+}
+
+/// A task of the `echo` kind with no data, as the in-process figures
+/// create them.
+pub fn echo_task(name: &str) -> NewTask {
+    NewTask {
+        name: name.into(),
+        description: String::new(),
+        kind: "echo".into(),
+        data: None,
+        timeout_seconds: 60,
+        labels: Default::default(),
+        request_id: None,
     }
 }
 

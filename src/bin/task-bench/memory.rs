@@ -12,13 +12,10 @@ use std::{
 };
 
 use task_processor::{
-    manager::{ManagerConfig, ManagerHandle},
-    metrics::Metrics,
-    processor::Registry,
-    task::NewTask,
+    config::Config, manager::ManagerHandle, metrics::Metrics, processor::Registry,
 };
 
-use crate::Scale;
+use crate::{Scale, bench_config, echo_task};
 
 /// Resident memory of a process, from /proc.
 pub fn resident_bytes(pid: &str) -> anyhow::Result<u64> {
@@ -37,14 +34,13 @@ pub async fn report(scale: Scale) -> anyhow::Result<()> {
     println!("| figure | measured | target |");
     println!("|---|---:|---|");
 
-    let config = ManagerConfig {
+    let config = Config {
         max_concurrent: 64,
         queue_capacity: tasks * 2,
-        node_name: "bench-node".into(),
-        queue_full_retry_after: Duration::from_secs(1),
-        retention: Duration::from_secs(86_400),
         max_finished_tasks: tasks * 2,
-    };
+        ..bench_config()
+    }
+    .manager_config();
     let manager = ManagerHandle::spawn(
         config,
         Registry::with_builtins(Duration::ZERO),
@@ -58,16 +54,7 @@ pub async fn report(scale: Scale) -> anyhow::Result<()> {
         let next = Arc::clone(&next);
         workers.push(tokio::spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < tasks {
-                let new_task = NewTask {
-                    name: "retained task".into(),
-                    description: String::new(),
-                    kind: "echo".into(),
-                    data: None,
-                    timeout_seconds: 60,
-                    labels: Default::default(),
-                    request_id: None,
-                };
-                let _ = manager.create_task(new_task).await;
+                let _ = manager.create_task(echo_task("retained task")).await;
             }
         }));
     }
