@@ -11,6 +11,8 @@ const PROTO_FILES: &[&str] = &["proto/taskprocessor/v1/task_service.proto"];
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // `compile_fds` prints no rerun-if-changed lines, so we do.
     println!("cargo:rerun-if-changed={PROTO_ROOT}");
+    // sqlx::migrate! embeds the migrations at compile time.
+    println!("cargo:rerun-if-changed=migrations");
 
     let file_descriptor_set = protox::compile(PROTO_FILES, [PROTO_ROOT])?;
 

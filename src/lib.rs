@@ -13,5 +13,6 @@ pub mod metrics;
 pub mod pb;
 pub mod processor;
 pub mod server;
+pub mod store;
 pub mod task;
 pub mod telemetry;

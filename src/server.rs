@@ -18,6 +18,7 @@ use crate::{
     metrics::Metrics,
     pb::{self, task_service_server::TaskServiceServer},
     processor::Registry,
+    store::StoreError,
     telemetry::RpcLayer,
 };
 
@@ -27,6 +28,9 @@ const REQUEST_OVERHEAD_BYTES: usize = 1024 * 1024;
 /// How long open connections (a health Watch, say) may delay the exit once
 /// everything of ours has stopped.
 const CONNECTION_CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// How long the exit may wait for the store to take the last changes.
+const FINAL_FLUSH_GRACE: Duration = Duration::from_secs(5);
 
 /// The health service name of `TaskService`.
 pub const TASK_SERVICE_NAME: &str = "taskprocessor.v1.TaskService";
@@ -79,6 +83,8 @@ pub enum ServerError {
     Join(#[from] tokio::task::JoinError),
     #[error("the task manager stopped unexpectedly")]
     ManagerStopped,
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Runs the service until `shutdown` completes, then stops in order (see
@@ -90,7 +96,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let metrics = Metrics::new();
-    let manager = ManagerHandle::spawn(config.manager_config(), registry.clone(), metrics.clone());
+    let manager = ManagerHandle::start(
+        config.manager_config(),
+        registry.clone(),
+        metrics.clone(),
+        &config.store,
+    )
+    .await?;
+    info!(store = %config.store, "store opened");
     run_with(listeners, config, registry, manager, metrics, shutdown).await
 }
 
@@ -230,6 +243,12 @@ pub async fn run_with(
     }
     if let Some(admin) = admin {
         admin.abort();
+    }
+    // Every state decided above (cancels included) reaches the store.
+    match tokio::time::timeout(FINAL_FLUSH_GRACE, manager.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => warn!(error = %error, "the last task changes may not be stored"),
+        Err(_) => warn!("the store did not take the last task changes in time"),
     }
     info!("stopped");
     Ok(())

@@ -145,6 +145,9 @@ pub struct Task {
 pub enum TaskEvent {
     /// A worker on `node` starts a run.
     Start { node: String },
+    /// A task that was running when its server died runs again on `node`
+    /// (at-least-once): a new attempt, still `RUNNING`.
+    Restart { node: String },
     /// The processor reported progress.
     Progress(Progress),
     /// The processor returned a result.
@@ -159,7 +162,7 @@ impl TaskEvent {
     /// The status this event leads to.
     fn target_status(&self, current: TaskStatus) -> TaskStatus {
         match self {
-            TaskEvent::Start { .. } => TaskStatus::Running,
+            TaskEvent::Start { .. } | TaskEvent::Restart { .. } => TaskStatus::Running,
             TaskEvent::Progress(_) => current,
             TaskEvent::Complete(_) => TaskStatus::Completed,
             TaskEvent::Fail(_) => TaskStatus::Failed,
@@ -222,6 +225,18 @@ impl Task {
             && self.request_id == new_task.request_id
     }
 
+    /// Whether `other` was created with the same parameters (for a
+    /// `request_id` that another replica stored first).
+    pub fn has_parameters_of(&self, other: &Task) -> bool {
+        self.name == other.name
+            && self.description == other.description
+            && self.kind == other.kind
+            && self.data == other.data
+            && self.timeout_seconds == other.timeout_seconds
+            && self.labels == other.labels
+            && self.request_id == other.request_id
+    }
+
     /// Applies `event` at time `now`, enforcing the state machine
     /// `PENDING → RUNNING → COMPLETED | FAILED | CANCELLED` and
     /// `PENDING → CANCELLED`. Every change bumps `revision`.
@@ -240,8 +255,15 @@ impl Task {
                 self.node = node;
                 self.started_at = Some(now);
             }
+            (TaskStatus::Running, TaskEvent::Restart { node }) => {
+                self.attempt += 1;
+                self.node = node;
+                self.started_at = Some(now);
+                self.progress = None;
+            }
             (TaskStatus::Running, TaskEvent::Progress(mut progress)) => {
                 progress.percent = progress.percent.min(100);
+                progress.message = without_nul(progress.message);
                 if self.progress.as_ref() == Some(&progress) {
                     return Ok(Applied::Unchanged);
                 }
@@ -254,12 +276,12 @@ impl Task {
             }
             (TaskStatus::Running, TaskEvent::Fail(error)) => {
                 self.status = TaskStatus::Failed;
-                self.error = error;
+                self.error = without_nul(error);
                 self.completed_at = Some(now);
             }
             (TaskStatus::Pending | TaskStatus::Running, TaskEvent::Cancel(reason)) => {
                 self.status = TaskStatus::Cancelled;
-                self.error = reason;
+                self.error = without_nul(reason);
                 self.completed_at = Some(now);
             }
             (TaskStatus::Cancelled, TaskEvent::Cancel(_)) => return Ok(Applied::Unchanged),
@@ -269,6 +291,16 @@ impl Task {
         Ok(Applied::Changed {
             status_changed: from != self.status,
         })
+    }
+}
+
+/// Processor texts (errors, progress messages) with NUL replaced by U+FFFD:
+/// PostgreSQL text cannot hold NUL, and every store must keep the same task.
+fn without_nul(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text
     }
 }
 
@@ -311,6 +343,7 @@ mod tests {
     fn every_event() -> Vec<TaskEvent> {
         vec![
             TaskEvent::Start { node: "n2".into() },
+            TaskEvent::Restart { node: "n3".into() },
             TaskEvent::Progress(Progress {
                 percent: 40,
                 message: "working".into(),
@@ -328,6 +361,7 @@ mod tests {
         use TaskStatus::*;
         let legal: &[(TaskStatus, &str, TaskStatus)] = &[
             (Pending, "start", Running),
+            (Running, "restart", Running),
             (Pending, "cancel", Cancelled),
             (Running, "progress", Running),
             (Running, "complete", Completed),
@@ -336,6 +370,7 @@ mod tests {
         ];
         let event_name = |event: &TaskEvent| match event {
             TaskEvent::Start { .. } => "start",
+            TaskEvent::Restart { .. } => "restart",
             TaskEvent::Progress(_) => "progress",
             TaskEvent::Complete(_) => "complete",
             TaskEvent::Fail(_) => "fail",
@@ -390,6 +425,41 @@ mod tests {
         assert_eq!(task.node, "pod-a");
         assert!(task.started_at.is_some());
         assert!(task.completed_at.is_none());
+    }
+
+    #[test]
+    fn restart_is_a_new_attempt_on_the_new_node_with_fresh_progress() {
+        let mut task = task_in(TaskStatus::Running);
+        task.apply(
+            TaskEvent::Progress(Progress {
+                percent: 50,
+                message: "half".into(),
+            }),
+            SystemTime::now(),
+        )
+        .expect("progress");
+        let outcome = task.apply(
+            TaskEvent::Restart {
+                node: "pod-b".into(),
+            },
+            SystemTime::now(),
+        );
+        assert_eq!(
+            outcome,
+            Ok(Applied::Changed {
+                status_changed: false
+            })
+        );
+        assert_eq!((task.attempt, task.node.as_str()), (2, "pod-b"));
+        assert_eq!(task.progress, None);
+    }
+
+    #[test]
+    fn nul_in_processor_texts_is_replaced_so_every_store_can_hold_it() {
+        let mut task = task_in(TaskStatus::Running);
+        task.apply(TaskEvent::Fail("bad\0byte".into()), SystemTime::now())
+            .expect("fail");
+        assert_eq!(task.error, "bad\u{FFFD}byte");
     }
 
     #[test]

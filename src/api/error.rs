@@ -42,7 +42,9 @@ impl From<ApiError> for Status {
                     format!("{message}; retry in {}ms", retry_after.as_millis()),
                     ErrorDetails::with_retry_info(Some(retry_after)),
                 ),
-                ManagerError::ShuttingDown => Status::unavailable(message),
+                ManagerError::ShuttingDown | ManagerError::Storage(_) => {
+                    Status::unavailable(message)
+                }
             },
         }
     }

@@ -93,6 +93,18 @@ pub struct Flags {
     #[arg(long, value_name = "N")]
     pub max_finished_tasks: Option<String>,
 
+    /// Where tasks live: memory, sqlite://PATH (one process) or
+    /// postgres://USER@HOST/DB (many replicas) [env: TASK_PROCESSOR_STORE]
+    /// [default: sqlite://task-processor.db]
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+
+    /// PostgreSQL store: how long a replica's claim on a running task lasts
+    /// unless renewed; a dead replica's tasks are taken over after it
+    /// [env: TASK_PROCESSOR_LEASE] [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    pub lease: Option<String>,
+
     /// error, warn, info, debug or trace; RUST_LOG, when set, overrides it
     /// [env: LOG_LEVEL] [default: info]
     #[arg(long, value_name = "LEVEL")]
@@ -128,6 +140,8 @@ impl Flags {
                 &self.max_finished_tasks,
                 "--max-finished-tasks",
             ),
+            ("store", &self.store, "--store"),
+            ("lease", &self.lease, "--lease"),
             ("log_level", &self.log_level, "--log-level"),
             ("log_format", &self.log_format, "--log-format"),
         ];

@@ -17,12 +17,18 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{api::Limits, manager::ManagerConfig};
+use crate::{api::Limits, manager::ManagerConfig, store::StoreUrl};
 
 pub use flags::Flags;
 
 /// How long a client should wait before retrying when the queue is full.
 const QUEUE_FULL_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The SQLite file of a server run from a working directory.
+const DEFAULT_SQLITE_PATH: &str = "task-processor.db";
+
+/// The shortest lease accepted: it is renewed every third of it.
+const MIN_LEASE: Duration = Duration::from_secs(3);
 
 /// The largest `max_data_bytes` accepted: gRPC messages this big are
 /// already unwise.
@@ -92,6 +98,8 @@ pub const SETTINGS: &[Setting] = &[
         "TASK_PROCESSOR_MAX_FINISHED_TASKS",
         "--max-finished-tasks",
     ),
+    setting("store", "TASK_PROCESSOR_STORE", "--store"),
+    setting("lease", "TASK_PROCESSOR_LEASE", "--lease"),
     setting("log_level", "LOG_LEVEL", "--log-level"),
     setting("log_format", "LOG_FORMAT", "--log-format"),
 ];
@@ -182,6 +190,13 @@ pub struct Config {
     pub retention: Duration,
     /// How many finished tasks are kept at most; the oldest go first.
     pub max_finished_tasks: usize,
+    /// Where tasks live (printed without its password).
+    #[serde(serialize_with = "parse::serialize_display")]
+    pub store: StoreUrl,
+    /// PostgreSQL store: how long a claim on a running task lasts unless
+    /// renewed.
+    #[serde(serialize_with = "parse::serialize_duration")]
+    pub lease: Duration,
     pub log_level: String,
     pub log_format: LogFormat,
 }
@@ -202,6 +217,8 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(25),
             retention: Duration::from_secs(24 * 60 * 60),
             max_finished_tasks: 100_000,
+            store: StoreUrl::Sqlite(DEFAULT_SQLITE_PATH.into()),
+            lease: Duration::from_secs(30),
             log_level: "info".into(),
             log_format: LogFormat::Json,
         }
@@ -289,6 +306,8 @@ impl Config {
         let (retention, _) = layers.resolve("retention", duration, defaults.retention)?;
         let (max_finished_tasks, _) =
             layers.resolve("max_finished_tasks", positive, defaults.max_finished_tasks)?;
+        let (store, _) = layers.resolve("store", parse::store, defaults.store)?;
+        let (lease, lease_source) = layers.resolve("lease", duration, defaults.lease)?;
         let (log_level, _) = layers.resolve("log_level", log_level, defaults.log_level)?;
         let (log_format, _) = layers.resolve("log_format", log_format, defaults.log_format)?;
 
@@ -317,6 +336,16 @@ impl Config {
                 reason: format!("must be between 1 and {MAX_DATA_BYTES_CEILING}"),
             });
         }
+        if lease < MIN_LEASE {
+            return Err(ConfigError::Invalid {
+                setting: "lease",
+                origin: lease_source,
+                reason: format!(
+                    "must be at least {} (it is renewed every third of it)",
+                    humantime::format_duration(MIN_LEASE)
+                ),
+            });
+        }
         Ok(Config {
             listen,
             admin_listen,
@@ -331,6 +360,8 @@ impl Config {
             shutdown_grace,
             retention,
             max_finished_tasks,
+            store,
+            lease,
             log_level,
             log_format,
         })
@@ -349,6 +380,7 @@ impl Config {
             queue_full_retry_after: QUEUE_FULL_RETRY_AFTER,
             retention: self.retention,
             max_finished_tasks: self.max_finished_tasks,
+            lease: self.lease,
         }
     }
 

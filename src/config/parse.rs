@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Serializer;
 
 use super::LogFormat;
+use crate::store::StoreUrl;
 
 /// `host:port`, with a numeric port. The host may be a name; it is
 /// resolved when the port is bound.
@@ -96,6 +97,18 @@ pub fn log_format(text: &str) -> Result<LogFormat, String> {
         "text" | "console" | "pretty" => Ok(LogFormat::Text),
         _ => Err(format!("{text:?} is not one of json, text")),
     }
+}
+
+pub fn store(text: &str) -> Result<StoreUrl, String> {
+    text.parse()
+}
+
+/// Values that print themselves safely (a store URL hides its password).
+pub fn serialize_display<T: std::fmt::Display, S: Serializer>(
+    value: &T,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
 }
 
 /// Durations print as they are written: `30s`, `5m`, `1day`.

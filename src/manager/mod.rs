@@ -5,18 +5,23 @@
 //! reply. Nothing here knows about gRPC.
 
 mod actor;
+mod persist;
 mod watch;
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     metrics::Metrics,
     processor::Registry,
+    store::{PostgresStore, SqliteStore, StoreError, StoreUrl},
     task::{NewTask, Task, TaskId, TaskStatus},
 };
 
+use persist::Backend;
+
+pub use crate::store::{ListPage, ListQuery};
 pub use watch::TaskWatch;
 
 /// How long a processor may keep running after it was told to stop
@@ -44,6 +49,9 @@ pub struct ManagerConfig {
     pub retention: Duration,
     /// ...or sooner when more than this many have finished (oldest first).
     pub max_finished_tasks: usize,
+    /// PostgreSQL store: how long a claim on a running task lasts unless
+    /// renewed (every third of it).
+    pub lease: Duration,
 }
 
 /// Why the manager refused a command.
@@ -62,27 +70,9 @@ pub enum ManagerError {
     },
     #[error("the server is shutting down")]
     ShuttingDown,
-}
-
-/// A filter and a position for listing tasks in creation order.
-#[derive(Clone, Debug, Default)]
-pub struct ListQuery {
-    /// Only tasks in one of these statuses; empty means any.
-    pub statuses: Vec<TaskStatus>,
-    /// Only tasks that carry every one of these pairs.
-    pub labels: BTreeMap<String, String>,
-    /// Start after this id (exclusive); `None` starts at the oldest task.
-    pub after: Option<TaskId>,
-    /// At most this many tasks.
-    pub limit: usize,
-}
-
-/// One page of a listing.
-#[derive(Clone, Debug)]
-pub struct ListPage {
-    pub tasks: Vec<Arc<Task>>,
-    /// Where the next page starts; `None` on the last page.
-    pub next_after: Option<TaskId>,
+    /// The store failed; nothing was changed (a create was not accepted).
+    #[error("the task store is unavailable, try again: {0}")]
+    Storage(String),
 }
 
 /// Counters that show what the manager holds, for tests and metrics.
@@ -142,6 +132,9 @@ enum Command {
     Stats {
         respond_to: Reply<ManagerStats>,
     },
+    Flush {
+        respond_to: Reply<()>,
+    },
 }
 
 /// The way to the manager actor. Cheap to clone; the actor stops when the
@@ -149,22 +142,70 @@ enum Command {
 #[derive(Clone, Debug)]
 pub struct ManagerHandle {
     commands: mpsc::Sender<Command>,
+    /// PostgreSQL: reads go straight to the shared database, which any
+    /// replica may have written.
+    shared_store: Option<PostgresStore>,
 }
 
 impl ManagerHandle {
-    /// Spawns the actor on the current tokio runtime and returns its handle.
+    /// Spawns the actor, with nothing persisted, on the current tokio
+    /// runtime and returns its handle.
     pub fn spawn(config: ManagerConfig, registry: Registry, metrics: Metrics) -> Self {
+        Self::spawn_on(config, registry, metrics, Backend::Memory, Vec::new())
+    }
+
+    /// Opens the store `url` names, takes back what it holds (SQLite) and
+    /// spawns the actor.
+    pub async fn start(
+        config: ManagerConfig,
+        registry: Registry,
+        metrics: Metrics,
+        url: &StoreUrl,
+    ) -> Result<Self, StoreError> {
+        let (backend, stored) = match url {
+            StoreUrl::Memory => (Backend::Memory, Vec::new()),
+            StoreUrl::Sqlite(path) => {
+                let store = SqliteStore::open(path).await?;
+                let stored = store.load().await?;
+                (Backend::Sqlite(Arc::new(store)), stored)
+            }
+            StoreUrl::Postgres(url) => {
+                let store = PostgresStore::connect(url).await?;
+                (Backend::Postgres(store), Vec::new())
+            }
+        };
+        Ok(Self::spawn_on(config, registry, metrics, backend, stored))
+    }
+
+    fn spawn_on(
+        config: ManagerConfig,
+        registry: Registry,
+        metrics: Metrics,
+        backend: Backend,
+        stored: Vec<Task>,
+    ) -> Self {
         let (commands, command_receiver) = mpsc::channel(COMMAND_BUFFER);
         let (progress_sender, progress_receiver) = mpsc::channel(PROGRESS_BUFFER);
-        let actor = actor::Manager::new(
+        let shared_store = match &backend {
+            Backend::Postgres(store) => Some(store.clone()),
+            Backend::Memory | Backend::Sqlite(_) => None,
+        };
+        let mut actor = actor::Manager::new(
             config,
             registry,
             metrics,
+            backend,
             progress_sender,
             progress_receiver,
         );
+        if !stored.is_empty() {
+            actor.recover(stored);
+        }
         tokio::spawn(actor.run(command_receiver));
-        Self { commands }
+        Self {
+            commands,
+            shared_store,
+        }
     }
 
     /// Validated task in, stored `PENDING` task out (or, for a repeated
@@ -178,11 +219,24 @@ impl ManagerHandle {
     }
 
     pub async fn get_task(&self, id: TaskId) -> Result<Arc<Task>, ManagerError> {
+        if let Some(store) = &self.shared_store {
+            return match store.get(id).await {
+                Ok(Some(task)) => Ok(Arc::new(task)),
+                Ok(None) => Err(ManagerError::NotFound(id)),
+                Err(error) => Err(storage_error(&error)),
+            };
+        }
         self.call(|respond_to| Command::Get { id, respond_to })
             .await
     }
 
     pub async fn list_tasks(&self, query: ListQuery) -> Result<ListPage, ManagerError> {
+        if let Some(store) = &self.shared_store {
+            return store
+                .list(&query)
+                .await
+                .map_err(|error| storage_error(&error));
+        }
         self.call(|respond_to| Command::List { query, respond_to })
             .await
     }
@@ -227,6 +281,11 @@ impl ManagerHandle {
             .await
     }
 
+    /// Completes when every change decided so far is durable.
+    pub async fn flush(&self) -> Result<(), ManagerError> {
+        self.call(|respond_to| Command::Flush { respond_to }).await
+    }
+
     pub async fn stats(&self) -> Result<ManagerStats, ManagerError> {
         self.call(|respond_to| Command::Stats { respond_to }).await
     }
@@ -250,6 +309,12 @@ impl ManagerHandle {
     }
 }
 
+/// A store failure as the client sees it: its causes, no internals.
+fn storage_error(error: &StoreError) -> ManagerError {
+    tracing::error!(error = %actor::error_chain(error), "the task store failed");
+    ManagerError::Storage(error.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +328,7 @@ mod tests {
             queue_full_retry_after: Duration::from_secs(1),
             retention: Duration::from_secs(60),
             max_finished_tasks: 10,
+            lease: Duration::from_secs(30),
         };
         let first = tokio::runtime::Builder::new_current_thread()
             .enable_all()

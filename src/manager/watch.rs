@@ -31,6 +31,11 @@ impl WatchState {
         }
     }
 
+    /// The task as it is now.
+    pub(crate) fn latest(&self) -> &Arc<Task> {
+        &self.latest
+    }
+
     pub(crate) fn publish(&mut self, task: Arc<Task>, status_changed: bool) {
         if status_changed {
             self.status_changes.push(Arc::clone(&task));

@@ -10,11 +10,10 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::support::{
-    TestServer, assert_invalid_argument, create, eventually, json, request, status_of, test_config,
-    wait_for_status,
+    TestServer, assert_invalid_argument, count_tasks, create, eventually, json, request, status_of,
+    test_config, wait_for_status,
 };
 
-#[tokio::test]
 async fn create_returns_the_stored_pending_task() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -46,7 +45,6 @@ async fn create_returns_the_stored_pending_task() {
     server.gate.release(1);
 }
 
-#[tokio::test]
 async fn an_empty_kind_runs_the_demo_processor_with_progress() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -64,7 +62,6 @@ async fn an_empty_kind_runs_the_demo_processor_with_progress() {
     assert!(done.started_at.is_some() && done.completed_at.is_some());
 }
 
-#[tokio::test]
 async fn built_in_kinds_do_what_the_contract_says() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -116,7 +113,6 @@ async fn built_in_kinds_do_what_the_contract_says() {
     assert!(bad_sleep.error.contains("seconds"), "{}", bad_sleep.error);
 }
 
-#[tokio::test]
 async fn a_panicking_processor_fails_its_task_and_the_server_keeps_serving() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -153,7 +149,6 @@ fn number(value: f64) -> ProtoValue {
 
 /// Every rule of "Limits on input": the broken request and the field the
 /// error must name.
-#[tokio::test]
 async fn every_broken_input_rule_is_invalid_argument_naming_its_field() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -221,11 +216,13 @@ async fn every_broken_input_rule_is_invalid_argument_naming_its_field() {
             .expect_err(&format!("{field} case must be refused: {bad_request:?}"));
         assert_invalid_argument(&status, field);
     }
-    let stats = server.stats().await;
-    assert_eq!(stats.tasks, 0, "refused requests store nothing");
+    assert_eq!(
+        count_tasks(&mut client.clone()).await,
+        0,
+        "refused requests store nothing"
+    );
 }
 
-#[tokio::test]
 async fn values_at_the_limits_are_accepted() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -258,7 +255,6 @@ async fn values_at_the_limits_are_accepted() {
         .expect("data under the limit is accepted");
 }
 
-#[tokio::test]
 async fn the_data_limit_is_configurable() {
     let config = Config {
         max_data_bytes: 100,
@@ -274,7 +270,6 @@ async fn the_data_limit_is_configurable() {
     create(&mut client, "small", "echo", Some(json!("y".repeat(50)))).await;
 }
 
-#[tokio::test]
 async fn a_repeated_request_id_returns_the_first_task_or_is_refused() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -307,10 +302,9 @@ async fn a_repeated_request_id_returns_the_first_task_or_is_refused() {
         .expect_err("other parameters");
     assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
     assert!(status.message().contains("req-1"), "{}", status.message());
-    assert_eq!(server.stats().await.tasks, 1);
+    assert_eq!(count_tasks(&mut client.clone()).await, 1);
 }
 
-#[tokio::test]
 async fn concurrent_creates_with_one_request_id_make_one_task() {
     let server = TestServer::start().await;
     let client = server.client().await;
@@ -334,10 +328,9 @@ async fn concurrent_creates_with_one_request_id_make_one_task() {
     }
     ids.dedup();
     assert_eq!(ids.len(), 1, "{ids:?}");
-    assert_eq!(server.stats().await.tasks, 1);
+    assert_eq!(count_tasks(&mut client.clone()).await, 1);
 }
 
-#[tokio::test]
 async fn a_full_queue_is_resource_exhausted_with_retry_info() {
     let config = Config {
         max_concurrent: 1,
@@ -374,5 +367,18 @@ async fn a_full_queue_is_resource_exhausted_with_retry_info() {
     .into_inner();
     server.gate.release(3);
     wait_for_status(&client, &accepted.id, pb::TaskStatus::Completed).await;
-    assert_eq!(server.stats().await.tasks, 4);
+    assert_eq!(count_tasks(&mut client.clone()).await, 4);
 }
+
+contract_tests!(
+    create_returns_the_stored_pending_task,
+    an_empty_kind_runs_the_demo_processor_with_progress,
+    built_in_kinds_do_what_the_contract_says,
+    a_panicking_processor_fails_its_task_and_the_server_keeps_serving,
+    every_broken_input_rule_is_invalid_argument_naming_its_field,
+    values_at_the_limits_are_accepted,
+    the_data_limit_is_configurable,
+    a_repeated_request_id_returns_the_first_task_or_is_refused,
+    concurrent_creates_with_one_request_id_make_one_task,
+    a_full_queue_is_resource_exhausted_with_retry_info,
+);

@@ -23,7 +23,6 @@ fn ids(
     )
 }
 
-#[tokio::test]
 async fn ids_that_are_not_uuids_are_invalid_and_unknown_ones_not_found() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -54,7 +53,6 @@ async fn ids_that_are_not_uuids_are_invalid_and_unknown_ones_not_found() {
     );
 }
 
-#[tokio::test]
 async fn get_returns_what_create_returned_until_it_changes() {
     let server = TestServer::with_one_slot().await;
     let mut client = server.client().await;
@@ -68,7 +66,6 @@ async fn get_returns_what_create_returned_until_it_changes() {
     assert_eq!(done.created_at, waiting.created_at);
 }
 
-#[tokio::test]
 async fn cancelling_a_pending_task_cancels_it_at_once_and_it_never_runs() {
     let server = TestServer::with_one_slot().await;
     let mut client = server.client().await;
@@ -116,7 +113,6 @@ async fn cancelling_a_pending_task_cancels_it_at_once_and_it_never_runs() {
     );
 }
 
-#[tokio::test]
 async fn cancelling_a_running_task_stops_its_processor_and_frees_the_slot() {
     let server = TestServer::with_one_slot().await;
     let mut client = server.client().await;
@@ -150,7 +146,6 @@ async fn cancelling_a_running_task_stops_its_processor_and_frees_the_slot() {
     );
 }
 
-#[tokio::test]
 async fn a_processor_that_ignores_cancel_is_aborted_and_its_slot_freed() {
     let server = TestServer::with_one_slot().await;
     let mut client = server.client().await;
@@ -188,7 +183,6 @@ async fn a_processor_that_ignores_cancel_is_aborted_and_its_slot_freed() {
     );
 }
 
-#[tokio::test]
 async fn cancelling_a_finished_task_is_a_failed_precondition() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -214,7 +208,6 @@ async fn cancelling_a_finished_task_is_a_failed_precondition() {
     }
 }
 
-#[tokio::test]
 async fn a_task_over_its_timeout_fails_saying_it_timed_out() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -234,7 +227,6 @@ async fn a_task_over_its_timeout_fails_saying_it_timed_out() {
     .await;
 }
 
-#[tokio::test]
 async fn a_stubborn_task_over_its_timeout_is_aborted_too() {
     let server = TestServer::with_one_slot().await;
     let mut client = server.client().await;
@@ -250,3 +242,14 @@ async fn a_stubborn_task_over_its_timeout_is_aborted_too() {
     assert!(failed.error.contains("timed out"), "{}", failed.error);
     wait_for_status(&client, &next.id, pb::TaskStatus::Completed).await;
 }
+
+contract_tests!(
+    ids_that_are_not_uuids_are_invalid_and_unknown_ones_not_found,
+    get_returns_what_create_returned_until_it_changes,
+    cancelling_a_pending_task_cancels_it_at_once_and_it_never_runs,
+    cancelling_a_running_task_stops_its_processor_and_frees_the_slot,
+    a_processor_that_ignores_cancel_is_aborted_and_its_slot_freed,
+    cancelling_a_finished_task_is_a_failed_precondition,
+    a_task_over_its_timeout_fails_saying_it_timed_out,
+    a_stubborn_task_over_its_timeout_is_aborted_too,
+);

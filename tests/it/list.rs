@@ -52,7 +52,6 @@ async fn create_labelled(
         .into_inner()
 }
 
-#[tokio::test]
 async fn pages_cover_every_task_oldest_first_exactly_once() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -81,7 +80,6 @@ async fn pages_cover_every_task_oldest_first_exactly_once() {
     assert!(pages.iter().all(|size| *size <= 7));
 }
 
-#[tokio::test]
 async fn page_size_is_capped_at_one_thousand() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -114,7 +112,6 @@ async fn page_size_is_capped_at_one_thousand() {
     );
 }
 
-#[tokio::test]
 async fn filters_by_status_and_by_every_label_pair() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -196,7 +193,6 @@ async fn filters_by_status_and_by_every_label_pair() {
     server.gate.release(1);
 }
 
-#[tokio::test]
 async fn bad_list_requests_are_invalid_arguments() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -307,7 +303,6 @@ async fn bad_list_requests_are_invalid_arguments() {
 /// While one client pages through, others create tasks: the pager never
 /// sees a task twice, never skips one that existed when it started, and
 /// sees everything in creation order.
-#[tokio::test]
 async fn paging_is_stable_while_tasks_are_created() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -353,3 +348,11 @@ async fn paging_is_stable_while_tasks_are_created() {
     sorted.sort_by_key(|id| uuid::Uuid::parse_str(id).expect("uuid"));
     assert_eq!(sorted, seen, "creation order throughout");
 }
+
+contract_tests!(
+    pages_cover_every_task_oldest_first_exactly_once,
+    page_size_is_capped_at_one_thousand,
+    filters_by_status_and_by_every_label_pair,
+    bad_list_requests_are_invalid_arguments,
+    paging_is_stable_while_tasks_are_created,
+);

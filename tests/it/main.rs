@@ -4,9 +4,13 @@
 // A failed expectation is how a test says what went wrong.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
+mod stores;
 mod support;
 
+mod cluster;
 mod create;
+mod durability;
 mod lifecycle;
 mod list;
 mod operations;

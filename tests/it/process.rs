@@ -22,11 +22,37 @@ use crate::support::{eventually, http_get, request};
 type Vars<'a> = &'a [(&'a str, &'a str)];
 
 /// A running binary, where it listens, and the log lines it wrote.
-struct Process {
-    child: Child,
-    grpc_url: String,
-    admin_address: String,
-    log: Arc<Mutex<Vec<JsonValue>>>,
+pub struct Process {
+    pub child: Child,
+    pub grpc_url: String,
+    pub admin_address: String,
+    pub log: Arc<Mutex<Vec<JsonValue>>>,
+}
+
+impl Process {
+    pub async fn client(&self) -> TaskServiceClient<tonic::transport::Channel> {
+        let channel = tonic::transport::Channel::from_shared(self.grpc_url.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        TaskServiceClient::new(channel)
+    }
+
+    /// Whether the process logged a line with this message about this task.
+    pub fn logged(&self, message: &str, task_id: &str) -> bool {
+        self.log
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .any(|entry| entry["message"] == message && entry["task_id"] == task_id)
+    }
+
+    /// SIGKILL: no shutdown, no last flush.
+    pub fn kill_hard(&mut self) {
+        self.child.kill().expect("SIGKILL sent");
+        self.child.wait().expect("reaped");
+    }
 }
 
 impl Drop for Process {
@@ -37,10 +63,19 @@ impl Drop for Process {
 }
 
 /// Starts the binary on free loopback ports and reads its addresses from
-/// its JSON "serving" log line.
-fn start_binary(arguments: &[&str], env: &[(&str, &str)]) -> Process {
+/// its JSON "serving" log line. The store is memory unless the arguments
+/// name one (never the default file in the working directory).
+pub fn start_binary(arguments: &[&str], env: &[(&str, &str)]) -> Process {
+    let store_given = arguments.contains(&"--store")
+        || env.iter().any(|(name, _)| *name == "TASK_PROCESSOR_STORE");
+    let default_store: &[&str] = if store_given {
+        &[]
+    } else {
+        &["--store", "memory"]
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_task-processor"))
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(default_store)
         .args(arguments)
         .env_remove("RUST_LOG")
         .envs(env.iter().copied())
@@ -79,7 +114,7 @@ fn start_binary(arguments: &[&str], env: &[(&str, &str)]) -> Process {
     }
 }
 
-fn send_sigterm(child: &Child) {
+pub fn send_sigterm(child: &Child) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

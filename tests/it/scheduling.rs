@@ -5,7 +5,6 @@ use task_processor::{config::Config, pb};
 
 use crate::support::{TestServer, create, eventually, get, test_config, wait_for_status};
 
-#[tokio::test]
 async fn never_more_than_max_concurrent_tasks_run() {
     let server = TestServer::start_with(Config {
         max_concurrent: 3,
@@ -60,7 +59,6 @@ async fn never_more_than_max_concurrent_tasks_run() {
     }
 }
 
-#[tokio::test]
 async fn waiting_tasks_start_in_fifo_order() {
     let server = TestServer::with_one_slot().await;
     let mut client = server.client().await;
@@ -83,3 +81,8 @@ async fn waiting_tasks_start_in_fifo_order() {
     }
     assert_eq!(server.gate.started(), ids);
 }
+
+contract_tests!(
+    never_more_than_max_concurrent_tasks_run,
+    waiting_tasks_start_in_fifo_order,
+);

@@ -19,6 +19,7 @@ use task_processor::{
     pb::{self, task_service_client::TaskServiceClient},
     processor::{Processor, ProcessorError, Registry, TaskContext},
     server,
+    store::StoreUrl,
     task::TaskId,
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -36,6 +37,8 @@ pub fn test_config() -> Config {
         drain_period: Duration::ZERO,
         shutdown_grace: Duration::ZERO,
         node_name: "test-node".into(),
+        // Replaced by a fresh store of the kind the test runs on.
+        store: StoreUrl::Memory,
         ..Config::default()
     }
 }
@@ -75,7 +78,10 @@ impl TestServer {
         Self::start_with_registry(config, registry, gate).await
     }
 
-    async fn start_with_registry(config: Config, registry: Registry, gate: Gate) -> Self {
+    async fn start_with_registry(mut config: Config, registry: Registry, gate: Gate) -> Self {
+        if config.store == StoreUrl::Memory {
+            config.store = crate::stores::fresh_store().await;
+        }
         let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = grpc.local_addr().expect("local address");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -85,8 +91,14 @@ impl TestServer {
             admin: Some(admin),
         };
         let metrics = Metrics::new();
-        let manager =
-            ManagerHandle::spawn(config.manager_config(), registry.clone(), metrics.clone());
+        let manager = ManagerHandle::start(
+            config.manager_config(),
+            registry.clone(),
+            metrics.clone(),
+            &config.store,
+        )
+        .await
+        .unwrap_or_else(|error| panic!("open {}: {error:?}", config.store));
         let (stop, stopped) = oneshot::channel::<()>();
         let serving = tokio::spawn({
             let manager = manager.clone();
@@ -195,6 +207,28 @@ pub async fn get(client: &mut Client, id: &str) -> pb::Task {
         .await
         .unwrap_or_else(|status| panic!("get {id}: {status:?}"))
         .into_inner()
+}
+
+/// How many tasks the server holds, as clients see them.
+pub async fn count_tasks(client: &mut Client) -> usize {
+    let mut count = 0;
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_tasks(pb::ListTasksRequest {
+                page_size: 1000,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        count += page.tasks.len();
+        if page.next_page_token.is_empty() {
+            return count;
+        }
+        page_token = page.next_page_token;
+    }
 }
 
 pub fn status_of(task: &pb::Task) -> pb::TaskStatus {

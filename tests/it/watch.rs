@@ -59,7 +59,6 @@ fn statuses(tasks: &[pb::Task]) -> Vec<pb::TaskStatus> {
     statuses
 }
 
-#[tokio::test]
 async fn a_watch_sees_the_current_state_then_every_status_then_ends_ok() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -89,7 +88,6 @@ async fn a_watch_sees_the_current_state_then_every_status_then_ends_ok() {
     );
 }
 
-#[tokio::test]
 async fn a_watch_of_a_finished_task_sends_it_once_and_ends() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -99,7 +97,6 @@ async fn a_watch_of_a_finished_task_sends_it_once_and_ends() {
     assert_eq!(seen, vec![done]);
 }
 
-#[tokio::test]
 async fn a_watch_sees_progress_and_the_latest_progress_arrives() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -117,7 +114,6 @@ async fn a_watch_sees_progress_and_the_latest_progress_arrives() {
     assert_eq!(last.progress.as_ref().map(|p| p.percent), Some(100));
 }
 
-#[tokio::test]
 async fn sixty_watchers_of_one_task_each_see_every_status() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -152,7 +148,6 @@ async fn sixty_watchers_of_one_task_each_see_every_status() {
 /// A watcher that reads nothing while the task reports thousands of
 /// progress updates still gets every status, in order, and the latest
 /// progress; others meanwhile are not held up.
-#[tokio::test]
 async fn a_slow_watcher_loses_no_status_and_slows_no_one() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -199,7 +194,6 @@ async fn a_slow_watcher_loses_no_status_and_slows_no_one() {
     );
 }
 
-#[tokio::test]
 async fn watchers_that_disconnect_leave_nothing_behind() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -226,7 +220,6 @@ async fn watchers_that_disconnect_leave_nothing_behind() {
     assert_eq!((stats.watchers, stats.watched_tasks), (0, 0));
 }
 
-#[tokio::test]
 async fn watching_an_unknown_task_is_not_found() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -238,3 +231,13 @@ async fn watching_an_unknown_task_is_not_found() {
         .expect_err("unknown");
     assert_eq!(status.code(), Code::NotFound);
 }
+
+contract_tests!(
+    a_watch_sees_the_current_state_then_every_status_then_ends_ok,
+    a_watch_of_a_finished_task_sends_it_once_and_ends,
+    a_watch_sees_progress_and_the_latest_progress_arrives,
+    sixty_watchers_of_one_task_each_see_every_status,
+    a_slow_watcher_loses_no_status_and_slows_no_one,
+    watchers_that_disconnect_leave_nothing_behind,
+    watching_an_unknown_task_is_not_found,
+);

@@ -4,8 +4,10 @@
 //! spawned; it never awaits a client, a watcher or a processor. Every task
 //! change goes through [`Manager::transition`].
 
+mod cluster;
+
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     future::poll_fn,
     ops::Bound,
     sync::Arc,
@@ -21,15 +23,18 @@ use tokio_util::{
     sync::CancellationToken,
     time::{DelayQueue, delay_queue},
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{
     Command, FORCED_STOP_AFTER, ListPage, ListQuery, ManagerConfig, ManagerError, ManagerStats,
+    Reply,
+    persist::{Backend, Committed, Deferred, Pending, Persister},
     watch::{TaskWatch, WatchState},
 };
 use crate::{
     metrics::{KindMetrics, Metrics},
     processor::{ProcessorError, ProgressReporter, ProgressUpdate, Registry, TaskContext},
+    store::{Write, postgres},
     task::{Applied, NewTask, Task, TaskEvent, TaskId, TaskStatus},
 };
 
@@ -101,6 +106,12 @@ pub(super) struct Manager {
     accepting: bool,
     /// Cleared when running tasks are cancelled for shutdown: none start.
     starting: bool,
+    /// Persists changes in batches and holds the replies that wait on them.
+    persister: Persister,
+    /// Created tasks whose insert is not durable yet (SQLite).
+    uncommitted: HashSet<TaskId>,
+    /// PostgreSQL: what a replica of a cluster needs besides the above.
+    cluster: Option<cluster::ClusterState>,
 }
 
 impl Manager {
@@ -108,10 +119,18 @@ impl Manager {
         config: ManagerConfig,
         registry: Registry,
         metrics: Metrics,
+        backend: Backend,
         progress_sender: mpsc::Sender<ProgressUpdate>,
         progress_updates: mpsc::Receiver<ProgressUpdate>,
     ) -> Self {
+        let cluster = match &backend {
+            Backend::Postgres(store) => Some(cluster::ClusterState::new(store.clone())),
+            Backend::Memory | Backend::Sqlite(_) => None,
+        };
         Self {
+            persister: Persister::new(backend, config.node_name.clone()),
+            uncommitted: HashSet::new(),
+            cluster,
             config,
             registry,
             metrics,
@@ -134,6 +153,56 @@ impl Manager {
         }
     }
 
+    /// Takes back what the store held when this process started: every
+    /// retained task; unfinished ones run again in creation order, those
+    /// that were running as a new attempt.
+    pub(super) fn recover(&mut self, stored: Vec<Task>) {
+        let now = SystemTime::now();
+        let mut finished: Vec<(SystemTime, TaskId)> = Vec::new();
+        let (mut requeued, mut restarted) = (0usize, 0usize);
+        for task in stored {
+            let id = task.id;
+            if let Some(request_id) = &task.request_id {
+                self.request_ids.insert(request_id.clone(), id);
+            }
+            match task.status {
+                TaskStatus::Pending => {
+                    self.pending += 1;
+                    requeued += 1;
+                    self.queue.push_back(id);
+                }
+                TaskStatus::Running => {
+                    restarted += 1;
+                    self.queue.push_back(id);
+                }
+                _ => finished.push((task.completed_at.unwrap_or(task.created_at), id)),
+            }
+            self.tasks.insert(id, Arc::new(task));
+        }
+        // Retention goes on from where it was: the oldest finished first.
+        finished.sort();
+        let at_start = Instant::now();
+        for (completed_at, id) in finished {
+            let age = now.duration_since(completed_at).unwrap_or_default();
+            let finished_at = at_start.checked_sub(age).unwrap_or(at_start);
+            self.finished.push_back((finished_at, id));
+        }
+        let retained = self.finished.len();
+        self.forget_expired_tasks();
+        while self.finished.len() > self.config.max_finished_tasks {
+            if let Some((_, oldest)) = self.finished.pop_front() {
+                self.forget(oldest);
+            }
+        }
+        info!(
+            pending = requeued,
+            restarted,
+            finished = self.finished.len(),
+            expired = retained - self.finished.len(),
+            "recovered tasks from the store"
+        );
+    }
+
     /// The loop. Ends when every handle is gone; runs still going are then
     /// aborted.
     pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
@@ -142,6 +211,10 @@ impl Manager {
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                committed = self.persister.committed(), if self.persister.is_committing() => {
+                    self.handle_committed(committed);
+                }
+                Some(event) = cluster::next_event(&mut self.cluster) => self.handle_cluster_event(event),
                 received = commands.recv_many(&mut batch, COMMAND_BATCH) => {
                     if received == 0 {
                         break;
@@ -157,10 +230,19 @@ impl Manager {
                 }
                 _ = housekeeping.tick() => {
                     self.sweep_watchers();
-                    self.forget_expired_tasks();
+                    if self.cluster.is_some() {
+                        self.cluster_housekeeping();
+                    } else {
+                        self.forget_expired_tasks();
+                    }
                 }
             }
-            self.start_pending();
+            if self.cluster.is_some() {
+                self.claim_pending();
+            } else {
+                self.start_pending();
+            }
+            self.persister.flush();
             if self.running.is_empty() {
                 for waiter in self.idle_waiters.drain(..) {
                     let _ = waiter.send(Ok(()));
@@ -172,6 +254,17 @@ impl Manager {
             "manager stopping; aborting runs"
         );
         self.runs.shutdown().await;
+        // What was decided must still reach the store.
+        while self.persister.has_work() {
+            self.persister.flush();
+            let committed = self.persister.committed().await;
+            let failed = committed.outcome.is_err();
+            self.handle_committed(committed);
+            if failed {
+                error!("changes of the last moments could not be stored");
+                break;
+            }
+        }
     }
 
     fn handle_command(&mut self, command: Command) {
@@ -181,7 +274,11 @@ impl Manager {
                 new_task,
                 respond_to,
             } => {
-                let _ = respond_to.send(self.create(new_task));
+                if self.cluster.is_some() {
+                    self.create_in_cluster(new_task, respond_to);
+                } else {
+                    self.create(new_task, respond_to);
+                }
             }
             Command::Get { id, respond_to } => {
                 let _ = respond_to.send(self.get(id));
@@ -190,10 +287,26 @@ impl Manager {
                 let _ = respond_to.send(Ok(self.list(&query)));
             }
             Command::Cancel { id, respond_to } => {
-                let _ = respond_to.send(self.cancel(id));
+                if self.cluster.is_some() {
+                    self.cancel_in_cluster(id, respond_to);
+                } else {
+                    let answer = self.cancel(id);
+                    self.answer_when_durable(answer, respond_to);
+                }
             }
             Command::Watch { id, respond_to } => {
-                let _ = respond_to.send(self.watch(id));
+                if self.cluster.is_some() {
+                    self.watch_in_cluster(id, respond_to);
+                } else {
+                    let _ = respond_to.send(self.watch(id));
+                }
+            }
+            Command::Flush { respond_to } => {
+                if self.persister.has_work() {
+                    self.persister.defer(Deferred::Flushed(respond_to));
+                } else {
+                    let _ = respond_to.send(Ok(()));
+                }
             }
             Command::StopAccepting { respond_to } => {
                 self.accepting = false;
@@ -205,7 +318,12 @@ impl Manager {
             }
             Command::WaitUntilIdle { respond_to } => self.idle_waiters.push(respond_to),
             Command::CancelRunning { reason, respond_to } => {
-                let _ = respond_to.send(Ok(self.cancel_running(&reason)));
+                let stopped = if self.cluster.is_some() {
+                    self.hand_over_running()
+                } else {
+                    self.cancel_running(&reason)
+                };
+                let _ = respond_to.send(Ok(stopped));
             }
             Command::Stats { respond_to } => {
                 let _ = respond_to.send(Ok(self.stats()));
@@ -213,9 +331,12 @@ impl Manager {
         }
     }
 
-    fn create(&mut self, new_task: NewTask) -> Result<Arc<Task>, ManagerError> {
+    /// Accepts a task. With a durable store it is queued, and the client
+    /// answered, only once its insert is committed.
+    fn create(&mut self, new_task: NewTask, respond_to: Reply<Arc<Task>>) {
         if !self.accepting {
-            return Err(ManagerError::ShuttingDown);
+            let _ = respond_to.send(Err(ManagerError::ShuttingDown));
+            return;
         }
         if let Some(request_id) = &new_task.request_id
             && let Some(existing) = self
@@ -223,31 +344,146 @@ impl Manager {
                 .get(request_id)
                 .and_then(|id| self.tasks.get(id))
         {
-            return if existing.was_created_from(&new_task) {
+            let answer = if existing.was_created_from(&new_task) {
                 Ok(Arc::clone(existing))
             } else {
                 Err(ManagerError::RequestIdConflict {
                     request_id: request_id.clone(),
                 })
             };
+            let id = existing.id;
+            if answer.is_ok() && self.uncommitted.contains(&id) {
+                // Answered when the first create's insert is durable.
+                self.persister.defer(Deferred::Created { id, respond_to });
+            } else {
+                let _ = respond_to.send(answer);
+            }
+            return;
         }
         if self.pending >= self.config.queue_capacity {
-            return Err(ManagerError::QueueFull {
-                capacity: self.config.queue_capacity,
-                retry_after: self.config.queue_full_retry_after,
-            });
+            let _ = respond_to.send(Err(self.queue_full()));
+            return;
         }
         let id = TaskId::generate();
-        let task = Arc::new(Task::new(id, new_task, SystemTime::now()));
+        let task = Arc::new(Task::new(id, new_task, now()));
         if let Some(request_id) = &task.request_id {
             self.request_ids.insert(request_id.clone(), id);
         }
         self.tasks.insert(id, Arc::clone(&task));
-        self.queue.push_back(id);
         self.pending += 1;
         self.metrics_of(&task.kind).task_created();
         info!(task_id = %id, kind = %task.kind, "task created");
-        Ok(task)
+        if self.persister.is_durable() {
+            self.uncommitted.insert(id);
+            self.persister.write(Write::Insert(task));
+            self.persister.created(id);
+            self.persister.defer(Deferred::Created { id, respond_to });
+        } else {
+            self.queue.push_back(id);
+            let _ = respond_to.send(Ok(task));
+        }
+    }
+
+    fn queue_full(&self) -> ManagerError {
+        ManagerError::QueueFull {
+            capacity: self.config.queue_capacity,
+            retry_after: self.config.queue_full_retry_after,
+        }
+    }
+
+    /// Sends `answer` at once, or once what it reports is durable.
+    fn answer_when_durable(
+        &mut self,
+        answer: Result<Arc<Task>, ManagerError>,
+        respond_to: Reply<Arc<Task>>,
+    ) {
+        if answer.is_ok() && self.persister.has_work() {
+            self.persister
+                .defer(Deferred::Answer { answer, respond_to });
+        } else {
+            let _ = respond_to.send(answer);
+        }
+    }
+
+    /// A batch is durable, or failed: the replies that waited on it go out.
+    fn handle_committed(&mut self, committed: Committed) {
+        let Committed { outcome, mut batch } = committed;
+        match outcome {
+            Ok(cluster_outcome) => {
+                for id in std::mem::take(&mut batch.created) {
+                    self.uncommitted.remove(&id);
+                    if self.status_of(id) == Some(TaskStatus::Pending) {
+                        self.queue.push_back(id);
+                    }
+                }
+                if let Some(cluster_outcome) = &cluster_outcome {
+                    self.cluster_committed(&batch, cluster_outcome);
+                }
+                for reply in std::mem::take(&mut batch.replies) {
+                    self.send_deferred(reply, &batch, cluster_outcome.as_ref());
+                }
+            }
+            Err(failure) => {
+                let reason = error_chain(&failure);
+                error!(error = %reason, "storing a batch of task changes failed; retrying");
+                // Creates in the batch were never stored: take them back and
+                // tell their clients; everything else is tried again.
+                for id in std::mem::take(&mut batch.created) {
+                    self.uncommitted.remove(&id);
+                    self.roll_back_create(id);
+                }
+                let mut kept = Vec::new();
+                for reply in std::mem::take(&mut batch.replies) {
+                    match reply {
+                        Deferred::Created { respond_to, .. }
+                        | Deferred::Inserted { respond_to, .. } => {
+                            let _ = respond_to.send(Err(ManagerError::Storage(reason.clone())));
+                        }
+                        other => kept.push(other),
+                    }
+                }
+                batch.replies = kept;
+                self.persister.retry(batch);
+            }
+        }
+    }
+
+    fn send_deferred(
+        &mut self,
+        reply: Deferred,
+        batch: &Pending,
+        cluster_outcome: Option<&postgres::BatchOutcome>,
+    ) {
+        match reply {
+            Deferred::Created { id, respond_to } => {
+                let _ = respond_to.send(self.get(id));
+            }
+            Deferred::Inserted { index, respond_to } => {
+                let _ = respond_to.send(cluster::insert_answer(batch, cluster_outcome, index));
+            }
+            Deferred::Answer { answer, respond_to } => {
+                let _ = respond_to.send(answer);
+            }
+            Deferred::Flushed(respond_to) => {
+                let _ = respond_to.send(Ok(()));
+            }
+        }
+    }
+
+    /// A create whose insert failed: as if it never happened.
+    fn roll_back_create(&mut self, id: TaskId) {
+        let Some(task) = self.tasks.remove(&id) else {
+            return;
+        };
+        if task.status == TaskStatus::Pending {
+            self.pending -= 1;
+        }
+        if let Some(request_id) = &task.request_id
+            && self.request_ids.get(request_id) == Some(&id)
+        {
+            self.request_ids.remove(request_id);
+        }
+        self.watchers.remove(&id);
     }
 
     fn get(&self, id: TaskId) -> Result<Arc<Task>, ManagerError> {
@@ -452,7 +688,9 @@ impl Manager {
             let Some(task_id) = self.queue.pop_front() else {
                 break;
             };
-            if self.status_of(task_id) != Some(TaskStatus::Pending) {
+            let recovered_run = self.status_of(task_id) == Some(TaskStatus::Running)
+                && !self.running.contains_key(&task_id);
+            if self.status_of(task_id) != Some(TaskStatus::Pending) && !recovered_run {
                 continue; // cancelled while it waited
             }
             self.start(task_id);
@@ -460,12 +698,22 @@ impl Manager {
     }
 
     fn start(&mut self, task_id: TaskId) {
-        let start = TaskEvent::Start {
-            node: self.config.node_name.clone(),
+        let node = self.config.node_name.clone();
+        let start = if self.status_of(task_id) == Some(TaskStatus::Running) {
+            // It was running when the last process died: run it again.
+            TaskEvent::Restart { node }
+        } else {
+            TaskEvent::Start { node }
         };
         let Some(task) = self.transition(task_id, start) else {
             return;
         };
+        self.spawn_run(task);
+    }
+
+    /// Runs a task that is `RUNNING` for this node on a free slot.
+    fn spawn_run(&mut self, task: Arc<Task>) {
+        let task_id = task.id;
         let Some(processor) = self.registry.get(&task.kind) else {
             // Kinds are checked on create and the registry never shrinks,
             // so this is a bug; fail the task rather than lose it.
@@ -526,7 +774,7 @@ impl Manager {
     fn transition(&mut self, task_id: TaskId, event: TaskEvent) -> Option<Arc<Task>> {
         let entry = self.tasks.get_mut(&task_id)?;
         let before = entry.status;
-        match Arc::make_mut(entry).apply(event, SystemTime::now()) {
+        match Arc::make_mut(entry).apply(event, now()) {
             Ok(Applied::Changed { status_changed }) => {
                 let task = Arc::clone(entry);
                 if before == TaskStatus::Pending && task.status != TaskStatus::Pending {
@@ -537,7 +785,14 @@ impl Manager {
                 } else if let Some(progress) = &task.progress {
                     debug!(task_id = %task_id, kind = %task.kind, percent = progress.percent, "task progress");
                 }
-                self.publish(&task, status_changed);
+                if self.cluster.is_some() {
+                    // Watchers hear it from the change feed once it is
+                    // committed, as they do on every other replica.
+                    self.persister.update(Arc::clone(&task));
+                } else {
+                    self.persister.write(Write::Update(Arc::clone(&task)));
+                    self.publish(&task, status_changed);
+                }
                 if status_changed && task.status.is_terminal() {
                     self.record_finished(&task);
                 }
@@ -584,6 +839,11 @@ impl Manager {
             error = %task.error,
             "task finished"
         );
+        if self.cluster.is_some() {
+            // The database keeps it; retention runs there.
+            self.tasks.remove(&task.id);
+            return;
+        }
         self.finished.push_back((Instant::now(), task.id));
         while self.finished.len() > self.config.max_finished_tasks {
             if let Some((_, oldest)) = self.finished.pop_front() {
@@ -606,6 +866,7 @@ impl Manager {
     /// Removes a finished task and its idempotency key.
     fn forget(&mut self, id: TaskId) {
         if let Some(task) = self.tasks.remove(&id) {
+            self.persister.write(Write::Delete(id));
             if let Some(request_id) = &task.request_id
                 && self.request_ids.get(request_id) == Some(&id)
             {
@@ -646,6 +907,27 @@ impl Manager {
     fn status_of(&self, task_id: TaskId) -> Option<TaskStatus> {
         self.tasks.get(&task_id).map(|task| task.status)
     }
+}
+
+/// The current time as the stores keep it (whole microseconds), so a task
+/// reads the same before and after a restart.
+fn now() -> SystemTime {
+    let since_epoch = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    std::time::UNIX_EPOCH + Duration::from_micros(since_epoch.as_micros() as u64)
+}
+
+/// An error and its causes, for one log field or status message.
+pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The text of a panic, when it has one.

@@ -1,0 +1,312 @@
+//! Group commit: the actor records what must be persisted and which replies
+//! must wait for it; while one batch is being committed, the next one
+//! gathers. The actor never awaits a commit in its loop: a commit runs in a
+//! spawned task and its completion comes back as an event.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use tokio::task::JoinHandle;
+
+use super::{ManagerError, Reply};
+use crate::{
+    store::{PostgresStore, SqliteStore, StoreError, Write, postgres},
+    task::{Task, TaskId},
+};
+
+/// The longest wait before a failed commit is tried again.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+/// Where the manager's tasks are persisted.
+#[derive(Clone, Debug)]
+pub(super) enum Backend {
+    /// Nothing is persisted; replies go out at once.
+    Memory,
+    /// This process owns the file; memory holds every retained task.
+    Sqlite(Arc<SqliteStore>),
+    /// The database is the truth, shared with other replicas.
+    Postgres(PostgresStore),
+}
+
+/// A reply that may only be sent once the batch holding its change is
+/// durable.
+#[derive(Debug)]
+pub(super) enum Deferred {
+    /// SQLite: a create; the reply is the task as it stands at commit.
+    Created {
+        id: TaskId,
+        respond_to: Reply<Arc<Task>>,
+    },
+    /// PostgreSQL: the create of `inserts[index]` in this batch.
+    Inserted {
+        index: usize,
+        respond_to: Reply<Arc<Task>>,
+    },
+    /// An answer already decided (a cancel, a repeated create).
+    Answer {
+        answer: Result<Arc<Task>, ManagerError>,
+        respond_to: Reply<Arc<Task>>,
+    },
+    /// Someone waits for everything before it to be durable.
+    Flushed(Reply<()>),
+}
+
+/// What one commit carries.
+#[derive(Debug, Default)]
+pub(super) struct Pending {
+    /// SQLite: each task once, with its latest write.
+    pub writes: BTreeMap<TaskId, Write>,
+    /// SQLite: tasks created in this batch, in creation order; they may run
+    /// once it is durable.
+    pub created: Vec<TaskId>,
+    /// PostgreSQL: new tasks, in creation order.
+    pub inserts: Vec<Arc<Task>>,
+    /// PostgreSQL: the latest state of each task this replica runs.
+    pub updates: BTreeMap<TaskId, Arc<Task>>,
+    /// PostgreSQL: every state change, in order, to notify.
+    pub changes: Vec<Arc<Task>>,
+    pub replies: Vec<Deferred>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+            && self.inserts.is_empty()
+            && self.updates.is_empty()
+            && self.changes.is_empty()
+            && self.replies.is_empty()
+    }
+
+    /// Folds a write into the batch so each task is written once.
+    fn write(&mut self, write: Write) {
+        let id = write.task_id();
+        let folded = match (self.writes.remove(&id), write) {
+            // Not stored yet: store the latest state whole.
+            (Some(Write::Insert(_)), Write::Update(task)) => Write::Insert(task),
+            // Created and forgotten before it was ever stored.
+            (Some(Write::Insert(_)), Write::Delete(_)) => return,
+            (_, write) => write,
+        };
+        self.writes.insert(id, folded);
+    }
+}
+
+/// A finished commit, handed back to the actor with what it carried.
+#[derive(Debug)]
+pub(super) struct Committed {
+    pub outcome: Result<Option<postgres::BatchOutcome>, StoreError>,
+    pub batch: Pending,
+}
+
+#[derive(Debug)]
+pub(super) struct Persister {
+    backend: Backend,
+    /// PostgreSQL: the node name written with every change.
+    node: String,
+    next: Pending,
+    in_flight: Option<JoinHandle<Committed>>,
+    /// Commits that failed in a row; the next one waits longer.
+    failures: u32,
+}
+
+impl Persister {
+    pub fn new(backend: Backend, node: String) -> Self {
+        Self {
+            backend,
+            node,
+            next: Pending::default(),
+            in_flight: None,
+            failures: 0,
+        }
+    }
+
+    /// Whether replies must wait for commits.
+    pub fn is_durable(&self) -> bool {
+        !matches!(self.backend, Backend::Memory)
+    }
+
+    pub fn write(&mut self, write: Write) {
+        if matches!(self.backend, Backend::Sqlite(_)) {
+            self.next.write(write);
+        }
+    }
+
+    pub fn created(&mut self, id: TaskId) {
+        self.next.created.push(id);
+    }
+
+    /// PostgreSQL: a new task; returns its index in the batch.
+    pub fn insert(&mut self, task: Arc<Task>) -> usize {
+        self.next.changes.push(Arc::clone(&task));
+        self.next.inserts.push(task);
+        self.next.inserts.len() - 1
+    }
+
+    /// PostgreSQL: a new state of a task this replica runs.
+    pub fn update(&mut self, task: Arc<Task>) {
+        self.next.changes.push(Arc::clone(&task));
+        self.next.updates.insert(task.id, task);
+    }
+
+    pub fn defer(&mut self, reply: Deferred) {
+        self.next.replies.push(reply);
+    }
+
+    pub fn is_committing(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Writes not yet durable (in flight or gathering).
+    pub fn has_work(&self) -> bool {
+        self.in_flight.is_some() || !self.next.is_empty()
+    }
+
+    /// Starts committing what has gathered, unless a commit is in flight.
+    pub fn flush(&mut self) {
+        if self.in_flight.is_some() || self.next.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.next);
+        let delay = retry_delay(self.failures);
+        let backend = self.backend.clone();
+        let node = self.node.clone();
+        self.in_flight = Some(tokio::spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let outcome = commit(&backend, &node, &batch).await;
+            Committed { outcome, batch }
+        }));
+    }
+
+    /// Completes when the commit in flight does; never while none is.
+    pub async fn committed(&mut self) -> Committed {
+        let Some(in_flight) = self.in_flight.as_mut() else {
+            return std::future::pending().await;
+        };
+        let joined = in_flight.await;
+        self.in_flight = None;
+        let committed = joined.unwrap_or_else(|error| Committed {
+            // The commit task panicked or was cancelled: its batch is lost
+            // from here, so report the failure for every reply it held.
+            outcome: Err(StoreError::Corrupt {
+                id: String::new(),
+                reason: format!("the commit task failed: {error}"),
+            }),
+            batch: Pending::default(),
+        });
+        if committed.outcome.is_ok() {
+            self.failures = 0;
+        } else {
+            self.failures = self.failures.saturating_add(1);
+        }
+        committed
+    }
+
+    /// Puts the writes of a failed batch back under the ones gathered since
+    /// (which are newer), so they are tried again. Inserts are not retried:
+    /// their creates were answered with the failure.
+    pub fn retry(&mut self, failed: Pending) {
+        for (id, write) in failed.writes {
+            if matches!(write, Write::Insert(_)) {
+                continue;
+            }
+            self.next.writes.entry(id).or_insert(write);
+        }
+        for (id, task) in failed.updates {
+            self.next.updates.entry(id).or_insert(task);
+        }
+        let mut changes = failed.changes;
+        changes.retain(|task| !failed.inserts.iter().any(|insert| insert.id == task.id));
+        changes.append(&mut self.next.changes);
+        self.next.changes = changes;
+        let mut replies = failed.replies;
+        replies.append(&mut self.next.replies);
+        self.next.replies = replies;
+    }
+}
+
+async fn commit(
+    backend: &Backend,
+    node: &str,
+    batch: &Pending,
+) -> Result<Option<postgres::BatchOutcome>, StoreError> {
+    match backend {
+        Backend::Memory => Ok(None),
+        Backend::Sqlite(store) => {
+            let writes: Vec<Write> = batch.writes.values().cloned().collect();
+            store.commit(&writes).await.map(|()| None)
+        }
+        Backend::Postgres(store) => {
+            let pg_batch = postgres::Batch {
+                inserts: batch.inserts.clone(),
+                updates: batch.updates.values().cloned().collect(),
+                changes: batch.changes.clone(),
+            };
+            store.commit(node, &pg_batch).await.map(Some)
+        }
+    }
+}
+
+/// 0 after a success, then 100 ms doubling up to [`MAX_RETRY_DELAY`].
+fn retry_delay(failures: u32) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    let millis = 100u64.saturating_mul(1 << failures.min(16).saturating_sub(1));
+    Duration::from_millis(millis).min(MAX_RETRY_DELAY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::NewTask;
+    use std::time::SystemTime;
+
+    fn task() -> Arc<Task> {
+        let new_task = NewTask {
+            name: "t".into(),
+            description: String::new(),
+            kind: "echo".into(),
+            data: None,
+            timeout_seconds: 0,
+            labels: BTreeMap::new(),
+            request_id: None,
+        };
+        Arc::new(Task::new(TaskId::generate(), new_task, SystemTime::now()))
+    }
+
+    #[test]
+    fn a_batch_writes_each_task_once_with_its_latest_state() {
+        let mut pending = Pending::default();
+        let created = task();
+        let mut later = (*created).clone();
+        later.revision = 2;
+        pending.write(Write::Insert(Arc::clone(&created)));
+        pending.write(Write::Update(Arc::new(later)));
+        match pending.writes.get(&created.id) {
+            Some(Write::Insert(task)) => assert_eq!(task.revision, 2),
+            other => panic!("expected the insert of the latest state, got {other:?}"),
+        }
+        pending.write(Write::Delete(created.id));
+        assert!(
+            pending.writes.is_empty(),
+            "created and forgotten: nothing to write"
+        );
+
+        let stored = task();
+        pending.write(Write::Update(Arc::clone(&stored)));
+        pending.write(Write::Delete(stored.id));
+        assert!(matches!(
+            pending.writes.get(&stored.id),
+            Some(Write::Delete(_))
+        ));
+    }
+
+    #[test]
+    fn retries_back_off_up_to_a_ceiling() {
+        assert_eq!(retry_delay(0), Duration::ZERO);
+        assert_eq!(retry_delay(1), Duration::from_millis(100));
+        assert_eq!(retry_delay(2), Duration::from_millis(200));
+        assert_eq!(retry_delay(30), MAX_RETRY_DELAY);
+    }
+}

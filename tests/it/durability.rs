@@ -1,0 +1,206 @@
+//! The SQLite store against `kill -9`: every create that was answered is
+//! there after a restart, and unfinished tasks run again.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+};
+
+use serde_json::json;
+use task_processor::pb;
+
+use crate::{
+    process::start_binary,
+    support::{eventually, get, request, status_of, wait_for_status},
+};
+
+#[tokio::test]
+async fn every_acknowledged_create_survives_kill_9_during_a_thousand_creates() {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let store = format!("sqlite://{}", directory.path().join("tasks.db").display());
+    // One slot and long sleeps: nothing finishes, so every task must come
+    // back from the file, not from a run.
+    let arguments = ["--store", store.as_str(), "--max-concurrent", "1"];
+    let mut process = start_binary(&arguments, &[]);
+    let client = process.client().await;
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let creators: Vec<_> = (0..20)
+        .map(|creator| {
+            let mut client = client.clone();
+            let acknowledged = Arc::clone(&acknowledged);
+            tokio::spawn(async move {
+                for number in 0..50 {
+                    let create = request(
+                        &format!("create {creator}-{number}"),
+                        "sleep",
+                        Some(json!({"seconds": 3600})),
+                    );
+                    match client.create_task(create).await {
+                        Ok(task) => acknowledged
+                            .lock()
+                            .expect("not poisoned")
+                            .push(task.into_inner().id),
+                        // The process is gone: the rest of this creator's
+                        // creates fail, as they should.
+                        Err(_) => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    eventually("a few hundred creates acknowledged", || {
+        let count = acknowledged.lock().expect("not poisoned").len();
+        async move { (count >= 300).then_some(()) }
+    })
+    .await;
+    process.kill_hard();
+    for creator in creators {
+        creator.await.expect("creator joined");
+    }
+    let acknowledged = acknowledged.lock().expect("not poisoned").clone();
+    assert!(acknowledged.len() >= 300, "{}", acknowledged.len());
+
+    let restarted = start_binary(&arguments, &[]);
+    let mut client = restarted.client().await;
+    let mut stored = HashSet::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_tasks(pb::ListTasksRequest {
+                page_size: 1000,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        stored.extend(page.tasks.into_iter().map(|task| task.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|id| !stored.contains(*id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged creates lost: {lost:?}",
+        lost.len(),
+        acknowledged.len()
+    );
+}
+
+#[tokio::test]
+async fn after_kill_9_running_tasks_run_again_and_pending_ones_keep_their_order() {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let store = format!("sqlite://{}", directory.path().join("tasks.db").display());
+    let arguments = [
+        "--store",
+        store.as_str(),
+        "--max-concurrent",
+        "1",
+        "--node-name",
+        "first",
+    ];
+    let mut process = start_binary(&arguments, &[]);
+    let mut client = process.client().await;
+    let long = Some(json!({"seconds": 3600}));
+    let running = client
+        .create_task(request("running", "sleep", long.clone()))
+        .await
+        .expect("created")
+        .into_inner();
+    wait_for_status(&client, &running.id, pb::TaskStatus::Running).await;
+    let mut waiting = Vec::new();
+    for number in 0..3 {
+        let task = client
+            .create_task(request(&format!("waiting {number}"), "sleep", long.clone()))
+            .await
+            .expect("created")
+            .into_inner();
+        waiting.push(task.id);
+    }
+    let done = client
+        .create_task(request("finished", "echo", Some(json!(7))))
+        .await
+        .expect("created")
+        .into_inner();
+    client
+        .cancel_task(pb::CancelTaskRequest {
+            id: done.id.clone(),
+        })
+        .await
+        .expect("cancelled");
+    process.kill_hard();
+
+    let restarted_arguments = [
+        "--store",
+        store.as_str(),
+        "--max-concurrent",
+        "1",
+        "--node-name",
+        "second",
+    ];
+    let restarted = start_binary(&restarted_arguments, &[]);
+    let mut client = restarted.client().await;
+    // The run that was cut short runs again: a new attempt, on the new node.
+    let rerun = eventually("the interrupted task to run again", || {
+        let mut client = client.clone();
+        let id = running.id.clone();
+        async move {
+            let task = get(&mut client, &id).await;
+            (task.attempt == 2).then_some(task)
+        }
+    })
+    .await;
+    assert_eq!(status_of(&rerun), pb::TaskStatus::Running);
+    assert_eq!(rerun.node, "second");
+    assert!(rerun.revision > running.revision);
+    // Terminal tasks are untouched.
+    let cancelled = get(&mut client, &done.id).await;
+    assert_eq!(status_of(&cancelled), pb::TaskStatus::Cancelled);
+    assert_eq!(cancelled.attempt, 0);
+    // The waiting ones wait still, and start in their original order.
+    client
+        .cancel_task(pb::CancelTaskRequest {
+            id: running.id.clone(),
+        })
+        .await
+        .expect("cancel the rerun");
+    for (position, id) in waiting.iter().enumerate() {
+        let started = wait_for_status(&client, id, pb::TaskStatus::Running).await;
+        assert_eq!(started.attempt, 1, "waiting task {position}");
+        for later in &waiting[position + 1..] {
+            let later = get(&mut client, later).await;
+            assert_eq!(
+                status_of(&later),
+                pb::TaskStatus::Pending,
+                "FIFO after restart"
+            );
+        }
+        client
+            .cancel_task(pb::CancelTaskRequest { id: id.clone() })
+            .await
+            .expect("cancel");
+    }
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_file_is_refused() {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let store = format!("sqlite://{}", directory.path().join("tasks.db").display());
+    let _first = start_binary(&["--store", store.as_str()], &[]);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_task-processor"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--store", store.as_str()])
+        .output()
+        .expect("the binary runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("tasks.db") && stderr.contains("locked"),
+        "the error names the file and the lock: {stderr}"
+    );
+}
