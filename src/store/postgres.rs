@@ -80,14 +80,21 @@ pub struct Change {
     /// The task's new state. `data` is always `None` (it never changes
     /// after create, and may be too large for a notification).
     pub task: Task,
-    /// `false` when `result` or `error` were too large for a notification
-    /// and were left out: read the row for them.
+    /// `false` when the task was too large for a notification: `result`
+    /// and `error` were left out (`None`, empty), and, if it was still too
+    /// large, `description`, `labels` and the progress message too. Status,
+    /// attempt, node and revision are always there; read the row for the rest.
     pub complete: bool,
 }
 
 /// What the change feed yields.
 #[derive(Clone, Debug, PartialEq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "nearly every event is a change, moved once from the feed to the actor"
+)]
 pub enum FeedEvent {
+    /// A task changed, on any replica.
     Change(Change),
     /// The connection was lost and made again: changes in between may be
     /// missing, so whatever the listener follows must be read again.
@@ -96,17 +103,23 @@ pub enum FeedEvent {
 
 /// What became of one task of a batch of inserts.
 #[derive(Clone, Debug, PartialEq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per insert of a batch, read once by the actor; a box would buy nothing"
+)]
 pub enum Inserted {
     /// Stored now.
     New,
-    /// Its `request_id` was taken already (by any replica): this is the task
-    /// that holds it, for the caller to compare with what it asked for.
+    /// Its `request_id` was taken already (by any replica), or its id (a
+    /// commit retried after an unknown outcome): this is the task that holds
+    /// it, for the caller to compare with what it asked for.
     Existing(Task),
 }
 
 /// What a cancel found.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Cancelled {
+    /// No task has this id (or retention deleted it).
     NotFound,
     /// It was pending or running and is cancelled now.
     Now(Task),
@@ -132,6 +145,7 @@ pub struct Batch {
 /// What a batch did, in the order of its parts.
 #[derive(Clone, Debug, Default)]
 pub struct BatchOutcome {
+    /// One per task of `Batch::inserts`, in order.
     pub inserted: Vec<Inserted>,
     /// `false` where the run lost the row (cancelled elsewhere or taken
     /// over after its lease ran out).
@@ -246,7 +260,8 @@ impl PostgresStore {
     }
 
     /// Takes up to `limit` tasks for `node` in FIFO order: pending ones, and
-    /// running ones whose lease ran out (their replica died). Each becomes
+    /// running ones whose lease ran out (their replica died) or that never
+    /// had one (stored running by an insert, so no replica renews it). Each becomes
     /// running with the next attempt and a lease of `lease`, and is announced.
     ///
     /// `SKIP LOCKED` lets replicas claim at once without waiting on each
@@ -1509,7 +1524,10 @@ mod tests {
     async fn a_taken_request_id_returns_the_task_that_holds_it() {
         let (_schema, store) = store_or_skip!("a_taken_request_id_returns_the_task_that_holds_it");
         let original = with_request_id(task("original"), "key-1");
-        assert_eq!(insert(&store, &[original.clone()]).await, [Inserted::New]);
+        assert_eq!(
+            insert(&store, std::slice::from_ref(&original)).await,
+            [Inserted::New]
+        );
 
         // Across batches.
         let again = with_request_id(task("again"), "key-1");
@@ -1554,7 +1572,7 @@ mod tests {
 
         // A batch that repeats a stored task (a retried commit) is told so.
         assert_eq!(
-            insert(&store, &[other.clone()]).await,
+            insert(&store, std::slice::from_ref(&other)).await,
             [Inserted::Existing(other)]
         );
     }
@@ -1568,7 +1586,7 @@ mod tests {
             let store = store.clone();
             inserts.spawn(async move {
                 let task = with_request_id(task(&format!("racer {index}")), "the-key");
-                let outcome = insert(&store, &[task.clone()]).await;
+                let outcome = insert(&store, std::slice::from_ref(&task)).await;
                 (task, outcome)
             });
         }
@@ -1662,7 +1680,7 @@ mod tests {
 
         // A lease of zero runs out at once.
         let quick = task("quick");
-        insert(&store, &[quick.clone()]).await;
+        insert(&store, std::slice::from_ref(&quick)).await;
         let first = store.claim("n1", 1, Duration::ZERO).await.expect("claim");
         assert_eq!(ids(&first), [quick.id]);
         let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -1850,7 +1868,7 @@ mod tests {
         );
         // Pending (here: claimed, then freshly inserted) works too.
         let waiting = task("waiting");
-        insert(&store, &[waiting.clone()]).await;
+        insert(&store, std::slice::from_ref(&waiting)).await;
         assert!(matches!(
             store.cancel(waiting.id, "stop", "api").await.expect("cancel"),
             Cancelled::Now(task) if task.status == TaskStatus::Cancelled && task.attempt == 0
@@ -1938,7 +1956,7 @@ mod tests {
         // A refused update is not announced; the cancel after it is.
         assert!(!update(&store, "n9", &large).await);
         let third = task("third");
-        insert(&store, &[third.clone()]).await;
+        insert(&store, std::slice::from_ref(&third)).await;
         assert_eq!(next_change(&mut feed).await.task, without_data(&third));
         let Cancelled::Now(cancelled) = store
             .cancel(third.id, "stop", "api-2")
@@ -1954,6 +1972,35 @@ mod tests {
         drop(other_store);
         drop(other_schema);
         drop(schema);
+    }
+
+    #[tokio::test]
+    async fn the_feed_reports_a_gap_when_its_connection_is_lost() {
+        let (_schema, store) = store_or_skip!("the_feed_reports_a_gap_when_its_connection_is_lost");
+        let mut feed = store.listen().await.expect("listen");
+        let listening = format!("LISTEN \"{}\"", store.channel);
+        let terminated: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = $1",
+        )
+        .bind(listening)
+        .fetch_all(&store.pool)
+        .await
+        .expect("terminate the listener's connection");
+        assert_eq!(terminated, [true]);
+
+        // The loss shows as a gap, possibly after an error; never silently.
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            match tokio::time::timeout_at(deadline, feed.next()).await {
+                Ok(Ok(FeedEvent::Gap)) => break,
+                Ok(Err(_)) => continue,
+                other => panic!("expected a gap, got {other:?}"),
+            }
+        }
+        // Listening again: changes arrive as before.
+        let after = task("after");
+        insert(&store, std::slice::from_ref(&after)).await;
+        assert_eq!(next_change(&mut feed).await.task, without_data(&after));
     }
 
     #[tokio::test]

@@ -199,7 +199,9 @@ mod tests {
     }
 
     fn truncate_to_micros(mut task: Task) -> Task {
-        let truncate = |time: SystemTime| from_micros(micros(time));
+        fn truncate(time: SystemTime) -> SystemTime {
+            from_micros(micros(time))
+        }
         task.created_at = truncate(task.created_at);
         task.started_at = task.started_at.map(truncate);
         task.completed_at = task.completed_at.map(truncate);

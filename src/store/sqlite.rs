@@ -203,3 +203,95 @@ async fn refuse_newer_schema(
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
+
+    use super::*;
+    use crate::task::{NewTask, TaskEvent, TaskId};
+
+    fn new_task(name: &str, request_id: Option<&str>) -> Task {
+        let new_task = NewTask {
+            name: name.into(),
+            description: String::new(),
+            kind: "echo".into(),
+            data: Some(Arc::new(serde_json::json!({"text": "a\u{0}b"}))),
+            timeout_seconds: 60,
+            labels: BTreeMap::from([("team".into(), "a".into())]),
+            request_id: request_id.map(str::to_owned),
+        };
+        Task::new(TaskId::generate(), new_task, SystemTime::UNIX_EPOCH)
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_inserts_updates_and_deletes_is_what_loads_back() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let path = directory.path().join("tasks.db");
+        let store = SqliteStore::open(&path).await.expect("opens");
+        let kept = new_task("kept", Some("r1"));
+        let dropped = new_task("dropped", None);
+        store
+            .commit(&[
+                Write::Insert(Arc::new(kept.clone())),
+                Write::Insert(Arc::new(dropped.clone())),
+            ])
+            .await
+            .expect("inserts");
+        let mut running = kept.clone();
+        running
+            .apply(
+                TaskEvent::Start { node: "n".into() },
+                SystemTime::UNIX_EPOCH,
+            )
+            .expect("starts");
+        store
+            .commit(&[
+                Write::Update(Arc::new(running.clone())),
+                Write::Delete(dropped.id),
+            ])
+            .await
+            .expect("updates");
+        drop(store);
+
+        let reopened = SqliteStore::open(&path).await.expect("reopens");
+        assert_eq!(reopened.load().await.expect("loads"), vec![running]);
+    }
+
+    #[tokio::test]
+    async fn a_second_store_on_the_same_file_is_refused_while_the_first_is_open() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let path = directory.path().join("tasks.db");
+        let _first = SqliteStore::open(&path).await.expect("opens");
+        let second = SqliteStore::open(&path).await;
+        assert!(matches!(second, Err(StoreError::Open { .. })), "{second:?}");
+    }
+
+    #[tokio::test]
+    async fn a_schema_from_a_newer_binary_is_refused_with_both_versions() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let path = directory.path().join("tasks.db");
+        let store = SqliteStore::open(&path).await.expect("opens");
+        {
+            let mut connection = store.connection.lock().await;
+            sqlx::query(
+                "INSERT INTO _sqlx_migrations \
+                 (version, description, success, checksum, execution_time) \
+                 VALUES (99999, 'from the future', TRUE, X'00', 0)",
+            )
+            .execute(&mut *connection)
+            .await
+            .expect("future migration recorded");
+        }
+        drop(store);
+        let refused = SqliteStore::open(&path).await;
+        match refused {
+            Err(error @ StoreError::NewerSchema { .. }) => {
+                let message = error.to_string();
+                assert!(message.contains("99999"), "{message}");
+                assert!(message.contains(&latest_version(&MIGRATOR).to_string()));
+            }
+            other => panic!("expected NewerSchema, got {other:?}"),
+        }
+    }
+}
