@@ -224,11 +224,12 @@ pub async fn run_with(
     // is cancelled under them.
     watches_end.cancel();
     if !finished_in_time {
-        let cancelled = manager
+        // Cancelled on a single node; handed to other replicas in a cluster.
+        let stopped = manager
             .cancel_running("cancelled: the server is shutting down")
             .await
             .unwrap_or_default();
-        info!(cancelled, "grace over: running tasks cancelled");
+        info!(stopped, "grace over: running tasks stopped");
         let stop_budget = FORCED_STOP_AFTER + Duration::from_secs(1);
         let _ = tokio::time::timeout(stop_budget, manager.wait_until_idle()).await;
     }

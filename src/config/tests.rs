@@ -117,6 +117,23 @@ fn later_layers_win_setting_by_setting() {
 }
 
 #[test]
+fn the_store_defaults_to_sqlite_and_prints_without_its_password() {
+    let config = load(&[], &[]).expect("valid");
+    assert_eq!(config.store, StoreUrl::Sqlite("task-processor.db".into()));
+    let config = load(&["--store", "postgres://app:secret@db/tasks"], &[]).expect("valid");
+    let yaml = config.to_yaml();
+    assert!(
+        yaml.contains("store: postgres://app:***@db/tasks"),
+        "{yaml}"
+    );
+    assert!(!yaml.contains("secret"), "{yaml}");
+    let error = load(&["--store", "mysql://db/tasks"], &[]).expect_err("not a store");
+    assert!(error.to_string().contains("--store"), "{error}");
+    let error = load(&["--lease", "1s"], &[]).expect_err("too short");
+    assert!(error.to_string().contains("lease"), "{error}");
+}
+
+#[test]
 fn every_setting_is_read_from_its_environment_variable() {
     let env = [
         ("SERVER_HOST", "127.0.0.1"),
@@ -133,6 +150,8 @@ fn every_setting_is_read_from_its_environment_variable() {
         ("TASK_PROCESSOR_SHUTDOWN_GRACE", "10s"),
         ("TASK_PROCESSOR_RETENTION", "11m"),
         ("TASK_PROCESSOR_MAX_FINISHED_TASKS", "12"),
+        ("TASK_PROCESSOR_STORE", "postgres://app:secret@db/tasks"),
+        ("TASK_PROCESSOR_LEASE", "13s"),
         ("LOG_LEVEL", "DEBUG"),
         ("LOG_FORMAT", "text"),
     ];
@@ -149,6 +168,11 @@ fn every_setting_is_read_from_its_environment_variable() {
     assert_eq!(config.shutdown_grace, Duration::from_secs(10));
     assert_eq!(config.retention, Duration::from_secs(660));
     assert_eq!(config.max_finished_tasks, 12);
+    assert_eq!(
+        config.store,
+        StoreUrl::Postgres("postgres://app:secret@db/tasks".into())
+    );
+    assert_eq!(config.lease, Duration::from_secs(13));
     assert_eq!(
         (config.log_level.as_str(), config.log_format),
         ("debug", LogFormat::Text)

@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 use super::{
     ListPage, ListQuery, StoreError, StoreUrl, latest_version,
-    row::{TaskRow, status_name, task_columns},
+    row::{TaskRow, labels_json, micros, status_name, task_columns},
 };
 use crate::task::{Progress, Task, TaskId, TaskStatus};
 
@@ -275,21 +275,35 @@ impl PostgresStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
+        // Pending and expired tasks are looked up apart, each through its
+        // partial index: one filter over both would walk the primary key
+        // past every finished task. Rows locked but not among the first
+        // `limit` are let go at commit, untouched. One start time for the
+        // whole claim, so start times never contradict the FIFO order.
         let mut transaction = self.pool.begin().await?;
         let rows: Vec<TaskRow> = sqlx::query_as(concat!(
-            "WITH candidates AS ( \
+            "WITH expired AS MATERIALIZED ( \
                  SELECT id FROM tasks \
-                 WHERE status = 'pending' \
-                    OR (status = 'running' \
-                        AND (lease_until IS NULL OR lease_until < clock_timestamp())) \
-                 ORDER BY id \
-                 LIMIT $2 \
+                 WHERE status = 'running' \
+                     AND (lease_until IS NULL OR lease_until < clock_timestamp()) \
+                 ORDER BY id LIMIT $2 \
                  FOR UPDATE SKIP LOCKED \
-             ) \
-             UPDATE tasks SET status = 'running', attempt = attempt + 1, node = $1, \
-                 started_at = ",
+             ), \
+             pending AS MATERIALIZED ( \
+                 SELECT id FROM tasks WHERE status = 'pending' \
+                 ORDER BY id LIMIT $2 \
+                 FOR UPDATE SKIP LOCKED \
+             ), \
+             candidates AS ( \
+                 SELECT id FROM expired UNION ALL SELECT id FROM pending \
+                 ORDER BY id LIMIT $2 \
+             ), \
+             started AS MATERIALIZED (SELECT ",
             database_micros!(),
-            ", progress_percent = NULL, progress_message = NULL, \
+            " AS at) \
+             UPDATE tasks SET status = 'running', attempt = attempt + 1, node = $1, \
+                 started_at = (SELECT at FROM started), \
+                 progress_percent = NULL, progress_message = NULL, \
                  revision = revision + 1, \
                  lease_until = clock_timestamp() + $3 * interval '1 microsecond' \
              WHERE id IN (SELECT id FROM candidates) \
@@ -451,7 +465,7 @@ impl PostgresStore {
             .collect();
         // Label values never hold NUL (validation refuses it), so every
         // row's labels cast to jsonb, whose containment is "has every pair".
-        let labels = (!query.labels.is_empty()).then(|| super::row::labels_json(&query.labels));
+        let labels = (!query.labels.is_empty()).then(|| labels_json(&query.labels));
         // The nil UUID sorts first and is never a task id, so "after
         // nothing" is "after nil", and the bound stays an index range even
         // in a generic plan.
@@ -930,17 +944,26 @@ async fn update_tasks(
     let mut attempts = Vec::with_capacity(latest.len());
     let mut revisions = Vec::with_capacity(latest.len());
     let mut completed_ats = Vec::with_capacity(latest.len());
+    // Column by column rather than through `TaskRow`, which would encode
+    // `data` (possibly large, never written here) at every progress report.
     for task in latest.values() {
-        let row = TaskRow::from_task(task);
-        ids.push(row.id);
-        statuses.push(row.status);
-        results.push(row.result);
-        errors.push(row.error);
-        progress_percents.push(row.progress_percent);
-        progress_messages.push(row.progress_message);
-        attempts.push(row.attempt);
-        revisions.push(row.revision);
-        completed_ats.push(row.completed_at);
+        ids.push(*task.id.as_uuid());
+        statuses.push(status_name(task.status));
+        results.push(task.result.as_deref().map(JsonValue::to_string));
+        errors.push(task.error.as_str());
+        progress_percents.push(
+            task.progress
+                .as_ref()
+                .map(|progress| i64::from(progress.percent)),
+        );
+        progress_messages.push(
+            task.progress
+                .as_ref()
+                .map(|progress| progress.message.as_str()),
+        );
+        attempts.push(i64::from(task.attempt));
+        revisions.push(i64::try_from(task.revision).unwrap_or(i64::MAX));
+        completed_ats.push(task.completed_at.map(micros));
     }
     let written: Vec<Uuid> = sqlx::query_scalar(
         "WITH input AS ( \
@@ -1196,7 +1219,7 @@ mod tests {
     use std::io::Write as _;
 
     use serde_json::json;
-    use sqlx::{AssertSqlSafe, Connection, PgConnection};
+    use sqlx::{Connection, PgConnection};
 
     use super::*;
     use crate::task::{NewTask, TaskEvent};
@@ -1229,7 +1252,7 @@ mod tests {
             {
                 Ok(Ok(mut connection)) => {
                     let schema = format!("tp_lib_{}", Uuid::now_v7().simple());
-                    sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+                    sqlx::query(&format!("CREATE SCHEMA {schema}"))
                         .execute(&mut connection)
                         .await
                         .expect("create the test schema");
@@ -1280,7 +1303,7 @@ mod tests {
                 };
                 runtime.block_on(async move {
                     if let Ok(mut connection) = PgConnection::connect(&base_url).await {
-                        let _ = sqlx::raw_sql(AssertSqlSafe(statement))
+                        let _ = sqlx::raw_sql(statement.as_str())
                             .execute(&mut connection)
                             .await;
                         let _ = connection.close().await;
@@ -1305,7 +1328,7 @@ mod tests {
     /// Now, to the microsecond the columns keep, so a task read back
     /// equals the one written.
     fn now() -> SystemTime {
-        let micros = super::super::row::micros(SystemTime::now());
+        let micros = micros(SystemTime::now());
         UNIX_EPOCH + Duration::from_micros(u64::try_from(micros).expect("after 1970"))
     }
 
@@ -2077,7 +2100,7 @@ mod tests {
         .expect("finished");
         let newest: Vec<i64> = newer[1..]
             .iter()
-            .map(|task| super::super::row::micros(task.completed_at.expect("finished")))
+            .map(|task| micros(task.completed_at.expect("finished")))
             .collect();
         assert_eq!(finished_left, newest);
         assert_eq!(store.count_pending().await.expect("count"), 1);

@@ -150,7 +150,7 @@ impl SqliteStore {
     }
 }
 
-fn insert_rows(rows: &[TaskRow]) -> QueryBuilder<Sqlite> {
+fn insert_rows(rows: &[TaskRow]) -> QueryBuilder<'_, Sqlite> {
     let mut builder = QueryBuilder::new(concat!("INSERT INTO tasks (", task_columns!(), ") "));
     builder.push_values(rows, |mut values, row| {
         values

@@ -130,7 +130,7 @@ pub async fn fresh_postgres_schema() -> String {
         "tp_it_{now}_{}",
         &uuid::Uuid::now_v7().simple().to_string()[20..]
     );
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
         .execute(&mut connection)
         .await
         .expect("create schema");
@@ -159,7 +159,7 @@ async fn drop_stale_schemas(connection: &mut PgConnection) {
         let created: Option<u64> = name.split('_').nth(2).and_then(|secs| secs.parse().ok());
         if created.is_some_and(|created| now.saturating_sub(created) >= STALE_SCHEMA_AGE.as_secs())
         {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {name} CASCADE")))
+            let _ = sqlx::query(&format!("DROP SCHEMA {name} CASCADE"))
                 .execute(&mut *connection)
                 .await;
         }

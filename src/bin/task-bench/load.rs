@@ -28,6 +28,8 @@ type Client = TaskServiceClient<Channel>;
 /// What one phase measured.
 #[derive(Clone, Copy, Debug)]
 pub struct Measured {
+    /// Calls made, failed ones included (they print a line each).
+    pub calls: usize,
     pub per_second: f64,
     pub p50: Duration,
     pub p99: Duration,
@@ -75,13 +77,15 @@ where
     let elapsed = started.elapsed();
     latencies.sort_unstable();
     Measured {
+        calls: latencies.len(),
         per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50: percentile(&latencies, 0.50),
         p99: percentile(&latencies, 0.99),
     }
 }
 
-fn create_request() -> pb::CreateTaskRequest {
+/// An `echo` task with a little data, as every gRPC figure creates it.
+pub fn create_request() -> pb::CreateTaskRequest {
     pb::CreateTaskRequest {
         name: "bench".into(),
         kind: "echo".into(),
@@ -90,7 +94,7 @@ fn create_request() -> pb::CreateTaskRequest {
     }
 }
 
-async fn create(mut client: Client) {
+pub async fn create(mut client: Client) {
     if let Err(status) = client.create_task(create_request()).await {
         eprintln!("create failed: {status}");
     }

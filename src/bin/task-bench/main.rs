@@ -5,12 +5,15 @@
 //!
 //! Run: `cargo run --release --bin task-bench` (`--quick` for a short run;
 //! `--only-actor` or `--only-create` for one figure, e.g. under a profiler).
+//! `--stores` is a run of its own: the memory, SQLite and PostgreSQL stores
+//! side by side, next to the disk's own fsync rate (see `stores.rs`).
 //! These machines are noisy: compare ratios taken in the same run, not
 //! absolute figures across runs.
 
 mod bare;
 mod load;
 mod memory;
+mod stores;
 mod watch;
 
 use std::time::Duration;
@@ -23,9 +26,10 @@ use task_processor::{
     pb::task_service_client::TaskServiceClient,
     processor::Registry,
     server::{self, Listeners},
+    store::StoreUrl,
     task::NewTask,
 };
-use tokio::{net::TcpListener, sync::oneshot};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 
 /// The same allocator as the `task-processor` binary, so the figures are
@@ -36,31 +40,43 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Connections every RPC scenario spreads its calls over.
 pub const CONNECTIONS: usize = 4;
 
-/// A server running in this process until dropped.
+/// A server running in this process until dropped (or [`stop`]ped).
+///
+/// [`stop`]: RunningServer::stop
 pub struct RunningServer {
     pub url: String,
     pub manager: Option<ManagerHandle>,
-    _stop: oneshot::Sender<()>,
+    /// Ours only: the metrics its manager bumps, read by the stores figures
+    /// to see tasks finish whatever the store.
+    pub metrics: Option<Metrics>,
+    stop: oneshot::Sender<()>,
+    served: JoinHandle<()>,
 }
 
 impl RunningServer {
-    /// Our server, memory store, no admin port, logging off (no
-    /// subscriber is installed).
+    /// Our server on the store `config.store` names, no admin port,
+    /// logging off (no subscriber is installed).
     pub async fn ours(config: Config) -> anyhow::Result<Self> {
         let grpc = TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", grpc.local_addr()?);
         let registry = Registry::with_builtins(config.demo_duration);
         let metrics = Metrics::new();
-        let manager =
-            ManagerHandle::spawn(config.manager_config(), registry.clone(), metrics.clone());
+        let manager = ManagerHandle::start(
+            config.manager_config(),
+            registry.clone(),
+            metrics.clone(),
+            &config.store,
+        )
+        .await
+        .with_context(|| format!("opening the {} store", config.store))?;
         let (stop, stopped) = oneshot::channel::<()>();
         let listeners = Listeners { grpc, admin: None };
-        tokio::spawn(server::run_with(
+        let served = tokio::spawn(server::run_with(
             listeners,
             config,
             registry,
             manager.clone(),
-            metrics,
+            metrics.clone(),
             async {
                 let _ = stopped.await;
             },
@@ -68,7 +84,13 @@ impl RunningServer {
         Ok(Self {
             url,
             manager: Some(manager),
-            _stop: stop,
+            metrics: Some(metrics),
+            stop,
+            served: tokio::spawn(async {
+                if let Ok(Err(error)) = served.await {
+                    eprintln!("our server failed: {error:#}");
+                }
+            }),
         })
     }
 
@@ -77,14 +99,27 @@ impl RunningServer {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(bare::serve(listener, async {
+        let served = tokio::spawn(bare::serve(listener, async {
             let _ = stopped.await;
         }));
         Ok(Self {
             url,
             manager: None,
-            _stop: stop,
+            metrics: None,
+            stop,
+            served,
         })
+    }
+
+    /// Shuts the server down and waits (up to `STOP_WAIT`) until it has
+    /// stopped: for a durable store, until its last changes are written and
+    /// it let go of the file or database.
+    pub async fn stop(self) {
+        const STOP_WAIT: Duration = Duration::from_secs(10);
+        let _ = self.stop.send(());
+        if tokio::time::timeout(STOP_WAIT, self.served).await.is_err() {
+            eprintln!("a server did not stop within {STOP_WAIT:?}");
+        }
     }
 
     pub async fn clients(
@@ -104,9 +139,11 @@ impl RunningServer {
     }
 }
 
-/// Settings for the benchmarked server: large queue, no timeouts in play.
+/// Settings for the benchmarked server: memory store, large queue, no
+/// timeouts in play.
 pub fn bench_config() -> Config {
     Config {
+        store: StoreUrl::Memory,
         queue_capacity: 2_000_000,
         max_finished_tasks: 2_000_000,
         drain_period: Duration::ZERO,
@@ -139,6 +176,11 @@ pub struct Scale {
     pub open_watchers: usize,
     pub fan_out_watchers: usize,
     pub fan_out_rounds: usize,
+    /// `--stores`: how long each store creates tasks in one round.
+    pub store_phase: Duration,
+    /// `--stores`: rounds, each measuring every store once; the median
+    /// round is shown.
+    pub store_rounds: usize,
 }
 
 impl Scale {
@@ -151,6 +193,8 @@ impl Scale {
                 open_watchers: 1_000,
                 fan_out_watchers: 200,
                 fan_out_rounds: 3,
+                store_phase: Duration::from_millis(400),
+                store_rounds: 3,
             }
         } else {
             Self {
@@ -160,6 +204,8 @@ impl Scale {
                 open_watchers: 10_000,
                 fan_out_watchers: 1_000,
                 fan_out_rounds: 10,
+                store_phase: Duration::from_millis(1500),
+                store_rounds: 5,
             }
         }
     }
@@ -175,12 +221,17 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(scale: Scale) -> anyhow::Result<()> {
     // `--only-create`: just CreateTask at 64 in flight against our server,
-    // for a profiler to watch; `--only-actor`: just the actor figures.
+    // for a profiler to watch; `--only-actor`: just the actor figures;
+    // `--stores`: the stores side by side (not part of the default run: it
+    // needs a disk and a database, and measures them as much as us).
     if std::env::args().any(|argument| argument == "--only-create") {
         return load::profile_create(scale).await;
     }
     if std::env::args().any(|argument| argument == "--only-actor") {
         return load::report_actor(scale).await;
+    }
+    if std::env::args().any(|argument| argument == "--stores") {
+        return stores::report(scale).await;
     }
     println!(
         "task-bench: {} cores, scale {scale:?}\n",

@@ -45,7 +45,17 @@ const MAX_FEED_RETRY: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub(in crate::manager) enum ClusterEvent {
     Feed(FeedEvent),
-    Claimed(Result<Vec<Task>, StoreError>),
+    Claimed {
+        /// How many were asked for: a full answer means more may wait.
+        limit: usize,
+        result: Result<Vec<Task>, StoreError>,
+    },
+    /// Running tasks were handed back for another replica to take.
+    HandedOver {
+        count: usize,
+        result: Result<(), StoreError>,
+        respond_to: Reply<usize>,
+    },
     Cancelled {
         id: TaskId,
         result: Result<Cancelled, StoreError>,
@@ -263,9 +273,13 @@ impl Manager {
         cluster.claim_wanted = false;
         cluster.claiming = true;
         let store = cluster.store.clone();
-        cluster
-            .calls
-            .spawn(async move { ClusterEvent::Claimed(store.claim(&node, free, lease).await) });
+        cluster.calls.spawn(async move {
+            let result = store.claim(&node, free, lease).await;
+            ClusterEvent::Claimed {
+                limit: free,
+                result,
+            }
+        });
     }
 
     pub(super) fn cluster_housekeeping(&mut self) {
@@ -327,8 +341,9 @@ impl Manager {
     }
 
     /// Shutdown in cluster mode: stop the runs here and give their tasks
-    /// back, so another replica runs them again at once.
-    pub(super) fn hand_over_running(&mut self) -> usize {
+    /// back, so another replica runs them again at once. Answers once the
+    /// database has them back.
+    pub(super) fn hand_over_running(&mut self, respond_to: Reply<usize>) {
         self.starting = false;
         let running: Vec<(TaskId, u32)> = self
             .running
@@ -339,21 +354,22 @@ impl Manager {
             self.lose_run(*id);
         }
         let count = running.len();
+        if count == 0 {
+            let _ = respond_to.send(Ok(0));
+            return;
+        }
         let node = self.config.node_name.clone();
-        if let Some(cluster) = self.cluster()
-            && !running.is_empty()
-        {
+        if let Some(cluster) = self.cluster() {
             let store = cluster.store.clone();
             cluster.calls.spawn(async move {
-                if let Err(error) = store.release(&node, &running).await {
-                    warn!(error = %error_chain(&error), "could not hand running tasks over; they are taken over when their lease ends");
-                } else {
-                    info!(count, "running tasks handed over to other replicas");
+                let result = store.release(&node, &running).await;
+                ClusterEvent::HandedOver {
+                    count,
+                    result,
+                    respond_to,
                 }
-                ClusterEvent::Retained(Ok(0))
             });
         }
-        count
     }
 
     /// Stops a run whose task is no longer this run's, and forgets it here.
@@ -375,17 +391,13 @@ impl Manager {
                     }
                 }
             }
-            ClusterEvent::Claimed(result) => {
+            ClusterEvent::Claimed { limit, result } => {
                 if let Some(cluster) = self.cluster() {
                     cluster.claiming = false;
                 }
                 match result {
                     Ok(tasks) => {
-                        let free = self
-                            .config
-                            .max_concurrent
-                            .saturating_sub(self.running.len());
-                        if tasks.len() >= free
+                        if tasks.len() >= limit
                             && let Some(cluster) = self.cluster()
                         {
                             // The claim was full: more may be waiting.
@@ -423,11 +435,29 @@ impl Manager {
                         id,
                         status: task.status,
                     }),
-                    Err(error) => Err(ManagerError::Storage(error_chain(&error))),
+                    Err(error) => {
+                        warn!(task_id = %id, error = %error_chain(&error), "cancelling in the store failed");
+                        Err(ManagerError::Storage(error.to_string()))
+                    }
                 };
                 let _ = respond_to.send(answer);
             }
             ClusterEvent::Fetched { id, result } => self.handle_fetched(id, result),
+            ClusterEvent::HandedOver {
+                count,
+                result,
+                respond_to,
+            } => {
+                match result {
+                    Ok(()) => info!(count, "running tasks handed over to other replicas"),
+                    Err(error) => warn!(
+                        count,
+                        error = %error_chain(&error),
+                        "could not hand running tasks over; others take them when their leases end"
+                    ),
+                }
+                let _ = respond_to.send(Ok(count));
+            }
             ClusterEvent::Renewed { asked, result } => {
                 if let Some(cluster) = self.cluster() {
                     cluster.renewing = false;
@@ -468,6 +498,7 @@ impl Manager {
 
     fn handle_change(&mut self, change: Change) {
         let id = change.task.id;
+        debug!(task_id = %id, origin = %change.origin, status = %change.task.status, revision = change.task.revision, watched = self.watchers.contains_key(&id), "change from the feed");
         if change.task.status == TaskStatus::Pending
             && let Some(cluster) = self.cluster()
         {
@@ -497,6 +528,7 @@ impl Manager {
             return;
         }
         if !change.complete {
+            debug!(task_id = %id, "incomplete change; reading the task");
             if let Some(cluster) = self.cluster.as_mut() {
                 spawn_fetch(cluster, id);
             }
@@ -530,7 +562,8 @@ impl Manager {
                 return;
             }
             Err(error) => {
-                let reason = error_chain(&error);
+                warn!(task_id = %id, error = %error_chain(&error), "reading a watched task failed");
+                let reason = error.to_string();
                 for waiting in pending.waiting {
                     let _ = waiting.send(Err(ManagerError::Storage(reason.clone())));
                 }
@@ -577,7 +610,15 @@ impl Manager {
             task.data.clone_from(&current.data);
         }
         let status_changed = task.status != current.status;
+        debug!(task_id = %task.id, revision = task.revision, receivers = sender.receiver_count(), "publishing a change from the store");
         self.publish(&Arc::new(task), status_changed);
+    }
+}
+
+impl ClusterState {
+    /// Pending tasks in the whole cluster, as far as this replica knows.
+    pub(in crate::manager) fn pending_estimate(&self) -> usize {
+        self.pending_estimate
     }
 }
 

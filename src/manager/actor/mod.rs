@@ -318,12 +318,11 @@ impl Manager {
             }
             Command::WaitUntilIdle { respond_to } => self.idle_waiters.push(respond_to),
             Command::CancelRunning { reason, respond_to } => {
-                let stopped = if self.cluster.is_some() {
-                    self.hand_over_running()
+                if self.cluster.is_some() {
+                    self.hand_over_running(respond_to);
                 } else {
-                    self.cancel_running(&reason)
-                };
-                let _ = respond_to.send(Ok(stopped));
+                    let _ = respond_to.send(Ok(self.cancel_running(&reason)));
+                }
             }
             Command::Stats { respond_to } => {
                 let _ = respond_to.send(Ok(self.stats()));
@@ -424,8 +423,9 @@ impl Manager {
                 }
             }
             Err(failure) => {
-                let reason = error_chain(&failure);
-                error!(error = %reason, "storing a batch of task changes failed; retrying");
+                error!(error = %error_chain(&failure), "storing a batch of task changes failed; retrying");
+                // Clients hear what failed, not the database's internals.
+                let reason = failure.to_string();
                 // Creates in the batch were never stored: take them back and
                 // tell their clients; everything else is tried again.
                 for id in std::mem::take(&mut batch.created) {
@@ -580,7 +580,10 @@ impl Manager {
     fn stats(&self) -> ManagerStats {
         ManagerStats {
             tasks: self.tasks.len(),
-            pending: self.pending,
+            pending: self
+                .cluster
+                .as_ref()
+                .map_or(self.pending, cluster::ClusterState::pending_estimate),
             running: self.running.len(),
             watched_tasks: self.watchers.len(),
             watchers: self
