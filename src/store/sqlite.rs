@@ -22,8 +22,9 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 /// How long opening waits for another process to let go of the file.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 
-/// Rows per INSERT statement: SQLite allows 32 766 bound values.
-const INSERT_CHUNK: usize = 1000;
+/// Rows per statement: SQLite allows 32 766 bound values, and a row binds
+/// at most 19.
+const ROWS_PER_STATEMENT: usize = 1000;
 
 /// The open database. Only the manager's persister uses it, one batch at a
 /// time; the mutex only makes that sharing safe to express.
@@ -100,50 +101,38 @@ impl SqliteStore {
         }
         let mut connection = self.connection.lock().await;
         let mut transaction = connection.begin().await?;
-        let inserts: Vec<TaskRow> = writes
-            .iter()
-            .filter_map(|write| match write {
-                Write::Insert(task) => Some(TaskRow::from_task(task)),
-                _ => None,
-            })
-            .collect();
-        for chunk in inserts.chunks(INSERT_CHUNK) {
+        // Few statements per batch, however many tasks: each statement is a
+        // round trip to SQLite's worker thread.
+        let mut inserts = Vec::new();
+        let mut updates = Vec::new();
+        let mut deletes = Vec::new();
+        for write in writes {
+            match write {
+                Write::Insert(task) => inserts.push(TaskRow::from_task(task)),
+                Write::Update(task) => updates.push(TaskRow::from_task(task)),
+                Write::Delete(id) => deletes.push(*id.as_uuid()),
+            }
+        }
+        for chunk in inserts.chunks(ROWS_PER_STATEMENT) {
             insert_rows(chunk)
                 .build()
                 .execute(&mut *transaction)
                 .await?;
         }
-        for write in writes {
-            match write {
-                Write::Insert(_) => {}
-                Write::Update(task) => {
-                    let row = TaskRow::from_task(task);
-                    sqlx::query(
-                        "UPDATE tasks SET status = ?, result = ?, error = ?, \
-                         progress_percent = ?, progress_message = ?, attempt = ?, node = ?, \
-                         revision = ?, started_at = ?, completed_at = ? WHERE id = ?",
-                    )
-                    .bind(row.status)
-                    .bind(row.result)
-                    .bind(row.error)
-                    .bind(row.progress_percent)
-                    .bind(row.progress_message)
-                    .bind(row.attempt)
-                    .bind(row.node)
-                    .bind(row.revision)
-                    .bind(row.started_at)
-                    .bind(row.completed_at)
-                    .bind(row.id)
-                    .execute(&mut *transaction)
-                    .await?;
-                }
-                Write::Delete(id) => {
-                    sqlx::query("DELETE FROM tasks WHERE id = ?")
-                        .bind(id.as_uuid())
-                        .execute(&mut *transaction)
-                        .await?;
-                }
+        for chunk in updates.chunks(ROWS_PER_STATEMENT) {
+            update_rows(chunk)
+                .build()
+                .execute(&mut *transaction)
+                .await?;
+        }
+        for chunk in deletes.chunks(ROWS_PER_STATEMENT) {
+            let mut builder = QueryBuilder::<Sqlite>::new("DELETE FROM tasks WHERE id IN (");
+            let mut ids = builder.separated(", ");
+            for id in chunk {
+                ids.push_bind(*id);
             }
+            builder.push(")");
+            builder.build().execute(&mut *transaction).await?;
         }
         transaction.commit().await?;
         Ok(())
@@ -155,25 +144,55 @@ fn insert_rows(rows: &[TaskRow]) -> QueryBuilder<'_, Sqlite> {
     builder.push_values(rows, |mut values, row| {
         values
             .push_bind(row.id)
-            .push_bind(row.name.clone())
-            .push_bind(row.description.clone())
-            .push_bind(row.kind.clone())
-            .push_bind(row.status.clone())
-            .push_bind(row.data.clone())
-            .push_bind(row.result.clone())
-            .push_bind(row.error.clone())
+            .push_bind(&row.name)
+            .push_bind(&row.description)
+            .push_bind(&row.kind)
+            .push_bind(&row.status)
+            .push_bind(&row.data)
+            .push_bind(&row.result)
+            .push_bind(&row.error)
             .push_bind(row.timeout_seconds)
-            .push_bind(row.labels.clone())
+            .push_bind(&row.labels)
             .push_bind(row.progress_percent)
-            .push_bind(row.progress_message.clone())
+            .push_bind(&row.progress_message)
             .push_bind(row.attempt)
-            .push_bind(row.node.clone())
+            .push_bind(&row.node)
             .push_bind(row.revision)
-            .push_bind(row.request_id.clone())
+            .push_bind(&row.request_id)
             .push_bind(row.created_at)
             .push_bind(row.started_at)
             .push_bind(row.completed_at);
     });
+    builder
+}
+
+/// One UPDATE for many tasks: what can change after create, by id.
+fn update_rows(rows: &[TaskRow]) -> QueryBuilder<'_, Sqlite> {
+    let mut builder = QueryBuilder::new(
+        "WITH changed (id, status, result, error, progress_percent, progress_message, \
+         attempt, node, revision, started_at, completed_at) AS (",
+    );
+    builder.push_values(rows, |mut values, row| {
+        values
+            .push_bind(row.id)
+            .push_bind(&row.status)
+            .push_bind(&row.result)
+            .push_bind(&row.error)
+            .push_bind(row.progress_percent)
+            .push_bind(&row.progress_message)
+            .push_bind(row.attempt)
+            .push_bind(&row.node)
+            .push_bind(row.revision)
+            .push_bind(row.started_at)
+            .push_bind(row.completed_at);
+    });
+    builder.push(
+        ") UPDATE tasks SET status = changed.status, result = changed.result, \
+         error = changed.error, progress_percent = changed.progress_percent, \
+         progress_message = changed.progress_message, attempt = changed.attempt, \
+         node = changed.node, revision = changed.revision, started_at = changed.started_at, \
+         completed_at = changed.completed_at FROM changed WHERE tasks.id = changed.id",
+    );
     builder
 }
 
