@@ -3,7 +3,11 @@
 //! gathers. The actor never awaits a commit in its loop: a commit runs in a
 //! spawned task and its completion comes back as an event.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::task::JoinHandle;
 
@@ -62,8 +66,12 @@ pub(super) struct Pending {
     pub inserts: Vec<Arc<Task>>,
     /// PostgreSQL: the latest state of each task this replica runs.
     pub updates: BTreeMap<TaskId, Arc<Task>>,
-    /// PostgreSQL: every state change, in order, to notify.
+    /// PostgreSQL: every state change, in order, to notify; a progress
+    /// update replaces the task's previous one of the same status, as a
+    /// watcher may merge them anyway.
     pub changes: Vec<Arc<Task>>,
+    /// Where each task's latest entry in `changes` is.
+    last_change: HashMap<TaskId, usize>,
     pub replies: Vec<Deferred>,
 }
 
@@ -74,6 +82,20 @@ impl Pending {
             && self.updates.is_empty()
             && self.changes.is_empty()
             && self.replies.is_empty()
+    }
+
+    /// Records a change to notify, merging progress-only ones.
+    fn change(&mut self, task: Arc<Task>) {
+        if let Some(&position) = self.last_change.get(&task.id)
+            && let Some(previous) = self.changes.get_mut(position)
+            && previous.status == task.status
+            && !task.status.is_terminal()
+        {
+            *previous = task;
+            return;
+        }
+        self.last_change.insert(task.id, self.changes.len());
+        self.changes.push(task);
     }
 
     /// Folds a write into the batch so each task is written once.
@@ -136,14 +158,14 @@ impl Persister {
 
     /// PostgreSQL: a new task; returns its index in the batch.
     pub fn insert(&mut self, task: Arc<Task>) -> usize {
-        self.next.changes.push(Arc::clone(&task));
+        self.next.change(Arc::clone(&task));
         self.next.inserts.push(task);
         self.next.inserts.len() - 1
     }
 
     /// PostgreSQL: a new state of a task this replica runs.
     pub fn update(&mut self, task: Arc<Task>) {
-        self.next.changes.push(Arc::clone(&task));
+        self.next.change(Arc::clone(&task));
         self.next.updates.insert(task.id, task);
     }
 
@@ -218,6 +240,11 @@ impl Persister {
         let mut changes = failed.changes;
         changes.retain(|task| !failed.inserts.iter().any(|insert| insert.id == task.id));
         changes.append(&mut self.next.changes);
+        self.next.last_change = changes
+            .iter()
+            .enumerate()
+            .map(|(position, task)| (task.id, position))
+            .collect();
         self.next.changes = changes;
         let mut replies = failed.replies;
         replies.append(&mut self.next.replies);
@@ -259,7 +286,7 @@ fn retry_delay(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::task::NewTask;
+    use crate::task::{NewTask, TaskStatus};
     use std::time::SystemTime;
 
     fn task() -> Arc<Task> {
@@ -300,6 +327,40 @@ mod tests {
             pending.writes.get(&stored.id),
             Some(Write::Delete(_))
         ));
+    }
+
+    #[test]
+    fn progress_changes_of_one_status_merge_but_status_changes_all_stay() {
+        let mut pending = Pending::default();
+        let created = task();
+        let mut states = vec![Arc::clone(&created)];
+        for (revision, status) in [
+            (2, TaskStatus::Running),
+            (3, TaskStatus::Running),
+            (4, TaskStatus::Running),
+            (5, TaskStatus::Completed),
+        ] {
+            let mut next = (*created).clone();
+            next.revision = revision;
+            next.status = status;
+            states.push(Arc::new(next));
+        }
+        for state in &states {
+            pending.change(Arc::clone(state));
+        }
+        let kept: Vec<(u64, TaskStatus)> = pending
+            .changes
+            .iter()
+            .map(|task| (task.revision, task.status))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                (1, TaskStatus::Pending),
+                (4, TaskStatus::Running),
+                (5, TaskStatus::Completed)
+            ]
+        );
     }
 
     #[test]
