@@ -103,6 +103,9 @@ struct Inner {
     running_tasks: Gauge,
     active_watchers: Gauge,
     retained_tasks: Gauge,
+    store_commit_seconds: Histogram,
+    store_commit_writes: Histogram,
+    store_commit_failures: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -182,6 +185,26 @@ impl Metrics {
             "Tasks held in memory, finished or not",
             retained_tasks.clone(),
         );
+        // 100 µs to about 26 seconds.
+        let store_commit_seconds = Histogram::new(exponential_buckets(0.000_1, 4.0, 10));
+        registry.register(
+            "store_commit_seconds",
+            "Time to commit one batch of task changes to the store (durable stores only)",
+            store_commit_seconds.clone(),
+        );
+        // 1 to 16 384 writes: how much one commit carried.
+        let store_commit_writes = Histogram::new(exponential_buckets(1.0, 4.0, 8));
+        registry.register(
+            "store_commit_writes",
+            "Task writes per committed batch: more than one means commits are grouped",
+            store_commit_writes.clone(),
+        );
+        let store_commit_failures = Counter::default();
+        registry.register(
+            "store_commit_failures",
+            "Batches the store refused; their changes are tried again, their creates refused",
+            store_commit_failures.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -194,6 +217,9 @@ impl Metrics {
                 running_tasks,
                 active_watchers,
                 retained_tasks,
+                store_commit_seconds,
+                store_commit_writes,
+                store_commit_failures,
             }),
         }
     }
@@ -233,6 +259,19 @@ impl Metrics {
             .rpc_duration_seconds
             .get_or_create(&labels)
             .observe(latency.as_secs_f64());
+    }
+
+    /// A batch of `writes` task changes was committed (or refused) in
+    /// `duration`.
+    pub fn store_committed(&self, writes: usize, duration: Duration, succeeded: bool) {
+        if succeeded {
+            self.inner
+                .store_commit_seconds
+                .observe(duration.as_secs_f64());
+            self.inner.store_commit_writes.observe(writes as f64);
+        } else {
+            self.inner.store_commit_failures.inc();
+        }
     }
 
     /// The Prometheus text exposition, with gauges set from `stats`.

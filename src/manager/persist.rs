@@ -6,13 +6,14 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::task::JoinHandle;
 
 use super::{ManagerError, Reply};
 use crate::{
+    metrics::Metrics,
     store::{PostgresStore, SqliteStore, StoreError, Write, postgres},
     task::{Task, TaskId},
 };
@@ -84,6 +85,11 @@ impl Pending {
             && self.replies.is_empty()
     }
 
+    /// How many task writes the batch carries.
+    fn write_count(&self) -> usize {
+        self.writes.len() + self.inserts.len() + self.updates.len()
+    }
+
     /// Records a change to notify, merging progress-only ones.
     fn change(&mut self, task: Arc<Task>) {
         if let Some(&position) = self.last_change.get(&task.id)
@@ -122,6 +128,7 @@ pub(super) struct Committed {
 #[derive(Debug)]
 pub(super) struct Persister {
     backend: Backend,
+    metrics: Metrics,
     /// PostgreSQL: the node name written with every change.
     node: String,
     next: Pending,
@@ -131,9 +138,10 @@ pub(super) struct Persister {
 }
 
 impl Persister {
-    pub fn new(backend: Backend, node: String) -> Self {
+    pub fn new(backend: Backend, node: String, metrics: Metrics) -> Self {
         Self {
             backend,
+            metrics,
             node,
             next: Pending::default(),
             in_flight: None,
@@ -191,11 +199,16 @@ impl Persister {
         let delay = retry_delay(self.failures);
         let backend = self.backend.clone();
         let node = self.node.clone();
+        let metrics = self.metrics.clone();
         self.in_flight = Some(tokio::spawn(async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
+            let started = Instant::now();
             let outcome = commit(&backend, &node, &batch).await;
+            if !matches!(backend, Backend::Memory) {
+                metrics.store_committed(batch.write_count(), started.elapsed(), outcome.is_ok());
+            }
             Committed { outcome, batch }
         }));
     }

@@ -233,3 +233,45 @@ async fn finished_tasks_older_than_the_retention_are_forgotten() {
     );
     server.gate.release(1);
 }
+
+/// The value on the line of the exposition that starts with `name` and a
+/// space (a metric without labels).
+fn plain_sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn a_durable_store_reports_its_commits() {
+    crate::stores::on_store(crate::stores::StoreUnderTest::Sqlite, async {
+        let server = TestServer::start().await;
+        let mut client = server.client().await;
+        let mut ids = Vec::new();
+        for index in 0..20 {
+            ids.push(
+                create(&mut client, &format!("stored {index}"), "echo", None)
+                    .await
+                    .id,
+            );
+        }
+        for id in &ids {
+            wait_for_status(&client, id, pb::TaskStatus::Completed).await;
+        }
+        server.manager.flush().await.expect("flushed");
+        let (_, text) = http_get(&server.admin_address.to_string(), "/metrics").await;
+        let writes = plain_sample(&text, "task_processor_store_commit_writes_sum")
+            .expect("commit writes reported");
+        let commits = plain_sample(&text, "task_processor_store_commit_seconds_count")
+            .expect("commit latency reported");
+        // Each task was stored at least when created; states after that may
+        // share its write.
+        assert!(writes >= 20.0, "{writes} writes");
+        assert!(commits >= 1.0, "{commits} commits");
+        assert_eq!(
+            plain_sample(&text, "task_processor_store_commit_failures_total"),
+            Some(0.0)
+        );
+    })
+    .await;
+}

@@ -128,7 +128,7 @@ impl Manager {
             Backend::Memory | Backend::Sqlite(_) => None,
         };
         Self {
-            persister: Persister::new(backend, config.node_name.clone()),
+            persister: Persister::new(backend, config.node_name.clone(), metrics.clone()),
             uncommitted: HashSet::new(),
             cluster,
             config,
