@@ -265,12 +265,15 @@ impl PostgresStore {
     /// running with the next attempt and a lease of `lease`, and is announced.
     ///
     /// `SKIP LOCKED` lets replicas claim at once without waiting on each
-    /// other or taking the same task twice.
+    /// other or taking the same task twice. With `kinds`, only tasks of
+    /// those kinds are taken: a replica leaves alone what it cannot run (a
+    /// kind that only newer replicas know, during a rolling update).
     pub async fn claim(
         &self,
         node: &str,
         limit: usize,
         lease: Duration,
+        kinds: Option<&[String]>,
     ) -> Result<Vec<Task>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
@@ -286,11 +289,13 @@ impl PostgresStore {
                  SELECT id FROM tasks \
                  WHERE status = 'running' \
                      AND (lease_until IS NULL OR lease_until < clock_timestamp()) \
+                     AND ($4::text[] IS NULL OR kind = ANY($4)) \
                  ORDER BY id LIMIT $2 \
                  FOR UPDATE SKIP LOCKED \
              ), \
              pending AS MATERIALIZED ( \
                  SELECT id FROM tasks WHERE status = 'pending' \
+                     AND ($4::text[] IS NULL OR kind = ANY($4)) \
                  ORDER BY id LIMIT $2 \
                  FOR UPDATE SKIP LOCKED \
              ), \
@@ -313,6 +318,7 @@ impl PostgresStore {
         .bind(node)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(duration_micros(lease))
+        .bind(kinds)
         .fetch_all(&mut *transaction)
         .await?;
         let mut tasks = rows
@@ -1633,15 +1639,38 @@ mod tests {
         assert_eq!(rows, 1);
     }
 
+    #[tokio::test]
+    async fn a_claim_for_some_kinds_leaves_the_others_waiting() {
+        let (_schema, store) = store_or_skip!("a_claim_for_some_kinds_leaves_the_others_waiting");
+        let mut unknown = task("new kind");
+        unknown.kind = "added-later".to_owned();
+        let known = task("known");
+        insert(&store, &[unknown.clone(), known.clone()]).await;
+        let kinds = ["echo".to_owned(), "sleep".to_owned()];
+        let claimed = store
+            .claim("old", 10, HOUR, Some(&kinds))
+            .await
+            .expect("claim");
+        assert_eq!(ids(&claimed), [known.id]);
+        let later = store.claim("new", 10, HOUR, None).await.expect("claim");
+        assert_eq!(ids(&later), [unknown.id]);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn claims_are_fifo_and_concurrent_claims_never_share_a_task() {
         let (_schema, store) =
             store_or_skip!("claims_are_fifo_and_concurrent_claims_never_share_a_task");
-        assert!(store.claim("n1", 0, HOUR).await.expect("claim").is_empty());
+        assert!(
+            store
+                .claim("n1", 0, HOUR, None)
+                .await
+                .expect("claim")
+                .is_empty()
+        );
         let tasks: Vec<Task> = (0..5).map(|index| task(&format!("t{index}"))).collect();
         insert(&store, &tasks).await;
 
-        let claimed = store.claim("n1", 3, HOUR).await.expect("claim");
+        let claimed = store.claim("n1", 3, HOUR, None).await.expect("claim");
         assert_eq!(ids(&claimed), ids(&tasks[..3]));
         for (claimed, original) in claimed.iter().zip(&tasks) {
             assert_eq!(claimed.status, TaskStatus::Running);
@@ -1661,16 +1690,22 @@ mod tests {
             );
         }
         assert_eq!(store.count_pending().await.expect("count"), 2);
-        let rest = store.claim("n2", 10, HOUR).await.expect("claim");
+        let rest = store.claim("n2", 10, HOUR, None).await.expect("claim");
         assert_eq!(ids(&rest), ids(&tasks[3..]));
-        assert!(store.claim("n2", 10, HOUR).await.expect("claim").is_empty());
+        assert!(
+            store
+                .claim("n2", 10, HOUR, None)
+                .await
+                .expect("claim")
+                .is_empty()
+        );
 
         // Two replicas claiming at once split the work without overlap.
         let many: Vec<Task> = (0..60).map(|index| task(&format!("m{index}"))).collect();
         insert(&store, &many).await;
         let (left, right) = tokio::join!(
-            store.claim("left", 40, HOUR),
-            store.claim("right", 40, HOUR)
+            store.claim("left", 40, HOUR, None),
+            store.claim("right", 40, HOUR, None)
         );
         let (left, right) = (left.expect("claim"), right.expect("claim"));
         let mut all: Vec<TaskId> = ids(&left).into_iter().chain(ids(&right)).collect();
@@ -1688,14 +1723,20 @@ mod tests {
         let (_schema, store) = store_or_skip!("claims_take_over_expired_leases_only");
         let (dead, alive) = (task("dead"), task("alive"));
         insert(&store, &[dead.clone(), alive.clone()]).await;
-        let claimed = store.claim("n1", 2, HOUR).await.expect("claim");
+        let claimed = store.claim("n1", 2, HOUR, None).await.expect("claim");
         assert_eq!(ids(&claimed), [dead.id, alive.id]);
 
         // A live lease keeps the task where it is.
-        assert!(store.claim("n2", 10, HOUR).await.expect("claim").is_empty());
+        assert!(
+            store
+                .claim("n2", 10, HOUR, None)
+                .await
+                .expect("claim")
+                .is_empty()
+        );
 
         expire_lease(&store, dead.id).await;
-        let taken = store.claim("n2", 10, HOUR).await.expect("claim");
+        let taken = store.claim("n2", 10, HOUR, None).await.expect("claim");
         assert_eq!(ids(&taken), [dead.id]);
         assert_eq!(taken[0].attempt, 2);
         assert_eq!(taken[0].node, "n2");
@@ -1704,11 +1745,14 @@ mod tests {
         // A lease of zero runs out at once.
         let quick = task("quick");
         insert(&store, std::slice::from_ref(&quick)).await;
-        let first = store.claim("n1", 1, Duration::ZERO).await.expect("claim");
+        let first = store
+            .claim("n1", 1, Duration::ZERO, None)
+            .await
+            .expect("claim");
         assert_eq!(ids(&first), [quick.id]);
         let deadline = tokio::time::Instant::now() + PATIENCE;
         let second = loop {
-            let second = store.claim("n2", 1, HOUR).await.expect("claim");
+            let second = store.claim("n2", 1, HOUR, None).await.expect("claim");
             if !second.is_empty() || tokio::time::Instant::now() > deadline {
                 break second;
             }
@@ -1724,7 +1768,7 @@ mod tests {
             store_or_skip!("updates_are_written_only_while_the_run_holds_the_task");
         let (taken, cancelled, kept) = (task("taken"), task("cancelled"), task("kept"));
         insert(&store, &[taken.clone(), cancelled.clone(), kept.clone()]).await;
-        let claimed = store.claim("n1", 3, HOUR).await.expect("claim");
+        let claimed = store.claim("n1", 3, HOUR, None).await.expect("claim");
         let [run_taken, run_cancelled, run_kept] = <[Task; 3]>::try_from(claimed).expect("three");
 
         // Progress is written while held; a terminal state clears the lease.
@@ -1763,7 +1807,7 @@ mod tests {
 
         // Taken over after the lease ran out: the old run's update is refused.
         expire_lease(&store, taken.id).await;
-        let retaken = store.claim("n2", 1, HOUR).await.expect("claim");
+        let retaken = store.claim("n2", 1, HOUR, None).await.expect("claim");
         assert_eq!(ids(&retaken), [taken.id]);
         let late = applied(&run_taken, TaskEvent::Complete(Arc::new(json!("late"))));
         assert!(!update(&store, "n1", &late).await);
@@ -1802,7 +1846,7 @@ mod tests {
             store_or_skip!("renew_keeps_only_the_runs_still_held_and_release_lets_them_go");
         let tasks: Vec<Task> = (0..4).map(|index| task(&format!("r{index}"))).collect();
         insert(&store, &tasks).await;
-        let claimed = store.claim("n1", 4, HOUR).await.expect("claim");
+        let claimed = store.claim("n1", 4, HOUR, None).await.expect("claim");
         let running: Vec<(TaskId, u32)> =
             claimed.iter().map(|task| (task.id, task.attempt)).collect();
 
@@ -1812,7 +1856,7 @@ mod tests {
             .expect("cancel");
         expire_lease(&store, tasks[2].id).await;
         assert_eq!(
-            ids(&store.claim("n2", 1, HOUR).await.expect("claim")),
+            ids(&store.claim("n2", 1, HOUR, None).await.expect("claim")),
             [tasks[2].id]
         );
 
@@ -1832,9 +1876,15 @@ mod tests {
         );
 
         // Released: another replica takes them over at once.
-        assert!(store.claim("n3", 10, HOUR).await.expect("claim").is_empty());
+        assert!(
+            store
+                .claim("n3", 10, HOUR, None)
+                .await
+                .expect("claim")
+                .is_empty()
+        );
         store.release("n1", &running).await.expect("release");
-        let taken = store.claim("n3", 10, HOUR).await.expect("claim");
+        let taken = store.claim("n3", 10, HOUR, None).await.expect("claim");
         assert_eq!(ids(&taken), [tasks[0].id, tasks[3].id]);
         assert!(
             taken
@@ -1848,9 +1898,9 @@ mod tests {
         let (_schema, store) = store_or_skip!("cancel_reports_what_it_found");
         let (pending, running, done) = (task("pending"), task("running"), finished("done", HOUR));
         insert(&store, &[pending.clone(), running.clone(), done.clone()]).await;
-        let claimed = store.claim("n1", 1, HOUR).await.expect("claim");
+        let claimed = store.claim("n1", 1, HOUR, None).await.expect("claim");
         assert_eq!(ids(&claimed), [pending.id]);
-        let claimed = store.claim("n1", 1, HOUR).await.expect("claim");
+        let claimed = store.claim("n1", 1, HOUR, None).await.expect("claim");
         assert_eq!(ids(&claimed), [running.id]);
 
         let Cancelled::Now(cancelled) = store
@@ -1926,7 +1976,7 @@ mod tests {
             [Inserted::Existing(second.clone())]
         );
 
-        let claimed = store.claim("n1", 1, HOUR).await.expect("claim");
+        let claimed = store.claim("n1", 1, HOUR, None).await.expect("claim");
         let change = next_change(&mut feed).await;
         assert_eq!(change.origin, "n1");
         assert_eq!(change.task, without_data(&claimed[0]));
@@ -1959,7 +2009,7 @@ mod tests {
         assert_eq!(change.task, without_data(&done));
 
         // A large result stays out of the notification.
-        let claimed = store.claim("n1", 1, HOUR).await.expect("claim");
+        let claimed = store.claim("n1", 1, HOUR, None).await.expect("claim");
         assert_eq!(next_change(&mut feed).await.task, without_data(&claimed[0]));
         let large = applied(
             &claimed[0],
@@ -2050,7 +2100,7 @@ mod tests {
             .execute(&store.pool)
             .await
             .expect("age them");
-        store.claim("n1", 1, HOUR).await.expect("claim");
+        store.claim("n1", 1, HOUR, None).await.expect("claim");
 
         // Three are too old, and of the five others the two oldest are
         // beyond the newest three.

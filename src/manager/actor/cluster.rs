@@ -96,12 +96,14 @@ pub(in crate::manager) struct ClusterState {
     /// replica created since: what counts against `queue_capacity`.
     pending_estimate: usize,
     pending_watches: HashMap<TaskId, PendingWatch>,
+    /// The kinds this replica can run: the only ones it claims.
+    kinds: Arc<[String]>,
     last_renewal: Instant,
     last_retention: Option<Instant>,
 }
 
 impl ClusterState {
-    pub(in crate::manager) fn new(store: PostgresStore) -> Self {
+    pub(in crate::manager) fn new(store: PostgresStore, kinds: Vec<String>) -> Self {
         let (sender, feed) = mpsc::channel(FEED_BUFFER);
         tokio::spawn(follow_changes(store.clone(), sender));
         Self {
@@ -113,6 +115,7 @@ impl ClusterState {
             renewing: false,
             pending_estimate: 0,
             pending_watches: HashMap::new(),
+            kinds: kinds.into(),
             last_renewal: Instant::now(),
             last_retention: None,
         }
@@ -270,11 +273,12 @@ impl Manager {
         if !starting || free == 0 || cluster.claiming || !cluster.claim_wanted {
             return;
         }
+        let kinds = Arc::clone(&cluster.kinds);
         cluster.claim_wanted = false;
         cluster.claiming = true;
         let store = cluster.store.clone();
         cluster.calls.spawn(async move {
-            let result = store.claim(&node, free, lease).await;
+            let result = store.claim(&node, free, lease, Some(&kinds)).await;
             ClusterEvent::Claimed {
                 limit: free,
                 result,

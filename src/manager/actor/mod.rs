@@ -124,7 +124,10 @@ impl Manager {
         progress_updates: mpsc::Receiver<ProgressUpdate>,
     ) -> Self {
         let cluster = match &backend {
-            Backend::Postgres(store) => Some(cluster::ClusterState::new(store.clone())),
+            Backend::Postgres(store) => {
+                let kinds = registry.kinds().into_iter().map(str::to_owned).collect();
+                Some(cluster::ClusterState::new(store.clone(), kinds))
+            }
             Backend::Memory | Backend::Sqlite(_) => None,
         };
         Self {
