@@ -204,3 +204,60 @@ async fn a_second_server_on_the_same_file_is_refused() {
         "the error names the file and the lock: {stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_shutdown_interrupts_running_tasks_and_the_next_start_runs_them_again() {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let store = format!("sqlite://{}", directory.path().join("tasks.db").display());
+    let arguments = |node: &'static str| {
+        vec![
+            "--store".to_owned(),
+            store.clone(),
+            "--max-concurrent".to_owned(),
+            "1".to_owned(),
+            "--drain-period".to_owned(),
+            "0s".to_owned(),
+            "--shutdown-grace".to_owned(),
+            "0s".to_owned(),
+            "--node-name".to_owned(),
+            node.to_owned(),
+        ]
+    };
+    let first_arguments = arguments("before");
+    let first_arguments: Vec<&str> = first_arguments.iter().map(String::as_str).collect();
+    let mut process = start_binary(&first_arguments, &[]);
+    let mut client = process.client().await;
+    let long = Some(json!({"seconds": 3600}));
+    let running = client
+        .create_task(request("deploy survivor", "sleep", long.clone()))
+        .await
+        .expect("created")
+        .into_inner();
+    wait_for_status(&client, &running.id, pb::TaskStatus::Running).await;
+    let waiting = client
+        .create_task(request("still waiting", "sleep", long))
+        .await
+        .expect("created")
+        .into_inner();
+    crate::process::send_sigterm(&process.child);
+    let exit = process.child.wait().expect("exits");
+    assert!(exit.success(), "{exit:?}");
+
+    let second_arguments = arguments("after");
+    let second_arguments: Vec<&str> = second_arguments.iter().map(String::as_str).collect();
+    let restarted = start_binary(&second_arguments, &[]);
+    let mut client = restarted.client().await;
+    let rerun = eventually("the interrupted task to run again", || {
+        let mut client = client.clone();
+        let id = running.id.clone();
+        async move {
+            let task = get(&mut client, &id).await;
+            (task.attempt == 2).then_some(task)
+        }
+    })
+    .await;
+    assert_eq!(status_of(&rerun), pb::TaskStatus::Running, "not cancelled");
+    assert_eq!(rerun.node, "after");
+    let waiting = get(&mut client, &waiting.id).await;
+    assert_eq!(status_of(&waiting), pb::TaskStatus::Pending);
+}

@@ -69,6 +69,10 @@ struct RunSlot {
     abort: AbortHandle,
     timeout_timer: Option<delay_queue::Key>,
     forced_stop_timer: Option<delay_queue::Key>,
+    /// Stopped by a shutdown on a durable store: the task stays `RUNNING`
+    /// and runs again at the next start, so whatever this run returns is
+    /// dropped.
+    interrupted: bool,
 }
 
 pub(super) struct Manager {
@@ -573,6 +577,24 @@ impl Manager {
             .copied()
             .filter(|id| self.status_of(*id) == Some(TaskStatus::Running))
             .collect();
+        if self.persister.is_durable() {
+            // A durable store keeps the task: stop the run, leave the task
+            // RUNNING, and the next start runs it again (a new attempt), as
+            // after a crash. A deploy does not cancel anybody's work.
+            for id in &running {
+                if let Some(slot) = self.running.get_mut(id) {
+                    slot.interrupted = true;
+                }
+                self.stop_run(*id);
+            }
+            if !running.is_empty() {
+                info!(
+                    count = running.len(),
+                    "running tasks interrupted; they run again when the server starts"
+                );
+            }
+            return running.len();
+        }
         for id in &running {
             self.transition(*id, TaskEvent::Cancel(reason.to_owned()));
             self.stop_run(*id);
@@ -603,7 +625,7 @@ impl Manager {
         let is_current_run = self
             .running
             .get(&update.task_id)
-            .is_some_and(|slot| slot.attempt == update.attempt);
+            .is_some_and(|slot| slot.attempt == update.attempt && !slot.interrupted);
         if is_current_run && self.status_of(update.task_id) == Some(TaskStatus::Running) {
             self.transition(update.task_id, TaskEvent::Progress(update.progress));
         }
@@ -649,10 +671,10 @@ impl Manager {
         };
         // Only the current run may finish its task; the result of a run that
         // was cancelled or timed out is discarded.
-        let is_current_run = self
-            .tasks
-            .get(&task_id)
-            .is_some_and(|task| task.status == TaskStatus::Running && task.attempt == slot.attempt);
+        let is_current_run = !slot.interrupted
+            && self.tasks.get(&task_id).is_some_and(|task| {
+                task.status == TaskStatus::Running && task.attempt == slot.attempt
+            });
         if !is_current_run {
             debug!(task_id = %task_id, "late result of a stopped run discarded");
             return;
@@ -753,6 +775,7 @@ impl Manager {
                 abort,
                 timeout_timer,
                 forced_stop_timer: None,
+                interrupted: false,
             },
         );
     }
