@@ -341,6 +341,13 @@ async fn a_full_queue_is_resource_exhausted_with_retry_info() {
     let mut client = server.client().await;
     let running = create(&mut client, "running", "gate", None).await;
     wait_for_status(&client, &running.id, pb::TaskStatus::Running).await;
+    // With PostgreSQL the replica learns from its change feed that the task
+    // left the queue, a moment after the row says so.
+    eventually("the running task to leave the queue", || {
+        let server = &server;
+        async move { (server.stats().await.pending == 0).then_some(()) }
+    })
+    .await;
     create(&mut client, "waiting 1", "gate", None).await;
     create(&mut client, "waiting 2", "gate", None).await;
 

@@ -503,15 +503,20 @@ impl Manager {
     fn handle_change(&mut self, change: Change) {
         let id = change.task.id;
         debug!(task_id = %id, origin = %change.origin, status = %change.task.status, revision = change.task.revision, watched = self.watchers.contains_key(&id), "change from the feed");
-        if change.task.status == TaskStatus::Pending
-            && let Some(cluster) = self.cluster()
-        {
-            cluster.claim_wanted = true;
+        let from_elsewhere = change.origin != self.config.node_name;
+        if let Some(cluster) = self.cluster() {
+            if change.task.status == TaskStatus::Pending {
+                cluster.claim_wanted = true;
+                // This replica counted its own creates when it took them.
+                if from_elsewhere {
+                    cluster.pending_estimate += 1;
+                }
+            } else if left_pending(&change.task) {
+                cluster.pending_estimate = cluster.pending_estimate.saturating_sub(1);
+            }
         }
         // A task this replica runs was cancelled or taken over elsewhere.
-        if change.origin != self.config.node_name
-            && let Some(slot) = self.running.get(&id)
-        {
+        if from_elsewhere && let Some(slot) = self.running.get(&id) {
             let still_ours = change.task.status == TaskStatus::Running
                 && change.task.attempt == slot.attempt
                 && change.task.node == self.config.node_name;
@@ -616,6 +621,16 @@ impl Manager {
         let status_changed = task.status != current.status;
         debug!(task_id = %task.id, revision = task.revision, receivers = sender.receiver_count(), "publishing a change from the store");
         self.publish(&Arc::new(task), status_changed);
+    }
+}
+
+/// Whether this change is the one that took the task out of `PENDING`: its
+/// first claim (the first change after create) or a cancel before it ran.
+fn left_pending(task: &Task) -> bool {
+    match task.status {
+        TaskStatus::Running => task.attempt == 1 && task.revision == 2,
+        TaskStatus::Cancelled => task.started_at.is_none(),
+        _ => false,
     }
 }
 
