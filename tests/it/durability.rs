@@ -122,8 +122,10 @@ async fn after_kill_9_running_tasks_run_again_and_pending_ones_keep_their_order(
             .into_inner();
         waiting.push(task.id);
     }
+    let mut keyed = request("finished", "echo", Some(json!(7)));
+    keyed.request_id = "before-the-crash".into();
     let done = client
-        .create_task(request("finished", "echo", Some(json!(7))))
+        .create_task(keyed.clone())
         .await
         .expect("created")
         .into_inner();
@@ -162,6 +164,13 @@ async fn after_kill_9_running_tasks_run_again_and_pending_ones_keep_their_order(
     let cancelled = get(&mut client, &done.id).await;
     assert_eq!(status_of(&cancelled), pb::TaskStatus::Cancelled);
     assert_eq!(cancelled.attempt, 0);
+    // Idempotency keys came back with their tasks.
+    let repeated = client
+        .create_task(keyed)
+        .await
+        .expect("the same create again")
+        .into_inner();
+    assert_eq!(repeated.id, done.id);
     // The waiting ones wait still, and start in their original order.
     client
         .cancel_task(pb::CancelTaskRequest {
