@@ -198,6 +198,66 @@ mod tests {
         assert_eq!(back, truncate_to_micros(task));
     }
 
+    #[test]
+    fn numbers_in_data_read_back_bit_for_bit() {
+        // A plain xorshift: many doubles of every magnitude, no crate needed.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut numbers = Vec::new();
+        while numbers.len() < 20_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let number = f64::from_bits(state);
+            if number.is_finite() {
+                numbers.push(number);
+            }
+        }
+        let data = serde_json::json!(numbers);
+        let mut task = Task::new(
+            TaskId::generate(),
+            NewTask {
+                name: "floats".into(),
+                description: String::new(),
+                kind: "echo".into(),
+                data: Some(Arc::new(data)),
+                timeout_seconds: 0,
+                labels: BTreeMap::new(),
+                request_id: None,
+            },
+            SystemTime::UNIX_EPOCH,
+        );
+        task.result.clone_from(&task.data);
+        let back = TaskRow::from_task(&task).into_task().expect("decodes");
+        let bits = |value: &Option<Arc<JsonValue>>| -> Vec<u64> {
+            value
+                .as_deref()
+                .and_then(JsonValue::as_array)
+                .expect("an array")
+                .iter()
+                .map(|number| number.as_f64().expect("a number").to_bits())
+                .collect()
+        };
+        for (column, read, written) in [
+            ("data", &back.data, &task.data),
+            ("result", &back.result, &task.result),
+        ] {
+            let changed: Vec<(u64, u64)> = bits(written)
+                .into_iter()
+                .zip(bits(read))
+                .filter(|(written, read)| written != read)
+                .collect();
+            assert!(
+                changed.is_empty(),
+                "{} of {} numbers in {column} changed, e.g. {:?}",
+                changed.len(),
+                numbers.len(),
+                changed
+                    .first()
+                    .map(|(written, read)| (f64::from_bits(*written), f64::from_bits(*read)))
+            );
+        }
+    }
+
     fn truncate_to_micros(mut task: Task) -> Task {
         fn truncate(time: SystemTime) -> SystemTime {
             from_micros(micros(time))
