@@ -37,8 +37,11 @@ const MAX_REQUEST_ID_LENGTH: usize = 128;
 /// from `LOG_LEVEL` raised by `-v`, and `RUST_LOG` for fine control.
 pub fn init_logging(config: &Config, verbose: u8) {
     let level = raise_level(&config.log_level, verbose);
-    // Transport crates are chatty at debug; keep them quiet unless asked.
-    let default_filter = format!("{level},h2=warn,hyper=warn,hyper_util=warn,tower=warn");
+    // Transport crates are chatty at debug, and sqlx logs every statement
+    // there (and PostgreSQL's notices at info); keep them quiet unless asked
+    // with RUST_LOG.
+    let default_filter =
+        format!("{level},h2=warn,hyper=warn,hyper_util=warn,tower=warn,sqlx=warn");
     let mut rejected_rust_log = None;
     let filter = match std::env::var("RUST_LOG") {
         Ok(directives) => EnvFilter::try_new(&directives).unwrap_or_else(|error| {
