@@ -40,8 +40,7 @@ pub fn init_logging(config: &Config, verbose: u8) {
     // Transport crates are chatty at debug, and sqlx logs every statement
     // there (and PostgreSQL's notices at info); keep them quiet unless asked
     // with RUST_LOG.
-    let default_filter =
-        format!("{level},h2=warn,hyper=warn,hyper_util=warn,tower=warn,sqlx=warn");
+    let default_filter = format!("{level},h2=warn,hyper=warn,hyper_util=warn,tower=warn,sqlx=warn");
     let mut rejected_rust_log = None;
     let filter = match std::env::var("RUST_LOG") {
         Ok(directives) => EnvFilter::try_new(&directives).unwrap_or_else(|error| {
