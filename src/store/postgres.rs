@@ -96,6 +96,8 @@ pub struct Change {
 pub enum FeedEvent {
     /// A task changed, on any replica.
     Change(Change),
+    /// A replica gave tasks back (at shutdown): there is work to claim.
+    WorkWaiting,
     /// The connection was lost and made again: changes in between may be
     /// missing, so whatever the listener follows must be read again.
     Gap,
@@ -383,7 +385,17 @@ impl PostgresStore {
     /// replica takes the tasks over without waiting for the leases to run
     /// out (at shutdown).
     pub async fn release(&self, node: &str, running: &[(TaskId, u32)]) -> Result<(), StoreError> {
-        self.renew(node, running, Duration::ZERO).await?;
+        let released = self.renew(node, running, Duration::ZERO).await?;
+        if !released.is_empty() {
+            // Nothing about the tasks changed, so no change is announced:
+            // tell the others there is work to claim now rather than at
+            // their next claim of their own.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(&*self.channel)
+                .bind(WORK_WAITING)
+                .execute(&self.pool)
+                .await?;
+        }
         Ok(())
     }
 
@@ -587,6 +599,9 @@ impl ChangeFeed {
                 return Ok(FeedEvent::Gap);
             };
             match listener.try_recv().await {
+                Ok(Some(notification)) if notification.payload() == WORK_WAITING => {
+                    return Ok(FeedEvent::WorkWaiting);
+                }
                 Ok(Some(notification)) => match decode_change(notification.payload()) {
                     Ok(change) => return Ok(FeedEvent::Change(change)),
                     Err(reason) => {
@@ -1016,6 +1031,9 @@ async fn update_tasks(
 
 /// Announces the payloads on `channel`, in order, when the transaction
 /// commits.
+/// The payload that says tasks were given back; never a change's JSON.
+const WORK_WAITING: &str = "work-waiting";
+
 async fn notify(
     transaction: &mut Transaction<'static, Postgres>,
     channel: &str,
@@ -2045,6 +2063,30 @@ mod tests {
         drop(other_store);
         drop(other_schema);
         drop(schema);
+    }
+
+    #[tokio::test]
+    async fn a_release_tells_the_other_replicas_there_is_work() {
+        let (_schema, store) = store_or_skip!("a_release_tells_the_other_replicas_there_is_work");
+        let running = task("handed over");
+        insert(&store, std::slice::from_ref(&running)).await;
+        let claimed = store.claim("leaving", 1, HOUR, None).await.expect("claim");
+        let mut feed = store.listen().await.expect("listen");
+        store
+            .release("leaving", &[(running.id, claimed[0].attempt)])
+            .await
+            .expect("release");
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            match tokio::time::timeout_at(deadline, feed.next()).await {
+                Ok(Ok(FeedEvent::WorkWaiting)) => break,
+                // The feed starts with a gap: it was not listening before.
+                Ok(Ok(FeedEvent::Gap)) => continue,
+                other => panic!("expected work waiting, got {other:?}"),
+            }
+        }
+        let taken = store.claim("staying", 1, HOUR, None).await.expect("claim");
+        assert_eq!(ids(&taken), [running.id]);
     }
 
     #[tokio::test]

@@ -385,6 +385,11 @@ impl Manager {
     pub(super) fn handle_cluster_event(&mut self, event: ClusterEvent) {
         match event {
             ClusterEvent::Feed(FeedEvent::Change(change)) => self.handle_change(change),
+            ClusterEvent::Feed(FeedEvent::WorkWaiting) => {
+                if let Some(cluster) = self.cluster() {
+                    cluster.claim_wanted = true;
+                }
+            }
             ClusterEvent::Feed(FeedEvent::Gap) => {
                 warn!("the change feed had a gap; reading watched tasks again");
                 let watched: Vec<TaskId> = self.watchers.keys().copied().collect();
