@@ -33,6 +33,22 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Longest request id taken from a client; longer ones are replaced.
 const MAX_REQUEST_ID_LENGTH: usize = 128;
 
+/// `outer: inner: innermost`, skipping causes already in the text, for one
+/// log field or one message a person reads.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(current) = cause {
+        let part = current.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = current.source();
+    }
+    text
+}
+
 /// Installs the global subscriber: `LOG_FORMAT` json or text, verbosity
 /// from `LOG_LEVEL` raised by `-v`, and `RUST_LOG` for fine control.
 pub fn init_logging(config: &Config, verbose: u8) {

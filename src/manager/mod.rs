@@ -311,7 +311,7 @@ impl ManagerHandle {
 
 /// A store failure as the client sees it: its causes, no internals.
 fn storage_error(error: &StoreError) -> ManagerError {
-    tracing::error!(error = %actor::error_chain(error), "the task store failed");
+    tracing::error!(error = %crate::telemetry::error_chain(error), "the task store failed");
     ManagerError::Storage(error.to_string())
 }
 

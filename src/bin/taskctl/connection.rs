@@ -5,6 +5,7 @@
 
 use std::{io, time::Duration};
 
+use task_processor::telemetry::error_chain;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::{cli::GlobalArgs, errors::CliError};
@@ -106,21 +107,6 @@ fn io_error_kind(error: &(dyn std::error::Error + 'static)) -> Option<io::ErrorK
         cause = current.source();
     }
     None
-}
-
-/// `outer: inner: innermost`, skipping causes already in the text.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(current) = cause {
-        let part = current.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        cause = current.source();
-    }
-    text
 }
 
 #[cfg(test)]

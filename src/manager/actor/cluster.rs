@@ -18,7 +18,7 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use super::{Manager, error_chain};
+use super::Manager;
 use crate::{
     manager::{
         ManagerError, Reply,
@@ -30,6 +30,7 @@ use crate::{
         postgres::{BatchOutcome, Cancelled, Change, FeedEvent, Inserted},
     },
     task::{NewTask, Task, TaskId, TaskStatus},
+    telemetry::error_chain,
 };
 
 /// How many changes from the feed may wait for the actor.

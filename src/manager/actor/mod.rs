@@ -36,6 +36,7 @@ use crate::{
     processor::{ProcessorError, ProgressReporter, ProgressUpdate, Registry, TaskContext},
     store::{Write, postgres},
     task::{Applied, NewTask, Task, TaskEvent, TaskId, TaskStatus},
+    telemetry::error_chain,
 };
 
 /// How many queued commands the loop takes in one go.
@@ -945,18 +946,6 @@ fn now() -> SystemTime {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     std::time::UNIX_EPOCH + Duration::from_micros(since_epoch.as_micros() as u64)
-}
-
-/// An error and its causes, for one log field or status message.
-pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The text of a panic, when it has one.
