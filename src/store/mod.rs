@@ -164,6 +164,25 @@ fn latest_version(migrator: &sqlx::migrate::Migrator) -> i64 {
         .unwrap_or(0)
 }
 
+/// Refuses a database whose recorded migrations (`found`: the highest
+/// version in `_sqlx_migrations`, if it has one) go past what `migrator`
+/// carries: a newer binary wrote it, and this one would misread it.
+fn refuse_newer_schema(
+    store: &str,
+    migrator: &sqlx::migrate::Migrator,
+    found: Option<i64>,
+) -> Result<(), StoreError> {
+    let supported = latest_version(migrator);
+    match found {
+        Some(found) if found > supported => Err(StoreError::NewerSchema {
+            store: store.to_owned(),
+            found,
+            supported,
+        }),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

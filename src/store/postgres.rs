@@ -31,7 +31,7 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    ListPage, ListQuery, StoreError, StoreUrl, latest_version,
+    ListPage, ListQuery, StoreError, StoreUrl, refuse_newer_schema,
     row::{TaskRow, labels_json, micros, status_name, task_columns},
 };
 use crate::task::{Progress, Task, TaskId, TaskStatus};
@@ -201,7 +201,7 @@ impl PostgresStore {
             .await
             .map_err(open_error)?;
         let channel = channel_name(&pool).await.map_err(open_error)?;
-        refuse_newer_schema(&name, &pool).await?;
+        refuse_newer_schema(&name, &MIGRATOR, recorded_version(&pool).await?)?;
         MIGRATOR
             .run(&pool)
             .await
@@ -659,27 +659,20 @@ async fn channel_name(pool: &PgPool) -> Result<String, sqlx::Error> {
     })
 }
 
-/// Refuses a database that a newer binary migrated past what this one knows.
-async fn refuse_newer_schema(name: &str, pool: &PgPool) -> Result<(), StoreError> {
+/// The highest migration version recorded in the schema, if it has any.
+async fn recorded_version(pool: &PgPool) -> Result<Option<i64>, StoreError> {
     let has_history: bool =
         sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
             .fetch_one(pool)
             .await?;
     if !has_history {
-        return Ok(());
+        return Ok(None);
     }
-    let found: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
-        .fetch_one(pool)
-        .await?;
-    let supported = latest_version(&MIGRATOR);
-    match found {
-        Some(found) if found > supported => Err(StoreError::NewerSchema {
-            store: name.to_owned(),
-            found,
-            supported,
-        }),
-        _ => Ok(()),
-    }
+    Ok(
+        sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 /// Inserts the batch's new tasks; the outcome of each, in order.
@@ -2216,7 +2209,7 @@ mod tests {
                 found, supported, ..
             }) => {
                 assert_eq!(found, 99999);
-                assert_eq!(supported, latest_version(&MIGRATOR));
+                assert_eq!(supported, crate::store::latest_version(&MIGRATOR));
             }
             other => panic!("expected NewerSchema, got {other:?}"),
         }

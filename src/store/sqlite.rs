@@ -14,7 +14,7 @@ use sqlx::{
 };
 use tokio::sync::Mutex;
 
-use super::{StoreError, Write, latest_version, row::TaskRow};
+use super::{StoreError, Write, refuse_newer_schema, row::TaskRow};
 use crate::task::Task;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -62,7 +62,7 @@ impl SqliteStore {
             .execute(&mut connection)
             .await
             .map_err(open_error)?;
-        refuse_newer_schema(&name, &mut connection).await?;
+        refuse_newer_schema(&name, &MIGRATOR, recorded_version(&mut connection).await?)?;
         MIGRATOR
             .run(&mut connection)
             .await
@@ -196,31 +196,21 @@ fn update_rows(rows: &[TaskRow]) -> QueryBuilder<'_, Sqlite> {
     builder
 }
 
-/// Refuses a database that a newer binary migrated past what this one knows.
-async fn refuse_newer_schema(
-    name: &str,
-    connection: &mut SqliteConnection,
-) -> Result<(), StoreError> {
+/// The highest migration version recorded in the file, if it has any.
+async fn recorded_version(connection: &mut SqliteConnection) -> Result<Option<i64>, StoreError> {
     let has_history: Option<i64> = sqlx::query_scalar(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
     )
     .fetch_optional(&mut *connection)
     .await?;
     if has_history.is_none() {
-        return Ok(());
+        return Ok(None);
     }
-    let found: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
-        .fetch_one(&mut *connection)
-        .await?;
-    let supported = latest_version(&MIGRATOR);
-    match found {
-        Some(found) if found > supported => Err(StoreError::NewerSchema {
-            store: name.to_owned(),
-            found,
-            supported,
-        }),
-        _ => Ok(()),
-    }
+    Ok(
+        sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+            .fetch_one(&mut *connection)
+            .await?,
+    )
 }
 
 #[cfg(test)]
@@ -308,7 +298,7 @@ mod tests {
             Err(error @ StoreError::NewerSchema { .. }) => {
                 let message = error.to_string();
                 assert!(message.contains("99999"), "{message}");
-                assert!(message.contains(&latest_version(&MIGRATOR).to_string()));
+                assert!(message.contains(&crate::store::latest_version(&MIGRATOR).to_string()));
             }
             other => panic!("expected NewerSchema, got {other:?}"),
         }
