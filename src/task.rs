@@ -113,6 +113,33 @@ pub struct NewTask {
     pub request_id: Option<String>,
 }
 
+impl NewTask {
+    fn parameters(&self) -> CreateParameters<'_> {
+        CreateParameters {
+            name: &self.name,
+            description: &self.description,
+            kind: &self.kind,
+            data: &self.data,
+            timeout_seconds: self.timeout_seconds,
+            labels: &self.labels,
+            request_id: &self.request_id,
+        }
+    }
+}
+
+/// What a create asked for: two creates with the same `request_id` must
+/// agree on all of it.
+#[derive(PartialEq)]
+struct CreateParameters<'a> {
+    name: &'a str,
+    description: &'a str,
+    kind: &'a str,
+    data: &'a Option<Arc<JsonValue>>,
+    timeout_seconds: u32,
+    labels: &'a BTreeMap<String, String>,
+    request_id: &'a Option<String>,
+}
+
 /// Everything known about one task.
 ///
 /// The manager keeps these behind `Arc` and hands out clones, so readers
@@ -216,25 +243,25 @@ impl Task {
     /// Whether a create request with `new_task` asks for this very task, so
     /// a repeated `request_id` may return it.
     pub fn was_created_from(&self, new_task: &NewTask) -> bool {
-        self.name == new_task.name
-            && self.description == new_task.description
-            && self.kind == new_task.kind
-            && self.data == new_task.data
-            && self.timeout_seconds == new_task.timeout_seconds
-            && self.labels == new_task.labels
-            && self.request_id == new_task.request_id
+        self.parameters() == new_task.parameters()
     }
 
     /// Whether `other` was created with the same parameters (for a
     /// `request_id` that another replica stored first).
     pub fn has_parameters_of(&self, other: &Task) -> bool {
-        self.name == other.name
-            && self.description == other.description
-            && self.kind == other.kind
-            && self.data == other.data
-            && self.timeout_seconds == other.timeout_seconds
-            && self.labels == other.labels
-            && self.request_id == other.request_id
+        self.parameters() == other.parameters()
+    }
+
+    fn parameters(&self) -> CreateParameters<'_> {
+        CreateParameters {
+            name: &self.name,
+            description: &self.description,
+            kind: &self.kind,
+            data: &self.data,
+            timeout_seconds: self.timeout_seconds,
+            labels: &self.labels,
+            request_id: &self.request_id,
+        }
     }
 
     /// Applies `event` at time `now`, enforcing the state machine
