@@ -11,7 +11,7 @@ use task_processor::pb;
 
 use crate::{
     process::start_binary,
-    support::{eventually, get, request, status_of, wait_for_status},
+    support::{eventually, get, list_all, request, status_of, wait_for_attempt, wait_for_status},
 };
 
 #[tokio::test]
@@ -62,24 +62,11 @@ async fn every_acknowledged_create_survives_kill_9_during_a_thousand_creates() {
 
     let restarted = start_binary(&arguments, &[]);
     let mut client = restarted.client().await;
-    let mut stored = HashSet::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_tasks(pb::ListTasksRequest {
-                page_size: 1000,
-                page_token,
-                ..Default::default()
-            })
-            .await
-            .expect("list")
-            .into_inner();
-        stored.extend(page.tasks.into_iter().map(|task| task.id));
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+    let stored: HashSet<String> = list_all(&mut client)
+        .await
+        .into_iter()
+        .map(|task| task.id)
+        .collect();
     let lost: Vec<&String> = acknowledged
         .iter()
         .filter(|id| !stored.contains(*id))
@@ -148,15 +135,7 @@ async fn after_kill_9_running_tasks_run_again_and_pending_ones_keep_their_order(
     let restarted = start_binary(&restarted_arguments, &[]);
     let mut client = restarted.client().await;
     // The run that was cut short runs again: a new attempt, on the new node.
-    let rerun = eventually("the interrupted task to run again", || {
-        let mut client = client.clone();
-        let id = running.id.clone();
-        async move {
-            let task = get(&mut client, &id).await;
-            (task.attempt == 2).then_some(task)
-        }
-    })
-    .await;
+    let rerun = wait_for_attempt(&client, &running.id, 2).await;
     assert_eq!(status_of(&rerun), pb::TaskStatus::Running);
     assert_eq!(rerun.node, "second");
     assert!(rerun.revision > running.revision);
@@ -256,15 +235,7 @@ async fn a_shutdown_interrupts_running_tasks_and_the_next_start_runs_them_again(
     let second_arguments: Vec<&str> = second_arguments.iter().map(String::as_str).collect();
     let restarted = start_binary(&second_arguments, &[]);
     let mut client = restarted.client().await;
-    let rerun = eventually("the interrupted task to run again", || {
-        let mut client = client.clone();
-        let id = running.id.clone();
-        async move {
-            let task = get(&mut client, &id).await;
-            (task.attempt == 2).then_some(task)
-        }
-    })
-    .await;
+    let rerun = wait_for_attempt(&client, &running.id, 2).await;
     assert_eq!(status_of(&rerun), pb::TaskStatus::Running, "not cancelled");
     assert_eq!(rerun.node, "after");
     let waiting = get(&mut client, &waiting.id).await;

@@ -209,9 +209,9 @@ pub async fn get(client: &mut Client, id: &str) -> pb::Task {
         .into_inner()
 }
 
-/// How many tasks the server holds, as clients see them.
-pub async fn count_tasks(client: &mut Client) -> usize {
-    let mut count = 0;
+/// Every task the server holds, oldest first, page after page.
+pub async fn list_all(client: &mut Client) -> Vec<pb::Task> {
+    let mut tasks = Vec::new();
     let mut page_token = String::new();
     loop {
         let page = client
@@ -223,12 +223,29 @@ pub async fn count_tasks(client: &mut Client) -> usize {
             .await
             .expect("list")
             .into_inner();
-        count += page.tasks.len();
+        tasks.extend(page.tasks);
         if page.next_page_token.is_empty() {
-            return count;
+            return tasks;
         }
         page_token = page.next_page_token;
     }
+}
+
+/// How many tasks the server holds, as clients see them.
+pub async fn count_tasks(client: &mut Client) -> usize {
+    list_all(client).await.len()
+}
+
+/// Polls until the task is on its `attempt`-th run.
+pub async fn wait_for_attempt(client: &Client, id: &str, attempt: u32) -> pb::Task {
+    eventually(&format!("task {id} to run as attempt {attempt}"), || {
+        let mut client = client.clone();
+        async move {
+            let task = get(&mut client, id).await;
+            (task.attempt == attempt).then_some(task)
+        }
+    })
+    .await
 }
 
 pub fn status_of(task: &pb::Task) -> pb::TaskStatus {
