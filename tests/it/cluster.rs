@@ -168,8 +168,10 @@ async fn a_killed_replicas_tasks_are_finished_by_another_after_its_lease() {
         }
     })
     .await;
-    let survivors = [start("b"), start("c")];
+    // Killed before the others start, so its runs cannot finish meanwhile
+    // however slowly the machine starts them.
     victim.kill_hard();
+    let survivors = [start("b"), start("c")];
 
     let on_b = survivors[0].client().await;
     for task in &on_victim {
@@ -243,9 +245,10 @@ async fn a_replica_shutting_down_hands_its_running_tasks_to_the_others() {
         return;
     };
     let mut on_a = replicas[0].client().await;
-    // Long enough to be running at shutdown, short enough to finish after.
+    // Long enough to be running at shutdown on a loaded machine, short
+    // enough to finish after.
     let task = on_a
-        .create_task(request("handed over", "sleep", Some(json!({"seconds": 1}))))
+        .create_task(request("handed over", "sleep", Some(json!({"seconds": 3}))))
         .await
         .expect("created")
         .into_inner();
