@@ -103,6 +103,7 @@ struct Inner {
     running_tasks: Gauge,
     active_watchers: Gauge,
     retained_tasks: Gauge,
+    held_bytes: Gauge,
     store_commit_seconds: Histogram,
     store_commit_writes: Histogram,
     store_commit_failures: Counter,
@@ -185,6 +186,12 @@ impl Metrics {
             "Tasks held in memory, finished or not",
             retained_tasks.clone(),
         );
+        let held_bytes = Gauge::default();
+        registry.register(
+            "held_bytes",
+            "Bytes of tasks' data and results held in memory (as compact JSON), against max_held_bytes",
+            held_bytes.clone(),
+        );
         // 100 µs to about 26 seconds.
         let store_commit_seconds = Histogram::new(exponential_buckets(0.000_1, 4.0, 10));
         registry.register(
@@ -217,6 +224,7 @@ impl Metrics {
                 running_tasks,
                 active_watchers,
                 retained_tasks,
+                held_bytes,
                 store_commit_seconds,
                 store_commit_writes,
                 store_commit_failures,
@@ -281,6 +289,9 @@ impl Metrics {
         self.inner.running_tasks.set(gauge(stats.running));
         self.inner.active_watchers.set(gauge(stats.watchers));
         self.inner.retained_tasks.set(gauge(stats.tasks));
+        self.inner
+            .held_bytes
+            .set(i64::try_from(stats.held_bytes).unwrap_or(i64::MAX));
         let mut text = String::new();
         // Writing into a String cannot fail.
         if encode(&mut text, &self.inner.registry).is_err() {

@@ -37,7 +37,8 @@ impl From<ApiError> for Status {
                 ManagerError::NotFound(_) => Status::not_found(message),
                 ManagerError::NotCancellable { .. } => Status::failed_precondition(message),
                 ManagerError::RequestIdConflict { .. } => Status::already_exists(message),
-                ManagerError::QueueFull { retry_after, .. } => Status::with_error_details(
+                ManagerError::QueueFull { retry_after, .. }
+                | ManagerError::MemoryFull { retry_after, .. } => Status::with_error_details(
                     Code::ResourceExhausted,
                     format!("{message}; retry in {}ms", retry_after.as_millis()),
                     ErrorDetails::with_retry_info(Some(retry_after)),

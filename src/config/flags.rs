@@ -93,6 +93,13 @@ pub struct Flags {
     #[arg(long, value_name = "N")]
     pub max_finished_tasks: Option<String>,
 
+    /// Memory budget for tasks' data and results, in bytes of their JSON
+    /// text (512MiB and 2GiB are accepted too); a create beyond it is
+    /// RESOURCE_EXHAUSTED [env: TASK_PROCESSOR_MAX_HELD_BYTES]
+    /// [default: 536870912]
+    #[arg(long, value_name = "BYTES")]
+    pub max_held_bytes: Option<String>,
+
     /// Where tasks live: memory, sqlite://PATH (one process) or
     /// postgres://USER@HOST/DB (many replicas) [env: TASK_PROCESSOR_STORE]
     /// [default: sqlite://task-processor.db]
@@ -140,6 +147,7 @@ impl Flags {
                 &self.max_finished_tasks,
                 "--max-finished-tasks",
             ),
+            ("max_held_bytes", &self.max_held_bytes, "--max-held-bytes"),
             ("store", &self.store, "--store"),
             ("lease", &self.lease, "--lease"),
             ("log_level", &self.log_level, "--log-level"),

@@ -98,6 +98,11 @@ pub const SETTINGS: &[Setting] = &[
         "TASK_PROCESSOR_MAX_FINISHED_TASKS",
         "--max-finished-tasks",
     ),
+    setting(
+        "max_held_bytes",
+        "TASK_PROCESSOR_MAX_HELD_BYTES",
+        "--max-held-bytes",
+    ),
     setting("store", "TASK_PROCESSOR_STORE", "--store"),
     setting("lease", "TASK_PROCESSOR_LEASE", "--lease"),
     setting("log_level", "LOG_LEVEL", "--log-level"),
@@ -190,6 +195,9 @@ pub struct Config {
     pub retention: Duration,
     /// How many finished tasks are kept at most; the oldest go first.
     pub max_finished_tasks: usize,
+    /// The memory budget for tasks' data and results (as compact JSON): a
+    /// create that would go past it is refused with RESOURCE_EXHAUSTED.
+    pub max_held_bytes: u64,
     /// Where tasks live (printed without its password).
     #[serde(serialize_with = "parse::serialize_display")]
     pub store: StoreUrl,
@@ -217,6 +225,10 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(25),
             retention: Duration::from_secs(24 * 60 * 60),
             max_finished_tasks: 100_000,
+            // 512 tasks of the largest data (1 MiB) waiting at once; about
+            // 1 GiB of resident memory with what the values cost beyond
+            // their text, which fits a modest container.
+            max_held_bytes: 512 * 1024 * 1024,
             store: StoreUrl::Sqlite(DEFAULT_SQLITE_PATH.into()),
             lease: Duration::from_secs(30),
             log_level: "info".into(),
@@ -306,6 +318,8 @@ impl Config {
         let (retention, _) = layers.resolve("retention", duration, defaults.retention)?;
         let (max_finished_tasks, _) =
             layers.resolve("max_finished_tasks", positive, defaults.max_finished_tasks)?;
+        let (max_held_bytes, max_held_bytes_source) =
+            layers.resolve("max_held_bytes", parse::bytes, defaults.max_held_bytes)?;
         let (store, _) = layers.resolve("store", parse::store, defaults.store)?;
         let (lease, lease_source) = layers.resolve("lease", duration, defaults.lease)?;
         let (log_level, _) = layers.resolve("log_level", log_level, defaults.log_level)?;
@@ -336,6 +350,16 @@ impl Config {
                 reason: format!("must be between 1 and {MAX_DATA_BYTES_CEILING}"),
             });
         }
+        if max_held_bytes < max_data_bytes as u64 {
+            return Err(ConfigError::Invalid {
+                setting: "max_held_bytes",
+                origin: max_held_bytes_source,
+                reason: format!(
+                    "{max_held_bytes} is below max_data_bytes ({max_data_bytes}, from \
+                     {max_data_bytes_source}): the budget must hold at least one task's data"
+                ),
+            });
+        }
         if lease < MIN_LEASE {
             return Err(ConfigError::Invalid {
                 setting: "lease",
@@ -360,6 +384,7 @@ impl Config {
             shutdown_grace,
             retention,
             max_finished_tasks,
+            max_held_bytes,
             store,
             lease,
             log_level,
@@ -381,6 +406,7 @@ impl Config {
             retention: self.retention,
             max_finished_tasks: self.max_finished_tasks,
             lease: self.lease,
+            max_held_bytes: self.max_held_bytes,
         }
     }
 

@@ -40,6 +40,36 @@ pub fn count(text: &str) -> Result<usize, String> {
         .map_err(|_| format!("{text:?} is not a whole number"))
 }
 
+/// A size in bytes, 1 or more: a whole number, or one with a binary unit
+/// (`512MiB`, `64 KiB`, `2GiB`).
+pub fn bytes(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let digits_end = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(digits_end);
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a size like 536870912, 512MiB or 2GiB"
+            ));
+        }
+    };
+    let value = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|number| number.checked_mul(multiplier))
+        .ok_or_else(|| format!("{text:?} is not a size like 536870912, 512MiB or 2GiB"))?;
+    if value == 0 {
+        return Err("must be at least 1".into());
+    }
+    Ok(value)
+}
+
 /// A whole number, 1 or more.
 pub fn positive(text: &str) -> Result<usize, String> {
     match count(text)? {

@@ -47,6 +47,7 @@ fn defaults_match_the_contract_and_the_issue() {
     assert_eq!(config.shutdown_grace, Duration::from_secs(25));
     assert_eq!(config.retention, Duration::from_secs(86_400));
     assert_eq!(config.max_finished_tasks, 100_000);
+    assert_eq!(config.max_held_bytes, 512 * 1024 * 1024);
     assert_eq!(config.log_level, "info");
     assert_eq!(config.log_format, LogFormat::Json);
 }
@@ -150,6 +151,7 @@ fn every_setting_is_read_from_its_environment_variable() {
         ("TASK_PROCESSOR_SHUTDOWN_GRACE", "10s"),
         ("TASK_PROCESSOR_RETENTION", "11m"),
         ("TASK_PROCESSOR_MAX_FINISHED_TASKS", "12"),
+        ("TASK_PROCESSOR_MAX_HELD_BYTES", "64KiB"),
         ("TASK_PROCESSOR_STORE", "postgres://app:secret@db/tasks"),
         ("TASK_PROCESSOR_LEASE", "13s"),
         ("LOG_LEVEL", "DEBUG"),
@@ -168,6 +170,7 @@ fn every_setting_is_read_from_its_environment_variable() {
     assert_eq!(config.shutdown_grace, Duration::from_secs(10));
     assert_eq!(config.retention, Duration::from_secs(660));
     assert_eq!(config.max_finished_tasks, 12);
+    assert_eq!(config.max_held_bytes, 64 * 1024);
     assert_eq!(
         config.store,
         StoreUrl::Postgres("postgres://app:secret@db/tasks".into())
@@ -303,6 +306,24 @@ fn every_validation_error_names_setting_source_and_reason() {
             vec![],
             "max_finished_tasks",
             "at least 1",
+        ),
+        (
+            vec!["--max-held-bytes", "0"],
+            vec![],
+            "max_held_bytes",
+            "at least 1",
+        ),
+        (
+            vec!["--max-held-bytes", "lots"],
+            vec![],
+            "max_held_bytes",
+            "not a size",
+        ),
+        (
+            vec![],
+            vec![("TASK_PROCESSOR_MAX_HELD_BYTES", "1000")],
+            "max_held_bytes",
+            "below max_data_bytes",
         ),
         (
             vec![],

@@ -19,6 +19,7 @@ use crate::{
     task::{NewTask, Task, TaskId, TaskStatus},
 };
 
+use actor::json_bytes as held_json_bytes;
 use persist::Backend;
 
 pub use crate::store::{ListPage, ListQuery};
@@ -52,6 +53,9 @@ pub struct ManagerConfig {
     /// PostgreSQL store: how long a claim on a running task lasts unless
     /// renewed (every third of it).
     pub lease: Duration,
+    /// Creates are refused while tasks' data and results held in memory
+    /// would go past this many bytes (memory and SQLite stores).
+    pub max_held_bytes: u64,
 }
 
 /// Why the manager refused a command.
@@ -66,6 +70,16 @@ pub enum ManagerError {
     #[error("the queue is full: {capacity} tasks are waiting")]
     QueueFull {
         capacity: usize,
+        retry_after: Duration,
+    },
+    /// Tasks' data and results in memory would go past `max_held_bytes`.
+    #[error(
+        "the memory budget for tasks' data is full: {held} of {budget} bytes are held by \
+         tasks not yet finished"
+    )]
+    MemoryFull {
+        held: u64,
+        budget: u64,
         retry_after: Duration,
     },
     #[error("the server is shutting down")]
@@ -89,6 +103,9 @@ pub struct ManagerStats {
     pub request_ids: usize,
     /// Finished tasks still retained.
     pub finished: usize,
+    /// Bytes of tasks' data and results held in memory (compact JSON),
+    /// what `max_held_bytes` bounds.
+    pub held_bytes: u64,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, ManagerError>>;
@@ -98,6 +115,9 @@ type Reply<T> = oneshot::Sender<Result<T, ManagerError>>;
 enum Command {
     Create {
         new_task: NewTask,
+        /// The size of `new_task.data`, measured by the caller so the actor
+        /// never walks a payload.
+        data_bytes: u64,
         respond_to: Reply<Arc<Task>>,
     },
     Get {
@@ -211,8 +231,10 @@ impl ManagerHandle {
     /// Validated task in, stored `PENDING` task out (or, for a repeated
     /// `request_id` with the same parameters, the task created first).
     pub async fn create_task(&self, new_task: NewTask) -> Result<Arc<Task>, ManagerError> {
+        let data_bytes = new_task.data.as_deref().map_or(0, held_json_bytes);
         self.call(|respond_to| Command::Create {
             new_task,
+            data_bytes,
             respond_to,
         })
         .await
@@ -329,6 +351,7 @@ mod tests {
             retention: Duration::from_secs(60),
             max_finished_tasks: 10,
             lease: Duration::from_secs(30),
+            max_held_bytes: 1024,
         };
         let first = tokio::runtime::Builder::new_current_thread()
             .enable_all()

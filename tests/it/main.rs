@@ -13,6 +13,7 @@ mod create;
 mod durability;
 mod lifecycle;
 mod list;
+mod memory_budget;
 mod operations;
 mod process;
 mod reflection;

@@ -5,6 +5,9 @@
 //! change goes through [`Manager::transition`].
 
 mod cluster;
+mod held;
+
+pub(super) use held::json_bytes;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
@@ -51,7 +54,9 @@ const LIST_SCAN_BUDGET: usize = 20_000;
 /// left are dropped.
 const HOUSEKEEPING_PERIOD: Duration = Duration::from_secs(1);
 
-type RunOutput = Result<JsonValue, ProcessorError>;
+/// A run's result with its size (measured in the run's own task), or why
+/// it failed.
+type RunOutput = Result<(JsonValue, u64), ProcessorError>;
 
 /// A timer the actor set for itself.
 #[derive(Debug)]
@@ -117,6 +122,9 @@ pub(super) struct Manager {
     uncommitted: HashSet<TaskId>,
     /// PostgreSQL: what a replica of a cluster needs besides the above.
     cluster: Option<cluster::ClusterState>,
+    /// The bytes of payloads held in `tasks`, against `max_held_bytes`
+    /// (not kept in cluster mode, where the database holds the payloads).
+    held: held::Held,
 }
 
 impl Manager {
@@ -136,6 +144,7 @@ impl Manager {
             Backend::Memory | Backend::Sqlite(_) => None,
         };
         Self {
+            held: held::Held::new(config.max_held_bytes),
             persister: Persister::new(backend, config.node_name.clone(), metrics.clone()),
             uncommitted: HashSet::new(),
             cluster,
@@ -185,6 +194,7 @@ impl Manager {
                 }
                 _ => finished.push((task.completed_at.unwrap_or(task.created_at), id)),
             }
+            self.held.add(id, held::payload_bytes(&task));
             self.tasks.insert(id, Arc::new(task));
         }
         // Retention goes on from where it was: the oldest finished first.
@@ -280,12 +290,13 @@ impl Manager {
         match command {
             Command::Create {
                 new_task,
+                data_bytes,
                 respond_to,
             } => {
                 if self.cluster.is_some() {
                     self.create_in_cluster(new_task, respond_to);
                 } else {
-                    self.create(new_task, respond_to);
+                    self.create(new_task, data_bytes, respond_to);
                 }
             }
             Command::Get { id, respond_to } => {
@@ -340,7 +351,7 @@ impl Manager {
 
     /// Accepts a task. With a durable store it is queued, and the client
     /// answered, only once its insert is committed.
-    fn create(&mut self, new_task: NewTask, respond_to: Reply<Arc<Task>>) {
+    fn create(&mut self, new_task: NewTask, data_bytes: u64, respond_to: Reply<Arc<Task>>) {
         if !self.accepting {
             let _ = respond_to.send(Err(ManagerError::ShuttingDown));
             return;
@@ -371,7 +382,12 @@ impl Manager {
             let _ = respond_to.send(Err(self.queue_full()));
             return;
         }
+        if !self.make_room(data_bytes) {
+            let _ = respond_to.send(Err(self.memory_full()));
+            return;
+        }
         let id = TaskId::generate();
+        self.held.add(id, data_bytes);
         let task = Arc::new(Task::new(id, new_task, now()));
         if let Some(request_id) = &task.request_id {
             self.request_ids.insert(request_id.clone(), id);
@@ -483,6 +499,7 @@ impl Manager {
         let Some(task) = self.tasks.remove(&id) else {
             return;
         };
+        self.held.release(id);
         if task.status == TaskStatus::Pending {
             self.pending -= 1;
         }
@@ -619,6 +636,7 @@ impl Manager {
                 .sum(),
             request_ids: self.request_ids.len(),
             finished: self.finished.len(),
+            held_bytes: self.held.total(),
         }
     }
 
@@ -658,8 +676,12 @@ impl Manager {
         {
             self.timers.remove(&timer);
         }
+        let mut result_bytes = 0;
         let event = match finished {
-            Ok((_, Ok(result))) => TaskEvent::Complete(Arc::new(result)),
+            Ok((_, Ok((result, bytes)))) => {
+                result_bytes = bytes;
+                TaskEvent::Complete(Arc::new(result))
+            }
             Ok((_, Err(error))) => TaskEvent::Fail(error.to_string()),
             Err(error) if error.is_panic() => {
                 let message = panic_message(error.into_panic());
@@ -679,6 +701,10 @@ impl Manager {
         if !is_current_run {
             debug!(task_id = %task_id, "late result of a stopped run discarded");
             return;
+        }
+        if self.cluster.is_none() {
+            // Counted before the transition, which may make room for it.
+            self.held.add(task_id, result_bytes);
         }
         self.transition(task_id, event);
     }
@@ -759,9 +785,12 @@ impl Manager {
             cancellation.clone(),
             ProgressReporter::new(self.progress_sender.clone()),
         );
-        let abort = self
-            .runs
-            .spawn(async move { processor.process(context).await });
+        let abort = self.runs.spawn(async move {
+            let result = processor.process(context).await?;
+            // Sized here, in the run's task, so the actor never walks it.
+            let bytes = held::json_bytes(&result);
+            Ok((result, bytes))
+        });
         self.run_owners.insert(abort.id(), task_id);
         let timeout_timer = (task.timeout_seconds > 0).then(|| {
             let timeout = Duration::from_secs(u64::from(task.timeout_seconds));
@@ -880,6 +909,7 @@ impl Manager {
                 self.forget(oldest);
             }
         }
+        self.keep_within_budget();
     }
 
     /// Forgets finished tasks older than the retention period.
@@ -896,6 +926,7 @@ impl Manager {
     /// Removes a finished task and its idempotency key.
     fn forget(&mut self, id: TaskId) {
         if let Some(task) = self.tasks.remove(&id) {
+            self.held.release(id);
             self.persister.write(Write::Delete(id));
             if let Some(request_id) = &task.request_id
                 && self.request_ids.get(request_id) == Some(&id)
