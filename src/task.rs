@@ -140,6 +140,18 @@ struct CreateParameters<'a> {
     request_id: &'a Option<String>,
 }
 
+/// Where a task's `data` and `result` are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PayloadLocation {
+    /// In the task's own `data` and `result` fields.
+    #[default]
+    InTask,
+    /// Only in the store: the fields are empty, so a finished task costs
+    /// memory for its metadata alone. Whoever answers a client reads the
+    /// payload back from the store first.
+    InStore,
+}
+
 /// Everything known about one task.
 ///
 /// The manager keeps these behind `Arc` and hands out clones, so readers
@@ -164,6 +176,8 @@ pub struct Task {
     pub created_at: SystemTime,
     pub started_at: Option<SystemTime>,
     pub completed_at: Option<SystemTime>,
+    /// Whether `data` and `result` are here or only in the store.
+    pub payload: PayloadLocation,
 }
 
 /// Something that happens to a task. [`Task::apply`] is the one door through
@@ -237,13 +251,30 @@ impl Task {
             created_at,
             started_at: None,
             completed_at: None,
+            payload: PayloadLocation::InTask,
         }
     }
 
     /// Whether a create request with `new_task` asks for this very task, so
-    /// a repeated `request_id` may return it.
+    /// a repeated `request_id` may return it. When the payload is only in
+    /// the store, `data` is not compared here: the caller compares it once
+    /// it has read the payload back.
     pub fn was_created_from(&self, new_task: &NewTask) -> bool {
-        self.parameters() == new_task.parameters()
+        let mut asked = new_task.parameters();
+        if self.payload == PayloadLocation::InStore {
+            asked.data = &None;
+        }
+        self.parameters() == asked
+    }
+
+    /// The task without its payload, which is in the store.
+    pub fn without_payload(&self) -> Self {
+        Self {
+            data: None,
+            result: None,
+            payload: PayloadLocation::InStore,
+            ..self.clone()
+        }
     }
 
     /// Whether `other` was created with the same parameters (for a

@@ -8,7 +8,10 @@ mod actor;
 mod persist;
 mod watch;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Weak},
+    time::Duration,
+};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -16,7 +19,7 @@ use crate::{
     metrics::Metrics,
     processor::Registry,
     store::{PostgresStore, SqliteStore, StoreError, StoreUrl},
-    task::{NewTask, Task, TaskId, TaskStatus},
+    task::{NewTask, PayloadLocation, Task, TaskId, TaskStatus},
 };
 
 use actor::json_bytes as held_json_bytes;
@@ -34,6 +37,10 @@ const COMMAND_BUFFER: usize = 4096;
 
 /// How many progress reports may wait for the actor before processors wait.
 const PROGRESS_BUFFER: usize = 1024;
+
+/// How often a create goes in again when the earlier task of its
+/// `request_id` was forgotten while its payload was being read.
+const CREATE_ATTEMPTS: usize = 3;
 
 /// What the manager needs to know to run tasks.
 #[derive(Clone, Debug)]
@@ -165,6 +172,11 @@ pub struct ManagerHandle {
     /// PostgreSQL: reads go straight to the shared database, which any
     /// replica may have written.
     shared_store: Option<PostgresStore>,
+    /// SQLite: where the payloads of finished tasks are, which the actor
+    /// does not hold; the handle reads them, so the actor never waits on
+    /// the disk. Weak: the file closes when the actor ends, as before,
+    /// however long handles live.
+    payload_store: Option<Weak<SqliteStore>>,
 }
 
 impl ManagerHandle {
@@ -210,6 +222,10 @@ impl ManagerHandle {
             Backend::Postgres(store) => Some(store.clone()),
             Backend::Memory | Backend::Sqlite(_) => None,
         };
+        let payload_store = match &backend {
+            Backend::Sqlite(store) => Some(Arc::downgrade(store)),
+            Backend::Memory | Backend::Postgres(_) => None,
+        };
         let mut actor = actor::Manager::new(
             config,
             registry,
@@ -225,6 +241,7 @@ impl ManagerHandle {
         Self {
             commands,
             shared_store,
+            payload_store,
         }
     }
 
@@ -232,12 +249,41 @@ impl ManagerHandle {
     /// `request_id` with the same parameters, the task created first).
     pub async fn create_task(&self, new_task: NewTask) -> Result<Arc<Task>, ManagerError> {
         let data_bytes = new_task.data.as_deref().map_or(0, held_json_bytes);
-        self.call(|respond_to| Command::Create {
-            new_task,
-            data_bytes,
-            respond_to,
-        })
-        .await
+        // Only a repeated request_id can be answered with a finished task,
+        // whose data must then be compared here, after reading it back.
+        let repeatable = new_task.request_id.is_some().then(|| new_task.clone());
+        let mut new_task = Some(new_task);
+        for _ in 0..CREATE_ATTEMPTS {
+            let Some(sent) = new_task.take().or_else(|| repeatable.clone()) else {
+                break;
+            };
+            let task = self
+                .call(|respond_to| Command::Create {
+                    new_task: sent,
+                    data_bytes,
+                    respond_to,
+                })
+                .await?;
+            if task.payload == PayloadLocation::InTask {
+                return Ok(task);
+            }
+            let id = task.id;
+            match (self.with_payloads(vec![task]).await?.pop(), &repeatable) {
+                (Some(found), Some(asked)) if !found.was_created_from(asked) => {
+                    return Err(ManagerError::RequestIdConflict {
+                        request_id: asked.request_id.clone().unwrap_or_default(),
+                    });
+                }
+                (Some(found), _) => return Ok(found),
+                // Forgotten by retention since: its request_id is free
+                // again, so the create goes in anew.
+                (None, Some(_)) => continue,
+                (None, None) => return Err(ManagerError::NotFound(id)),
+            }
+        }
+        Err(ManagerError::Storage(
+            "the task with this request_id was being forgotten; try again".into(),
+        ))
     }
 
     pub async fn get_task(&self, id: TaskId) -> Result<Arc<Task>, ManagerError> {
@@ -248,8 +294,10 @@ impl ManagerHandle {
                 Err(error) => Err(storage_error(&error)),
             };
         }
-        self.call(|respond_to| Command::Get { id, respond_to })
-            .await
+        let task = self
+            .call(|respond_to| Command::Get { id, respond_to })
+            .await?;
+        self.with_payload(task).await
     }
 
     pub async fn list_tasks(&self, query: ListQuery) -> Result<ListPage, ManagerError> {
@@ -259,21 +307,37 @@ impl ManagerHandle {
                 .await
                 .map_err(|error| storage_error(&error));
         }
-        self.call(|respond_to| Command::List { query, respond_to })
-            .await
+        let page = self
+            .call(|respond_to| Command::List { query, respond_to })
+            .await?;
+        Ok(ListPage {
+            tasks: self.with_payloads(page.tasks).await?,
+            next_after: page.next_after,
+        })
     }
 
     /// Cancels a pending or running task; the returned task is already
     /// `CANCELLED`. Cancelling a cancelled task returns it unchanged.
     pub async fn cancel_task(&self, id: TaskId) -> Result<Arc<Task>, ManagerError> {
-        self.call(|respond_to| Command::Cancel { id, respond_to })
-            .await
+        let task = self
+            .call(|respond_to| Command::Cancel { id, respond_to })
+            .await?;
+        self.with_payload(task).await
     }
 
     /// Subscribes to a task; the watch's first state is the current one.
     pub async fn watch_task(&self, id: TaskId) -> Result<TaskWatch, ManagerError> {
-        self.call(|respond_to| Command::Watch { id, respond_to })
-            .await
+        let mut watch = self
+            .call(|respond_to| Command::Watch { id, respond_to })
+            .await?;
+        // Only a finished task can lack its payload, and then this first
+        // state is also the last.
+        if let Some(first) = watch.first_state_mut()
+            && first.payload == PayloadLocation::InStore
+        {
+            *first = self.with_payload(Arc::clone(first)).await?;
+        }
+        Ok(watch)
     }
 
     /// Refuses new tasks from now on (`ShuttingDown`); everything else,
@@ -317,6 +381,53 @@ impl ManagerHandle {
     /// answering `UNAVAILABLE` forever while its health says `SERVING`.
     pub async fn closed(&self) {
         self.commands.closed().await;
+    }
+
+    /// `task` with its payload, read back from the file if the actor let
+    /// it go; `NotFound` if retention forgot the task meanwhile.
+    async fn with_payload(&self, task: Arc<Task>) -> Result<Arc<Task>, ManagerError> {
+        let id = task.id;
+        self.with_payloads(vec![task])
+            .await?
+            .pop()
+            .ok_or(ManagerError::NotFound(id))
+    }
+
+    /// `tasks` with their payloads, reading those the actor let go from the
+    /// file in one query; a task retention forgot meanwhile is left out.
+    async fn with_payloads(&self, tasks: Vec<Arc<Task>>) -> Result<Vec<Arc<Task>>, ManagerError> {
+        let missing: Vec<TaskId> = tasks
+            .iter()
+            .filter(|task| task.payload == PayloadLocation::InStore)
+            .map(|task| task.id)
+            .collect();
+        if missing.is_empty() {
+            return Ok(tasks);
+        }
+        let Some(store) = &self.payload_store else {
+            // Only SQLite lets payloads go; nothing else can get here.
+            return Ok(tasks);
+        };
+        let store = store.upgrade().ok_or(ManagerError::ShuttingDown)?;
+        let mut payloads = store
+            .payloads(&missing)
+            .await
+            .map_err(|error| storage_error(&error))?;
+        Ok(tasks
+            .into_iter()
+            .filter_map(|task| {
+                if task.payload == PayloadLocation::InTask {
+                    return Some(task);
+                }
+                let payload = payloads.remove(&task.id)?;
+                Some(Arc::new(Task {
+                    data: payload.data,
+                    result: payload.result,
+                    payload: PayloadLocation::InTask,
+                    ..(*task).clone()
+                }))
+            })
+            .collect())
     }
 
     /// Sends one command and waits for its reply. An actor that is gone

@@ -97,6 +97,16 @@ impl TaskWatch {
         }
     }
 
+    /// The first state, while it has not been handed out: the manager
+    /// completes it (with a payload read from the store) before the watch
+    /// is returned.
+    pub(crate) fn first_state_mut(&mut self) -> Option<&mut Arc<Task>> {
+        if self.last_revision != 0 {
+            return None;
+        }
+        self.backlog.front_mut()
+    }
+
     /// Whether the stream delivered a terminal state.
     pub fn is_finished(&self) -> bool {
         self.finished

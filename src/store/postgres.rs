@@ -1148,6 +1148,7 @@ impl<'a> ChangePayload<'a> {
                 created_at: from_nanos(self.created_at),
                 started_at: self.started_at.map(from_nanos),
                 completed_at: self.completed_at.map(from_nanos),
+                payload: crate::task::PayloadLocation::InTask,
             },
         })
     }

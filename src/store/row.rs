@@ -10,7 +10,7 @@ use serde_json::Value as JsonValue;
 use uuid::Uuid;
 
 use super::StoreError;
-use crate::task::{Progress, Task, TaskId, TaskStatus};
+use crate::task::{PayloadLocation, Progress, Task, TaskId, TaskStatus};
 
 /// The columns every store shares, as a literal for `concat!` (sqlx takes
 /// only static SQL text, so nothing dynamic can slip into a statement).
@@ -124,6 +124,7 @@ impl TaskRow {
             created_at: from_micros(self.created_at),
             started_at: self.started_at.map(from_micros),
             completed_at: self.completed_at.map(from_micros),
+            payload: PayloadLocation::InTask,
         })
     }
 }

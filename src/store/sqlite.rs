@@ -5,7 +5,10 @@
 //! for its whole life, so a second server pointed at the same file fails at
 //! start instead of running the same tasks twice.
 
-use std::{path::Path, str::FromStr, time::Duration};
+use std::{collections::HashMap, path::Path, str::FromStr, sync::Arc, time::Duration};
+
+use serde_json::Value as JsonValue;
+use uuid::Uuid;
 
 use sqlx::{
     Connection, QueryBuilder, Sqlite, SqliteConnection,
@@ -15,7 +18,7 @@ use sqlx::{
 use tokio::sync::Mutex;
 
 use super::{StoreError, Write, refuse_newer_schema, row::TaskRow};
-use crate::task::Task;
+use crate::task::{PayloadLocation, Task, TaskId};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -26,8 +29,17 @@ const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// at most 19.
 const ROWS_PER_STATEMENT: usize = 1000;
 
-/// The open database. Only the manager's persister uses it, one batch at a
-/// time; the mutex only makes that sharing safe to express.
+/// A finished task's `data` and `result`, read back from the file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredPayload {
+    pub data: Option<Arc<JsonValue>>,
+    pub result: Option<Arc<JsonValue>>,
+}
+
+/// The open database. The manager's persister writes through it, one batch
+/// at a time, and the manager's handle reads finished tasks' payloads; the
+/// mutex takes turns between them (exclusive locking allows no second
+/// connection).
 #[derive(Debug)]
 pub struct SqliteStore {
     name: String,
@@ -81,17 +93,70 @@ impl SqliteStore {
         &self.name
     }
 
-    /// Every stored task, oldest first.
+    /// Every stored task, oldest first. Finished tasks come without their
+    /// `data` and `result` (marked [`PayloadLocation::InStore`]): they stay
+    /// in the file, and [`SqliteStore::payloads`] reads them when asked.
     pub async fn load(&self) -> Result<Vec<Task>, StoreError> {
         let mut connection = self.connection.lock().await;
-        let rows: Vec<TaskRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            task_columns!(),
-            " FROM tasks ORDER BY id"
-        ))
+        // The columns of `task_columns!`, with the payloads of finished
+        // tasks left unread.
+        let rows: Vec<TaskRow> = sqlx::query_as(
+            "SELECT id, name, description, kind, status, \
+             CASE WHEN status IN ('completed', 'failed', 'cancelled') THEN NULL ELSE data END \
+             AS data, \
+             CASE WHEN status IN ('completed', 'failed', 'cancelled') THEN NULL ELSE result END \
+             AS result, \
+             error, timeout_seconds, labels, progress_percent, progress_message, attempt, node, \
+             revision, request_id, created_at, started_at, completed_at \
+             FROM tasks ORDER BY id",
+        )
         .fetch_all(&mut *connection)
         .await?;
-        rows.into_iter().map(TaskRow::into_task).collect()
+        rows.into_iter()
+            .map(|row| {
+                let mut task = row.into_task()?;
+                if task.status.is_terminal() {
+                    task.payload = PayloadLocation::InStore;
+                }
+                Ok(task)
+            })
+            .collect()
+    }
+
+    /// The `data` and `result` of the tasks `ids` names, in one query per
+    /// thousand ids; a task not in the file (forgotten) is not in the map.
+    pub async fn payloads(
+        &self,
+        ids: &[TaskId],
+    ) -> Result<HashMap<TaskId, StoredPayload>, StoreError> {
+        let mut rows: Vec<(Uuid, Option<String>, Option<String>)> = Vec::new();
+        let mut connection = self.connection.lock().await;
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let mut builder =
+                QueryBuilder::<Sqlite>::new("SELECT id, data, result FROM tasks WHERE id IN (");
+            let mut bound = builder.separated(", ");
+            for id in chunk {
+                bound.push_bind(*id.as_uuid());
+            }
+            builder.push(")");
+            rows.extend(
+                builder
+                    .build_query_as::<(Uuid, Option<String>, Option<String>)>()
+                    .fetch_all(&mut *connection)
+                    .await?,
+            );
+        }
+        // Parsed after letting go of the connection, which commits wait for.
+        drop(connection);
+        let mut payloads = HashMap::with_capacity(rows.len());
+        for (id, data, result) in rows {
+            let payload = StoredPayload {
+                data: json_column(id, "data", data)?,
+                result: json_column(id, "result", result)?,
+            };
+            payloads.insert(TaskId::from_uuid(id), payload);
+        }
+        Ok(payloads)
     }
 
     /// Applies a batch in one transaction: one fsync however many writes.
@@ -196,6 +261,23 @@ fn update_rows(rows: &[TaskRow]) -> QueryBuilder<'_, Sqlite> {
     builder
 }
 
+/// A JSON column as the row stored it.
+fn json_column(
+    id: Uuid,
+    column: &str,
+    text: Option<String>,
+) -> Result<Option<Arc<JsonValue>>, StoreError> {
+    text.map(|text| {
+        serde_json::from_str(&text)
+            .map(Arc::new)
+            .map_err(|error| StoreError::Corrupt {
+                id: id.to_string(),
+                reason: format!("{column} is not JSON: {error}"),
+            })
+    })
+    .transpose()
+}
+
 /// The highest migration version recorded in the file, if it has any.
 async fn recorded_version(connection: &mut SqliteConnection) -> Result<Option<i64>, StoreError> {
     let has_history: Option<i64> = sqlx::query_scalar(
@@ -265,6 +347,46 @@ mod tests {
 
         let reopened = SqliteStore::open(&path).await.expect("reopens");
         assert_eq!(reopened.load().await.expect("loads"), vec![running]);
+    }
+
+    #[tokio::test]
+    async fn finished_tasks_load_without_their_payload_and_payloads_reads_it_back() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let path = directory.path().join("tasks.db");
+        let store = SqliteStore::open(&path).await.expect("opens");
+        let waiting = new_task("waiting", None);
+        let mut finished = new_task("finished", None);
+        for event in [
+            TaskEvent::Start { node: "n".into() },
+            TaskEvent::Complete(Arc::new(serde_json::json!({"echo": "a\u{0}b", "n": 1.5}))),
+        ] {
+            finished
+                .apply(event, SystemTime::UNIX_EPOCH)
+                .expect("legal");
+        }
+        store
+            .commit(&[
+                Write::Insert(Arc::new(waiting.clone())),
+                Write::Insert(Arc::new(finished.clone())),
+            ])
+            .await
+            .expect("inserts");
+
+        let loaded = store.load().await.expect("loads");
+        assert_eq!(loaded, vec![waiting, finished.without_payload()]);
+        let forgotten = TaskId::generate();
+        let payloads = store
+            .payloads(&[finished.id, forgotten])
+            .await
+            .expect("reads");
+        assert_eq!(payloads.len(), 1, "a task not in the file is left out");
+        assert_eq!(
+            payloads.get(&finished.id),
+            Some(&StoredPayload {
+                data: finished.data.clone(),
+                result: finished.result.clone(),
+            })
+        );
     }
 
     #[tokio::test]

@@ -1,13 +1,25 @@
 //! The memory budget (`max_held_bytes`): creates beyond it are
 //! RESOURCE_EXHAUSTED with a RetryInfo; memory lets finished tasks go to
-//! make room.
+//! make room; SQLite keeps finished tasks' payloads in the file only and
+//! reads them back for every answer, before and after a restart.
 
 use serde_json::{Value as JsonValue, json};
-use task_processor::{config::Config, pb};
+use task_processor::{
+    config::Config,
+    pb,
+    store::{SqliteStore, StoreUrl},
+};
+use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::support::{TestServer, get, http_get, json, request, test_config, wait_for_status};
+use crate::{
+    stores::fresh_sqlite_path,
+    support::{
+        Client, TestServer, eventually, get, http_get, json, list_all, request, test_config,
+        wait_for_status,
+    },
+};
 
 /// A sleep of an hour carrying `pad` bytes of text: it waits as long as
 /// the test needs, and counts about `pad` bytes against the budget.
@@ -112,4 +124,143 @@ async fn memory_refuses_creates_beyond_the_budget_until_finished_tasks_make_room
     let held = server.stats().await.held_bytes;
     assert!(held <= 4 * size + size / 2, "{held} within the budget");
     assert_eq!(held_bytes_metric(&server).await, held);
+}
+
+/// `count` echo tasks with distinct data of about `bytes` each; returns
+/// their ids and data once all have completed.
+async fn completed_echo_tasks(
+    client: &mut Client,
+    count: usize,
+    bytes: usize,
+) -> Vec<(String, JsonValue)> {
+    let mut created = Vec::new();
+    for number in 0..count {
+        let data = json!({"number": number, "text": format!("{number}:").repeat(bytes / 6)});
+        let task = client
+            .create_task(request(
+                &format!("echo {number}"),
+                "echo",
+                Some(data.clone()),
+            ))
+            .await
+            .expect("created")
+            .into_inner();
+        created.push((task.id, data));
+    }
+    for (id, _) in &created {
+        wait_for_status(client, id, pb::TaskStatus::Completed).await;
+    }
+    created
+}
+
+/// Get, List and Watch answer each finished task with its exact data and
+/// result (echo: the result is the data).
+async fn assert_payloads_read_back(client: &mut Client, created: &[(String, JsonValue)]) {
+    for (id, data) in created {
+        let task = get(client, id).await;
+        assert_eq!(json(&task.data).as_ref(), Some(data), "data of {id}");
+        assert_eq!(json(&task.result).as_ref(), Some(data), "result of {id}");
+    }
+    let listed = list_all(client).await;
+    for (id, data) in created {
+        let task = listed
+            .iter()
+            .find(|task| &task.id == id)
+            .unwrap_or_else(|| panic!("{id} listed"));
+        assert_eq!(json(&task.data).as_ref(), Some(data), "listed data of {id}");
+        assert_eq!(json(&task.result).as_ref(), Some(data), "listed result");
+    }
+    let (id, data) = &created[0];
+    let mut stream = client
+        .watch_task(pb::WatchTaskRequest { id: id.clone() })
+        .await
+        .expect("watch opened")
+        .into_inner();
+    let first = stream
+        .next()
+        .await
+        .expect("one state")
+        .expect("OK")
+        .task
+        .expect("a task");
+    assert_eq!(json(&first.result).as_ref(), Some(data), "watched result");
+    assert!(
+        stream.next().await.is_none(),
+        "a finished task's watch ends"
+    );
+}
+
+async fn wait_until_nothing_held(server: &TestServer) {
+    eventually("finished payloads let go", || async {
+        (server.stats().await.held_bytes == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sqlite_keeps_finished_payloads_in_the_file_only_and_reads_them_back() {
+    let path = fresh_sqlite_path();
+    let config = Config {
+        store: StoreUrl::Sqlite(path.clone()),
+        ..test_config()
+    };
+    let server = TestServer::start_with(config.clone()).await;
+    let mut client = server.client().await;
+    let created = completed_echo_tasks(&mut client, 20, 40_000).await;
+    // Cancelled while waiting: a finished task whose result is empty.
+    let mut with_request_id = request("cancelled", "sleep", Some(long_sleep(30_000)));
+    with_request_id.request_id = "memory-budget-1".into();
+    let cancelled = client
+        .create_task(with_request_id.clone())
+        .await
+        .expect("created")
+        .into_inner();
+    client
+        .cancel_task(pb::CancelTaskRequest {
+            id: cancelled.id.clone(),
+        })
+        .await
+        .expect("cancelled");
+
+    wait_until_nothing_held(&server).await;
+    assert_eq!(held_bytes_metric(&server).await, 0);
+    assert_payloads_read_back(&mut client, &created).await;
+    let again = client
+        .cancel_task(pb::CancelTaskRequest {
+            id: cancelled.id.clone(),
+        })
+        .await
+        .expect("cancelling a cancelled task returns it")
+        .into_inner();
+    assert_eq!(json(&again.data), Some(long_sleep(30_000)));
+    let repeated = client
+        .create_task(with_request_id.clone())
+        .await
+        .expect("the repeated create returns the first task")
+        .into_inner();
+    assert_eq!(repeated.id, cancelled.id);
+    assert_eq!(json(&repeated.data), Some(long_sleep(30_000)));
+    with_request_id.data = request("", "", Some(long_sleep(1))).data;
+    let conflict = client
+        .create_task(with_request_id)
+        .await
+        .expect_err("other data under the same request_id");
+    assert_eq!(conflict.code(), Code::AlreadyExists, "{conflict:?}");
+
+    let mut server = server;
+    server.begin_shutdown().await.expect("stopped");
+    drop(server);
+    // The file is free once the first manager has ended.
+    eventually("the first server to let go of the file", || async {
+        SqliteStore::open(&path).await.ok().map(drop)
+    })
+    .await;
+    let restarted = TestServer::start_with(config).await;
+    let mut client = restarted.client().await;
+    let stats = restarted.stats().await;
+    assert_eq!(stats.tasks, created.len() + 1);
+    assert_eq!(stats.held_bytes, 0, "finished payloads stay in the file");
+    assert_payloads_read_back(&mut client, &created).await;
+    let reloaded = get(&mut client, &cancelled.id).await;
+    assert_eq!(json(&reloaded.data), Some(long_sleep(30_000)));
 }

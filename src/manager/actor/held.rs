@@ -9,16 +9,20 @@
 //!
 //! What the actor lets go to stay within the budget lives here too: on
 //! memory, finished tasks oldest first (the only copy, so they go whole, as
-//! retention would take them).
+//! retention would take them); on SQLite, the payload of a finished task
+//! once the write of its terminal state is committed (the task stays, its
+//! payload is read back from the file when a client asks). Only unfinished
+//! tasks, and finished ones not yet durable, can make a create wait.
 
-use std::{collections::HashMap, io};
+use std::{collections::HashMap, io, sync::Arc};
 
 use serde_json::Value as JsonValue;
 
 use super::Manager;
 use crate::{
-    manager::ManagerError,
-    task::{Task, TaskId},
+    manager::{ManagerError, persist::Pending},
+    store::Write,
+    task::{PayloadLocation, Task, TaskId},
 };
 
 /// The bytes each task's payload counts, and their sum.
@@ -123,10 +127,34 @@ impl Manager {
         self.forget(oldest);
         true
     }
+
+    /// SQLite: the batch is committed, so every finished task it wrote has
+    /// its payload in the file; the task keeps only a marker saying so.
+    pub(super) fn let_go_of_stored_payloads(&mut self, batch: &Pending) {
+        for (id, write) in &batch.writes {
+            let (Write::Insert(stored) | Write::Update(stored)) = write else {
+                continue;
+            };
+            if !stored.status.is_terminal() {
+                continue;
+            }
+            let Some(entry) = self.tasks.get_mut(id) else {
+                continue; // forgotten meanwhile
+            };
+            // Terminal is final, so what the file holds is this state.
+            if entry.status.is_terminal() && entry.payload == PayloadLocation::InTask {
+                *entry = Arc::new(entry.without_payload());
+                self.held.release(*id);
+            }
+        }
+    }
 }
 
 /// The bytes a task's payload counts: its data and result, if it holds them.
 pub(super) fn payload_bytes(task: &Task) -> u64 {
+    if task.payload == PayloadLocation::InStore {
+        return 0;
+    }
     [&task.data, &task.result]
         .into_iter()
         .flatten()

@@ -194,6 +194,8 @@ impl Manager {
                 }
                 _ => finished.push((task.completed_at.unwrap_or(task.created_at), id)),
             }
+            // Finished tasks come without their payload, which stays in the
+            // file; only what is still to run is held.
             self.held.add(id, held::payload_bytes(&task));
             self.tasks.insert(id, Arc::new(task));
         }
@@ -445,6 +447,7 @@ impl Manager {
                 for reply in std::mem::take(&mut batch.replies) {
                     self.send_deferred(reply, &batch, cluster_outcome.as_ref());
                 }
+                self.let_go_of_stored_payloads(&batch);
             }
             Err(failure) => {
                 error!(error = %error_chain(&failure), "storing a batch of task changes failed; retrying");
