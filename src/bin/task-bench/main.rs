@@ -7,12 +7,16 @@
 //! `--only-actor` or `--only-create` for one figure, e.g. under a profiler).
 //! `--stores` is a run of its own: the memory, SQLite and PostgreSQL stores
 //! side by side, next to the disk's own fsync rate (see `stores.rs`).
+//! `--retained-rss [--binary PATH] [--tasks N] [--data-bytes B]` is one too:
+//! the resident memory of a real binary holding N finished tasks on SQLite,
+//! live and after a restart (see `retained.rs`).
 //! These machines are noisy: compare ratios taken in the same run, not
 //! absolute figures across runs.
 
 mod bare;
 mod load;
 mod memory;
+mod retained;
 mod stores;
 mod watch;
 
@@ -232,6 +236,9 @@ async fn run(scale: Scale) -> anyhow::Result<()> {
     }
     if std::env::args().any(|argument| argument == "--stores") {
         return stores::report(scale).await;
+    }
+    if std::env::args().any(|argument| argument == "--retained-rss") {
+        return retained::report().await;
     }
     println!(
         "task-bench: {} cores, scale {scale:?}\n",
