@@ -14,7 +14,7 @@ use crate::{
     admin,
     api::TaskApi,
     config::Config,
-    manager::{FORCED_STOP_AFTER, ManagerHandle},
+    manager::{FORCED_STOP_AFTER, ManagerHandle, StoreHealth},
     metrics::Metrics,
     pb::{self, task_service_server::TaskServiceServer},
     processor::Registry,
@@ -128,6 +128,11 @@ pub async fn run_with(
     health_reporter
         .set_service_status(TASK_SERVICE_NAME, ServingStatus::Serving)
         .await;
+    let draining = CancellationToken::new();
+    let health_follower = tokio::spawn(follow_store_health(
+        manager.store_health(),
+        health_reporter.clone(),
+    ));
 
     // google.rpc error details are served too, so grpcurl can print the
     // BadRequest and RetryInfo details of our errors.
@@ -165,7 +170,6 @@ pub async fn run_with(
         stop_serving.clone().cancelled_owned(),
     ));
 
-    let draining = CancellationToken::new();
     let admin_address = listeners.admin.as_ref().map(address_of);
     let admin = listeners.admin.map(|listener| {
         tokio::spawn(admin::serve(
@@ -202,6 +206,9 @@ pub async fn run_with(
         "shutdown begun: not serving, refusing creates"
     );
     draining.cancel();
+    // Stopped first, so it cannot say SERVING again after this.
+    health_follower.abort();
+    let _ = health_follower.await;
     for service in ["", TASK_SERVICE_NAME] {
         health_reporter
             .set_service_status(service, ServingStatus::NotServing)
@@ -253,6 +260,32 @@ pub async fn run_with(
     }
     info!("stopped");
     Ok(())
+}
+
+/// Keeps the task service's gRPC health in step with the store: not serving
+/// while it cannot write, so Kubernetes sends traffic elsewhere without
+/// restarting the pod (health for `""`, the process, stays serving). Runs
+/// until the shutdown aborts it.
+async fn follow_store_health(
+    mut store_health: tokio::sync::watch::Receiver<StoreHealth>,
+    health_reporter: tonic_health::server::HealthReporter,
+) {
+    loop {
+        let health = store_health.borrow_and_update().clone();
+        let status = match &health {
+            StoreHealth::Writable => ServingStatus::Serving,
+            StoreHealth::Failing(reason) => {
+                warn!(reason = %reason, "the task store cannot be written: not serving until it can");
+                ServingStatus::NotServing
+            }
+        };
+        health_reporter
+            .set_service_status(TASK_SERVICE_NAME, status)
+            .await;
+        if store_health.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 fn address_of(listener: &TcpListener) -> String {

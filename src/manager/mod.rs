@@ -34,6 +34,21 @@ const COMMAND_BUFFER: usize = 4096;
 /// How many progress reports may wait for the actor before processors wait.
 const PROGRESS_BUFFER: usize = 1024;
 
+/// PostgreSQL: how long a read (Get, List) may take before the client hears
+/// `UNAVAILABLE`. A connection whose network was cut never answers; a page
+/// of the largest tasks reads in well under a second.
+const STORE_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether the store takes writes, as the last commit (or probe) found.
+/// gRPC health of the task service and `/readyz` follow it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreHealth {
+    /// The last commit or probe succeeded (or nothing was written yet).
+    Writable,
+    /// The last one failed, for this reason; creates are refused.
+    Failing(String),
+}
+
 /// What the manager needs to know to run tasks.
 #[derive(Clone, Debug)]
 pub struct ManagerConfig {
@@ -145,6 +160,8 @@ pub struct ManagerHandle {
     /// PostgreSQL: reads go straight to the shared database, which any
     /// replica may have written.
     shared_store: Option<PostgresStore>,
+    /// What the persister last found of the store.
+    store_health: tokio::sync::watch::Receiver<StoreHealth>,
 }
 
 impl ManagerHandle {
@@ -190,6 +207,7 @@ impl ManagerHandle {
             Backend::Postgres(store) => Some(store.clone()),
             Backend::Memory | Backend::Sqlite(_) => None,
         };
+        let (health_sender, store_health) = tokio::sync::watch::channel(StoreHealth::Writable);
         let mut actor = actor::Manager::new(
             config,
             registry,
@@ -197,6 +215,7 @@ impl ManagerHandle {
             backend,
             progress_sender,
             progress_receiver,
+            health_sender,
         );
         if !stored.is_empty() {
             actor.recover(stored);
@@ -205,7 +224,13 @@ impl ManagerHandle {
         Self {
             commands,
             shared_store,
+            store_health,
         }
+    }
+
+    /// Follows whether the store takes writes.
+    pub fn store_health(&self) -> tokio::sync::watch::Receiver<StoreHealth> {
+        self.store_health.clone()
     }
 
     /// Validated task in, stored `PENDING` task out (or, for a repeated
@@ -220,7 +245,7 @@ impl ManagerHandle {
 
     pub async fn get_task(&self, id: TaskId) -> Result<Arc<Task>, ManagerError> {
         if let Some(store) = &self.shared_store {
-            return match store.get(id).await {
+            return match read_in_time(store.get(id)).await {
                 Ok(Some(task)) => Ok(Arc::new(task)),
                 Ok(None) => Err(ManagerError::NotFound(id)),
                 Err(error) => Err(storage_error(&error)),
@@ -232,8 +257,7 @@ impl ManagerHandle {
 
     pub async fn list_tasks(&self, query: ListQuery) -> Result<ListPage, ManagerError> {
         if let Some(store) = &self.shared_store {
-            return store
-                .list(&query)
+            return read_in_time(store.list(&query))
                 .await
                 .map_err(|error| storage_error(&error));
         }
@@ -307,6 +331,17 @@ impl ManagerHandle {
             .map_err(|_| ManagerError::ShuttingDown)?;
         reply.await.map_err(|_| ManagerError::ShuttingDown)?
     }
+}
+
+/// A read of the shared store, given up after [`STORE_READ_TIMEOUT`].
+async fn read_in_time<T>(
+    read: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(STORE_READ_TIMEOUT, read)
+        .await
+        .unwrap_or(Err(StoreError::TimedOut {
+            after: STORE_READ_TIMEOUT,
+        }))
 }
 
 /// A store failure as the client sees it: its causes, no internals.

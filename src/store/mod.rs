@@ -111,6 +111,8 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("task {id} in the database cannot be read: {reason}")]
     Corrupt { id: String, reason: String },
+    #[error("the database did not answer within {}", humantime::format_duration(*after))]
+    TimedOut { after: std::time::Duration },
 }
 
 /// One change to persist. The manager folds the changes of one batch so

@@ -10,6 +10,7 @@ mod support;
 
 mod cluster;
 mod create;
+mod disk_full;
 mod durability;
 mod lifecycle;
 mod list;

@@ -66,6 +66,13 @@ impl Drop for Process {
 /// its JSON "serving" log line. The store is memory unless the arguments
 /// name one (never the default file in the working directory).
 pub fn start_binary(arguments: &[&str], env: &[(&str, &str)]) -> Process {
+    start_binary_under(&[], arguments, env)
+}
+
+/// Like [`start_binary`], run by `wrapper` (a command that ends by running
+/// the binary path and arguments that follow it, such as `sh -c '…; exec
+/// "$0" "$@"'`).
+pub fn start_binary_under(wrapper: &[&str], arguments: &[&str], env: &[(&str, &str)]) -> Process {
     let store_given = arguments.contains(&"--store")
         || env.iter().any(|(name, _)| *name == "TASK_PROCESSOR_STORE");
     let default_store: &[&str] = if store_given {
@@ -73,7 +80,16 @@ pub fn start_binary(arguments: &[&str], env: &[(&str, &str)]) -> Process {
     } else {
         &["--store", "memory"]
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_task-processor"))
+    let binary = env!("CARGO_BIN_EXE_task-processor");
+    let mut command = match wrapper.split_first() {
+        Some((program, wrapper_arguments)) => {
+            let mut command = Command::new(program);
+            command.args(wrapper_arguments).arg(binary);
+            command
+        }
+        None => Command::new(binary),
+    };
+    let mut child = command
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .args(default_store)
         .args(arguments)

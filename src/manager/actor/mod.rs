@@ -27,7 +27,7 @@ use tracing::{debug, error, info, warn};
 
 use super::{
     Command, FORCED_STOP_AFTER, ListPage, ListQuery, ManagerConfig, ManagerError, ManagerStats,
-    Reply,
+    Reply, StoreHealth,
     persist::{Backend, Committed, Deferred, Pending, Persister},
     watch::{TaskWatch, WatchState},
 };
@@ -127,6 +127,7 @@ impl Manager {
         backend: Backend,
         progress_sender: mpsc::Sender<ProgressUpdate>,
         progress_updates: mpsc::Receiver<ProgressUpdate>,
+        store_health: watch::Sender<StoreHealth>,
     ) -> Self {
         let cluster = match &backend {
             Backend::Postgres(store) => {
@@ -136,7 +137,12 @@ impl Manager {
             Backend::Memory | Backend::Sqlite(_) => None,
         };
         Self {
-            persister: Persister::new(backend, config.node_name.clone(), metrics.clone()),
+            persister: Persister::new(
+                backend,
+                config.node_name.clone(),
+                metrics.clone(),
+                store_health,
+            ),
             uncommitted: HashSet::new(),
             cluster,
             config,
@@ -345,6 +351,10 @@ impl Manager {
             let _ = respond_to.send(Err(ManagerError::ShuttingDown));
             return;
         }
+        if let Some(refused) = self.store_refusal() {
+            let _ = respond_to.send(Err(refused));
+            return;
+        }
         if let Some(request_id) = &new_task.request_id
             && let Some(existing) = self
                 .request_ids
@@ -391,6 +401,14 @@ impl Manager {
         }
     }
 
+    /// While the store fails, a create is refused at once: waiting for a
+    /// store known not to write would keep the client past its 2 s answer.
+    fn store_refusal(&self) -> Option<ManagerError> {
+        self.persister
+            .failure()
+            .map(|reason| ManagerError::Storage(reason.to_owned()))
+    }
+
     fn queue_full(&self) -> ManagerError {
         ManagerError::QueueFull {
             capacity: self.config.queue_capacity,
@@ -431,17 +449,30 @@ impl Manager {
                 }
             }
             Err(failure) => {
-                error!(error = %error_chain(&failure), "storing a batch of task changes failed; retrying");
+                if batch.probe {
+                    debug!(error = %error_chain(&failure), "the task store still fails");
+                } else {
+                    error!(error = %error_chain(&failure), "storing a batch of task changes failed; retrying");
+                }
                 // Clients hear what failed, not the database's internals.
                 let reason = failure.to_string();
                 // Creates in the batch were never stored: take them back and
-                // tell their clients; everything else is tried again.
-                for id in std::mem::take(&mut batch.created) {
+                // tell their clients; everything else is tried again. So are
+                // the creates gathered meanwhile for the next commit: the
+                // store is failing, and they must not wait for it.
+                let (gathered, gathered_replies) = self.persister.take_creates();
+                for id in std::mem::take(&mut batch.created)
+                    .into_iter()
+                    .chain(gathered)
+                {
                     self.uncommitted.remove(&id);
                     self.roll_back_create(id);
                 }
                 let mut kept = Vec::new();
-                for reply in std::mem::take(&mut batch.replies) {
+                for reply in std::mem::take(&mut batch.replies)
+                    .into_iter()
+                    .chain(gathered_replies)
+                {
                     match reply {
                         Deferred::Created { respond_to, .. }
                         | Deferred::Inserted { respond_to, .. } => {
@@ -464,7 +495,12 @@ impl Manager {
     ) {
         match reply {
             Deferred::Created { id, respond_to } => {
-                let _ = respond_to.send(self.get(id));
+                // A repeated create that waited on a first one whose insert
+                // failed: that task was never stored.
+                let answer = self
+                    .get(id)
+                    .map_err(|_| ManagerError::Storage("the task could not be stored".into()));
+                let _ = respond_to.send(answer);
             }
             Deferred::Inserted { index, respond_to } => {
                 let _ = respond_to.send(cluster::insert_answer(batch, cluster_outcome, index));
