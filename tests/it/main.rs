@@ -19,4 +19,5 @@ mod reflection;
 mod scheduling;
 mod shutdown;
 mod taskctl;
+mod taskctl_connection;
 mod watch;

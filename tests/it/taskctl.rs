@@ -25,7 +25,7 @@ use crate::support::{
     DEADLINE, TestServer, create, eventually, get, json as json_of, test_config, wait_for_status,
 };
 
-const TASKCTL: &str = env!("CARGO_BIN_EXE_taskctl");
+pub(crate) const TASKCTL: &str = env!("CARGO_BIN_EXE_taskctl");
 
 /// What one run of `taskctl` did.
 #[derive(Debug)]

@@ -1,0 +1,138 @@
+//! `taskctl` when the connection under it fails: the real server binary is
+//! killed in the middle of a `taskctl watch`, and taskctl must say
+//! "unavailable" (exit 7) in one plain line, soon — never exit 1 with an h2
+//! protocol error.
+//!
+//! The server binary runs under [`Process`], whose drop kills it, and
+//! taskctl under [`Watching`], whose drop kills it: a failed assertion
+//! leaves no process behind.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    process::{Child, ChildStderr, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use serde_json::json;
+
+use crate::{
+    process::{Process, start_binary},
+    support::{DEADLINE, create},
+    taskctl::TASKCTL,
+};
+
+/// A `taskctl watch` running as a child process, its stdout read line by
+/// line as it comes.
+struct Watching {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: Option<ChildStderr>,
+}
+
+impl Watching {
+    /// Starts `taskctl watch <task_id>` against the server.
+    fn start(server: &Process, task_id: &str) -> Self {
+        let mut child = Command::new(TASKCTL)
+            .args(["--addr", &server.grpc_url, "watch", task_id])
+            .env_remove("TASKCTL_ADDR")
+            .env_remove("TASKCTL_CALL_TIMEOUT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("taskctl starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take();
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// Waits for the first state line: the stream is open and taskctl is
+    /// following the task.
+    fn until_following(&self) -> String {
+        self.lines
+            .recv_timeout(DEADLINE)
+            .expect("taskctl prints the task's state once it follows it")
+    }
+
+    /// Polls until taskctl exits, failing the test after `deadline`;
+    /// returns its exit code and stderr.
+    async fn exit_within(&mut self, deadline: Duration) -> (i32, String) {
+        let until = tokio::time::Instant::now() + deadline;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "taskctl still running {deadline:?} after the server went away"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.stderr.take() {
+            pipe.read_to_string(&mut stderr).expect("UTF-8 stderr");
+        }
+        let code = status
+            .code()
+            .unwrap_or_else(|| panic!("taskctl was killed by a signal: {status:?}"));
+        (code, stderr)
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the server binary with a task that sleeps a minute, long past
+/// any test, and a `taskctl watch` following it.
+async fn watching_a_long_task() -> (Process, Watching) {
+    let server = start_binary(&["--drain-period", "0s"], &[]);
+    let mut client = server.client().await;
+    let task = create(
+        &mut client,
+        "long nap",
+        "sleep",
+        Some(json!({"seconds": 60})),
+    )
+    .await;
+    let watching = Watching::start(&server, &task.id);
+    watching.until_following();
+    (server, watching)
+}
+
+/// The message of a lost connection: one line, in words, exit 7.
+#[track_caller]
+fn assert_connection_lost(code: i32, stderr: &str) {
+    assert_eq!(code, 7, "exit code; stderr: {stderr}");
+    let message = stderr.trim_end();
+    assert!(!message.contains('\n'), "one line: {stderr:?}");
+    assert!(
+        message.starts_with("taskctl: the connection to the server was lost: "),
+        "{stderr:?}"
+    );
+    assert!(!message.contains("h2 protocol error"), "{stderr:?}");
+}
+
+#[tokio::test]
+async fn a_watch_whose_server_is_killed_exits_unavailable() {
+    let (mut server, mut watching) = watching_a_long_task().await;
+    server.kill_hard();
+    let (code, stderr) = watching.exit_within(DEADLINE).await;
+    assert_connection_lost(code, &stderr);
+}
