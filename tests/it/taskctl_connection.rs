@@ -1,11 +1,11 @@
 //! `taskctl` when the connection under it fails: the real server binary is
-//! killed in the middle of a `taskctl watch`, and taskctl must say
-//! "unavailable" (exit 7) in one plain line, soon — never exit 1 with an h2
-//! protocol error.
+//! killed or frozen in the middle of a `taskctl watch`, and taskctl must
+//! say "unavailable" (exit 7) in one plain line, soon — never hang, never
+//! exit 1 with an h2 protocol error.
 //!
-//! The server binary runs under [`Process`], whose drop kills it, and
-//! taskctl under [`Watching`], whose drop kills it: a failed assertion
-//! leaves no process behind.
+//! The server binary runs under [`Process`], whose drop kills it (SIGKILL
+//! ends a stopped process too), and taskctl under [`Watching`], whose drop
+//! kills it: a failed assertion leaves no process behind.
 
 use std::{
     io::{BufRead, BufReader, Read},
@@ -31,12 +31,15 @@ struct Watching {
 }
 
 impl Watching {
-    /// Starts `taskctl watch <task_id>` against the server.
-    fn start(server: &Process, task_id: &str) -> Self {
+    /// Starts `taskctl watch <task_id>` against the server; `env` adds
+    /// variables (the hidden keepalive setting).
+    fn start(server: &Process, task_id: &str, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(TASKCTL)
             .args(["--addr", &server.grpc_url, "watch", task_id])
             .env_remove("TASKCTL_ADDR")
             .env_remove("TASKCTL_CALL_TIMEOUT")
+            .env_remove("TASKCTL_KEEPALIVE")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -99,9 +102,18 @@ impl Drop for Watching {
     }
 }
 
+/// Sends a signal (`STOP`, `CONT`) to the server process.
+fn signal(server: &Process, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &server.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{name}");
+}
+
 /// Starts the server binary with a task that sleeps a minute, long past
 /// any test, and a `taskctl watch` following it.
-async fn watching_a_long_task() -> (Process, Watching) {
+async fn watching_a_long_task(env: &[(&str, &str)]) -> (Process, Watching) {
     let server = start_binary(&["--drain-period", "0s"], &[]);
     let mut client = server.client().await;
     let task = create(
@@ -111,7 +123,7 @@ async fn watching_a_long_task() -> (Process, Watching) {
         Some(json!({"seconds": 60})),
     )
     .await;
-    let watching = Watching::start(&server, &task.id);
+    let watching = Watching::start(&server, &task.id, env);
     watching.until_following();
     (server, watching)
 }
@@ -131,8 +143,21 @@ fn assert_connection_lost(code: i32, stderr: &str) {
 
 #[tokio::test]
 async fn a_watch_whose_server_is_killed_exits_unavailable() {
-    let (mut server, mut watching) = watching_a_long_task().await;
+    let (mut server, mut watching) = watching_a_long_task(&[]).await;
     server.kill_hard();
     let (code, stderr) = watching.exit_within(DEADLINE).await;
+    assert_connection_lost(code, &stderr);
+}
+
+#[tokio::test]
+async fn a_watch_whose_server_freezes_exits_unavailable_through_keepalive() {
+    // Pings every second, each answered within a second: a frozen server
+    // is noticed in about 2 s instead of the default 20 s.
+    let (server, mut watching) = watching_a_long_task(&[("TASKCTL_KEEPALIVE", "1s")]).await;
+    signal(&server, "STOP");
+    let exited = watching.exit_within(DEADLINE).await;
+    // Resumed so it dies like any other; its drop kills it either way.
+    signal(&server, "CONT");
+    let (code, stderr) = exited;
     assert_connection_lost(code, &stderr);
 }

@@ -9,7 +9,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use task_processor::pb;
 
-use crate::errors::exit_codes_help;
+use crate::{connection::DEFAULT_KEEPALIVE, errors::exit_codes_help};
 
 /// The address used when neither --addr nor TASKCTL_ADDR is given.
 pub const DEFAULT_ADDRESS: &str = "http://127.0.0.1:50051";
@@ -74,6 +74,22 @@ pub struct GlobalArgs {
         value_name = "DURATION"
     )]
     pub call_timeout: Duration,
+
+    /// Hidden, for tests: the HTTP/2 keepalive interval, and how long each
+    /// ping may go unanswered, before the connection counts as lost. Tests
+    /// set 1s so that a frozen server is noticed in about 2 s rather than
+    /// the 20 s of the default (see `connection::DEFAULT_KEEPALIVE`).
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        env = "TASKCTL_KEEPALIVE",
+        hide_env = true,
+        default_value = DEFAULT_KEEPALIVE,
+        value_parser = parse_keepalive,
+        value_name = "DURATION"
+    )]
+    pub keepalive: Duration,
 
     /// Reserved: connect with TLS. Not supported yet; using it is an error.
     #[arg(long, global = true)]
@@ -324,6 +340,15 @@ fn parse_call_timeout(text: &str) -> Result<Duration, String> {
     Ok(timeout)
 }
 
+/// The hidden `--keepalive`: more than 0 (hyper would never ping).
+fn parse_keepalive(text: &str) -> Result<Duration, String> {
+    let interval = parse_duration(text)?;
+    if interval.is_zero() {
+        return Err("must be more than 0 (try 1s)".to_owned());
+    }
+    Ok(interval)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,6 +376,15 @@ mod tests {
         let error = Cli::try_parse_from(["taskctl", "--call-timeout", "0s", "health"])
             .expect_err("0s is refused");
         assert_eq!(error.exit_code(), 2);
+    }
+
+    #[test]
+    fn the_keepalive_default_parses_to_the_documented_interval() {
+        let cli = Cli::try_parse_from(["taskctl", "health"]).expect("defaults");
+        // README and the comment on DEFAULT_KEEPALIVE say 10 s.
+        assert_eq!(cli.global.keepalive, Duration::from_secs(10));
+        assert!(parse_keepalive("0s").is_err());
+        assert_eq!(parse_keepalive("1s"), Ok(Duration::from_secs(1)));
     }
 
     #[test]
