@@ -1,7 +1,8 @@
 //! `taskctl` when the connection under it fails: the real server binary is
 //! killed or frozen in the middle of a `taskctl watch`, and taskctl must
 //! say "unavailable" (exit 7) in one plain line, soon — never hang, never
-//! exit 1 with an h2 protocol error.
+//! exit 1 with an h2 protocol error. Also: taskctl's default call timeout
+//! outlasts a server that waits on its store before answering UNAVAILABLE.
 //!
 //! The server binary runs under [`Process`], whose drop kills it (SIGKILL
 //! ends a stopped process too), and taskctl under [`Watching`], whose drop
@@ -15,11 +16,12 @@ use std::{
 };
 
 use serde_json::json;
+use tonic::Code;
 
 use crate::{
     process::{Process, start_binary},
     support::{DEADLINE, create},
-    taskctl::TASKCTL,
+    taskctl::{TASKCTL, command, run, start_scripted_after},
 };
 
 /// A `taskctl watch` running as a child process, its stdout read line by
@@ -160,4 +162,32 @@ async fn a_watch_whose_server_freezes_exits_unavailable_through_keepalive() {
     signal(&server, "CONT");
     let (code, stderr) = exited;
     assert_connection_lost(code, &stderr);
+}
+
+#[tokio::test]
+async fn the_default_call_timeout_outlasts_the_servers_store_wait() {
+    // A server whose store is down answers UNAVAILABLE after waiting for
+    // it. The real server's wait cannot be set from outside, so a
+    // scripted one answers after 12 s: longer than the 10 s that taskctl
+    // used to give up after (issue 9), well within today's default.
+    let (address, serving) = start_scripted_after(
+        Duration::from_secs(12),
+        Some((
+            Code::Unavailable,
+            "the task store is unavailable, try again: pool timed out",
+        )),
+    )
+    .await;
+    let unknown = "0190b4a4-5d3e-7f00-8000-000000000000";
+    let answered = run(command(&address, &["get", unknown])).await;
+    answered.expect_code(7);
+    assert_eq!(
+        answered.stderr.trim(),
+        "taskctl: server unavailable: the task store is unavailable, try again: pool timed out"
+    );
+    serving.abort();
+
+    let help = run(command(&address, &["--help"])).await;
+    help.expect_code(0);
+    assert!(help.stdout.contains("[default: 30s]"), "{}", help.stdout);
 }

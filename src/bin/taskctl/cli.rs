@@ -64,12 +64,19 @@ pub struct GlobalArgs {
     /// How long each call (and connecting) may take, e.g. 10s, 1m; more
     /// than 0. Not applied to watch streams, which last as long as the
     /// task. (Named apart from `create --timeout`, which is the task's own
-    /// timeout.)
+    /// timeout.) The default, 30s, outlasts the server's wait for its store
+    /// (2 s) and keepalive's detection of a frozen server (20 s), so those
+    /// are reported as unavailable (exit 7), not as a timeout (exit 1).
+    // Issue 9: a default equal to the server's store wait (10 s each) made
+    // a store outage look like "no answer" (1). 30 s is far longer than the
+    // server's 2 s store wait, and longer than the ~20 s keepalive needs to
+    // find a dead connection, so a frozen server under a long call is
+    // "connection lost" (7) too; a person rarely waits longer than that.
     #[arg(
         long,
         global = true,
         env = "TASKCTL_CALL_TIMEOUT",
-        default_value = "10s",
+        default_value = "30s",
         value_parser = parse_call_timeout,
         value_name = "DURATION"
     )]
