@@ -20,4 +20,5 @@ mod reflection;
 mod scheduling;
 mod shutdown;
 mod taskctl;
+mod taskctl_connection;
 mod watch;

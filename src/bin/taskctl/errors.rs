@@ -7,6 +7,7 @@
 
 use std::{fmt, io, time::Duration};
 
+use task_processor::telemetry::error_chain;
 use tonic::{Code, Status, TimeoutExpired};
 use tonic_types::StatusExt;
 
@@ -30,7 +31,8 @@ pub enum ExitStatus {
     NotFound = 5,
     /// The server refused the request as invalid.
     InvalidArgument = 6,
-    /// No server answers, it is shutting down, or it is not serving.
+    /// No server answers, the connection to it was lost, it is shutting
+    /// down, or it is not serving.
     Unavailable = 7,
     /// The server's queue of waiting tasks is full; the same command may
     /// succeed later.
@@ -66,7 +68,7 @@ pub const EXIT_CODES: &[(ExitStatus, &str)] = &[
     ),
     (
         ExitStatus::Unavailable,
-        "unavailable: cannot connect, server shutting down, or not serving",
+        "unavailable: cannot connect, connection lost, server shutting down, or not serving",
     ),
     (
         ExitStatus::ServerBusy,
@@ -136,6 +138,12 @@ pub enum CliError {
     #[error("server unavailable: {message}")]
     Unavailable { message: String },
 
+    /// The connection broke under a call or a watch: the server died,
+    /// froze (keepalive pings went unanswered), or the connection or the
+    /// stream was cut. `reason` is the transport's, in its words.
+    #[error("the connection to the server was lost: {reason}")]
+    ConnectionLost { reason: String },
+
     #[error("{service:?} is {status}, not SERVING")]
     NotServing { service: String, status: String },
 
@@ -191,6 +199,7 @@ impl CliError {
             Self::ConnectionRefused { .. }
             | Self::CannotConnect { .. }
             | Self::Unavailable { .. }
+            | Self::ConnectionLost { .. }
             | Self::NotServing { .. } => ExitStatus::Unavailable,
             Self::ServerBusy { .. } => ExitStatus::ServerBusy,
             Self::DeadlineExceeded { .. }
@@ -217,6 +226,9 @@ impl CliError {
     /// Turns a status from a task RPC into an error a person can act on;
     /// `task_id` is the id the call was about, if any.
     pub fn from_task_status(status: Status, task_id: Option<&str>) -> Self {
+        if let Some(lost) = connection_lost(&status) {
+            return lost;
+        }
         match (status.code(), task_id) {
             (Code::NotFound, Some(task_id)) => Self::TaskNotFound {
                 task_id: task_id.to_owned(),
@@ -232,6 +244,9 @@ impl CliError {
     /// Turns a status from `CreateTask` into an error a person can act on;
     /// `request_id` is the `--request-id` sent, if any.
     pub fn from_create_status(status: Status, request_id: Option<&str>) -> Self {
+        if let Some(lost) = connection_lost(&status) {
+            return lost;
+        }
         match (status.code(), request_id) {
             (Code::AlreadyExists, Some(request_id)) => Self::RequestIdReused {
                 request_id: request_id.to_owned(),
@@ -243,6 +258,9 @@ impl CliError {
     /// The mapping of gRPC status codes that do not depend on what was
     /// asked.
     pub fn from_status(status: Status) -> Self {
+        if let Some(lost) = connection_lost(&status) {
+            return lost;
+        }
         match status.code() {
             Code::InvalidArgument => Self::InvalidArgument {
                 field_violations: field_violations(&status),
@@ -272,6 +290,54 @@ pub fn is_deadline_exceeded(status: &Status) -> bool {
         Code::DeadlineExceeded => true,
         Code::Cancelled => status.message() == TimeoutExpired(()).to_string(),
         _ => false,
+    }
+}
+
+/// The one place that tells a broken connection from an answer: `Some`
+/// when tonic made the status from a failure of the transport under the
+/// call rather than receiving it from the server.
+///
+/// A status the server sends (in trailers or headers) never carries a
+/// source error; one tonic makes locally from hyper, h2 or I/O does:
+/// connection reset, broken pipe, "error reading a body from connection",
+/// GOAWAY, a stream reset by the server, keepalive pings unanswered, the
+/// connection closed before the answer. tonic gives these varied codes
+/// (`UNKNOWN`, `INTERNAL`, `CANCELLED`, `UNAVAILABLE`), all of which mean
+/// the same to a person: the server can no longer be heard. Matching on
+/// the source rather than on hyper's and h2's types keeps taskctl free of
+/// those crates' versions, and rather than on their messages keeps it
+/// free of their wording. Our own deadline (tonic's `TimeoutExpired`)
+/// also has a source, and stays a timeout.
+fn connection_lost(status: &Status) -> Option<CliError> {
+    let source = std::error::Error::source(status)?;
+    if is_deadline_exceeded(status) || chain_has::<TimeoutExpired>(source) {
+        return None;
+    }
+    Some(CliError::ConnectionLost {
+        reason: lost_connection_reason(status, source),
+    })
+}
+
+/// Whether an error of type `E` is among `error` and its causes.
+fn chain_has<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        if current.is::<E>() {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
+}
+
+/// What broke, without tonic's wrapping (`h2 protocol error: `, `status:
+/// Unknown, message: …`): the causes' own words, joined on one line.
+fn lost_connection_reason(status: &Status, source: &(dyn std::error::Error + 'static)) -> String {
+    let reason = error_chain(source).replace('\n', " ");
+    if reason.trim().is_empty() {
+        status.message().replace('\n', " ")
+    } else {
+        reason
     }
 }
 
@@ -500,6 +566,38 @@ mod tests {
             "the client went away"
         )));
         assert!(!is_deadline_exceeded(&Status::internal("Timeout expired")));
+    }
+
+    #[test]
+    fn a_broken_connection_is_unavailable_in_plain_words() {
+        // What tonic makes of a transport failure: a local error as the
+        // source, whatever the code.
+        let reset = io::Error::new(io::ErrorKind::ConnectionReset, "connection reset by peer");
+        let lost = CliError::from_task_status(Status::from_error(Box::new(reset)), Some("42"));
+        assert_eq!(
+            lost.to_string(),
+            "the connection to the server was lost: connection reset by peer"
+        );
+        assert_eq!(lost.exit_status(), ExitStatus::Unavailable);
+        let mut with_cause = Status::internal("h2 protocol error: error reading a body");
+        with_cause.set_source(std::sync::Arc::new(io::Error::other("line one\nline two")));
+        let lost = CliError::from_status(with_cause);
+        assert_eq!(
+            lost.to_string(),
+            "the connection to the server was lost: line one line two"
+        );
+
+        // Our own deadline has a source too, and is not a lost connection.
+        let timeout = Status::from_error(Box::new(TimeoutExpired(())));
+        assert!(connection_lost(&timeout).is_none());
+        // What the server says, it says: no source.
+        let shutting_down = CliError::from_status(Status::unavailable("shutting down"));
+        assert_eq!(
+            shutting_down.to_string(),
+            "server unavailable: shutting down"
+        );
+        let failed = CliError::from_status(Status::internal("handler panicked"));
+        assert_eq!(failed.exit_status(), ExitStatus::OtherError);
     }
 
     #[test]
