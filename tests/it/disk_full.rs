@@ -17,13 +17,11 @@ use std::{
 use serde_json::json;
 use task_processor::pb::task_service_client::TaskServiceClient;
 use tonic::{Code, transport::Channel};
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
 
 use crate::{
     process::{Process, start_binary, start_binary_under},
-    support::{eventually, http_get, list_all, request},
+    support::{health_status, http_get, list_all, request, wait_for_task_service_health},
 };
 
 /// Each create carries this much data, so the disk fills in a few dozen.
@@ -170,7 +168,7 @@ async fn fill_the_disk_then_free_it(fault: &dyn Fault, path: &Path) {
     let arguments = ["--store", store.as_str(), "--max-concurrent", "1"];
     let process = fault.start(&arguments);
     let mut client = process.client().await;
-    let health = HealthClient::new(channel_of(&process).await);
+    let health = HealthClient::new(process.channel().await);
     fault.fill();
 
     let mut acknowledged: Vec<String> = Vec::new();
@@ -195,8 +193,8 @@ async fn fill_the_disk_then_free_it(fault: &dyn Fault, path: &Path) {
 
     // While the store cannot write: the task service is not serving, the
     // process is; creates are refused.
-    wait_for_health(&health, ServingStatus::NotServing).await;
-    assert_eq!(status_of(&health, "").await, ServingStatus::Serving);
+    wait_for_task_service_health(&health, ServingStatus::NotServing).await;
+    assert_eq!(health_status(&health, "").await, ServingStatus::Serving);
     let (ready, body) = http_get(&process.admin_address, "/readyz").await;
     assert_eq!(ready, 503, "{body}");
     assert_eq!(http_get(&process.admin_address, "/healthz").await.0, 200);
@@ -205,7 +203,7 @@ async fn fill_the_disk_then_free_it(fault: &dyn Fault, path: &Path) {
 
     // Room again: the server finds out by itself, without a restart.
     fault.free(&process);
-    wait_for_health(&health, ServingStatus::Serving).await;
+    wait_for_task_service_health(&health, ServingStatus::Serving).await;
     assert_eq!(http_get(&process.admin_address, "/readyz").await.0, 200);
     for number in 0..5 {
         let id = create_big(&mut client, MOST_CREATES + 1 + number)
@@ -246,31 +244,4 @@ async fn create_big(
         Ok(Err(status)) => Err(status.code()),
         Err(_) => panic!("a create got no answer within {CREATE_PATIENCE:?}"),
     }
-}
-
-async fn channel_of(process: &Process) -> Channel {
-    Channel::from_shared(process.grpc_url.clone())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect")
-}
-
-/// Polls the task service's health until it is `wanted`.
-async fn wait_for_health(health: &HealthClient<Channel>, wanted: ServingStatus) {
-    eventually(&format!("task service health {wanted:?}"), || async {
-        (status_of(health, "taskprocessor.v1.TaskService").await == wanted).then_some(())
-    })
-    .await;
-}
-
-async fn status_of(health: &HealthClient<Channel>, service: &str) -> ServingStatus {
-    let mut health = health.clone();
-    let response = health
-        .check(HealthCheckRequest {
-            service: service.into(),
-        })
-        .await
-        .expect("health answers");
-    response.into_inner().status()
 }

@@ -31,12 +31,15 @@ pub struct Process {
 
 impl Process {
     pub async fn client(&self) -> TaskServiceClient<tonic::transport::Channel> {
-        let channel = tonic::transport::Channel::from_shared(self.grpc_url.clone())
+        TaskServiceClient::new(self.channel().await)
+    }
+
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Channel::from_shared(self.grpc_url.clone())
             .expect("url")
             .connect()
             .await
-            .expect("connect");
-        TaskServiceClient::new(channel)
+            .expect("connect")
     }
 
     /// Whether the process logged a line with this message about this task.
