@@ -193,7 +193,8 @@ pub(super) struct Persister {
     in_flight: Option<JoinHandle<Committed>>,
     /// Commits that failed in a row; the next one waits longer.
     failures: u32,
-    /// Why the store does not take writes, while it does not.
+    /// Why the store does not take writes (the whole cause chain), while
+    /// it does not.
     failing: Option<String>,
     /// Told to health and readiness whenever `failing` changes.
     health: watch::Sender<StoreHealth>,
@@ -344,7 +345,8 @@ impl Persister {
             }
             Err(failure) => {
                 self.failures = self.failures.saturating_add(1);
-                let reason = failure.to_string();
+                // For operators (health logs, `/readyz`): the whole cause.
+                let reason = crate::telemetry::error_chain(failure);
                 if self.failing.as_ref() != Some(&reason) {
                     self.health
                         .send_replace(StoreHealth::Failing(reason.clone()));

@@ -404,9 +404,11 @@ impl Manager {
     /// While the store fails, a create is refused at once: waiting for a
     /// store known not to write would keep the client past its 2 s answer.
     fn store_refusal(&self) -> Option<ManagerError> {
+        // Clients hear that the store fails, not its internals (the
+        // operator sees those in the log and on `/readyz`).
         self.persister
             .failure()
-            .map(|reason| ManagerError::Storage(reason.to_owned()))
+            .map(|_| ManagerError::Storage("the store cannot be written".into()))
     }
 
     fn queue_full(&self) -> ManagerError {
