@@ -21,6 +21,7 @@ mod proxy;
 mod reflection;
 mod scheduling;
 mod shutdown;
+mod soak;
 mod taskctl;
 mod taskctl_connection;
 mod watch;
