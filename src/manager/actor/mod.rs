@@ -476,11 +476,16 @@ impl Manager {
                     .chain(gathered_replies)
                 {
                     match reply {
+                        // A cancel is not durable either: its client hears
+                        // so rather than waiting for the store (the change
+                        // stays decided and is written once the store takes
+                        // writes; a retried cancel finds it cancelled).
                         Deferred::Created { respond_to, .. }
-                        | Deferred::Inserted { respond_to, .. } => {
+                        | Deferred::Inserted { respond_to, .. }
+                        | Deferred::Answer { respond_to, .. } => {
                             let _ = respond_to.send(Err(ManagerError::Storage(reason.clone())));
                         }
-                        other => kept.push(other),
+                        Deferred::Flushed(_) => kept.push(reply),
                     }
                 }
                 batch.replies = kept;
