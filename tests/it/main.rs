@@ -11,6 +11,7 @@ mod support;
 mod cluster;
 mod create;
 mod durability;
+mod edge;
 mod lifecycle;
 mod list;
 mod operations;
