@@ -1,8 +1,9 @@
 //! The gRPC edge under abuse: requests larger than the limit, and the
 //! HTTP/2 bounds every connection gets.
 
+use bytes::Bytes;
 use serde_json::json;
-use task_processor::pb;
+use task_processor::{pb, server::MAX_CONCURRENT_STREAMS};
 use tonic::Code;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -56,4 +57,40 @@ async fn an_oversized_request_is_resource_exhausted_stating_the_limit() {
 
     // The connection is still good for calls within the limit.
     crate::support::create(&mut client, "small", "echo", Some(json!("x"))).await;
+}
+
+/// The server advertises SETTINGS_MAX_CONCURRENT_STREAMS, so one
+/// connection cannot hold an unbounded number of calls (and of their
+/// buffered responses); a raw HTTP/2 client sees the value.
+#[tokio::test]
+async fn every_connection_is_told_how_many_streams_it_may_open() {
+    let server = TestServer::start().await;
+    let tcp = tokio::net::TcpStream::connect(server.address)
+        .await
+        .expect("connect");
+    let (send, connection) = h2::client::handshake(tcp).await.expect("handshake");
+    tokio::spawn(connection);
+    // One call, so the server's SETTINGS (its first frame) have arrived.
+    let health_check = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}/grpc.health.v1.Health/Check",
+            server.address
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let mut send = send.ready().await.expect("ready");
+    let (response, mut body) = send.send_request(health_check, false).expect("sent");
+    // An empty HealthCheckRequest: uncompressed, zero bytes long.
+    body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .expect("request body");
+    let response = response.await.expect("answered");
+    assert_eq!(response.status(), http::StatusCode::OK);
+    assert_eq!(
+        send.current_max_send_streams(),
+        MAX_CONCURRENT_STREAMS as usize,
+        "SETTINGS_MAX_CONCURRENT_STREAMS"
+    );
 }
