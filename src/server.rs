@@ -2,11 +2,12 @@
 //! listener, the admin endpoints on their own, and the order in which
 //! things stop.
 
+mod incoming;
+
 use std::{future::Future, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::{error, info, warn};
 
@@ -21,6 +22,8 @@ use crate::{
     store::StoreError,
     telemetry::RpcLayer,
 };
+
+use incoming::Incoming;
 
 /// Room in a request for everything besides `data`.
 const REQUEST_OVERHEAD_BYTES: usize = 1024 * 1024;
@@ -181,7 +184,7 @@ pub async fn run_with(
         .add_service(reflection_v1alpha)
         .add_service(task_service);
     let mut serving = tokio::spawn(router.serve_with_incoming_shutdown(
-        TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
+        Incoming::new(listeners.grpc, metrics.clone()),
         stop_serving.clone().cancelled_owned(),
     ));
 
