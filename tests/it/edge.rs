@@ -1,9 +1,15 @@
 //! The gRPC edge under abuse: requests larger than the limit, and the
 //! HTTP/2 bounds every connection gets.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use serde_json::json;
 use task_processor::{pb, server::MAX_CONCURRENT_STREAMS};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
 use tonic::Code;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -92,5 +98,53 @@ async fn every_connection_is_told_how_many_streams_it_may_open() {
         send.current_max_send_streams(),
         MAX_CONCURRENT_STREAMS as usize,
         "SETTINGS_MAX_CONCURRENT_STREAMS"
+    );
+}
+
+/// The type of an HTTP/2 PING frame.
+const PING_FRAME: u8 = 0x6;
+
+/// Reads the next HTTP/2 frame: its type and flags (the payload is
+/// skipped); `None` once the server has closed the connection.
+async fn next_frame(tcp: &mut TcpStream) -> Option<(u8, u8)> {
+    let mut header = [0u8; 9];
+    tcp.read_exact(&mut header).await.ok()?;
+    let length = u32::from_be_bytes([0, header[0], header[1], header[2]]);
+    let mut payload = vec![0u8; length as usize];
+    tcp.read_exact(&mut payload).await.ok()?;
+    Some((header[3], header[4]))
+}
+
+/// A peer that stops answering (here: one that never answers a PING) is
+/// pinged after 20 s of quiet and dropped 20 s later, freeing what its
+/// streams held. A deadline well past 40 s bounds the wait.
+#[tokio::test]
+async fn a_peer_that_stops_answering_is_pinged_then_dropped() {
+    let server = TestServer::start().await;
+    let mut tcp = TcpStream::connect(server.address).await.expect("connect");
+    // The client preface and an empty SETTINGS frame; nothing more, ever.
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("preface sent");
+    let deadline = Duration::from_secs(90);
+    let pinged = tokio::time::timeout(deadline, async {
+        loop {
+            match next_frame(&mut tcp).await {
+                // Not an ACK: the server's own ping.
+                Some((PING_FRAME, flags)) if flags & 0x1 == 0 => return true,
+                Some(_) => continue,
+                None => return false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(pinged, Ok(true), "the server pings a quiet connection");
+    let closed = tokio::time::timeout(deadline, async {
+        while next_frame(&mut tcp).await.is_some() {}
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the server drops a peer that does not answer"
     );
 }
