@@ -2,11 +2,12 @@
 //! listener, the admin endpoints on their own, and the order in which
 //! things stop.
 
+mod incoming;
+
 use std::{future::Future, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::{error, info, warn};
 
@@ -22,6 +23,8 @@ use crate::{
     telemetry::RpcLayer,
 };
 
+use incoming::Incoming;
+
 /// Room in a request for everything besides `data`.
 const REQUEST_OVERHEAD_BYTES: usize = 1024 * 1024;
 
@@ -31,6 +34,23 @@ const CONNECTION_CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// How long the exit may wait for the store to take the last changes.
 const FINAL_FLUSH_GRACE: Duration = Duration::from_secs(5);
+
+/// How many streams (calls) one HTTP/2 connection may have open at once,
+/// advertised in SETTINGS_MAX_CONCURRENT_STREAMS (tonic advertises none by
+/// default). It also bounds what one connection can make the server buffer
+/// for responses its client does not read: each stream holds at most one
+/// encoded response message (a `ListTasks` page is under 4 MiB) plus
+/// hyper's 400 KiB send buffer, so about 100 × 4.4 MiB ≈ 440 MiB with the
+/// default `max_data_bytes`, where a single unbounded page used to hold
+/// tens of MiB per stream with no limit on streams.
+pub const MAX_CONCURRENT_STREAMS: u32 = 100;
+
+/// How often the server pings a connection that has sent nothing...
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+
+/// ...and how long the answer may take before the connection is dropped,
+/// so a peer that vanished (no FIN, no RST) frees its streams and buffers.
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The health service name of `TaskService`.
 pub const TASK_SERVICE_NAME: &str = "taskprocessor.v1.TaskService";
@@ -160,13 +180,16 @@ pub async fn run_with(
     let grpc_address = address_of(&listeners.grpc);
     let stop_serving = CancellationToken::new();
     let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .layer(RpcLayer::new(metrics.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(task_service);
     let mut serving = tokio::spawn(router.serve_with_incoming_shutdown(
-        TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
+        Incoming::new(listeners.grpc, metrics.clone()),
         stop_serving.clone().cancelled_owned(),
     ));
 

@@ -12,6 +12,7 @@ mod cluster;
 mod create;
 mod disk_full;
 mod durability;
+mod edge;
 mod lifecycle;
 mod list;
 mod operations;
