@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    manager::{ListPage, ListQuery, ManagerHandle, TaskWatch},
+    manager::{LIST_PAGE_BYTES, ListPage, ListQuery, ManagerHandle, TaskWatch},
     pb::{self, task_service_server::TaskService},
     processor::Registry,
     task::TaskId,
@@ -129,7 +129,7 @@ impl TaskService for TaskApi {
 
 /// The most a `ListTasks` response may take, encoded: gRPC's default
 /// receive limit (grpc-go, grpc-java, tonic), so that any client can list.
-pub const MAX_LIST_PAGE_BYTES: usize = 4 * 1024 * 1024;
+pub const MAX_LIST_PAGE_BYTES: usize = LIST_PAGE_BYTES;
 
 /// Room kept in a page for `next_page_token`: a token is 44 characters,
 /// plus a byte of field key and one of length.

@@ -21,7 +21,7 @@ use crate::{
 
 use persist::Backend;
 
-pub use crate::store::{ListPage, ListQuery};
+pub use crate::store::{LIST_PAGE_BYTES, ListPage, ListQuery};
 pub use watch::TaskWatch;
 
 /// How long a processor may keep running after it was told to stop

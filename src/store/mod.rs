@@ -136,6 +136,13 @@ impl Write {
     }
 }
 
+/// The most a `ListTasks` page may carry, encoded: gRPC's default receive
+/// limit (grpc-go, grpc-java, tonic), so that any client can list. A store
+/// stops reading a page once its tasks' payloads (data and results) pass
+/// it, so a page of large tasks is never read whole; the API then cuts the
+/// encoded response exactly.
+pub const LIST_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
 /// A filter and a position for listing tasks in creation order.
 #[derive(Clone, Debug, Default)]
 pub struct ListQuery {
