@@ -35,6 +35,61 @@ const CLIENTS: usize = 6;
 /// tasks carry up to 8 KiB of data, retention keeps at most 100 000.
 const RSS_BOUND_BYTES: u64 = 512 * 1024 * 1024;
 
+/// ListTasks calls the slow reader leaves unread on its one connection.
+const SLOW_READER_STREAMS: usize = 60;
+
+/// A client that asks for big pages and never reads a byte of them: one
+/// HTTP/2 connection that grants the server no flow-control window, so
+/// every answer stays in the server. Dropped, it closes the connection.
+struct SlowReader {
+    _streams: Vec<h2::client::ResponseFuture>,
+    _connection: tokio::task::JoinHandle<()>,
+}
+
+impl SlowReader {
+    async fn start(grpc_url: &str) -> Self {
+        let address = grpc_url.trim_start_matches("http://");
+        let tcp = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        let (send, connection) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, bytes::Bytes>(tcp)
+            .await
+            .expect("handshake");
+        let connection = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let page = prost::Message::encode_to_vec(&pb::ListTasksRequest {
+            page_size: 1000,
+            ..Default::default()
+        });
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&u32::try_from(page.len()).expect("small").to_be_bytes());
+        framed.extend_from_slice(&page);
+        let mut streams = Vec::new();
+        let mut send = send;
+        for _ in 0..SLOW_READER_STREAMS {
+            let list = http::Request::builder()
+                .method("POST")
+                .uri(format!("{grpc_url}/taskprocessor.v1.TaskService/ListTasks"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .expect("request");
+            send = send.ready().await.expect("ready");
+            let (response, mut body) = send.send_request(list, false).expect("sent");
+            body.send_data(bytes::Bytes::from(framed.clone()), true)
+                .expect("request body");
+            streams.push(response);
+        }
+        Self {
+            _streams: streams,
+            _connection: connection,
+        }
+    }
+}
+
 /// How long each phase of load lasts.
 fn phase() -> Duration {
     let seconds = std::env::var("TASK_PROCESSOR_SOAK_SECONDS")
@@ -326,6 +381,8 @@ async fn sqlite_under_load_survives_kill_9_and_a_full_disk() {
     pid.send_replace(process.child.id());
     target.send_replace(process.client().await);
 
+    eprintln!("soak: a client stops reading {SLOW_READER_STREAMS} big list pages");
+    let slow_reader = SlowReader::start(&process.grpc_url).await;
     tokio::time::sleep(phase()).await;
     eprintln!("soak: the disk fills up");
     let limit = file_sizes(directory.path()) + 256 * 1024;
@@ -335,6 +392,7 @@ async fn sqlite_under_load_survives_kill_9_and_a_full_disk() {
     set_file_size_limit(&process, "unlimited");
 
     tokio::time::sleep(phase()).await;
+    drop(slow_reader);
     let observed = load.stop().await;
     let highest_rss = sampler.highest().await;
     // What was answered OK must be in the file, not only in memory.
