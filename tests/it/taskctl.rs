@@ -899,7 +899,7 @@ async fn help_shows_examples_and_exit_codes() {
     for line in [
         "  3  the task failed",
         "  7  unavailable",
-        "  8  the server is busy (queue full); retry later",
+        "  8  the server is busy (queue or memory budget full); retry later",
     ] {
         assert!(help.stdout.contains(line), "{line} in {}", help.stdout);
     }
@@ -973,7 +973,7 @@ async fn a_full_queue_exits_busy_and_says_when_to_retry() {
     refused.expect_code(8);
     assert_eq!(
         refused.stderr.trim(),
-        "taskctl: the server is busy: its queue of waiting tasks is full; retry in 1s"
+        "taskctl: the server is busy: the queue is full: 1 tasks are waiting; retry in 1s"
     );
     server.gate.release(2);
 }

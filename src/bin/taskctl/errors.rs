@@ -72,7 +72,7 @@ pub const EXIT_CODES: &[(ExitStatus, &str)] = &[
     ),
     (
         ExitStatus::ServerBusy,
-        "the server is busy (queue full); retry later",
+        "the server is busy (queue or memory budget full); retry later",
     ),
 ];
 
@@ -162,9 +162,14 @@ pub enum CliError {
     )]
     RequestIdReused { request_id: String },
 
-    /// `RESOURCE_EXHAUSTED`: the queue of waiting tasks is full.
-    #[error("the server is busy: its queue of waiting tasks is full; {}", RetryText(*retry_after))]
-    ServerBusy { retry_after: Option<Duration> },
+    /// `RESOURCE_EXHAUSTED` with a `RetryInfo`: the queue of waiting tasks,
+    /// or the memory budget for their data, is full for now. `reason` is
+    /// the server's, without its own "retry in" (said here in words).
+    #[error("the server is busy: {reason}; {}", RetryText(*retry_after))]
+    ServerBusy {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
 
     /// Any other refusal; `reason` puts the status code in words.
     #[error("{reason}{}", MessageText(message))]
@@ -269,10 +274,18 @@ impl CliError {
             Code::Unavailable => Self::Unavailable {
                 message: unavailable_message(&status),
             },
-            Code::ResourceExhausted => Self::ServerBusy {
-                retry_after: status
-                    .get_details_retry_info()
-                    .and_then(|retry_info| retry_info.retry_delay),
+            // Busy only when the server says when to retry: a request over
+            // the size limit is RESOURCE_EXHAUSTED too, and retrying it is
+            // pointless.
+            Code::ResourceExhausted => match status.get_details_retry_info() {
+                Some(retry_info) => Self::ServerBusy {
+                    reason: without_retry_hint(status.message()).to_owned(),
+                    retry_after: retry_info.retry_delay,
+                },
+                None => Self::Refused {
+                    reason: code_in_words(Code::ResourceExhausted),
+                    message: status.message().to_owned(),
+                },
             },
             code => Self::Refused {
                 reason: code_in_words(code),
@@ -480,6 +493,13 @@ impl fmt::Display for MessageText<'_> {
     }
 }
 
+/// The server's message without the "; retry in 1000ms" it ends with.
+fn without_retry_hint(message: &str) -> &str {
+    message
+        .rsplit_once("; retry in ")
+        .map_or(message, |(reason, _)| reason)
+}
+
 /// `retry in 1s`, from the server's `google.rpc.RetryInfo`.
 struct RetryText(Option<Duration>);
 
@@ -610,13 +630,19 @@ mod tests {
         let error = CliError::from_status(status);
         assert_eq!(
             error.to_string(),
-            "the server is busy: its queue of waiting tasks is full; retry in 1s"
+            "the server is busy: the queue is full: 3 tasks are waiting; retry in 1s"
         );
         assert_eq!(error.exit_status(), ExitStatus::ServerBusy);
-        let without_detail = CliError::from_status(Status::resource_exhausted("full"));
+        // Without RetryInfo (a request over the size limit): not busy, and
+        // no advice to retry.
+        let too_big = CliError::from_status(Status::resource_exhausted(
+            "the request message is 9 bytes, more than this server's limit of 8 bytes",
+        ));
+        assert_ne!(too_big.exit_status(), ExitStatus::ServerBusy);
+        assert!(!too_big.to_string().contains("retry"), "{too_big}");
         assert!(
-            without_detail.to_string().ends_with("; retry later"),
-            "{without_detail}"
+            too_big.to_string().contains("limit of 8 bytes"),
+            "{too_big}"
         );
     }
 
