@@ -1,6 +1,7 @@
 //! The admin HTTP port: `/metrics` (OpenMetrics text, as Prometheus scrapes it), `/healthz` (the
 //! process is alive) and `/readyz` (it takes traffic; false from the moment
-//! a drain begins), for clusters and tools without native gRPC probes.
+//! a drain begins, and while the store cannot be written), for clusters and
+//! tools without native gRPC probes.
 
 use axum::{
     Router,
@@ -12,7 +13,10 @@ use axum::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{manager::ManagerHandle, metrics::Metrics};
+use crate::{
+    manager::{ManagerHandle, StoreHealth},
+    metrics::Metrics,
+};
 
 /// What `prometheus-client` writes: the OpenMetrics text format, which
 /// Prometheus negotiates and parses.
@@ -63,10 +67,15 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
+async fn readyz(State(state): State<AdminState>) -> (StatusCode, String) {
     if state.draining.is_cancelled() {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-    } else {
-        (StatusCode::OK, "ready\n")
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".into());
+    }
+    match &*state.manager.store_health().borrow() {
+        StoreHealth::Writable => (StatusCode::OK, "ready\n".into()),
+        StoreHealth::Failing(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the task store cannot be written: {reason}\n"),
+        ),
     }
 }

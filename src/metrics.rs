@@ -38,6 +38,11 @@ struct RpcLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AcceptLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabels {
     method: Cow<'static, str>,
 }
@@ -107,6 +112,7 @@ struct Inner {
     store_commit_seconds: Histogram,
     store_commit_writes: Histogram,
     store_commit_failures: Counter,
+    grpc_accept_errors: Family<AcceptLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -212,6 +218,13 @@ impl Metrics {
             "Batches the store refused; their changes are tried again, their creates refused",
             store_commit_failures.clone(),
         );
+        let grpc_accept_errors = Family::<AcceptLabels, Counter>::default();
+        registry.register(
+            "grpc_accept_errors",
+            "Failed accepts on the gRPC listener, by reason (emfile, enfile, enobufs, enomem: \
+             backed off; connection: skipped; other)",
+            grpc_accept_errors.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -228,6 +241,7 @@ impl Metrics {
                 store_commit_seconds,
                 store_commit_writes,
                 store_commit_failures,
+                grpc_accept_errors,
             }),
         }
     }
@@ -280,6 +294,14 @@ impl Metrics {
         } else {
             self.inner.store_commit_failures.inc();
         }
+    }
+
+    /// An accept on the gRPC listener failed for `reason`.
+    pub fn accept_failed(&self, reason: &'static str) {
+        self.inner
+            .grpc_accept_errors
+            .get_or_create(&AcceptLabels { reason })
+            .inc();
     }
 
     /// The Prometheus text exposition, with gauges set from `stats`.

@@ -2,11 +2,12 @@
 //! listener, the admin endpoints on their own, and the order in which
 //! things stop.
 
+mod incoming;
+
 use std::{future::Future, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::{error, info, warn};
 
@@ -14,13 +15,15 @@ use crate::{
     admin,
     api::TaskApi,
     config::Config,
-    manager::{FORCED_STOP_AFTER, ManagerHandle},
+    manager::{FORCED_STOP_AFTER, ManagerHandle, StoreHealth},
     metrics::Metrics,
     pb::{self, task_service_server::TaskServiceServer},
     processor::Registry,
     store::StoreError,
     telemetry::RpcLayer,
 };
+
+use incoming::Incoming;
 
 /// Room in a request for everything besides `data`.
 const REQUEST_OVERHEAD_BYTES: usize = 1024 * 1024;
@@ -31,6 +34,23 @@ const CONNECTION_CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// How long the exit may wait for the store to take the last changes.
 const FINAL_FLUSH_GRACE: Duration = Duration::from_secs(5);
+
+/// How many streams (calls) one HTTP/2 connection may have open at once,
+/// advertised in SETTINGS_MAX_CONCURRENT_STREAMS (tonic advertises none by
+/// default). It also bounds what one connection can make the server buffer
+/// for responses its client does not read: each stream holds at most one
+/// encoded response message (a `ListTasks` page is under 4 MiB) plus
+/// hyper's 400 KiB send buffer, so about 100 × 4.4 MiB ≈ 440 MiB with the
+/// default `max_data_bytes`, where a single unbounded page used to hold
+/// tens of MiB per stream with no limit on streams.
+pub const MAX_CONCURRENT_STREAMS: u32 = 100;
+
+/// How often the server pings a connection that has sent nothing...
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+
+/// ...and how long the answer may take before the connection is dropped,
+/// so a peer that vanished (no FIN, no RST) frees its streams and buffers.
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The health service name of `TaskService`.
 pub const TASK_SERVICE_NAME: &str = "taskprocessor.v1.TaskService";
@@ -128,6 +148,11 @@ pub async fn run_with(
     health_reporter
         .set_service_status(TASK_SERVICE_NAME, ServingStatus::Serving)
         .await;
+    let draining = CancellationToken::new();
+    let health_follower = tokio::spawn(follow_store_health(
+        manager.store_health(),
+        health_reporter.clone(),
+    ));
 
     // google.rpc error details are served too, so grpcurl can print the
     // BadRequest and RetryInfo details of our errors.
@@ -155,17 +180,19 @@ pub async fn run_with(
     let grpc_address = address_of(&listeners.grpc);
     let stop_serving = CancellationToken::new();
     let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .layer(RpcLayer::new(metrics.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(task_service);
     let mut serving = tokio::spawn(router.serve_with_incoming_shutdown(
-        TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
+        Incoming::new(listeners.grpc, metrics.clone()),
         stop_serving.clone().cancelled_owned(),
     ));
 
-    let draining = CancellationToken::new();
     let admin_address = listeners.admin.as_ref().map(address_of);
     let admin = listeners.admin.map(|listener| {
         tokio::spawn(admin::serve(
@@ -202,6 +229,9 @@ pub async fn run_with(
         "shutdown begun: not serving, refusing creates"
     );
     draining.cancel();
+    // Stopped first, so it cannot say SERVING again after this.
+    health_follower.abort();
+    let _ = health_follower.await;
     for service in ["", TASK_SERVICE_NAME] {
         health_reporter
             .set_service_status(service, ServingStatus::NotServing)
@@ -253,6 +283,32 @@ pub async fn run_with(
     }
     info!("stopped");
     Ok(())
+}
+
+/// Keeps the task service's gRPC health in step with the store: not serving
+/// while it cannot write, so Kubernetes sends traffic elsewhere without
+/// restarting the pod (health for `""`, the process, stays serving). Runs
+/// until the shutdown aborts it.
+async fn follow_store_health(
+    mut store_health: tokio::sync::watch::Receiver<StoreHealth>,
+    health_reporter: tonic_health::server::HealthReporter,
+) {
+    loop {
+        let health = store_health.borrow_and_update().clone();
+        let status = match &health {
+            StoreHealth::Writable => ServingStatus::Serving,
+            StoreHealth::Failing(reason) => {
+                warn!(reason = %reason, "the task store cannot be written: not serving until it can");
+                ServingStatus::NotServing
+            }
+        };
+        health_reporter
+            .set_service_status(TASK_SERVICE_NAME, status)
+            .await;
+        if store_health.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 fn address_of(listener: &TcpListener) -> String {

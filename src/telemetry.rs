@@ -1,7 +1,8 @@
 //! Logs and per-RPC observation: the subscriber setup, and a tower layer
 //! that gives every call a span (method, peer, request id), catches panics
-//! as `INTERNAL`, and records the final code and latency in one log line
-//! and in the metrics.
+//! as `INTERNAL`, turns tonic's "message too large" `OUT_OF_RANGE` into
+//! `RESOURCE_EXHAUSTED`, and records the final code and latency in one log
+//! line and in the metrics.
 
 use std::{
     borrow::Cow,
@@ -32,6 +33,10 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Longest request id taken from a client; longer ones are replaced.
 const MAX_REQUEST_ID_LENGTH: usize = 128;
+
+/// How tonic's decoder words a message over the limit (tonic 0.14,
+/// `codec/decode.rs`), up to the length it found.
+const TOO_LARGE_PREFIX: &str = "Error, decoded message length too large: found ";
 
 /// `outer: inner: innermost`, skipping causes already in the text, for one
 /// log field or one message a person reads.
@@ -192,6 +197,7 @@ where
             response
                 .headers_mut()
                 .insert(REQUEST_ID_HEADER, call.request_id.clone());
+            rewrite_oversized_request(response.headers_mut());
             // A "trailers-only" answer (every error) has its code in the
             // headers; otherwise it comes in the trailers at the end.
             if let Some(code) = grpc_code(response.headers()) {
@@ -274,6 +280,47 @@ impl std::fmt::Display for Peer {
     }
 }
 
+/// Makes tonic's answer to a request over the size limit, `OUT_OF_RANGE`,
+/// the `RESOURCE_EXHAUSTED` of gRPC's convention (grpc-go, grpc-java), with
+/// a message that states the limit. tonic decides this before any handler
+/// runs (unary and server-streaming calls: in the headers of a
+/// trailers-only answer), or hands it to the handler of a client stream,
+/// which ends the call with it (then in the trailers); both pass here. On a
+/// server, only a request can be decoded, so the text cannot mean anything
+/// else.
+fn rewrite_oversized_request(headers: &mut HeaderMap) {
+    if grpc_code(headers) != Some(Code::OutOfRange) {
+        return;
+    }
+    let Some(message) = Status::from_header_map(headers).map(|status| status.message().to_owned())
+    else {
+        return;
+    };
+    let Some(sizes) = message.strip_prefix(TOO_LARGE_PREFIX) else {
+        return;
+    };
+    // "{found} bytes, the limit is: {limit} bytes"
+    let parsed = sizes
+        .strip_suffix(" bytes")
+        .and_then(|sizes| sizes.split_once(" bytes, the limit is: "))
+        .and_then(|(found, limit)| Some((found.parse::<u64>().ok()?, limit.parse::<u64>().ok()?)));
+    let text = match parsed {
+        Some((found, limit)) => format!(
+            "the request message is {found} bytes, more than this server's limit of {limit} bytes"
+        ),
+        // Another tonic's wording: keep its text, which names the limit.
+        None => format!("the request message is larger than this server's limit: {message}"),
+    };
+    let mut rewritten = HeaderMap::new();
+    if Status::resource_exhausted(text)
+        .add_header(&mut rewritten)
+        .is_ok()
+    {
+        headers.remove("grpc-status-details-bin");
+        headers.extend(rewritten);
+    }
+}
+
 fn grpc_code(headers: &HeaderMap) -> Option<Code> {
     headers
         .get("grpc-status")
@@ -353,9 +400,12 @@ where
         context: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
-        let polled = this.inner.poll_frame(context);
-        match &polled {
+        let mut polled = this.inner.poll_frame(context);
+        match &mut polled {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_mut() {
+                    rewrite_oversized_request(trailers);
+                }
                 if let Some(code) = frame.trailers_ref().and_then(grpc_code)
                     && let Some(call) = this.call.take()
                 {
@@ -427,6 +477,100 @@ mod tests {
                 .contains(r#"rpc_requests_total{method="TaskService/GetTask",code="Internal"} 1"#),
             "{exposition}"
         );
+    }
+
+    /// Answers like tonic when a request is over the limit: trailers-only,
+    /// or (a client stream's handler ending with it) in the trailers.
+    #[derive(Clone)]
+    struct OversizedHandler {
+        in_trailers: bool,
+    }
+
+    fn too_large() -> Status {
+        Status::out_of_range(format!(
+            "{TOO_LARGE_PREFIX}5000 bytes, the limit is: 4096 bytes"
+        ))
+    }
+
+    /// A body of trailers alone.
+    struct TrailersBody(Option<HeaderMap>);
+
+    impl http_body::Body for TrailersBody {
+        type Data = Bytes;
+        type Error = Status;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _context: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+            Poll::Ready(self.0.take().map(|trailers| Ok(Frame::trailers(trailers))))
+        }
+    }
+
+    impl Service<Request<()>> for OversizedHandler {
+        type Response = Response<tonic::body::Body>;
+        type Error = Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+
+        fn poll_ready(&mut self, _context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _request: Request<()>) -> Self::Future {
+            let in_trailers = self.in_trailers;
+            Box::pin(async move {
+                if !in_trailers {
+                    return Ok(too_large().into_http());
+                }
+                let mut trailers = HeaderMap::new();
+                too_large().add_header(&mut trailers).expect("valid status");
+                Ok(Response::new(tonic::body::Body::new(TrailersBody(Some(
+                    trailers,
+                )))))
+            })
+        }
+    }
+
+    fn assert_rewritten(headers: &HeaderMap) {
+        let status = Status::from_header_map(headers).expect("a status");
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status.message(),
+            "the request message is 5000 bytes, more than this server's limit of 4096 bytes"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_oversized_request_is_resource_exhausted_in_headers_or_trailers() {
+        for in_trailers in [false, true] {
+            let metrics = Metrics::new();
+            let mut service =
+                RpcLayer::new(metrics.clone()).layer(OversizedHandler { in_trailers });
+            let request = Request::builder()
+                .uri("/taskprocessor.v1.WorkerService/Work")
+                .body(())
+                .expect("request");
+            let mut response = service.call(request).await.expect("answered");
+            if in_trailers {
+                assert_eq!(grpc_code(response.headers()), None);
+                let frame = std::future::poll_fn(|context| {
+                    http_body::Body::poll_frame(Pin::new(response.body_mut()), context)
+                })
+                .await
+                .expect("a frame")
+                .expect("not an error");
+                assert_rewritten(frame.trailers_ref().expect("trailers"));
+            } else {
+                assert_rewritten(response.headers());
+            }
+            let exposition = metrics.render(&crate::manager::ManagerStats::default());
+            assert!(
+                exposition.contains(
+                    r#"rpc_requests_total{method="WorkerService/Work",code="ResourceExhausted"} 1"#
+                ),
+                "{exposition}"
+            );
+        }
     }
 
     #[test]

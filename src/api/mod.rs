@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    manager::{ManagerHandle, TaskWatch},
+    manager::{LIST_PAGE_BYTES, ListPage, ListQuery, ManagerHandle, TaskWatch},
     pb::{self, task_service_server::TaskService},
     processor::Registry,
     task::TaskId,
@@ -90,17 +90,7 @@ impl TaskService for TaskApi {
         let result = async {
             let query = validate::list_query(request.into_inner())?;
             let page = self.manager.list_tasks(query.clone()).await?;
-            Ok(pb::ListTasksResponse {
-                tasks: page
-                    .tasks
-                    .iter()
-                    .map(|task| pb::Task::from(&**task))
-                    .collect(),
-                next_page_token: page
-                    .next_after
-                    .map(|after| page_token::encode(after, &query))
-                    .unwrap_or_default(),
-            })
+            Ok(bounded_page(&page, &query))
         }
         .await;
         respond(result)
@@ -134,6 +124,53 @@ impl TaskService for TaskApi {
         }
         .await;
         respond(result)
+    }
+}
+
+/// The most a `ListTasks` response may take, encoded: gRPC's default
+/// receive limit (grpc-go, grpc-java, tonic), so that any client can list.
+pub const MAX_LIST_PAGE_BYTES: usize = LIST_PAGE_BYTES;
+
+/// Room kept in a page for `next_page_token`: a token is 44 characters,
+/// plus a byte of field key and one of length.
+const PAGE_TOKEN_FIELD_BYTES: usize = 64;
+
+/// The response for `page`, cut short where the next task would take its
+/// encoding past [`MAX_LIST_PAGE_BYTES`]; the first task always goes, so a
+/// task larger than that is sent alone rather than never. A page cut short
+/// continues right after the last task it sent, whatever the store had
+/// read beyond it.
+fn bounded_page(page: &ListPage, query: &ListQuery) -> pb::ListTasksResponse {
+    /// The key of `ListTasksResponse.tasks` (field 1, length-delimited).
+    const TASK_FIELD_KEY_BYTES: usize = 1;
+    let budget = MAX_LIST_PAGE_BYTES - PAGE_TOKEN_FIELD_BYTES;
+    let mut tasks = Vec::with_capacity(page.tasks.len());
+    let mut used = 0;
+    let mut last_sent = None;
+    for task in &page.tasks {
+        // Converted one at a time, so a cut page never copies the data of
+        // the tasks it leaves out (but the one that did not fit).
+        let converted = pb::Task::from(&**task);
+        let length = prost::Message::encoded_len(&converted);
+        let field = TASK_FIELD_KEY_BYTES + prost::length_delimiter_len(length) + length;
+        if let Some(last_sent) = last_sent
+            && used + field > budget
+        {
+            return pb::ListTasksResponse {
+                tasks,
+                next_page_token: page_token::encode(last_sent, query),
+            };
+        }
+        used += field;
+        tasks.push(converted);
+        last_sent = Some(task.id);
+    }
+    pb::ListTasksResponse {
+        tasks,
+        next_page_token: page
+            .next_after
+            .map(|after| page_token::encode(after, query))
+            .unwrap_or_default(),
     }
 }
 

@@ -22,10 +22,10 @@ use crate::{
     task::{NewTask, PayloadLocation, Task, TaskId, TaskStatus},
 };
 
-use actor::json_bytes as held_json_bytes;
+use actor::{json_bytes as held_json_bytes, payload_bytes as held_payload_bytes};
 use persist::Backend;
 
-pub use crate::store::{ListPage, ListQuery};
+pub use crate::store::{LIST_PAGE_BYTES, ListPage, ListQuery};
 pub use watch::TaskWatch;
 
 /// How long a processor may keep running after it was told to stop
@@ -41,6 +41,21 @@ const PROGRESS_BUFFER: usize = 1024;
 /// How often a create goes in again when the earlier task of its
 /// `request_id` was forgotten while its payload was being read.
 const CREATE_ATTEMPTS: usize = 3;
+
+/// PostgreSQL: how long a read (Get, List) may take before the client hears
+/// `UNAVAILABLE`. A connection whose network was cut never answers; a page
+/// of the largest tasks reads in well under a second.
+const STORE_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether the store takes writes, as the last commit (or probe) found.
+/// gRPC health of the task service and `/readyz` follow it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreHealth {
+    /// The last commit or probe succeeded (or nothing was written yet).
+    Writable,
+    /// The last one failed, for this reason; creates are refused.
+    Failing(String),
+}
 
 /// What the manager needs to know to run tasks.
 #[derive(Clone, Debug)]
@@ -177,6 +192,8 @@ pub struct ManagerHandle {
     /// the disk. Weak: the file closes when the actor ends, as before,
     /// however long handles live.
     payload_store: Option<Weak<SqliteStore>>,
+    /// What the persister last found of the store.
+    store_health: tokio::sync::watch::Receiver<StoreHealth>,
 }
 
 impl ManagerHandle {
@@ -226,6 +243,7 @@ impl ManagerHandle {
             Backend::Sqlite(store) => Some(Arc::downgrade(store)),
             Backend::Memory | Backend::Postgres(_) => None,
         };
+        let (health_sender, store_health) = tokio::sync::watch::channel(StoreHealth::Writable);
         let mut actor = actor::Manager::new(
             config,
             registry,
@@ -233,6 +251,7 @@ impl ManagerHandle {
             backend,
             progress_sender,
             progress_receiver,
+            health_sender,
         );
         if !stored.is_empty() {
             actor.recover(stored);
@@ -242,7 +261,13 @@ impl ManagerHandle {
             commands,
             shared_store,
             payload_store,
+            store_health,
         }
+    }
+
+    /// Follows whether the store takes writes.
+    pub fn store_health(&self) -> tokio::sync::watch::Receiver<StoreHealth> {
+        self.store_health.clone()
     }
 
     /// Validated task in, stored `PENDING` task out (or, for a repeated
@@ -288,7 +313,7 @@ impl ManagerHandle {
 
     pub async fn get_task(&self, id: TaskId) -> Result<Arc<Task>, ManagerError> {
         if let Some(store) = &self.shared_store {
-            return match store.get(id).await {
+            return match read_in_time(store.get(id)).await {
                 Ok(Some(task)) => Ok(Arc::new(task)),
                 Ok(None) => Err(ManagerError::NotFound(id)),
                 Err(error) => Err(storage_error(&error)),
@@ -302,18 +327,14 @@ impl ManagerHandle {
 
     pub async fn list_tasks(&self, query: ListQuery) -> Result<ListPage, ManagerError> {
         if let Some(store) = &self.shared_store {
-            return store
-                .list(&query)
+            return read_in_time(store.list(&query))
                 .await
                 .map_err(|error| storage_error(&error));
         }
         let page = self
             .call(|respond_to| Command::List { query, respond_to })
             .await?;
-        Ok(ListPage {
-            tasks: self.with_payloads(page.tasks).await?,
-            next_after: page.next_after,
-        })
+        self.page_with_payloads(page).await
     }
 
     /// Cancels a pending or running task; the returned task is already
@@ -393,6 +414,61 @@ impl ManagerHandle {
             .ok_or(ManagerError::NotFound(id))
     }
 
+    /// `page` with its payloads, cut short (before reading any payload from
+    /// the file) where they would pass [`LIST_PAGE_BYTES`], as the
+    /// PostgreSQL store does: a page of large tasks is never read whole. The
+    /// first task always stays; a page cut short goes on after its last
+    /// task. The API then cuts the encoded response exactly.
+    async fn page_with_payloads(&self, page: ListPage) -> Result<ListPage, ManagerError> {
+        let in_store: Vec<TaskId> = page
+            .tasks
+            .iter()
+            .filter(|task| task.payload == PayloadLocation::InStore)
+            .map(|task| task.id)
+            .collect();
+        if in_store.is_empty() {
+            return Ok(page);
+        }
+        let Some(store) = self.payload_store()? else {
+            return Ok(page);
+        };
+        let sizes = store
+            .payload_sizes(&in_store)
+            .await
+            .map_err(|error| storage_error(&error))?;
+        let mut kept: Vec<Arc<Task>> = Vec::with_capacity(page.tasks.len());
+        let mut used = 0;
+        let mut next_after = page.next_after;
+        for task in page.tasks {
+            let bytes = match task.payload {
+                PayloadLocation::InTask => held_payload_bytes(&task),
+                PayloadLocation::InStore => match sizes.get(&task.id) {
+                    Some(bytes) => *bytes,
+                    None => continue, // forgotten meanwhile
+                },
+            };
+            if !kept.is_empty() && used + bytes > LIST_PAGE_BYTES as u64 {
+                next_after = kept.last().map(|task| task.id);
+                break;
+            }
+            used += bytes;
+            kept.push(task);
+        }
+        Ok(ListPage {
+            tasks: self.with_payloads(kept).await?,
+            next_after,
+        })
+    }
+
+    /// SQLite: the file, while the actor (which owns it) lives; `None` for
+    /// the other stores, which never let a payload go.
+    fn payload_store(&self) -> Result<Option<Arc<SqliteStore>>, ManagerError> {
+        match &self.payload_store {
+            None => Ok(None),
+            Some(store) => store.upgrade().map(Some).ok_or(ManagerError::ShuttingDown),
+        }
+    }
+
     /// `tasks` with their payloads, reading those the actor let go from the
     /// file in one query; a task retention forgot meanwhile is left out.
     async fn with_payloads(&self, tasks: Vec<Arc<Task>>) -> Result<Vec<Arc<Task>>, ManagerError> {
@@ -404,11 +480,9 @@ impl ManagerHandle {
         if missing.is_empty() {
             return Ok(tasks);
         }
-        let Some(store) = &self.payload_store else {
-            // Only SQLite lets payloads go; nothing else can get here.
+        let Some(store) = self.payload_store()? else {
             return Ok(tasks);
         };
-        let store = store.upgrade().ok_or(ManagerError::ShuttingDown)?;
         let mut payloads = store
             .payloads(&missing)
             .await
@@ -440,6 +514,17 @@ impl ManagerHandle {
             .map_err(|_| ManagerError::ShuttingDown)?;
         reply.await.map_err(|_| ManagerError::ShuttingDown)?
     }
+}
+
+/// A read of the shared store, given up after [`STORE_READ_TIMEOUT`].
+async fn read_in_time<T>(
+    read: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(STORE_READ_TIMEOUT, read)
+        .await
+        .unwrap_or(Err(StoreError::TimedOut {
+            after: STORE_READ_TIMEOUT,
+        }))
 }
 
 /// A store failure as the client sees it: its causes, no internals.

@@ -2,24 +2,42 @@
 //! must wait for it; while one batch is being committed, the next one
 //! gathers. The actor never awaits a commit in its loop: a commit runs in a
 //! spawned task and its completion comes back as an event.
+//!
+//! The persister also knows whether the store takes writes. A failed commit
+//! marks it failing (health and `/readyz` follow, through [`StoreHealth`]);
+//! while it fails, creates are refused at once, and the persister keeps
+//! trying: the failed writes again, or a probe when none are left, until one
+//! succeeds. On PostgreSQL an idle replica probes now and then too, since a
+//! database can go away while nothing is written.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use tokio::task::JoinHandle;
+use tokio::{sync::watch, task::JoinHandle};
 
-use super::{ManagerError, Reply};
+use super::{ManagerError, Reply, StoreHealth};
 use crate::{
     metrics::Metrics,
     store::{PostgresStore, SqliteStore, StoreError, Write, postgres},
     task::{Task, TaskId},
 };
 
-/// The longest wait before a failed commit is tried again.
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// The longest wait before a failed commit (or a probe) is tried again:
+/// how soon, at worst, the service notices that the store is back.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
+
+/// How long a PostgreSQL commit may take before it counts as failed. The
+/// creates it carries must hear `UNAVAILABLE` within 2 s when the database
+/// is unreachable (a cut network never answers at all); a batch commits in
+/// milliseconds otherwise.
+const POSTGRES_COMMIT_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// PostgreSQL: how long a replica that commits nothing goes without
+/// checking that the database answers (for health).
+const IDLE_PROBE_PERIOD: Duration = Duration::from_secs(2);
 
 /// Where the manager's tasks are persisted.
 #[derive(Clone, Debug)]
@@ -74,6 +92,9 @@ pub(super) struct Pending {
     /// Where each task's latest entry in `changes` is.
     last_change: HashMap<TaskId, usize>,
     pub replies: Vec<Deferred>,
+    /// Nothing to write: check that the store takes writes (or, on
+    /// PostgreSQL, answers).
+    pub probe: bool,
 }
 
 impl Pending {
@@ -83,6 +104,43 @@ impl Pending {
             && self.updates.is_empty()
             && self.changes.is_empty()
             && self.replies.is_empty()
+    }
+
+    /// Takes the creates out of the batch: their ids (SQLite) and the
+    /// replies that wait for them. What else the batch holds stays.
+    fn take_creates(&mut self) -> (Vec<TaskId>, Vec<Deferred>) {
+        let created = std::mem::take(&mut self.created);
+        for id in &created {
+            self.writes.remove(id);
+        }
+        let created_ids: HashSet<TaskId> = created.iter().copied().collect();
+        let inserted: Vec<TaskId> = std::mem::take(&mut self.inserts)
+            .iter()
+            .map(|task| task.id)
+            .collect();
+        if !inserted.is_empty() {
+            let inserted: HashSet<TaskId> = inserted.into_iter().collect();
+            self.changes.retain(|task| !inserted.contains(&task.id));
+            self.reindex_changes();
+        }
+        let (taken, kept) = std::mem::take(&mut self.replies)
+            .into_iter()
+            .partition(|reply| match reply {
+                Deferred::Created { id, .. } => created_ids.contains(id),
+                Deferred::Inserted { .. } => true,
+                Deferred::Answer { .. } | Deferred::Flushed(_) => false,
+            });
+        self.replies = kept;
+        (created, taken)
+    }
+
+    fn reindex_changes(&mut self) {
+        self.last_change = self
+            .changes
+            .iter()
+            .enumerate()
+            .map(|(position, task)| (task.id, position))
+            .collect();
     }
 
     /// How many task writes the batch carries.
@@ -135,10 +193,22 @@ pub(super) struct Persister {
     in_flight: Option<JoinHandle<Committed>>,
     /// Commits that failed in a row; the next one waits longer.
     failures: u32,
+    /// Why the store does not take writes (the whole cause chain), while
+    /// it does not.
+    failing: Option<String>,
+    /// Told to health and readiness whenever `failing` changes.
+    health: watch::Sender<StoreHealth>,
+    /// When a commit or probe last succeeded.
+    last_success: Instant,
 }
 
 impl Persister {
-    pub fn new(backend: Backend, node: String, metrics: Metrics) -> Self {
+    pub fn new(
+        backend: Backend,
+        node: String,
+        metrics: Metrics,
+        health: watch::Sender<StoreHealth>,
+    ) -> Self {
         Self {
             backend,
             metrics,
@@ -146,7 +216,23 @@ impl Persister {
             next: Pending::default(),
             in_flight: None,
             failures: 0,
+            failing: None,
+            health,
+            last_success: Instant::now(),
         }
+    }
+
+    /// Why the store does not take writes, while the last commit or probe
+    /// failed: creates are refused with it rather than waiting for a store
+    /// that is known not to answer.
+    pub fn failure(&self) -> Option<&str> {
+        self.failing.as_deref()
+    }
+
+    /// Takes the creates out of the batch gathering for the next commit,
+    /// with the replies that wait for them; see [`Pending::take_creates`].
+    pub fn take_creates(&mut self) -> (Vec<TaskId>, Vec<Deferred>) {
+        self.next.take_creates()
     }
 
     /// Whether replies must wait for commits.
@@ -190,10 +276,17 @@ impl Persister {
         self.in_flight.is_some() || !self.next.is_empty()
     }
 
-    /// Starts committing what has gathered, unless a commit is in flight.
+    /// Starts committing what has gathered, unless a commit is in flight;
+    /// with nothing gathered, probes the store when it is due.
     pub fn flush(&mut self) {
-        if self.in_flight.is_some() || self.next.is_empty() {
+        if self.in_flight.is_some() {
             return;
+        }
+        if self.next.is_empty() {
+            if !self.probe_is_due() {
+                return;
+            }
+            self.next.probe = true;
         }
         let batch = std::mem::take(&mut self.next);
         let delay = retry_delay(self.failures);
@@ -206,11 +299,23 @@ impl Persister {
             }
             let started = Instant::now();
             let outcome = commit(&backend, &node, &batch).await;
-            if !matches!(backend, Backend::Memory) {
+            if !matches!(backend, Backend::Memory) && !batch.probe {
                 metrics.store_committed(batch.write_count(), started.elapsed(), outcome.is_ok());
             }
             Committed { outcome, batch }
         }));
+    }
+
+    /// A failing store is probed until it takes writes again; an idle
+    /// PostgreSQL replica checks on the database every few seconds.
+    fn probe_is_due(&self) -> bool {
+        match self.backend {
+            Backend::Memory => false,
+            Backend::Sqlite(_) => self.failing.is_some(),
+            Backend::Postgres(_) => {
+                self.failing.is_some() || self.last_success.elapsed() >= IDLE_PROBE_PERIOD
+            }
+        }
     }
 
     /// Completes when the commit in flight does; never while none is.
@@ -229,10 +334,25 @@ impl Persister {
             }),
             batch: Pending::default(),
         });
-        if committed.outcome.is_ok() {
-            self.failures = 0;
-        } else {
-            self.failures = self.failures.saturating_add(1);
+        match &committed.outcome {
+            Ok(_) => {
+                self.failures = 0;
+                self.last_success = Instant::now();
+                if self.failing.take().is_some() {
+                    tracing::info!("the task store takes writes again");
+                    self.health.send_replace(StoreHealth::Writable);
+                }
+            }
+            Err(failure) => {
+                self.failures = self.failures.saturating_add(1);
+                // For operators (health logs, `/readyz`): the whole cause.
+                let reason = crate::telemetry::error_chain(failure);
+                if self.failing.as_ref() != Some(&reason) {
+                    self.health
+                        .send_replace(StoreHealth::Failing(reason.clone()));
+                }
+                self.failing = Some(reason);
+            }
         }
         committed
     }
@@ -253,12 +373,8 @@ impl Persister {
         let mut changes = failed.changes;
         changes.retain(|task| !failed.inserts.iter().any(|insert| insert.id == task.id));
         changes.append(&mut self.next.changes);
-        self.next.last_change = changes
-            .iter()
-            .enumerate()
-            .map(|(position, task)| (task.id, position))
-            .collect();
         self.next.changes = changes;
+        self.next.reindex_changes();
         let mut replies = failed.replies;
         replies.append(&mut self.next.replies);
         self.next.replies = replies;
@@ -272,17 +388,30 @@ async fn commit(
 ) -> Result<Option<postgres::BatchOutcome>, StoreError> {
     match backend {
         Backend::Memory => Ok(None),
+        Backend::Sqlite(store) if batch.probe => store.probe().await.map(|()| None),
         Backend::Sqlite(store) => {
             let writes: Vec<Write> = batch.writes.values().cloned().collect();
             store.commit(&writes).await.map(|()| None)
         }
         Backend::Postgres(store) => {
-            let pg_batch = postgres::Batch {
-                inserts: batch.inserts.clone(),
-                updates: batch.updates.values().cloned().collect(),
-                changes: batch.changes.clone(),
+            let answered = if batch.probe {
+                tokio::time::timeout(POSTGRES_COMMIT_TIMEOUT, store.probe())
+                    .await
+                    .map(|probed| probed.map(|()| postgres::BatchOutcome::default()))
+            } else {
+                let pg_batch = postgres::Batch {
+                    inserts: batch.inserts.clone(),
+                    updates: batch.updates.values().cloned().collect(),
+                    changes: batch.changes.clone(),
+                };
+                tokio::time::timeout(POSTGRES_COMMIT_TIMEOUT, store.commit(node, &pg_batch)).await
             };
-            store.commit(node, &pg_batch).await.map(Some)
+            match answered {
+                Ok(outcome) => outcome.map(Some),
+                Err(_elapsed) => Err(StoreError::TimedOut {
+                    after: POSTGRES_COMMIT_TIMEOUT,
+                }),
+            }
         }
     }
 }

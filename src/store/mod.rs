@@ -111,6 +111,8 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("task {id} in the database cannot be read: {reason}")]
     Corrupt { id: String, reason: String },
+    #[error("the database did not answer within {}", humantime::format_duration(*after))]
+    TimedOut { after: std::time::Duration },
 }
 
 /// One change to persist. The manager folds the changes of one batch so
@@ -133,6 +135,13 @@ impl Write {
         }
     }
 }
+
+/// The most a `ListTasks` page may carry, encoded: gRPC's default receive
+/// limit (grpc-go, grpc-java, tonic), so that any client can list. A store
+/// stops reading a page once its tasks' payloads (data and results) pass
+/// it, so a page of large tasks is never read whole; the API then cuts the
+/// encoded response exactly.
+pub const LIST_PAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// A filter and a position for listing tasks in creation order.
 #[derive(Clone, Debug, Default)]

@@ -31,7 +31,7 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    ListPage, ListQuery, StoreError, StoreUrl, refuse_newer_schema,
+    LIST_PAGE_BYTES, ListPage, ListQuery, StoreError, StoreUrl, refuse_newer_schema,
     row::{TaskRow, labels_json, micros, status_name, task_columns},
 };
 use crate::task::{Progress, Task, TaskId, TaskStatus};
@@ -43,8 +43,10 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 const MAX_CONNECTIONS: u32 = 10;
 
 /// How long a statement waits for a free connection (or for the database to
-/// answer a new one) before the caller hears an error and may retry.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// answer a new one) before the caller hears an error and may retry. Short:
+/// while the database is down, a create must hear `UNAVAILABLE` within 2 s,
+/// and reads as soon; a healthy pool hands out a connection in microseconds.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Every channel name starts with this; the schema name follows, so
 /// deployments (and tests) in different schemas of one database do not hear
@@ -166,6 +168,27 @@ pub struct PostgresStore {
     channel: Arc<str>,
 }
 
+/// The ids of one page, from the ids and payload sizes of up to
+/// `limit + 1` matching tasks: at most `limit`, and no more than fit in
+/// [`LIST_PAGE_BYTES`] (but always the first); and where the next page
+/// starts, if there is one.
+fn cut_page(sizes: &[(Uuid, i64)], limit: usize) -> (Vec<Uuid>, Option<TaskId>) {
+    let mut ids = Vec::new();
+    let mut bytes = 0usize;
+    for (id, size) in sizes.iter().take(limit) {
+        let size = usize::try_from(*size).unwrap_or(0);
+        if !ids.is_empty() && bytes.saturating_add(size) > LIST_PAGE_BYTES {
+            break;
+        }
+        bytes = bytes.saturating_add(size);
+        ids.push(*id);
+    }
+    let next_after = (sizes.len() > ids.len())
+        .then(|| ids.last().map(|id| TaskId::from_uuid(*id)))
+        .flatten();
+    (ids, next_after)
+}
+
 /// Follows the changes of every replica.
 ///
 /// It holds a connection of its own (not one of the store's pool), since a
@@ -219,6 +242,13 @@ impl PostgresStore {
     /// The store as the `store` setting names it, without a password.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether the database answers: a probe for health while nothing is
+    /// written, and for a store that failed.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
     }
 
     /// Writes one group commit of this replica (`origin`) in one transaction,
@@ -489,32 +519,39 @@ impl PostgresStore {
         // in a generic plan.
         let after = query.after.map_or(Uuid::nil(), |id| *id.as_uuid());
         let fetch = i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX);
-        let rows: Vec<TaskRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            task_columns!(),
-            " FROM tasks \
+        // Ids and payload sizes first, without reading a payload (a TOASTed
+        // value's length is in its pointer): the page is cut to
+        // LIST_PAGE_BYTES before any data is read, so a page of 1000 large
+        // tasks never passes through this process whole.
+        let sizes: Vec<(Uuid, i64)> = sqlx::query_as(
+            "SELECT id, (coalesce(octet_length(data), 0) + coalesce(octet_length(result), 0))::bigint \
+             FROM tasks \
              WHERE id > $1 \
                AND (cardinality($2::text[]) = 0 OR status = ANY($2::text[])) \
                AND ($3::text IS NULL OR labels::jsonb @> $3::jsonb) \
              ORDER BY id \
-             LIMIT $4"
-        ))
+             LIMIT $4",
+        )
         .bind(after)
         .bind(statuses)
         .bind(labels)
         .bind(fetch)
         .fetch_all(&self.pool)
         .await?;
-        let mut tasks = rows
+        let (ids, next_after) = cut_page(&sizes, query.limit);
+        let rows: Vec<TaskRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE id = ANY($1) ORDER BY id"
+        ))
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        // A task deleted (by retention) between the two reads is left out.
+        let tasks = rows
             .into_iter()
             .map(|row| row.into_task().map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
-        let next_after = if tasks.len() > query.limit {
-            tasks.truncate(query.limit);
-            tasks.last().map(|task| task.id)
-        } else {
-            None
-        };
         Ok(ListPage { tasks, next_after })
     }
 
@@ -1248,6 +1285,38 @@ mod tests {
     const PATIENCE: Duration = Duration::from_secs(10);
 
     const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn a_page_stops_at_its_limit_or_its_bytes_but_always_holds_one_task() {
+        let ids: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
+        let sized = |sizes: &[usize]| -> Vec<(Uuid, i64)> {
+            ids.iter()
+                .zip(sizes)
+                .map(|(id, size)| (*id, i64::try_from(*size).expect("small")))
+                .collect()
+        };
+        let mib = 1024 * 1024;
+        // All fit, none beyond: the last page.
+        assert_eq!(cut_page(&sized(&[1, 2, 3]), 3), (ids[..3].to_vec(), None));
+        // One more than the limit matched: the next page starts after it.
+        let (page, next) = cut_page(&sized(&[1, 2, 3, 4]), 3);
+        assert_eq!(
+            (page, next),
+            (ids[..3].to_vec(), Some(TaskId::from_uuid(ids[2])))
+        );
+        // The bytes run out before the limit does.
+        let (page, next) = cut_page(&sized(&[2 * mib, 2 * mib, mib, 1]), 10);
+        assert_eq!(
+            (page, next),
+            (ids[..2].to_vec(), Some(TaskId::from_uuid(ids[1])))
+        );
+        // A task larger than a page goes alone.
+        let (page, next) = cut_page(&sized(&[5 * mib, 1]), 10);
+        assert_eq!(
+            (page, next),
+            (ids[..1].to_vec(), Some(TaskId::from_uuid(ids[0])))
+        );
+    }
 
     /// A schema of one test's own, dropped when the test ends, even by a
     /// panic.

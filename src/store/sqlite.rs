@@ -4,6 +4,13 @@
 //! One server process owns the file: the connection holds an exclusive lock
 //! for its whole life, so a second server pointed at the same file fails at
 //! start instead of running the same tasks twice.
+//!
+//! A failed commit closes the connection, and the next use opens a new one.
+//! After a failed `COMMIT` (a full disk, an I/O error) SQLite may or may not
+//! have rolled the transaction back, and sqlx's idea of it can differ from
+//! SQLite's: sqlx then wraps every later batch in a `SAVEPOINT` inside a
+//! transaction that never ends, and reports commits that never reach the
+//! file. Closing rolls back whatever is open; a new connection starts clean.
 
 use std::{collections::HashMap, path::Path, str::FromStr, sync::Arc, time::Duration};
 
@@ -43,7 +50,10 @@ pub struct StoredPayload {
 #[derive(Debug)]
 pub struct SqliteStore {
     name: String,
-    connection: Mutex<SqliteConnection>,
+    /// How to open the file again after a failure.
+    options: SqliteConnectOptions,
+    /// `None` after a failure closed it: the next use opens a new one.
+    connection: Mutex<Option<SqliteConnection>>,
 }
 
 impl SqliteStore {
@@ -65,15 +75,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .locking_mode(SqliteLockingMode::Exclusive)
             .busy_timeout(LOCK_WAIT);
-        let mut connection = SqliteConnection::connect_with(&options)
-            .await
-            .map_err(open_error)?;
-        // Exclusive locking takes the lock at the first write: do one now,
-        // so a second server fails here.
-        sqlx::query("BEGIN IMMEDIATE; COMMIT;")
-            .execute(&mut connection)
-            .await
-            .map_err(open_error)?;
+        let mut connection = connect(&options).await.map_err(open_error)?;
         refuse_newer_schema(&name, &MIGRATOR, recorded_version(&mut connection).await?)?;
         MIGRATOR
             .run(&mut connection)
@@ -84,7 +86,8 @@ impl SqliteStore {
             })?;
         Ok(Self {
             name,
-            connection: Mutex::new(connection),
+            options,
+            connection: Mutex::new(Some(connection)),
         })
     }
 
@@ -97,7 +100,8 @@ impl SqliteStore {
     /// `data` and `result` (marked [`PayloadLocation::InStore`]): they stay
     /// in the file, and [`SqliteStore::payloads`] reads them when asked.
     pub async fn load(&self) -> Result<Vec<Task>, StoreError> {
-        let mut connection = self.connection.lock().await;
+        let mut slot = self.connection.lock().await;
+        let connection = self.connected(&mut slot).await?;
         // The columns of `task_columns!`, with the payloads of finished
         // tasks left unread.
         let rows: Vec<TaskRow> = sqlx::query_as(
@@ -129,25 +133,9 @@ impl SqliteStore {
         &self,
         ids: &[TaskId],
     ) -> Result<HashMap<TaskId, StoredPayload>, StoreError> {
-        let mut rows: Vec<(Uuid, Option<String>, Option<String>)> = Vec::new();
-        let mut connection = self.connection.lock().await;
-        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-            let mut builder =
-                QueryBuilder::<Sqlite>::new("SELECT id, data, result FROM tasks WHERE id IN (");
-            let mut bound = builder.separated(", ");
-            for id in chunk {
-                bound.push_bind(*id.as_uuid());
-            }
-            builder.push(")");
-            rows.extend(
-                builder
-                    .build_query_as::<(Uuid, Option<String>, Option<String>)>()
-                    .fetch_all(&mut *connection)
-                    .await?,
-            );
-        }
-        // Parsed after letting go of the connection, which commits wait for.
-        drop(connection);
+        let rows: Vec<(Uuid, Option<String>, Option<String>)> = self
+            .select_by_ids("SELECT id, data, result FROM tasks WHERE id IN (", ids)
+            .await?;
         let mut payloads = HashMap::with_capacity(rows.len());
         for (id, data, result) in rows {
             let payload = StoredPayload {
@@ -159,49 +147,177 @@ impl SqliteStore {
         Ok(payloads)
     }
 
+    /// How many bytes of JSON text the `data` and `result` of each task
+    /// `ids` names take, without reading them (SQLite knows a value's length
+    /// from its record header), so a page can be cut before its payloads are
+    /// read. A task not in the file is not in the map.
+    pub async fn payload_sizes(&self, ids: &[TaskId]) -> Result<HashMap<TaskId, u64>, StoreError> {
+        let rows: Vec<(Uuid, i64)> = self
+            .select_by_ids(
+                "SELECT id, COALESCE(octet_length(data), 0) + COALESCE(octet_length(result), 0) \
+                 FROM tasks WHERE id IN (",
+                ids,
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, bytes)| (TaskId::from_uuid(id), u64::try_from(bytes).unwrap_or(0)))
+            .collect())
+    }
+
+    /// Runs `select` (ending in `WHERE id IN (`) for `ids`, a thousand at a
+    /// time. Callers parse what they read after it returns, so commits,
+    /// which wait for the connection, do not wait for that.
+    async fn select_by_ids<Row>(&self, select: &str, ids: &[TaskId]) -> Result<Vec<Row>, StoreError>
+    where
+        Row: for<'row> sqlx::FromRow<'row, sqlx::sqlite::SqliteRow> + Send + Unpin,
+    {
+        let mut rows = Vec::new();
+        let mut slot = self.connection.lock().await;
+        let connection = self.connected(&mut slot).await?;
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let mut builder = QueryBuilder::<Sqlite>::new(select);
+            let mut bound = builder.separated(", ");
+            for id in chunk {
+                bound.push_bind(*id.as_uuid());
+            }
+            builder.push(")");
+            rows.extend(
+                builder
+                    .build_query_as::<Row>()
+                    .fetch_all(&mut *connection)
+                    .await?,
+            );
+        }
+        Ok(rows)
+    }
+
     /// Applies a batch in one transaction: one fsync however many writes.
+    /// `Ok` means every write is in the file; on an error none is, and the
+    /// connection is closed (see the module's comment).
     pub async fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
         if writes.is_empty() {
             return Ok(());
         }
-        let mut connection = self.connection.lock().await;
-        let mut transaction = connection.begin().await?;
-        // Few statements per batch, however many tasks: each statement is a
-        // round trip to SQLite's worker thread.
-        let mut inserts = Vec::new();
-        let mut updates = Vec::new();
-        let mut deletes = Vec::new();
-        for write in writes {
-            match write {
-                Write::Insert(task) => inserts.push(TaskRow::from_task(task)),
-                Write::Update(task) => updates.push(TaskRow::from_task(task)),
-                Write::Delete(id) => deletes.push(*id.as_uuid()),
-            }
+        let mut slot = self.connection.lock().await;
+        let outcome = match self.connected(&mut slot).await {
+            Ok(connection) => write_batch(connection, writes).await,
+            Err(error) => Err(error),
+        };
+        if outcome.is_err() {
+            close(&mut slot).await;
         }
-        for chunk in inserts.chunks(ROWS_PER_STATEMENT) {
-            insert_rows(chunk)
-                .build()
-                .execute(&mut *transaction)
-                .await?;
-        }
-        for chunk in updates.chunks(ROWS_PER_STATEMENT) {
-            update_rows(chunk)
-                .build()
-                .execute(&mut *transaction)
-                .await?;
-        }
-        for chunk in deletes.chunks(ROWS_PER_STATEMENT) {
-            let mut builder = QueryBuilder::<Sqlite>::new("DELETE FROM tasks WHERE id IN (");
-            let mut ids = builder.separated(", ");
-            for id in chunk {
-                ids.push_bind(*id);
-            }
-            builder.push(")");
-            builder.build().execute(&mut *transaction).await?;
-        }
-        transaction.commit().await?;
-        Ok(())
+        outcome
     }
+
+    /// Whether a page can be written: a probe for a store that failed,
+    /// cheaper than a batch. It rewrites the header's `user_version` (which
+    /// nothing else uses), so a full disk or a broken file fails it, and it
+    /// survives nothing but the probe itself.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        let mut slot = self.connection.lock().await;
+        let outcome = match self.connected(&mut slot).await {
+            Ok(connection) => probe_write(connection).await,
+            Err(error) => Err(error),
+        };
+        if outcome.is_err() {
+            close(&mut slot).await;
+        }
+        outcome
+    }
+
+    /// The open connection, opening a new one if a failure closed it.
+    async fn connected<'a>(
+        &self,
+        slot: &'a mut Option<SqliteConnection>,
+    ) -> Result<&'a mut SqliteConnection, StoreError> {
+        if slot.is_none() {
+            let connection = connect(&self.options).await?;
+            tracing::info!(store = %self.name, "reopened the store after a failure");
+            *slot = Some(connection);
+        }
+        slot.as_mut().ok_or_else(|| StoreError::Corrupt {
+            id: String::new(),
+            reason: "the connection vanished while it was opened".into(),
+        })
+    }
+}
+
+/// Opens a connection and takes the file's lock. Exclusive locking takes
+/// it at the first write: one is done now, so a second server fails here.
+async fn connect(options: &SqliteConnectOptions) -> Result<SqliteConnection, sqlx::Error> {
+    let mut connection = SqliteConnection::connect_with(options).await?;
+    sqlx::query("BEGIN IMMEDIATE; COMMIT;")
+        .execute(&mut connection)
+        .await?;
+    Ok(connection)
+}
+
+/// Closes a connection that failed, which rolls back whatever it had open
+/// and lets go of the file's lock; the next use opens a new one.
+async fn close(slot: &mut Option<SqliteConnection>) {
+    if let Some(connection) = slot.take()
+        && let Err(error) = connection.close().await
+    {
+        tracing::debug!(error = %error, "closing the failed store connection");
+    }
+}
+
+async fn probe_write(connection: &mut SqliteConnection) -> Result<(), StoreError> {
+    let mut transaction = connection.begin().await?;
+    let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&mut *transaction)
+        .await?;
+    // PRAGMA takes no bound values; the number is ours, not a user's.
+    let next = if version == 1 { 2 } else { 1 };
+    sqlx::query(&format!("PRAGMA user_version = {next}"))
+        .execute(&mut *transaction)
+        .await?;
+    transaction.commit().await?;
+    Ok(())
+}
+
+/// One batch in one transaction.
+async fn write_batch(
+    connection: &mut SqliteConnection,
+    writes: &[Write],
+) -> Result<(), StoreError> {
+    let mut transaction = connection.begin().await?;
+    // Few statements per batch, however many tasks: each statement is a
+    // round trip to SQLite's worker thread.
+    let mut inserts = Vec::new();
+    let mut updates = Vec::new();
+    let mut deletes = Vec::new();
+    for write in writes {
+        match write {
+            Write::Insert(task) => inserts.push(TaskRow::from_task(task)),
+            Write::Update(task) => updates.push(TaskRow::from_task(task)),
+            Write::Delete(id) => deletes.push(*id.as_uuid()),
+        }
+    }
+    for chunk in inserts.chunks(ROWS_PER_STATEMENT) {
+        insert_rows(chunk)
+            .build()
+            .execute(&mut *transaction)
+            .await?;
+    }
+    for chunk in updates.chunks(ROWS_PER_STATEMENT) {
+        update_rows(chunk)
+            .build()
+            .execute(&mut *transaction)
+            .await?;
+    }
+    for chunk in deletes.chunks(ROWS_PER_STATEMENT) {
+        let mut builder = QueryBuilder::<Sqlite>::new("DELETE FROM tasks WHERE id IN (");
+        let mut ids = builder.separated(", ");
+        for id in chunk {
+            ids.push_bind(*id);
+        }
+        builder.push(")");
+        builder.build().execute(&mut *transaction).await?;
+    }
+    transaction.commit().await?;
+    Ok(())
 }
 
 fn insert_rows(rows: &[TaskRow]) -> QueryBuilder<'_, Sqlite> {
@@ -349,6 +465,72 @@ mod tests {
         assert_eq!(reopened.load().await.expect("loads"), vec![running]);
     }
 
+    /// A tmpfs of its own, unmounted when dropped.
+    struct Tmpfs(tempfile::TempDir);
+
+    impl Tmpfs {
+        /// `None` where mounting is not allowed (the test needs root).
+        fn mount(size: &str) -> Option<Self> {
+            let directory = tempfile::tempdir().expect("temporary directory");
+            let mounted = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(directory.path())
+                .output()
+                .ok()?;
+            mounted.status.success().then_some(Self(directory))
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    #[tokio::test]
+    async fn on_a_full_disk_a_commit_that_says_ok_is_in_the_file() {
+        let Some(tmpfs) = Tmpfs::mount("2m") else {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (the test needs root)");
+            return;
+        };
+        let path = tmpfs.0.path().join("tasks.db");
+        let store = SqliteStore::open(&path).await.expect("opens");
+        let padding = "x".repeat(50 * 1024);
+        let (mut committed, mut failed) = (Vec::new(), 0);
+        // Well past full: once a COMMIT has failed, sqlx and SQLite could
+        // disagree on whether a transaction is open, and later batches went
+        // into one that never ended, each reported as committed.
+        for number in 0..60 {
+            let mut task = new_task(&format!("big {number}"), None);
+            task.data = Some(Arc::new(serde_json::json!(padding)));
+            let task = Arc::new(task);
+            match store.commit(&[Write::Insert(Arc::clone(&task))]).await {
+                Ok(()) => committed.push(task.id),
+                Err(_) => failed += 1,
+            }
+        }
+        assert!(failed > 0, "the disk never filled up");
+        drop(store);
+        let reopened = SqliteStore::open(&path).await.expect("reopens");
+        let stored: Vec<TaskId> = reopened
+            .load()
+            .await
+            .expect("loads")
+            .iter()
+            .map(|task| task.id)
+            .collect();
+        assert!(
+            stored == committed,
+            "every commit that said OK, and only those, must be in the file: \
+             {} said OK, {} tasks are in the file",
+            committed.len(),
+            stored.len()
+        );
+    }
+
     #[tokio::test]
     async fn finished_tasks_load_without_their_payload_and_payloads_reads_it_back() {
         let directory = tempfile::tempdir().expect("temporary directory");
@@ -404,7 +586,8 @@ mod tests {
         let path = directory.path().join("tasks.db");
         let store = SqliteStore::open(&path).await.expect("opens");
         {
-            let mut connection = store.connection.lock().await;
+            let mut slot = store.connection.lock().await;
+            let connection = slot.as_mut().expect("open");
             sqlx::query(
                 "INSERT INTO _sqlx_migrations \
                  (version, description, success, checksum, execution_time) \

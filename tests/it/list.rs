@@ -3,10 +3,19 @@
 
 use std::collections::{HashMap, HashSet};
 
-use task_processor::pb;
+use serde_json::json;
+use task_processor::{
+    config::Config,
+    pb::{self, task_service_client::TaskServiceClient},
+};
 use tonic::Code;
 
-use crate::support::{Client, TestServer, assert_invalid_argument, request, wait_for_status};
+use crate::support::{
+    Client, TestServer, assert_invalid_argument, request, test_config, wait_for_status,
+};
+
+/// gRPC's default receive limit, which tonic's client keeps too.
+const DEFAULT_RECEIVE_LIMIT: usize = 4 * 1024 * 1024;
 
 async fn list(client: &mut Client, list_request: pb::ListTasksRequest) -> pb::ListTasksResponse {
     client
@@ -349,8 +358,114 @@ async fn paging_is_stable_while_tasks_are_created() {
     assert_eq!(sorted, seen, "creation order throughout");
 }
 
+/// Creates a `gate` task (it stays unfinished, so it carries no result)
+/// whose data is a string of `bytes` bytes.
+async fn create_big(client: &mut Client, name: &str, bytes: usize) -> String {
+    client
+        .create_task(request(name, "gate", Some(json!("d".repeat(bytes)))))
+        .await
+        .unwrap_or_else(|status| panic!("create {name}: {status:?}"))
+        .into_inner()
+        .id
+}
+
+/// Ten tasks of 900 KB are 9 MB at page size 1000: pages are cut short so
+/// that a client with gRPC's default 4 MiB receive limit can list them
+/// all, each task once, in order.
+async fn pages_are_cut_short_to_stay_under_four_mebibytes() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let mut created = Vec::new();
+    for index in 0..10 {
+        created.push(create_big(&mut client, &format!("big {index}"), 900_000).await);
+    }
+    // tonic's client refuses messages above 4 MiB unless told otherwise.
+    let mut default_client = TaskServiceClient::new(server.channel().await)
+        .max_decoding_message_size(DEFAULT_RECEIVE_LIMIT);
+    let mut seen = Vec::new();
+    let mut pages = Vec::new();
+    let mut list_request = pb::ListTasksRequest {
+        page_size: 1000,
+        ..Default::default()
+    };
+    loop {
+        let page = default_client
+            .list_tasks(list_request.clone())
+            .await
+            .unwrap_or_else(|status| panic!("page {}: {status:?}", pages.len() + 1))
+            .into_inner();
+        assert!(
+            prost::Message::encoded_len(&page) <= DEFAULT_RECEIVE_LIMIT,
+            "a page of {} bytes",
+            prost::Message::encoded_len(&page)
+        );
+        pages.push(page.tasks.len());
+        seen.extend(page.tasks.into_iter().map(|task| task.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        list_request.page_token = page.next_page_token;
+    }
+    assert_eq!(
+        seen, created,
+        "every task once, oldest first: pages {pages:?}"
+    );
+    assert!(
+        pages.len() >= 3,
+        "9 MB needs at least three pages: {pages:?}"
+    );
+    server.gate.release(10);
+}
+
+/// A task larger than the page budget is still listed, alone on its page,
+/// and the pages around it go on where they should.
+async fn a_task_larger_than_the_page_budget_is_sent_alone() {
+    let server = TestServer::start_with(Config {
+        max_data_bytes: 6 * 1024 * 1024,
+        ..test_config()
+    })
+    .await;
+    // Receives the huge task, on create and on list.
+    let mut client =
+        TaskServiceClient::new(server.channel().await).max_decoding_message_size(usize::MAX);
+    let small = create_big(&mut client, "small", 1000).await;
+    let huge = create_big(&mut client, "huge", 5 * 1024 * 1024).await;
+    let after = create_big(&mut client, "after", 1000).await;
+    let (mut seen, mut pages) = (Vec::new(), Vec::new());
+    let mut list_request = pb::ListTasksRequest {
+        page_size: 1000,
+        ..Default::default()
+    };
+    loop {
+        let page = client
+            .list_tasks(list_request.clone())
+            .await
+            .expect("listed")
+            .into_inner();
+        pages.push(
+            page.tasks
+                .iter()
+                .map(|task| task.name.clone())
+                .collect::<Vec<_>>(),
+        );
+        seen.extend(page.tasks.into_iter().map(|task| task.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        list_request.page_token = page.next_page_token;
+    }
+    assert_eq!(seen, [small, huge, after]);
+    assert!(
+        pages.contains(&vec!["huge".to_owned()]),
+        "the huge task has a page of its own: {pages:?}"
+    );
+    server.gate.release(3);
+}
+
 contract_tests!(
     pages_cover_every_task_oldest_first_exactly_once,
+    pages_are_cut_short_to_stay_under_four_mebibytes,
+    a_task_larger_than_the_page_budget_is_sent_alone,
     page_size_is_capped_at_one_thousand,
     filters_by_status_and_by_every_label_pair,
     bad_list_requests_are_invalid_arguments,

@@ -31,12 +31,15 @@ pub struct Process {
 
 impl Process {
     pub async fn client(&self) -> TaskServiceClient<tonic::transport::Channel> {
-        let channel = tonic::transport::Channel::from_shared(self.grpc_url.clone())
+        TaskServiceClient::new(self.channel().await)
+    }
+
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Channel::from_shared(self.grpc_url.clone())
             .expect("url")
             .connect()
             .await
-            .expect("connect");
-        TaskServiceClient::new(channel)
+            .expect("connect")
     }
 
     /// Whether the process logged a line with this message about this task.
@@ -66,6 +69,20 @@ impl Drop for Process {
 /// its JSON "serving" log line. The store is memory unless the arguments
 /// name one (never the default file in the working directory).
 pub fn start_binary(arguments: &[&str], env: &[(&str, &str)]) -> Process {
+    start_binary_under(&[], arguments, env)
+}
+
+/// Like [`start_binary`], under a soft and hard limit of `nofile` open
+/// file descriptors (set by the shell, which then becomes the server).
+pub fn start_binary_with_nofile(nofile: u32, arguments: &[&str]) -> Process {
+    let script = format!("ulimit -n {nofile} && exec \"$0\" \"$@\"");
+    start_binary_under(&["sh", "-c", &script], arguments, &[])
+}
+
+/// Like [`start_binary`], run by `wrapper` (a command that ends by running
+/// the binary path and arguments that follow it, such as `sh -c '…; exec
+/// "$0" "$@"'`).
+pub fn start_binary_under(wrapper: &[&str], arguments: &[&str], env: &[(&str, &str)]) -> Process {
     let store_given = arguments.contains(&"--store")
         || env.iter().any(|(name, _)| *name == "TASK_PROCESSOR_STORE");
     let default_store: &[&str] = if store_given {
@@ -73,7 +90,16 @@ pub fn start_binary(arguments: &[&str], env: &[(&str, &str)]) -> Process {
     } else {
         &["--store", "memory"]
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_task-processor"))
+    let binary = env!("CARGO_BIN_EXE_task-processor");
+    let mut command = match wrapper.split_first() {
+        Some((program, wrapper_arguments)) => {
+            let mut command = Command::new(program);
+            command.args(wrapper_arguments).arg(binary);
+            command
+        }
+        None => Command::new(binary),
+    };
+    let mut child = command
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .args(default_store)
         .args(arguments)
@@ -379,4 +405,106 @@ async fn retention_keeps_memory_flat_under_a_stream_of_tasks() {
         .and_then(|value| value.trim().parse::<f64>().ok())
         .expect("retained_tasks gauge");
     assert!(retained <= 1000.0 + 64.0, "{retained} tasks retained");
+}
+
+/// CPU time the process has used (user + system), from /proc.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc readable");
+    // Fields after the command name, which is in parentheses: state is
+    // field 3, utime 14 and stime 15, in clock ticks.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("a command name")
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    let output = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .expect("getconf runs");
+    let per_second: u64 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .expect("CLK_TCK");
+    Duration::from_secs_f64(ticks as f64 / per_second as f64)
+}
+
+/// Out of file descriptors, the server backs off instead of retrying
+/// accept in a loop (which cost a whole core and starved everything
+/// else), counts what it refused, and answers again once connections
+/// close.
+#[tokio::test]
+async fn out_of_file_descriptors_the_server_backs_off_counts_and_recovers() {
+    let process = start_binary_with_nofile(64, &[]);
+    let pid = process.child.id();
+    let grpc_address = process.grpc_url.trim_start_matches("http://").to_owned();
+
+    // More than twice as many connections as descriptors; the kernel
+    // completes those the server cannot accept in the listen backlog (128:
+    // tokio's), so every connect returns.
+    let mut flood = Vec::new();
+    for _ in 0..150 {
+        flood.push(
+            tokio::net::TcpStream::connect(&grpc_address)
+                .await
+                .expect("connected"),
+        );
+    }
+    let cpu_before = cpu_time(pid);
+    let wall_before = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cpu_per_second =
+        (cpu_time(pid) - cpu_before).as_secs_f64() / wall_before.elapsed().as_secs_f64();
+    // Spinning on EMFILE costs a core (1 CPU-second per second); a
+    // back-off costs next to nothing. Generous for a loaded machine.
+    assert!(
+        cpu_per_second < 0.3,
+        "the server used {cpu_per_second:.2} CPU-seconds per second while out of descriptors"
+    );
+    let warned = process
+        .log
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .any(|entry| {
+            entry["level"] == "WARN"
+                && entry["message"]
+                    .as_str()
+                    .is_some_and(|message| message.starts_with("cannot accept gRPC connections"))
+                && entry["refused"]
+                    .as_u64()
+                    .is_some_and(|refused| refused >= 1)
+        });
+    assert!(warned, "a warning says accepts are refused, and how many");
+
+    drop(flood);
+    eventually("health to answer SERVING once connections close", || {
+        let url = process.grpc_url.clone();
+        async move {
+            let channel = tonic::transport::Channel::from_shared(url)
+                .expect("url")
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(2))
+                .connect()
+                .await
+                .ok()?;
+            let response = HealthClient::new(channel)
+                .check(HealthCheckRequest::default())
+                .await
+                .ok()?;
+            (response.into_inner().status == ServingStatus::Serving as i32).then_some(())
+        }
+    })
+    .await;
+    let (_, metrics) = http_get(&process.admin_address, "/metrics").await;
+    let refused = metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(r#"task_processor_grpc_accept_errors_total{reason="emfile"} "#)
+        })
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no emfile refusals counted:\n{metrics}"));
+    assert!(refused >= 1.0, "{refused}");
 }

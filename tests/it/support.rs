@@ -425,3 +425,29 @@ pub async fn http_get(address: &str, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// gRPC health of `service` ("" for the process) as the server reports it.
+pub async fn health_status(
+    health: &tonic_health::pb::health_client::HealthClient<Channel>,
+    service: &str,
+) -> tonic_health::pb::health_check_response::ServingStatus {
+    let mut health = health.clone();
+    let response = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .expect("health answers");
+    response.into_inner().status()
+}
+
+/// Polls the task service's gRPC health until it is `wanted`.
+pub async fn wait_for_task_service_health(
+    health: &tonic_health::pb::health_client::HealthClient<Channel>,
+    wanted: tonic_health::pb::health_check_response::ServingStatus,
+) {
+    eventually(&format!("task service health {wanted:?}"), || async {
+        (health_status(health, "taskprocessor.v1.TaskService").await == wanted).then_some(())
+    })
+    .await;
+}

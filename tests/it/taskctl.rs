@@ -25,19 +25,19 @@ use crate::support::{
     DEADLINE, TestServer, create, eventually, get, json as json_of, test_config, wait_for_status,
 };
 
-const TASKCTL: &str = env!("CARGO_BIN_EXE_taskctl");
+pub(crate) const TASKCTL: &str = env!("CARGO_BIN_EXE_taskctl");
 
 /// What one run of `taskctl` did.
 #[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Run {
     #[track_caller]
-    fn expect_code(&self, code: i32) -> &Self {
+    pub(crate) fn expect_code(&self, code: i32) -> &Self {
         assert_eq!(self.code, code, "exit code of {self:#?}");
         self
     }
@@ -45,7 +45,7 @@ impl Run {
 
 /// `taskctl --addr <address> <args…>`, with no stdin and none of the
 /// TASKCTL_* variables of whoever runs the tests.
-fn command(address: &str, args: &[&str]) -> assert_cmd::Command {
+pub(crate) fn command(address: &str, args: &[&str]) -> assert_cmd::Command {
     let mut command = std::process::Command::new(TASKCTL);
     command
         .arg("--addr")
@@ -59,7 +59,7 @@ fn command(address: &str, args: &[&str]) -> assert_cmd::Command {
     command
 }
 
-async fn run(mut command: assert_cmd::Command) -> Run {
+pub(crate) async fn run(mut command: assert_cmd::Command) -> Run {
     let output = tokio::task::spawn_blocking(move || command.output())
         .await
         .expect("the blocking run finished")
@@ -142,14 +142,17 @@ fn detail<'a>(view: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key}: in {view}"))
 }
 
-/// A `TaskService` that answers every call with one status, or — with
-/// `None` — never answers: what the real server does not do on cue.
+/// A `TaskService` that answers every call with one status after `delay`,
+/// or — with `None` — never answers: what the real server does not do on
+/// cue.
 struct ScriptedService {
     answer: Option<(Code, &'static str)>,
+    delay: Duration,
 }
 
 impl ScriptedService {
     async fn answer<T>(&self) -> Result<Response<T>, Status> {
+        tokio::time::sleep(self.delay).await;
         match self.answer {
             Some((code, message)) => Err(Status::new(code, message)),
             None => std::future::pending().await,
@@ -197,16 +200,24 @@ impl TaskService for ScriptedService {
     }
 }
 
-/// Serves a [`ScriptedService`] on 127.0.0.1:0; returns its address and
-/// the serving task, to abort at the end.
+/// Serves a [`ScriptedService`] that answers at once on 127.0.0.1:0;
+/// returns its address and the serving task, to abort at the end.
 async fn start_scripted(answer: Option<(Code, &'static str)>) -> (String, JoinHandle<()>) {
+    start_scripted_after(Duration::ZERO, answer).await
+}
+
+/// [`start_scripted`], answering each call only after `delay`.
+pub(crate) async fn start_scripted_after(
+    delay: Duration,
+    answer: Option<(Code, &'static str)>,
+) -> (String, JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let address = listener.local_addr().expect("address");
     let serving = tokio::spawn(async move {
         tonic::transport::Server::builder()
-            .add_service(TaskServiceServer::new(ScriptedService { answer }))
+            .add_service(TaskServiceServer::new(ScriptedService { answer, delay }))
             .serve_with_incoming(TcpIncoming::from(listener))
             .await
             .expect("serves");
@@ -888,7 +899,7 @@ async fn help_shows_examples_and_exit_codes() {
     for line in [
         "  3  the task failed",
         "  7  unavailable",
-        "  8  the server is busy (queue full); retry later",
+        "  8  the server is busy (queue or memory budget full); retry later",
     ] {
         assert!(help.stdout.contains(line), "{line} in {}", help.stdout);
     }
@@ -962,7 +973,7 @@ async fn a_full_queue_exits_busy_and_says_when_to_retry() {
     refused.expect_code(8);
     assert_eq!(
         refused.stderr.trim(),
-        "taskctl: the server is busy: its queue of waiting tasks is full; retry in 1s"
+        "taskctl: the server is busy: the queue is full: 1 tasks are waiting; retry in 1s"
     );
     server.gate.release(2);
 }
@@ -996,7 +1007,7 @@ async fn a_call_past_its_deadline_is_reported_as_our_timeout() {
         late.expect_code(1);
         assert_eq!(
             late.stderr.trim(),
-            "taskctl: no answer within 10s (raise it with --call-timeout)",
+            "taskctl: no answer within 30s (raise it with --call-timeout)",
             "{answer:?}"
         );
         serving.abort();

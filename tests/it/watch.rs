@@ -198,9 +198,15 @@ async fn watchers_that_disconnect_leave_nothing_behind() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
     let task = create(&mut client, "abandoned", "gate", None).await;
+    // Three connections: the server allows 100 streams on each.
+    let mut watchers = [
+        server.client().await,
+        server.client().await,
+        server.client().await,
+    ];
     let mut streams = Vec::new();
-    for _ in 0..300 {
-        streams.push(watch(&mut client, &task.id).await);
+    for index in 0..300 {
+        streams.push(watch(&mut watchers[index % 3], &task.id).await);
     }
     assert_eq!(server.stats().await.watchers, 300);
     drop(streams);

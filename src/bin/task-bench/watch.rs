@@ -8,6 +8,7 @@ use task_processor::{
     api::json::json_to_proto,
     config::Config,
     pb::{self, task_service_client::TaskServiceClient},
+    server::MAX_CONCURRENT_STREAMS,
 };
 use tokio::sync::oneshot;
 use tokio_stream::StreamExt;
@@ -17,8 +18,17 @@ use crate::{RunningServer, Scale, bench_config, load::millis, load::percentile};
 
 type Client = TaskServiceClient<Channel>;
 
-/// Connections the watchers are spread over.
-const WATCH_CONNECTIONS: usize = 16;
+/// Connections the watchers are spread over, at least...
+const MIN_WATCH_CONNECTIONS: usize = 16;
+
+/// ...and enough that no connection needs more streams than the server
+/// allows (a call beyond the limit would wait for a stream to end).
+fn watch_connections(scale: &Scale) -> usize {
+    let streams = scale.open_watchers + scale.fan_out_watchers;
+    streams
+        .div_ceil(MAX_CONCURRENT_STREAMS as usize)
+        .max(MIN_WATCH_CONNECTIONS)
+}
 
 fn pending_sleep(name: &str) -> pb::CreateTaskRequest {
     pb::CreateTaskRequest {
@@ -60,11 +70,18 @@ pub async fn report(scale: Scale) -> anyhow::Result<()> {
         ..bench_config()
     })
     .await?;
-    let clients = server.clients(WATCH_CONNECTIONS).await?;
-    let mut control = clients[0].clone();
+    let watch_connections = watch_connections(&scale);
+    // The control client's calls get a connection of their own, never
+    // waiting behind watchers for a stream.
+    let mut control = server
+        .clients(1)
+        .await?
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("no control connection"))?;
+    let clients = server.clients(watch_connections).await?;
     control.create_task(pending_sleep("slot holder")).await?;
 
-    println!("## Watch fan-out ({WATCH_CONNECTIONS} connections)\n");
+    println!("## Watch fan-out ({watch_connections} connections)\n");
     println!("| figure | measured | target |");
     println!("|---|---:|---|");
 

@@ -9,7 +9,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use task_processor::pb;
 
-use crate::errors::exit_codes_help;
+use crate::{connection::DEFAULT_KEEPALIVE, errors::exit_codes_help};
 
 /// The address used when neither --addr nor TASKCTL_ADDR is given.
 pub const DEFAULT_ADDRESS: &str = "http://127.0.0.1:50051";
@@ -64,16 +64,39 @@ pub struct GlobalArgs {
     /// How long each call (and connecting) may take, e.g. 10s, 1m; more
     /// than 0. Not applied to watch streams, which last as long as the
     /// task. (Named apart from `create --timeout`, which is the task's own
-    /// timeout.)
+    /// timeout.) The default, 30s, outlasts the server's wait for its store
+    /// (2 s) and keepalive's detection of a frozen server (20 s), so those
+    /// are reported as unavailable (exit 7), not as a timeout (exit 1).
+    // Issue 9: a default equal to the server's store wait (10 s each) made
+    // a store outage look like "no answer" (1). 30 s is far longer than the
+    // server's 2 s store wait, and longer than the ~20 s keepalive needs to
+    // find a dead connection, so a frozen server under a long call is
+    // "connection lost" (7) too; a person rarely waits longer than that.
     #[arg(
         long,
         global = true,
         env = "TASKCTL_CALL_TIMEOUT",
-        default_value = "10s",
+        default_value = "30s",
         value_parser = parse_call_timeout,
         value_name = "DURATION"
     )]
     pub call_timeout: Duration,
+
+    /// Hidden, for tests: the HTTP/2 keepalive interval, and how long each
+    /// ping may go unanswered, before the connection counts as lost. Tests
+    /// set 1s so that a frozen server is noticed in about 2 s rather than
+    /// the 20 s of the default (see `connection::DEFAULT_KEEPALIVE`).
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        env = "TASKCTL_KEEPALIVE",
+        hide_env = true,
+        default_value = DEFAULT_KEEPALIVE,
+        value_parser = parse_keepalive,
+        value_name = "DURATION"
+    )]
+    pub keepalive: Duration,
 
     /// Reserved: connect with TLS. Not supported yet; using it is an error.
     #[arg(long, global = true)]
@@ -324,6 +347,15 @@ fn parse_call_timeout(text: &str) -> Result<Duration, String> {
     Ok(timeout)
 }
 
+/// The hidden `--keepalive`: more than 0 (hyper would never ping).
+fn parse_keepalive(text: &str) -> Result<Duration, String> {
+    let interval = parse_duration(text)?;
+    if interval.is_zero() {
+        return Err("must be more than 0 (try 1s)".to_owned());
+    }
+    Ok(interval)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,6 +383,15 @@ mod tests {
         let error = Cli::try_parse_from(["taskctl", "--call-timeout", "0s", "health"])
             .expect_err("0s is refused");
         assert_eq!(error.exit_code(), 2);
+    }
+
+    #[test]
+    fn the_keepalive_default_parses_to_the_documented_interval() {
+        let cli = Cli::try_parse_from(["taskctl", "health"]).expect("defaults");
+        // README and the comment on DEFAULT_KEEPALIVE say 10 s.
+        assert_eq!(cli.global.keepalive, Duration::from_secs(10));
+        assert!(parse_keepalive("0s").is_err());
+        assert_eq!(parse_keepalive("1s"), Ok(Duration::from_secs(1)));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! [`Outcome`] or a [`CliError`].
 //!
 //! Every unary call is bounded by `--call-timeout`; watch streams are not,
-//! since they last as long as the task.
+//! since they last as long as the task, but HTTP/2 keepalive (set up in
+//! `connection`) ends one whose server froze or vanished.
 
 use std::{collections::HashMap, future::Future, io::Read, time::Duration};
 
@@ -52,6 +53,8 @@ impl Outcome {
 struct Session {
     address: ServerAddress,
     call_timeout: Duration,
+    /// The HTTP/2 keepalive interval and ping timeout (hidden flag).
+    keepalive: Duration,
     printer: Printer,
 }
 
@@ -64,6 +67,7 @@ pub async fn run(cli: Cli) -> Result<Outcome, CliError> {
     let session = Session {
         address: ServerAddress::from_flags(&global)?,
         call_timeout: global.call_timeout,
+        keepalive: global.keepalive,
         printer: Printer::new(global.output)?,
     };
     match command {
@@ -81,7 +85,9 @@ impl Session {
     /// Connects; each command does so once, after checking its local
     /// input, so a typo in --data needs no server to be reported.
     async fn connect(&self) -> Result<Channel, CliError> {
-        self.address.connect(self.call_timeout).await
+        self.address
+            .connect(self.call_timeout, self.keepalive)
+            .await
     }
 
     async fn tasks(&self) -> Result<TaskServiceClient<Channel>, CliError> {

@@ -10,6 +10,15 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::{cli::GlobalArgs, errors::CliError};
 
+/// How often taskctl pings the server over HTTP/2, and how long each ping
+/// may go unanswered: a server that froze or vanished without closing the
+/// connection (SIGSTOP, a dead host, a dropped route) is noticed within
+/// about twice this, 20 s, and reported as a lost connection (exit 7)
+/// instead of a watch that never returns. Pings are cheap, and one every
+/// 10 s is well above what servers tolerate. Overridable only by the
+/// hidden `--keepalive`, for tests. Text, because it is clap's default.
+pub const DEFAULT_KEEPALIVE: &str = "10s";
+
 /// Where and how to connect, checked before any network traffic.
 #[derive(Debug, Clone)]
 pub struct ServerAddress {
@@ -59,10 +68,22 @@ impl ServerAddress {
 
     /// Connects at once, so that a missing server is reported as such
     /// rather than as the failure of whatever call came first.
-    pub async fn connect(&self, connect_timeout: Duration) -> Result<Channel, CliError> {
+    ///
+    /// The connection pings the server every `keepalive`, and counts as
+    /// lost when a ping goes unanswered as long, even with no call in
+    /// flight: a watch waits on the server without sending anything, and
+    /// only the pings tell a quiet task from a frozen server.
+    pub async fn connect(
+        &self,
+        connect_timeout: Duration,
+        keepalive: Duration,
+    ) -> Result<Channel, CliError> {
         let endpoint = Endpoint::from_shared(self.uri.clone())
             .map_err(|error| CliError::Usage(format!("--addr {}: {error}", self.uri)))?
-            .connect_timeout(connect_timeout);
+            .connect_timeout(connect_timeout)
+            .http2_keep_alive_interval(keepalive)
+            .keep_alive_timeout(keepalive)
+            .keep_alive_while_idle(true);
         let connecting = endpoint.connect();
         match tokio::time::timeout(connect_timeout, connecting).await {
             Ok(Ok(channel)) => Ok(channel),

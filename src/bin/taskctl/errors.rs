@@ -7,6 +7,7 @@
 
 use std::{fmt, io, time::Duration};
 
+use task_processor::telemetry::error_chain;
 use tonic::{Code, Status, TimeoutExpired};
 use tonic_types::StatusExt;
 
@@ -30,7 +31,8 @@ pub enum ExitStatus {
     NotFound = 5,
     /// The server refused the request as invalid.
     InvalidArgument = 6,
-    /// No server answers, it is shutting down, or it is not serving.
+    /// No server answers, the connection to it was lost, it is shutting
+    /// down, or it is not serving.
     Unavailable = 7,
     /// The server's queue of waiting tasks is full; the same command may
     /// succeed later.
@@ -66,11 +68,11 @@ pub const EXIT_CODES: &[(ExitStatus, &str)] = &[
     ),
     (
         ExitStatus::Unavailable,
-        "unavailable: cannot connect, server shutting down, or not serving",
+        "unavailable: cannot connect, connection lost, server shutting down, or not serving",
     ),
     (
         ExitStatus::ServerBusy,
-        "the server is busy (queue full); retry later",
+        "the server is busy (queue or memory budget full); retry later",
     ),
 ];
 
@@ -136,6 +138,12 @@ pub enum CliError {
     #[error("server unavailable: {message}")]
     Unavailable { message: String },
 
+    /// The connection broke under a call or a watch: the server died,
+    /// froze (keepalive pings went unanswered), or the connection or the
+    /// stream was cut. `reason` is the transport's, in its words.
+    #[error("the connection to the server was lost: {reason}")]
+    ConnectionLost { reason: String },
+
     #[error("{service:?} is {status}, not SERVING")]
     NotServing { service: String, status: String },
 
@@ -154,9 +162,14 @@ pub enum CliError {
     )]
     RequestIdReused { request_id: String },
 
-    /// `RESOURCE_EXHAUSTED`: the queue of waiting tasks is full.
-    #[error("the server is busy: its queue of waiting tasks is full; {}", RetryText(*retry_after))]
-    ServerBusy { retry_after: Option<Duration> },
+    /// `RESOURCE_EXHAUSTED` with a `RetryInfo`: the queue of waiting tasks,
+    /// or the memory budget for their data, is full for now. `reason` is
+    /// the server's, without its own "retry in" (said here in words).
+    #[error("the server is busy: {reason}; {}", RetryText(*retry_after))]
+    ServerBusy {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
 
     /// Any other refusal; `reason` puts the status code in words.
     #[error("{reason}{}", MessageText(message))]
@@ -191,6 +204,7 @@ impl CliError {
             Self::ConnectionRefused { .. }
             | Self::CannotConnect { .. }
             | Self::Unavailable { .. }
+            | Self::ConnectionLost { .. }
             | Self::NotServing { .. } => ExitStatus::Unavailable,
             Self::ServerBusy { .. } => ExitStatus::ServerBusy,
             Self::DeadlineExceeded { .. }
@@ -217,6 +231,9 @@ impl CliError {
     /// Turns a status from a task RPC into an error a person can act on;
     /// `task_id` is the id the call was about, if any.
     pub fn from_task_status(status: Status, task_id: Option<&str>) -> Self {
+        if let Some(lost) = connection_lost(&status) {
+            return lost;
+        }
         match (status.code(), task_id) {
             (Code::NotFound, Some(task_id)) => Self::TaskNotFound {
                 task_id: task_id.to_owned(),
@@ -232,6 +249,9 @@ impl CliError {
     /// Turns a status from `CreateTask` into an error a person can act on;
     /// `request_id` is the `--request-id` sent, if any.
     pub fn from_create_status(status: Status, request_id: Option<&str>) -> Self {
+        if let Some(lost) = connection_lost(&status) {
+            return lost;
+        }
         match (status.code(), request_id) {
             (Code::AlreadyExists, Some(request_id)) => Self::RequestIdReused {
                 request_id: request_id.to_owned(),
@@ -243,6 +263,9 @@ impl CliError {
     /// The mapping of gRPC status codes that do not depend on what was
     /// asked.
     pub fn from_status(status: Status) -> Self {
+        if let Some(lost) = connection_lost(&status) {
+            return lost;
+        }
         match status.code() {
             Code::InvalidArgument => Self::InvalidArgument {
                 field_violations: field_violations(&status),
@@ -251,10 +274,18 @@ impl CliError {
             Code::Unavailable => Self::Unavailable {
                 message: unavailable_message(&status),
             },
-            Code::ResourceExhausted => Self::ServerBusy {
-                retry_after: status
-                    .get_details_retry_info()
-                    .and_then(|retry_info| retry_info.retry_delay),
+            // Busy only when the server says when to retry: a request over
+            // the size limit is RESOURCE_EXHAUSTED too, and retrying it is
+            // pointless.
+            Code::ResourceExhausted => match status.get_details_retry_info() {
+                Some(retry_info) => Self::ServerBusy {
+                    reason: without_retry_hint(status.message()).to_owned(),
+                    retry_after: retry_info.retry_delay,
+                },
+                None => Self::Refused {
+                    reason: code_in_words(Code::ResourceExhausted),
+                    message: status.message().to_owned(),
+                },
             },
             code => Self::Refused {
                 reason: code_in_words(code),
@@ -272,6 +303,54 @@ pub fn is_deadline_exceeded(status: &Status) -> bool {
         Code::DeadlineExceeded => true,
         Code::Cancelled => status.message() == TimeoutExpired(()).to_string(),
         _ => false,
+    }
+}
+
+/// The one place that tells a broken connection from an answer: `Some`
+/// when tonic made the status from a failure of the transport under the
+/// call rather than receiving it from the server.
+///
+/// A status the server sends (in trailers or headers) never carries a
+/// source error; one tonic makes locally from hyper, h2 or I/O does:
+/// connection reset, broken pipe, "error reading a body from connection",
+/// GOAWAY, a stream reset by the server, keepalive pings unanswered, the
+/// connection closed before the answer. tonic gives these varied codes
+/// (`UNKNOWN`, `INTERNAL`, `CANCELLED`, `UNAVAILABLE`), all of which mean
+/// the same to a person: the server can no longer be heard. Matching on
+/// the source rather than on hyper's and h2's types keeps taskctl free of
+/// those crates' versions, and rather than on their messages keeps it
+/// free of their wording. Our own deadline (tonic's `TimeoutExpired`)
+/// also has a source, and stays a timeout.
+fn connection_lost(status: &Status) -> Option<CliError> {
+    let source = std::error::Error::source(status)?;
+    if is_deadline_exceeded(status) || chain_has::<TimeoutExpired>(source) {
+        return None;
+    }
+    Some(CliError::ConnectionLost {
+        reason: lost_connection_reason(status, source),
+    })
+}
+
+/// Whether an error of type `E` is among `error` and its causes.
+fn chain_has<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        if current.is::<E>() {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
+}
+
+/// What broke, without tonic's wrapping (`h2 protocol error: `, `status:
+/// Unknown, message: …`): the causes' own words, joined on one line.
+fn lost_connection_reason(status: &Status, source: &(dyn std::error::Error + 'static)) -> String {
+    let reason = error_chain(source).replace('\n', " ");
+    if reason.trim().is_empty() {
+        status.message().replace('\n', " ")
+    } else {
+        reason
     }
 }
 
@@ -414,6 +493,13 @@ impl fmt::Display for MessageText<'_> {
     }
 }
 
+/// The server's message without the "; retry in 1000ms" it ends with.
+fn without_retry_hint(message: &str) -> &str {
+    message
+        .rsplit_once("; retry in ")
+        .map_or(message, |(reason, _)| reason)
+}
+
 /// `retry in 1s`, from the server's `google.rpc.RetryInfo`.
 struct RetryText(Option<Duration>);
 
@@ -503,6 +589,38 @@ mod tests {
     }
 
     #[test]
+    fn a_broken_connection_is_unavailable_in_plain_words() {
+        // What tonic makes of a transport failure: a local error as the
+        // source, whatever the code.
+        let reset = io::Error::new(io::ErrorKind::ConnectionReset, "connection reset by peer");
+        let lost = CliError::from_task_status(Status::from_error(Box::new(reset)), Some("42"));
+        assert_eq!(
+            lost.to_string(),
+            "the connection to the server was lost: connection reset by peer"
+        );
+        assert_eq!(lost.exit_status(), ExitStatus::Unavailable);
+        let mut with_cause = Status::internal("h2 protocol error: error reading a body");
+        with_cause.set_source(std::sync::Arc::new(io::Error::other("line one\nline two")));
+        let lost = CliError::from_status(with_cause);
+        assert_eq!(
+            lost.to_string(),
+            "the connection to the server was lost: line one line two"
+        );
+
+        // Our own deadline has a source too, and is not a lost connection.
+        let timeout = Status::from_error(Box::new(TimeoutExpired(())));
+        assert!(connection_lost(&timeout).is_none());
+        // What the server says, it says: no source.
+        let shutting_down = CliError::from_status(Status::unavailable("shutting down"));
+        assert_eq!(
+            shutting_down.to_string(),
+            "server unavailable: shutting down"
+        );
+        let failed = CliError::from_status(Status::internal("handler panicked"));
+        assert_eq!(failed.exit_status(), ExitStatus::OtherError);
+    }
+
+    #[test]
     fn a_full_queue_says_when_to_retry() {
         let status = Status::with_error_details(
             Code::ResourceExhausted,
@@ -512,13 +630,19 @@ mod tests {
         let error = CliError::from_status(status);
         assert_eq!(
             error.to_string(),
-            "the server is busy: its queue of waiting tasks is full; retry in 1s"
+            "the server is busy: the queue is full: 3 tasks are waiting; retry in 1s"
         );
         assert_eq!(error.exit_status(), ExitStatus::ServerBusy);
-        let without_detail = CliError::from_status(Status::resource_exhausted("full"));
+        // Without RetryInfo (a request over the size limit): not busy, and
+        // no advice to retry.
+        let too_big = CliError::from_status(Status::resource_exhausted(
+            "the request message is 9 bytes, more than this server's limit of 8 bytes",
+        ));
+        assert_ne!(too_big.exit_status(), ExitStatus::ServerBusy);
+        assert!(!too_big.to_string().contains("retry"), "{too_big}");
         assert!(
-            without_detail.to_string().ends_with("; retry later"),
-            "{without_detail}"
+            too_big.to_string().contains("limit of 8 bytes"),
+            "{too_big}"
         );
     }
 

@@ -208,6 +208,10 @@ impl Manager {
             let _ = respond_to.send(Err(ManagerError::ShuttingDown));
             return;
         }
+        if let Some(refused) = self.store_refusal() {
+            let _ = respond_to.send(Err(refused));
+            return;
+        }
         let capacity = self.config.queue_capacity;
         let full = self
             .cluster

@@ -151,7 +151,7 @@ impl Manager {
 }
 
 /// The bytes a task's payload counts: its data and result, if it holds them.
-pub(super) fn payload_bytes(task: &Task) -> u64 {
+pub(in crate::manager) fn payload_bytes(task: &Task) -> u64 {
     if task.payload == PayloadLocation::InStore {
         return 0;
     }

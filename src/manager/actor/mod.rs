@@ -7,7 +7,7 @@
 mod cluster;
 mod held;
 
-pub(super) use held::json_bytes;
+pub(super) use held::{json_bytes, payload_bytes};
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
@@ -30,7 +30,7 @@ use tracing::{debug, error, info, warn};
 
 use super::{
     Command, FORCED_STOP_AFTER, ListPage, ListQuery, ManagerConfig, ManagerError, ManagerStats,
-    Reply,
+    Reply, StoreHealth,
     persist::{Backend, Committed, Deferred, Pending, Persister},
     watch::{TaskWatch, WatchState},
 };
@@ -135,6 +135,7 @@ impl Manager {
         backend: Backend,
         progress_sender: mpsc::Sender<ProgressUpdate>,
         progress_updates: mpsc::Receiver<ProgressUpdate>,
+        store_health: watch::Sender<StoreHealth>,
     ) -> Self {
         let cluster = match &backend {
             Backend::Postgres(store) => {
@@ -145,7 +146,12 @@ impl Manager {
         };
         Self {
             held: held::Held::new(config.max_held_bytes),
-            persister: Persister::new(backend, config.node_name.clone(), metrics.clone()),
+            persister: Persister::new(
+                backend,
+                config.node_name.clone(),
+                metrics.clone(),
+                store_health,
+            ),
             uncommitted: HashSet::new(),
             cluster,
             config,
@@ -358,6 +364,10 @@ impl Manager {
             let _ = respond_to.send(Err(ManagerError::ShuttingDown));
             return;
         }
+        if let Some(refused) = self.store_refusal() {
+            let _ = respond_to.send(Err(refused));
+            return;
+        }
         if let Some(request_id) = &new_task.request_id
             && let Some(existing) = self
                 .request_ids
@@ -409,6 +419,16 @@ impl Manager {
         }
     }
 
+    /// While the store fails, a create is refused at once: waiting for a
+    /// store known not to write would keep the client past its 2 s answer.
+    fn store_refusal(&self) -> Option<ManagerError> {
+        // Clients hear that the store fails, not its internals (the
+        // operator sees those in the log and on `/readyz`).
+        self.persister
+            .failure()
+            .map(|_| ManagerError::Storage("the store cannot be written".into()))
+    }
+
     fn queue_full(&self) -> ManagerError {
         ManagerError::QueueFull {
             capacity: self.config.queue_capacity,
@@ -450,23 +470,41 @@ impl Manager {
                 self.let_go_of_stored_payloads(&batch);
             }
             Err(failure) => {
-                error!(error = %error_chain(&failure), "storing a batch of task changes failed; retrying");
+                if batch.probe {
+                    debug!(error = %error_chain(&failure), "the task store still fails");
+                } else {
+                    error!(error = %error_chain(&failure), "storing a batch of task changes failed; retrying");
+                }
                 // Clients hear what failed, not the database's internals.
                 let reason = failure.to_string();
                 // Creates in the batch were never stored: take them back and
-                // tell their clients; everything else is tried again.
-                for id in std::mem::take(&mut batch.created) {
+                // tell their clients; everything else is tried again. So are
+                // the creates gathered meanwhile for the next commit: the
+                // store is failing, and they must not wait for it.
+                let (gathered, gathered_replies) = self.persister.take_creates();
+                for id in std::mem::take(&mut batch.created)
+                    .into_iter()
+                    .chain(gathered)
+                {
                     self.uncommitted.remove(&id);
                     self.roll_back_create(id);
                 }
                 let mut kept = Vec::new();
-                for reply in std::mem::take(&mut batch.replies) {
+                for reply in std::mem::take(&mut batch.replies)
+                    .into_iter()
+                    .chain(gathered_replies)
+                {
                     match reply {
+                        // A cancel is not durable either: its client hears
+                        // so rather than waiting for the store (the change
+                        // stays decided and is written once the store takes
+                        // writes; a retried cancel finds it cancelled).
                         Deferred::Created { respond_to, .. }
-                        | Deferred::Inserted { respond_to, .. } => {
+                        | Deferred::Inserted { respond_to, .. }
+                        | Deferred::Answer { respond_to, .. } => {
                             let _ = respond_to.send(Err(ManagerError::Storage(reason.clone())));
                         }
-                        other => kept.push(other),
+                        Deferred::Flushed(_) => kept.push(reply),
                     }
                 }
                 batch.replies = kept;
@@ -483,7 +521,12 @@ impl Manager {
     ) {
         match reply {
             Deferred::Created { id, respond_to } => {
-                let _ = respond_to.send(self.get(id));
+                // A repeated create that waited on a first one whose insert
+                // failed: that task was never stored.
+                let answer = self
+                    .get(id)
+                    .map_err(|_| ManagerError::Storage("the task could not be stored".into()));
+                let _ = respond_to.send(answer);
             }
             Deferred::Inserted { index, respond_to } => {
                 let _ = respond_to.send(cluster::insert_answer(batch, cluster_outcome, index));
