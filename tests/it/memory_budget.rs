@@ -6,8 +6,10 @@
 use serde_json::{Value as JsonValue, json};
 use task_processor::{
     config::Config,
+    manager::ListQuery,
     pb,
     store::{SqliteStore, StoreUrl},
+    task::PayloadLocation,
 };
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -135,7 +137,8 @@ async fn completed_echo_tasks(
 ) -> Vec<(String, JsonValue)> {
     let mut created = Vec::new();
     for number in 0..count {
-        let data = json!({"number": number, "text": format!("{number}:").repeat(bytes / 6)});
+        let unit = format!("{number}:");
+        let data = json!({"number": number, "text": unit.repeat(bytes / unit.len())});
         let task = client
             .create_task(request(
                 &format!("echo {number}"),
@@ -263,4 +266,47 @@ async fn sqlite_keeps_finished_payloads_in_the_file_only_and_reads_them_back() {
     assert_payloads_read_back(&mut client, &created).await;
     let reloaded = get(&mut client, &cancelled.id).await;
     assert_eq!(json(&reloaded.data), Some(long_sleep(30_000)));
+}
+
+#[tokio::test]
+async fn sqlite_reads_a_page_of_large_finished_tasks_only_up_to_the_page_limit() {
+    let config = Config {
+        store: StoreUrl::Sqlite(fresh_sqlite_path()),
+        ..test_config()
+    };
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+    // Data and result of 900 KB each: two tasks fill a 4 MiB page.
+    let created = completed_echo_tasks(&mut client, 5, 900_000).await;
+    wait_until_nothing_held(&server).await;
+
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = server
+            .manager
+            .list_tasks(ListQuery {
+                after,
+                limit: 100,
+                ..ListQuery::default()
+            })
+            .await
+            .expect("listed");
+        assert!(
+            (1..=2).contains(&page.tasks.len()),
+            "{} tasks read for one page",
+            page.tasks.len()
+        );
+        for task in &page.tasks {
+            assert_eq!(task.payload, PayloadLocation::InTask, "read back");
+            seen.push(task.id.to_string());
+        }
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = created.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(seen, expected, "every task once, in order");
+    assert_payloads_read_back(&mut client, &created).await;
 }
