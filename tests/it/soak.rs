@@ -160,6 +160,13 @@ async fn drive(
             let count = observed.acknowledged.len();
             (count > 0).then(|| observed.acknowledged[(turn * 7919) % count].clone())
         };
+        let operation = match (turn % 8, known.is_some()) {
+            (0..=3, _) | (_, false) => "create",
+            (4, true) => "get",
+            (5, true) => "list",
+            (6, true) => "watch",
+            _ => "cancel",
+        };
         let answer: Result<(), tonic::Status> = match (turn % 8, known) {
             (0..=3, _) | (_, None) => {
                 let create = create_request(turn);
@@ -193,7 +200,7 @@ async fn drive(
             }
         };
         let failed = answer.is_err();
-        record(&observed, answer);
+        record(&observed, operation, answer);
         if failed {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -201,7 +208,7 @@ async fn drive(
 }
 
 /// Counts one answer; sorts out the ones no fault can excuse.
-fn record(observed: &Mutex<Observed>, answer: Result<(), tonic::Status>) {
+fn record(observed: &Mutex<Observed>, operation: &str, answer: Result<(), tonic::Status>) {
     let mut observed = observed.lock().expect("not poisoned");
     observed.calls += 1;
     if let Err(status) = answer {
@@ -211,7 +218,12 @@ fn record(observed: &Mutex<Observed>, answer: Result<(), tonic::Status>) {
             Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
                 if std::error::Error::source(&status).is_some() => {}
             Code::NotFound | Code::ResourceExhausted => {}
-            _ => observed.wrong.push(format!("{status:?}")),
+            _ => observed.wrong.push(format!(
+                "{operation} at {:?}: {:?} {}",
+                std::time::SystemTime::now(),
+                status.code(),
+                status.message()
+            )),
         }
     }
 }
@@ -375,20 +387,32 @@ async fn sqlite_under_load_survives_kill_9_and_a_full_disk() {
     let load = Load::start(targets);
 
     tokio::time::sleep(phase()).await;
-    eprintln!("soak: kill -9 and restart");
+    eprintln!(
+        "soak: kill -9 and restart at {:?}",
+        std::time::SystemTime::now()
+    );
     process.kill_hard();
     process = start();
     pid.send_replace(process.child.id());
     target.send_replace(process.client().await);
 
-    eprintln!("soak: a client stops reading {SLOW_READER_STREAMS} big list pages");
+    eprintln!(
+        "soak: a client stops reading {SLOW_READER_STREAMS} big list pages at {:?}",
+        std::time::SystemTime::now()
+    );
     let slow_reader = SlowReader::start(&process.grpc_url).await;
     tokio::time::sleep(phase()).await;
-    eprintln!("soak: the disk fills up");
+    eprintln!(
+        "soak: the disk fills up at {:?}",
+        std::time::SystemTime::now()
+    );
     let limit = file_sizes(directory.path()) + 256 * 1024;
     set_file_size_limit(&process, &limit.to_string());
     tokio::time::sleep(phase()).await;
-    eprintln!("soak: the disk has room again");
+    eprintln!(
+        "soak: the disk has room again at {:?}",
+        std::time::SystemTime::now()
+    );
     set_file_size_limit(&process, "unlimited");
 
     tokio::time::sleep(phase()).await;
