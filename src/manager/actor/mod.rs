@@ -5,7 +5,9 @@
 //! change goes through [`Manager::transition`].
 
 mod cluster;
+mod commits;
 mod held;
+mod recover;
 
 pub(super) use held::{json_bytes, payload_bytes};
 
@@ -31,15 +33,14 @@ use tracing::{debug, error, info, warn};
 use super::{
     Command, FORCED_STOP_AFTER, ListPage, ListQuery, ManagerConfig, ManagerError, ManagerStats,
     Reply, StoreHealth,
-    persist::{Backend, Committed, Deferred, Pending, Persister},
+    persist::{Backend, Deferred, Persister},
     watch::{TaskWatch, WatchState},
 };
 use crate::{
     metrics::{KindMetrics, Metrics},
     processor::{ProcessorError, ProgressReporter, ProgressUpdate, Registry, TaskContext},
-    store::{Write, postgres},
+    store::Write,
     task::{Applied, NewTask, Task, TaskEvent, TaskId, TaskStatus},
-    telemetry::error_chain,
 };
 
 /// How many queued commands the loop takes in one go.
@@ -174,59 +175,6 @@ impl Manager {
             accepting: true,
             starting: true,
         }
-    }
-
-    /// Takes back what the store held when this process started: every
-    /// retained task; unfinished ones run again in creation order, those
-    /// that were running as a new attempt.
-    pub(super) fn recover(&mut self, stored: Vec<Task>) {
-        let now = SystemTime::now();
-        let mut finished: Vec<(SystemTime, TaskId)> = Vec::new();
-        let (mut requeued, mut restarted) = (0usize, 0usize);
-        for task in stored {
-            let id = task.id;
-            if let Some(request_id) = &task.request_id {
-                self.request_ids.insert(request_id.clone(), id);
-            }
-            match task.status {
-                TaskStatus::Pending => {
-                    self.pending += 1;
-                    requeued += 1;
-                    self.queue.push_back(id);
-                }
-                TaskStatus::Running => {
-                    restarted += 1;
-                    self.queue.push_back(id);
-                }
-                _ => finished.push((task.completed_at.unwrap_or(task.created_at), id)),
-            }
-            // Finished tasks come without their payload, which stays in the
-            // file; only what is still to run is held.
-            self.held.add(id, held::payload_bytes(&task));
-            self.tasks.insert(id, Arc::new(task));
-        }
-        // Retention goes on from where it was: the oldest finished first.
-        finished.sort();
-        let at_start = Instant::now();
-        for (completed_at, id) in finished {
-            let age = now.duration_since(completed_at).unwrap_or_default();
-            let finished_at = at_start.checked_sub(age).unwrap_or(at_start);
-            self.finished.push_back((finished_at, id));
-        }
-        let retained = self.finished.len();
-        self.forget_expired_tasks();
-        while self.finished.len() > self.config.max_finished_tasks {
-            if let Some((_, oldest)) = self.finished.pop_front() {
-                self.forget(oldest);
-            }
-        }
-        info!(
-            pending = requeued,
-            restarted,
-            finished = self.finished.len(),
-            expired = retained - self.finished.len(),
-            "recovered tasks from the store"
-        );
     }
 
     /// The loop. Ends when every handle is gone; runs still going are then
@@ -419,142 +367,11 @@ impl Manager {
         }
     }
 
-    /// While the store fails, a create is refused at once: waiting for a
-    /// store known not to write would keep the client past its 2 s answer.
-    fn store_refusal(&self) -> Option<ManagerError> {
-        // Clients hear that the store fails, not its internals (the
-        // operator sees those in the log and on `/readyz`).
-        self.persister
-            .failure()
-            .map(|_| ManagerError::Storage("the store cannot be written".into()))
-    }
-
     fn queue_full(&self) -> ManagerError {
         ManagerError::QueueFull {
             capacity: self.config.queue_capacity,
             retry_after: self.config.queue_full_retry_after,
         }
-    }
-
-    /// Sends `answer` at once, or once what it reports is durable.
-    fn answer_when_durable(
-        &mut self,
-        answer: Result<Arc<Task>, ManagerError>,
-        respond_to: Reply<Arc<Task>>,
-    ) {
-        if answer.is_ok() && self.persister.has_work() {
-            self.persister
-                .defer(Deferred::Answer { answer, respond_to });
-        } else {
-            let _ = respond_to.send(answer);
-        }
-    }
-
-    /// A batch is durable, or failed: the replies that waited on it go out.
-    fn handle_committed(&mut self, committed: Committed) {
-        let Committed { outcome, mut batch } = committed;
-        match outcome {
-            Ok(cluster_outcome) => {
-                for id in std::mem::take(&mut batch.created) {
-                    self.uncommitted.remove(&id);
-                    if self.status_of(id) == Some(TaskStatus::Pending) {
-                        self.queue.push_back(id);
-                    }
-                }
-                if let Some(cluster_outcome) = &cluster_outcome {
-                    self.cluster_committed(&batch, cluster_outcome);
-                }
-                for reply in std::mem::take(&mut batch.replies) {
-                    self.send_deferred(reply, &batch, cluster_outcome.as_ref());
-                }
-                self.let_go_of_stored_payloads(&batch);
-            }
-            Err(failure) => {
-                if batch.probe {
-                    debug!(error = %error_chain(&failure), "the task store still fails");
-                } else {
-                    error!(error = %error_chain(&failure), "storing a batch of task changes failed; retrying");
-                }
-                // Clients hear what failed, not the database's internals.
-                let reason = failure.to_string();
-                // Creates in the batch were never stored: take them back and
-                // tell their clients; everything else is tried again. So are
-                // the creates gathered meanwhile for the next commit: the
-                // store is failing, and they must not wait for it.
-                let (gathered, gathered_replies) = self.persister.take_creates();
-                for id in std::mem::take(&mut batch.created)
-                    .into_iter()
-                    .chain(gathered)
-                {
-                    self.uncommitted.remove(&id);
-                    self.roll_back_create(id);
-                }
-                let mut kept = Vec::new();
-                for reply in std::mem::take(&mut batch.replies)
-                    .into_iter()
-                    .chain(gathered_replies)
-                {
-                    match reply {
-                        // A cancel is not durable either: its client hears
-                        // so rather than waiting for the store (the change
-                        // stays decided and is written once the store takes
-                        // writes; a retried cancel finds it cancelled).
-                        Deferred::Created { respond_to, .. }
-                        | Deferred::Inserted { respond_to, .. }
-                        | Deferred::Answer { respond_to, .. } => {
-                            let _ = respond_to.send(Err(ManagerError::Storage(reason.clone())));
-                        }
-                        Deferred::Flushed(_) => kept.push(reply),
-                    }
-                }
-                batch.replies = kept;
-                self.persister.retry(batch);
-            }
-        }
-    }
-
-    fn send_deferred(
-        &mut self,
-        reply: Deferred,
-        batch: &Pending,
-        cluster_outcome: Option<&postgres::BatchOutcome>,
-    ) {
-        match reply {
-            Deferred::Created { id, respond_to } => {
-                // A repeated create that waited on a first one whose insert
-                // failed: that task was never stored.
-                let answer = self
-                    .get(id)
-                    .map_err(|_| ManagerError::Storage("the task could not be stored".into()));
-                let _ = respond_to.send(answer);
-            }
-            Deferred::Inserted { index, respond_to } => {
-                let _ = respond_to.send(cluster::insert_answer(batch, cluster_outcome, index));
-            }
-            Deferred::Answer { answer, respond_to } => {
-                let _ = respond_to.send(answer);
-            }
-            Deferred::Flushed(respond_to) => {
-                let _ = respond_to.send(Ok(()));
-            }
-        }
-    }
-
-    /// A create whose insert failed: as if it never happened.
-    fn roll_back_create(&mut self, id: TaskId) {
-        let Some(task) = self.tasks.remove(&id) else {
-            return;
-        };
-        self.held.release(id);
-        if task.status == TaskStatus::Pending {
-            self.pending -= 1;
-        }
-        if let Some(request_id) = &task.request_id
-            && self.request_ids.get(request_id) == Some(&id)
-        {
-            self.request_ids.remove(request_id);
-        }
-        self.watchers.remove(&id);
     }
 
     fn get(&self, id: TaskId) -> Result<Arc<Task>, ManagerError> {
