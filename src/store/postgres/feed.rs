@@ -1,0 +1,310 @@
+//! The change feed: how a replica announces each written change (`NOTIFY`,
+//! inside the commit), the wire form of a change, and the `LISTEN` side that
+//! follows every replica's changes.
+
+use std::{
+    borrow::Cow,
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as JsonValue;
+use sqlx::{
+    PgPool, Postgres, Transaction,
+    postgres::{PgListener, PgPoolOptions},
+};
+use uuid::Uuid;
+
+use crate::store::{StoreError, row::status_name};
+use crate::task::{Progress, Task, TaskId, TaskStatus};
+
+use super::*;
+
+/// Follows the changes of every replica.
+///
+/// It holds a connection of its own (not one of the store's pool), since a
+/// listening connection is never given back.
+#[derive(Debug)]
+pub struct ChangeFeed {
+    /// A pool of one connection, used by `PgListener` to reconnect.
+    pool: PgPool,
+    channel: Arc<str>,
+    /// `None` after an error: the next call listens anew and reports a gap,
+    /// because changes made meanwhile were not heard.
+    listener: Option<PgListener>,
+}
+
+impl ChangeFeed {
+    /// Listens on `channel` over a connection of its own, with the settings
+    /// of the store's pool.
+    pub(super) async fn open(store_pool: &PgPool, channel: Arc<str>) -> Result<Self, StoreError> {
+        let pool = listener_pool(store_pool);
+        let listener = start_listener(&pool, &channel).await?;
+        Ok(Self {
+            pool,
+            channel,
+            listener: Some(listener),
+        })
+    }
+
+    /// The next change, in commit order; or a gap when the connection was
+    /// lost (the listener connects again by itself, but what was announced
+    /// meanwhile is gone).
+    ///
+    /// An error (the database is unreachable) leaves the feed usable: the
+    /// next call connects again and yields a gap first. Payloads that cannot
+    /// be read are logged and skipped.
+    pub async fn next(&mut self) -> Result<FeedEvent, StoreError> {
+        loop {
+            let Some(listener) = self.listener.as_mut() else {
+                let listener = start_listener(&self.pool, &self.channel).await?;
+                self.listener = Some(listener);
+                return Ok(FeedEvent::Gap);
+            };
+            match listener.try_recv().await {
+                Ok(Some(notification)) if notification.payload() == WORK_WAITING => {
+                    return Ok(FeedEvent::WorkWaiting);
+                }
+                Ok(Some(notification)) => match decode_change(notification.payload()) {
+                    Ok(change) => return Ok(FeedEvent::Change(change)),
+                    Err(reason) => {
+                        tracing::warn!(
+                            channel = %self.channel,
+                            %reason,
+                            "skipped a change notification that cannot be read"
+                        );
+                    }
+                },
+                Ok(None) => return Ok(FeedEvent::Gap),
+                Err(error) => {
+                    self.listener = None;
+                    return Err(error.into());
+                }
+            }
+        }
+    }
+}
+
+/// A pool of one connection for a listener, with the store's settings
+/// (schema included). A listening connection lives as long as it may.
+pub(super) fn listener_pool(store_pool: &PgPool) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .connect_lazy_with((*store_pool.connect_options()).clone())
+}
+
+pub(super) async fn start_listener(pool: &PgPool, channel: &str) -> Result<PgListener, StoreError> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(channel).await?;
+    Ok(listener)
+}
+
+/// Announces the payloads on `channel`, in order, when the transaction
+/// commits.
+/// The payload that says tasks were given back; never a change's JSON.
+pub(super) const WORK_WAITING: &str = "work-waiting";
+
+pub(super) async fn notify(
+    transaction: &mut Transaction<'static, Postgres>,
+    channel: &str,
+    payloads: &[String],
+) -> Result<(), StoreError> {
+    if payloads.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "SELECT pg_notify($1, payload) \
+         FROM UNNEST($2::text[]) WITH ORDINALITY AS payloads(payload, position) \
+         ORDER BY position",
+    )
+    .bind(channel)
+    .bind(payloads)
+    .execute(&mut **transaction)
+    .await?;
+    Ok(())
+}
+
+/// A task as announced: everything but `data`. Times are nanoseconds since
+/// the Unix epoch, so the task read back equals the one published.
+#[derive(Serialize, Deserialize)]
+pub(super) struct ChangePayload<'a> {
+    #[serde(borrow)]
+    origin: Cow<'a, str>,
+    complete: bool,
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow)]
+    description: Cow<'a, str>,
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    status: Cow<'a, str>,
+    result: Option<Cow<'a, JsonValue>>,
+    #[serde(borrow)]
+    error: Cow<'a, str>,
+    timeout_seconds: u32,
+    labels: Cow<'a, BTreeMap<String, String>>,
+    #[serde(borrow)]
+    progress: Option<ProgressPayload<'a>>,
+    attempt: u32,
+    #[serde(borrow)]
+    node: Cow<'a, str>,
+    revision: u64,
+    #[serde(borrow)]
+    request_id: Option<Cow<'a, str>>,
+    created_at: i128,
+    started_at: Option<i128>,
+    completed_at: Option<i128>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct ProgressPayload<'a> {
+    percent: u32,
+    #[serde(borrow)]
+    message: Cow<'a, str>,
+}
+
+impl<'a> ChangePayload<'a> {
+    fn of(origin: &'a str, task: &'a Task) -> Self {
+        Self {
+            origin: Cow::Borrowed(origin),
+            complete: true,
+            id: Cow::Owned(task.id.to_string()),
+            name: Cow::Borrowed(&task.name),
+            description: Cow::Borrowed(&task.description),
+            kind: Cow::Borrowed(&task.kind),
+            status: Cow::Borrowed(status_name(task.status)),
+            result: task.result.as_deref().map(Cow::Borrowed),
+            error: Cow::Borrowed(&task.error),
+            timeout_seconds: task.timeout_seconds,
+            labels: Cow::Borrowed(&task.labels),
+            progress: task.progress.as_ref().map(|progress| ProgressPayload {
+                percent: progress.percent,
+                message: Cow::Borrowed(&progress.message),
+            }),
+            attempt: task.attempt,
+            node: Cow::Borrowed(&task.node),
+            revision: task.revision,
+            request_id: task.request_id.as_deref().map(Cow::Borrowed),
+            created_at: nanos(task.created_at),
+            started_at: task.started_at.map(nanos),
+            completed_at: task.completed_at.map(nanos),
+        }
+    }
+
+    fn into_change(self) -> Result<Change, String> {
+        let id = Uuid::try_parse(&self.id).map_err(|error| format!("bad id: {error}"))?;
+        let status = TaskStatus::ALL
+            .into_iter()
+            .find(|status| status_name(*status) == self.status)
+            .ok_or_else(|| format!("unknown status {:?}", self.status))?;
+        Ok(Change {
+            origin: self.origin.into_owned(),
+            complete: self.complete,
+            task: Task {
+                id: TaskId::from_uuid(id),
+                name: self.name.into_owned(),
+                description: self.description.into_owned(),
+                kind: self.kind.into_owned(),
+                status,
+                data: None,
+                result: self.result.map(|result| Arc::new(result.into_owned())),
+                error: self.error.into_owned(),
+                timeout_seconds: self.timeout_seconds,
+                labels: self.labels.into_owned(),
+                progress: self.progress.map(|progress| Progress {
+                    percent: progress.percent,
+                    message: progress.message.into_owned(),
+                }),
+                attempt: self.attempt,
+                node: self.node.into_owned(),
+                revision: self.revision,
+                request_id: self.request_id.map(Cow::into_owned),
+                created_at: from_nanos(self.created_at),
+                started_at: self.started_at.map(from_nanos),
+                completed_at: self.completed_at.map(from_nanos),
+                payload: crate::task::PayloadLocation::InTask,
+            },
+        })
+    }
+}
+
+/// The notification text for `task` as changed by `origin`, small enough
+/// for PostgreSQL. Too large whole, it leaves out `result` and `error`
+/// (`complete: false`); still too large (a huge description, labels or
+/// progress message), those go too. `None` (logged) only when even that
+/// does not fit, which no valid task reaches.
+pub(super) fn change_payload(origin: &str, task: &Task) -> Option<String> {
+    let mut payload = ChangePayload::of(origin, task);
+    let mut text = encode_payload(&payload, task.id)?;
+    if text.len() <= MAX_PAYLOAD_BYTES {
+        return Some(text);
+    }
+    payload.complete = false;
+    payload.result = None;
+    payload.error = Cow::Borrowed("");
+    text = encode_payload(&payload, task.id)?;
+    if text.len() <= MAX_PAYLOAD_BYTES {
+        return Some(text);
+    }
+    payload.description = Cow::Borrowed("");
+    payload.labels = Cow::Owned(BTreeMap::new());
+    if let Some(progress) = payload.progress.as_mut() {
+        progress.message = Cow::Borrowed("");
+    }
+    text = encode_payload(&payload, task.id)?;
+    if text.len() <= MAX_PAYLOAD_BYTES {
+        return Some(text);
+    }
+    tracing::warn!(
+        task_id = %task.id,
+        bytes = text.len(),
+        "a change is too large to announce even without its large fields; other replicas \
+         will not hear of it"
+    );
+    None
+}
+
+pub(super) fn encode_payload(payload: &ChangePayload<'_>, id: TaskId) -> Option<String> {
+    match serde_json::to_string(payload) {
+        Ok(text) => Some(text),
+        Err(error) => {
+            tracing::warn!(task_id = %id, %error, "a change cannot be encoded; not announced");
+            None
+        }
+    }
+}
+
+pub(super) fn decode_change(text: &str) -> Result<Change, String> {
+    let payload: ChangePayload<'_> =
+        serde_json::from_str(text).map_err(|error| format!("not a change: {error}"))?;
+    payload.into_change()
+}
+
+/// Nanoseconds since the Unix epoch (negative before it).
+pub(super) fn nanos(time: SystemTime) -> i128 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => i128::try_from(after.as_nanos()).unwrap_or(i128::MAX),
+        Err(before) => -i128::try_from(before.duration().as_nanos()).unwrap_or(i128::MAX),
+    }
+}
+
+pub(super) fn from_nanos(value: i128) -> SystemTime {
+    let magnitude = value.unsigned_abs();
+    let seconds = u64::try_from(magnitude / 1_000_000_000).unwrap_or(u64::MAX);
+    // The remainder is below 10^9, so it fits.
+    let subsec = u32::try_from(magnitude % 1_000_000_000).unwrap_or(0);
+    let duration = Duration::new(seconds, subsec);
+    if value >= 0 {
+        UNIX_EPOCH.checked_add(duration).unwrap_or(UNIX_EPOCH)
+    } else {
+        UNIX_EPOCH.checked_sub(duration).unwrap_or(UNIX_EPOCH)
+    }
+}

@@ -1,0 +1,643 @@
+//! PostgreSQL: one database shared by every replica behind a Service.
+//!
+//! The table is the source of truth. A replica claims pending work in FIFO
+//! order with `FOR UPDATE SKIP LOCKED` and holds a lease it renews while the
+//! task runs; `LISTEN/NOTIFY` tells every replica about every change, so a
+//! watcher on one replica sees a task that runs on another, and a cancel
+//! sent to one stops the run on another. Each replica's manager actor is
+//! the only writer of that replica: it calls these methods from tasks it
+//! spawns, never from its loop.
+//!
+//! Statements that lock several rows lock them in id order (`ORDER BY id
+//! FOR UPDATE`), and inserts take `request_id`s in sorted order, so batches,
+//! renewals and cancels of several replicas never deadlock one another.
+//! Nothing here knows about the actor or about gRPC.
+
+use std::{collections::HashSet, str::FromStr, sync::Arc, time::Duration};
+
+use sqlx::{
+    PgPool,
+    migrate::Migrator,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+use uuid::Uuid;
+
+use super::{
+    LIST_PAGE_BYTES, ListPage, ListQuery, StoreError, StoreUrl, refuse_newer_schema,
+    row::{TaskRow, labels_json, status_name, task_columns},
+};
+use crate::task::{Task, TaskId, TaskStatus};
+
+mod feed;
+#[cfg(test)]
+mod tests;
+mod writes;
+
+pub use feed::ChangeFeed;
+use feed::{WORK_WAITING, change_payload, notify};
+use writes::{insert_tasks, update_tasks};
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Connections per replica: a batch commit, claims, renewals, cancels and
+/// reads run at once, but each is short.
+const MAX_CONNECTIONS: u32 = 10;
+
+/// How long a statement waits for a free connection (or for the database to
+/// answer a new one) before the caller hears an error and may retry. Short:
+/// while the database is down, a create must hear `UNAVAILABLE` within 2 s,
+/// and reads as soon; a healthy pool hands out a connection in microseconds.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// Every channel name starts with this; the schema name follows, so
+/// deployments (and tests) in different schemas of one database do not hear
+/// each other.
+const CHANNEL_PREFIX: &str = "task_processor_changes_";
+
+/// The largest notification payload we send. PostgreSQL refuses 8000 bytes
+/// and more; the margin covers its own framing.
+const MAX_PAYLOAD_BYTES: usize = 7000;
+
+/// Rows one retention statement deletes at most, so a large backlog is
+/// removed in several short transactions instead of one long one.
+const RETENTION_CHUNK: i64 = 10_000;
+
+/// How often an insert is retried when the row that took its `request_id`
+/// vanished (retention) between the insert and the lookup.
+const INSERT_ROUNDS: usize = 5;
+
+/// The database clock in microseconds since the Unix epoch, as the columns
+/// hold it. The database clock, not the replica's, so replicas with skewed
+/// clocks agree on leases and retention.
+macro_rules! database_micros {
+    () => {
+        "(extract(epoch from clock_timestamp()) * 1000000)::bigint"
+    };
+}
+
+/// A new state of a task, as `LISTEN` delivers it to every replica.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    /// The node (replica) whose write this was.
+    pub origin: String,
+    /// The task's new state. `data` is always `None` (it never changes
+    /// after create, and may be too large for a notification).
+    pub task: Task,
+    /// `false` when the task was too large for a notification: `result`
+    /// and `error` were left out (`None`, empty), and, if it was still too
+    /// large, `description`, `labels` and the progress message too. Status,
+    /// attempt, node and revision are always there; read the row for the rest.
+    pub complete: bool,
+}
+
+/// What the change feed yields.
+#[derive(Clone, Debug, PartialEq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "nearly every event is a change, moved once from the feed to the actor"
+)]
+pub enum FeedEvent {
+    /// A task changed, on any replica.
+    Change(Change),
+    /// A replica gave tasks back (at shutdown): there is work to claim.
+    WorkWaiting,
+    /// The connection was lost and made again: changes in between may be
+    /// missing, so whatever the listener follows must be read again.
+    Gap,
+}
+
+/// What became of one task of a batch of inserts.
+#[derive(Clone, Debug, PartialEq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per insert of a batch, read once by the actor; a box would buy nothing"
+)]
+pub enum Inserted {
+    /// Stored now.
+    New,
+    /// Its `request_id` was taken already (by any replica), or its id (a
+    /// commit retried after an unknown outcome): this is the task that holds
+    /// it, for the caller to compare with what it asked for.
+    Existing(Task),
+}
+
+/// What a cancel found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Cancelled {
+    /// No task has this id (or retention deleted it).
+    NotFound,
+    /// It was pending or running and is cancelled now.
+    Now(Task),
+    /// It was cancelled before: unchanged.
+    Already(Task),
+    /// It is completed or failed: not cancellable.
+    Finished(Task),
+}
+
+/// One group commit of a replica.
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    /// New tasks, in creation order.
+    pub inserts: Vec<Arc<Task>>,
+    /// The latest state of each task this replica runs; written only where
+    /// the row still belongs to this run.
+    pub updates: Vec<Arc<Task>>,
+    /// Every state published since the last batch, in order (a task may
+    /// appear several times): each one that was written is notified.
+    pub changes: Vec<Arc<Task>>,
+}
+
+/// What a batch did, in the order of its parts.
+#[derive(Clone, Debug, Default)]
+pub struct BatchOutcome {
+    /// One per task of `Batch::inserts`, in order.
+    pub inserted: Vec<Inserted>,
+    /// `false` where the run lost the row (cancelled elsewhere or taken
+    /// over after its lease ran out).
+    pub updated: Vec<bool>,
+}
+
+/// The shared store: a connection pool plus the channel on which this
+/// schema's changes are announced. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct PostgresStore {
+    /// The URL without its password, for logs and errors.
+    name: Arc<str>,
+    pool: PgPool,
+    /// `task_processor_changes_<schema>`: per schema, so separate
+    /// deployments in one database do not hear each other.
+    channel: Arc<str>,
+}
+
+/// The ids of one page, from the ids and payload sizes of up to
+/// `limit + 1` matching tasks: at most `limit`, and no more than fit in
+/// [`LIST_PAGE_BYTES`] (but always the first); and where the next page
+/// starts, if there is one.
+fn cut_page(sizes: &[(Uuid, i64)], limit: usize) -> (Vec<Uuid>, Option<TaskId>) {
+    let mut ids = Vec::new();
+    let mut bytes = 0usize;
+    for (id, size) in sizes.iter().take(limit) {
+        let size = usize::try_from(*size).unwrap_or(0);
+        if !ids.is_empty() && bytes.saturating_add(size) > LIST_PAGE_BYTES {
+            break;
+        }
+        bytes = bytes.saturating_add(size);
+        ids.push(*id);
+    }
+    let next_after = (sizes.len() > ids.len())
+        .then(|| ids.last().map(|id| TaskId::from_uuid(*id)))
+        .flatten();
+    (ids, next_after)
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url`, refuses a schema written by a newer
+    /// task-processor, and brings the schema up to date.
+    ///
+    /// The URL may choose the schema with
+    /// `?options=-c%20search_path%3Dmyschema`. Replicas starting at once are
+    /// safe: the migrator holds an advisory lock while it works.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let name = StoreUrl::Postgres(url.to_owned()).to_string();
+        let open_error = |source| StoreError::Open {
+            store: name.clone(),
+            source,
+        };
+        let options = PgConnectOptions::from_str(url).map_err(open_error)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(open_error)?;
+        let channel = channel_name(&pool).await.map_err(open_error)?;
+        refuse_newer_schema(&name, &MIGRATOR, recorded_version(&pool).await?)?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                store: name.clone(),
+                source,
+            })?;
+        Ok(Self {
+            name: name.into(),
+            pool,
+            channel: channel.into(),
+        })
+    }
+
+    /// The store as the `store` setting names it, without a password.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the database answers: a probe for health while nothing is
+    /// written, and for a store that failed.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Writes one group commit of this replica (`origin`) in one transaction,
+    /// and announces every change that was written; the announcements are
+    /// delivered when (and only if) the transaction commits, in order.
+    ///
+    /// An insert whose `request_id` is taken already (by any replica, or by
+    /// an earlier insert of this batch) is not stored: its outcome is the
+    /// task that holds the key. An update is written only while the row still
+    /// belongs to this run (running, same attempt, on `origin`).
+    pub async fn commit(&self, origin: &str, batch: &Batch) -> Result<BatchOutcome, StoreError> {
+        if batch.inserts.is_empty() && batch.updates.is_empty() && batch.changes.is_empty() {
+            return Ok(BatchOutcome::default());
+        }
+        let mut transaction = self.pool.begin().await?;
+        let inserted = insert_tasks(&mut transaction, &batch.inserts).await?;
+        let updated = update_tasks(&mut transaction, origin, &batch.updates).await?;
+
+        // A change of a task that was not stored (its request_id was taken)
+        // or whose run lost the row must not be announced: it did not happen.
+        let mut not_written: HashSet<TaskId> = HashSet::new();
+        for (task, outcome) in batch.inserts.iter().zip(&inserted) {
+            if matches!(outcome, Inserted::Existing(_)) {
+                not_written.insert(task.id);
+            }
+        }
+        for (task, written) in batch.updates.iter().zip(&updated) {
+            if !written {
+                not_written.insert(task.id);
+            }
+        }
+        let payloads: Vec<String> = batch
+            .changes
+            .iter()
+            .filter(|task| !not_written.contains(&task.id))
+            .filter_map(|task| change_payload(origin, task))
+            .collect();
+        notify(&mut transaction, &self.channel, &payloads).await?;
+        transaction.commit().await?;
+        Ok(BatchOutcome { inserted, updated })
+    }
+
+    /// Takes up to `limit` tasks for `node` in FIFO order: pending ones, and
+    /// running ones whose lease ran out (their replica died) or that never
+    /// had one (stored running by an insert, so no replica renews it). Each becomes
+    /// running with the next attempt and a lease of `lease`, and is announced.
+    ///
+    /// `SKIP LOCKED` lets replicas claim at once without waiting on each
+    /// other or taking the same task twice. With `kinds`, only tasks of
+    /// those kinds are taken: a replica leaves alone what it cannot run (a
+    /// kind that only newer replicas know, during a rolling update).
+    pub async fn claim(
+        &self,
+        node: &str,
+        limit: usize,
+        lease: Duration,
+        kinds: Option<&[String]>,
+    ) -> Result<Vec<Task>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Pending and expired tasks are looked up apart, each through its
+        // partial index: one filter over both would walk the primary key
+        // past every finished task. Rows locked but not among the first
+        // `limit` are let go at commit, untouched. One start time for the
+        // whole claim, so start times never contradict the FIFO order.
+        let mut transaction = self.pool.begin().await?;
+        let rows: Vec<TaskRow> = sqlx::query_as(concat!(
+            "WITH expired AS MATERIALIZED ( \
+                 SELECT id FROM tasks \
+                 WHERE status = 'running' \
+                     AND (lease_until IS NULL OR lease_until < clock_timestamp()) \
+                     AND ($4::text[] IS NULL OR kind = ANY($4)) \
+                 ORDER BY id LIMIT $2 \
+                 FOR UPDATE SKIP LOCKED \
+             ), \
+             pending AS MATERIALIZED ( \
+                 SELECT id FROM tasks WHERE status = 'pending' \
+                     AND ($4::text[] IS NULL OR kind = ANY($4)) \
+                 ORDER BY id LIMIT $2 \
+                 FOR UPDATE SKIP LOCKED \
+             ), \
+             candidates AS ( \
+                 SELECT id FROM expired UNION ALL SELECT id FROM pending \
+                 ORDER BY id LIMIT $2 \
+             ), \
+             started AS MATERIALIZED (SELECT ",
+            database_micros!(),
+            " AS at) \
+             UPDATE tasks SET status = 'running', attempt = attempt + 1, node = $1, \
+                 started_at = (SELECT at FROM started), \
+                 progress_percent = NULL, progress_message = NULL, \
+                 revision = revision + 1, \
+                 lease_until = clock_timestamp() + $3 * interval '1 microsecond' \
+             WHERE id IN (SELECT id FROM candidates) \
+             RETURNING ",
+            task_columns!()
+        ))
+        .bind(node)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(duration_micros(lease))
+        .bind(kinds)
+        .fetch_all(&mut *transaction)
+        .await?;
+        let mut tasks = rows
+            .into_iter()
+            .map(TaskRow::into_task)
+            .collect::<Result<Vec<_>, _>>()?;
+        // RETURNING does not keep the order of the candidates.
+        tasks.sort_by_key(|task| task.id);
+        let payloads: Vec<String> = tasks
+            .iter()
+            .filter_map(|task| change_payload(node, task))
+            .collect();
+        notify(&mut transaction, &self.channel, &payloads).await?;
+        transaction.commit().await?;
+        Ok(tasks)
+    }
+
+    /// Extends by `lease` (from now, by the database clock) the lease of each
+    /// `(task, attempt)` that `node` still holds, and returns those. A task
+    /// missing from the answer was cancelled elsewhere or taken over: its
+    /// run should stop.
+    pub async fn renew(
+        &self,
+        node: &str,
+        running: &[(TaskId, u32)],
+        lease: Duration,
+    ) -> Result<Vec<TaskId>, StoreError> {
+        if running.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = running.iter().map(|(id, _)| *id.as_uuid()).collect();
+        let attempts: Vec<i64> = running
+            .iter()
+            .map(|(_, attempt)| i64::from(*attempt))
+            .collect();
+        let held: Vec<Uuid> = sqlx::query_scalar(
+            "WITH held AS ( \
+                 SELECT tasks.id FROM tasks \
+                 JOIN UNNEST($2::uuid[], $3::bigint[]) AS running(id, attempt) \
+                     ON running.id = tasks.id \
+                 WHERE tasks.status = 'running' AND tasks.attempt = running.attempt \
+                     AND tasks.node = $1 \
+                 ORDER BY tasks.id \
+                 FOR UPDATE OF tasks \
+             ) \
+             UPDATE tasks SET lease_until = clock_timestamp() + $4 * interval '1 microsecond' \
+             WHERE id IN (SELECT id FROM held) \
+             RETURNING id",
+        )
+        .bind(node)
+        .bind(ids)
+        .bind(attempts)
+        .bind(duration_micros(lease))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut held: Vec<TaskId> = held.into_iter().map(TaskId::from_uuid).collect();
+        held.sort();
+        Ok(held)
+    }
+
+    /// Ends the leases `node` still holds on these runs at once, so another
+    /// replica takes the tasks over without waiting for the leases to run
+    /// out (at shutdown).
+    pub async fn release(&self, node: &str, running: &[(TaskId, u32)]) -> Result<(), StoreError> {
+        let released = self.renew(node, running, Duration::ZERO).await?;
+        if !released.is_empty() {
+            // Nothing about the tasks changed, so no change is announced:
+            // tell the others there is work to claim now rather than at
+            // their next claim of their own.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(&*self.channel)
+                .bind(WORK_WAITING)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Cancels a pending or running task, whichever replica runs it, and
+    /// announces the change (as made by `origin`); the replica running it
+    /// hears that and stops the run. One statement decides, so a cancel
+    /// racing a completion is either applied or reported as `Finished`.
+    pub async fn cancel(
+        &self,
+        id: TaskId,
+        reason: &str,
+        origin: &str,
+    ) -> Result<Cancelled, StoreError> {
+        // PostgreSQL text cannot hold NUL; the domain replaces it the same way.
+        let reason = reason.replace('\0', "\u{FFFD}");
+        // Twice at most: a task inserted by another replica after this
+        // statement's snapshot is invisible to it, but not to the next one.
+        for _ in 0..2 {
+            let mut transaction = self.pool.begin().await?;
+            let row: Option<TaskRow> = sqlx::query_as(concat!(
+                "UPDATE tasks SET status = 'cancelled', error = $2, completed_at = ",
+                database_micros!(),
+                ", revision = revision + 1, lease_until = NULL \
+                 WHERE id = $1 AND status IN ('pending', 'running') \
+                 RETURNING ",
+                task_columns!()
+            ))
+            .bind(id.as_uuid())
+            .bind(&reason)
+            .fetch_optional(&mut *transaction)
+            .await?;
+            if let Some(row) = row {
+                let task = row.into_task()?;
+                let payloads: Vec<String> = change_payload(origin, &task).into_iter().collect();
+                notify(&mut transaction, &self.channel, &payloads).await?;
+                transaction.commit().await?;
+                return Ok(Cancelled::Now(task));
+            }
+            transaction.rollback().await?;
+            let Some(task) = self.get(id).await? else {
+                return Ok(Cancelled::NotFound);
+            };
+            match task.status {
+                TaskStatus::Cancelled => return Ok(Cancelled::Already(task)),
+                TaskStatus::Completed | TaskStatus::Failed => return Ok(Cancelled::Finished(task)),
+                TaskStatus::Pending | TaskStatus::Running => continue,
+            }
+        }
+        // The row was cancellable twice but the update never saw it: only a
+        // broken database does that.
+        Err(StoreError::Corrupt {
+            id: id.to_string(),
+            reason: "a cancellable task could not be cancelled".to_owned(),
+        })
+    }
+
+    /// The task with this id, whole (with `data`).
+    pub async fn get(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
+        let row: Option<TaskRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE id = $1"
+        ))
+        .bind(id.as_uuid())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(TaskRow::into_task).transpose()
+    }
+
+    /// One page of tasks in creation (id) order, after `query.after`.
+    ///
+    /// Keyset paging on the primary key: tasks created or deleted meanwhile
+    /// never shift a page. A `limit` of 0 yields an empty last page.
+    pub async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
+        if query.limit == 0 {
+            return Ok(ListPage {
+                tasks: Vec::new(),
+                next_after: None,
+            });
+        }
+        let statuses: Vec<&str> = query
+            .statuses
+            .iter()
+            .map(|status| status_name(*status))
+            .collect();
+        // Label values never hold NUL (validation refuses it), so every
+        // row's labels cast to jsonb, whose containment is "has every pair".
+        let labels = (!query.labels.is_empty()).then(|| labels_json(&query.labels));
+        // The nil UUID sorts first and is never a task id, so "after
+        // nothing" is "after nil", and the bound stays an index range even
+        // in a generic plan.
+        let after = query.after.map_or(Uuid::nil(), |id| *id.as_uuid());
+        let fetch = i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX);
+        // Ids and payload sizes first, without reading a payload (a TOASTed
+        // value's length is in its pointer): the page is cut to
+        // LIST_PAGE_BYTES before any data is read, so a page of 1000 large
+        // tasks never passes through this process whole.
+        let sizes: Vec<(Uuid, i64)> = sqlx::query_as(
+            "SELECT id, (coalesce(octet_length(data), 0) + coalesce(octet_length(result), 0))::bigint \
+             FROM tasks \
+             WHERE id > $1 \
+               AND (cardinality($2::text[]) = 0 OR status = ANY($2::text[])) \
+               AND ($3::text IS NULL OR labels::jsonb @> $3::jsonb) \
+             ORDER BY id \
+             LIMIT $4",
+        )
+        .bind(after)
+        .bind(statuses)
+        .bind(labels)
+        .bind(fetch)
+        .fetch_all(&self.pool)
+        .await?;
+        let (ids, next_after) = cut_page(&sizes, query.limit);
+        let rows: Vec<TaskRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE id = ANY($1) ORDER BY id"
+        ))
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        // A task deleted (by retention) between the two reads is left out.
+        let tasks = rows
+            .into_iter()
+            .map(|row| row.into_task().map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ListPage { tasks, next_after })
+    }
+
+    /// How many tasks wait to be claimed, by any replica.
+    pub async fn count_pending(&self) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks WHERE status = 'pending'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    /// Deletes the finished tasks that finished more than `retention` ago
+    /// (by the database clock), and those beyond the newest `max_finished`;
+    /// returns how many it deleted. Never touches an unfinished task.
+    ///
+    /// Every replica may call this at once: rows another call is deleting
+    /// are skipped, not waited for, and the work goes in bounded chunks.
+    pub async fn enforce_retention(
+        &self,
+        retention: Duration,
+        max_finished: usize,
+    ) -> Result<u64, StoreError> {
+        let retention = duration_micros(retention);
+        let keep = i64::try_from(max_finished).unwrap_or(i64::MAX);
+        let mut deleted = 0;
+        loop {
+            let result = sqlx::query(concat!(
+                "WITH doomed AS ( \
+                     SELECT id FROM tasks \
+                     WHERE completed_at IS NOT NULL \
+                       AND (completed_at < ",
+                database_micros!(),
+                " - $1 \
+                            OR id IN (SELECT id FROM tasks WHERE completed_at IS NOT NULL \
+                                      ORDER BY completed_at DESC, id DESC OFFSET $2)) \
+                     LIMIT $3 \
+                     FOR UPDATE SKIP LOCKED \
+                 ) \
+                 DELETE FROM tasks WHERE id IN (SELECT id FROM doomed)"
+            ))
+            .bind(retention)
+            .bind(keep)
+            .bind(RETENTION_CHUNK)
+            .execute(&self.pool)
+            .await?;
+            deleted += result.rows_affected();
+            if result.rows_affected() < u64::try_from(RETENTION_CHUNK).unwrap_or(u64::MAX) {
+                return Ok(deleted);
+            }
+        }
+    }
+
+    /// Starts following every replica's changes (this one's too: a caller
+    /// that wants only the others' compares `Change::origin`).
+    ///
+    /// Changes committed before this returns are not delivered: read the
+    /// tasks you follow after listening, not before.
+    pub async fn listen(&self) -> Result<ChangeFeed, StoreError> {
+        ChangeFeed::open(&self.pool, Arc::clone(&self.channel)).await
+    }
+}
+
+/// `task_processor_changes_<current schema>`. A channel name is an
+/// identifier of at most 63 bytes (a longer LISTEN name is cut short while
+/// `pg_notify` refuses it), so a long schema name is replaced by its MD5.
+async fn channel_name(pool: &PgPool) -> Result<String, sqlx::Error> {
+    let channel: Option<String> = sqlx::query_scalar(
+        "SELECT CASE \
+             WHEN octet_length($1 || current_schema()) <= 63 THEN $1 || current_schema() \
+             ELSE $1 || md5(current_schema()) \
+         END",
+    )
+    .bind(CHANNEL_PREFIX)
+    .fetch_one(pool)
+    .await?;
+    channel.ok_or_else(|| {
+        sqlx::Error::Configuration(
+            "no schema of the search_path exists, so there is nowhere to keep tasks".into(),
+        )
+    })
+}
+
+/// The highest migration version recorded in the schema, if it has any.
+async fn recorded_version(pool: &PgPool) -> Result<Option<i64>, StoreError> {
+    let has_history: bool =
+        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(pool)
+            .await?;
+    if !has_history {
+        return Ok(None);
+    }
+    Ok(
+        sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+/// A lease or retention as whole microseconds, for `interval` arithmetic.
+fn duration_micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,367 @@
+//! Writing a replica's batch: the multi-row insert (with `request_id`s
+//! that another task holds), and the guarded updates that apply only while
+//! the row still belongs to the run.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use serde_json::Value as JsonValue;
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::store::{
+    StoreError,
+    row::{TaskRow, micros, status_name, task_columns},
+};
+use crate::task::{Task, TaskId};
+
+use super::*;
+
+/// Inserts the batch's new tasks; the outcome of each, in order.
+pub(super) async fn insert_tasks(
+    transaction: &mut Transaction<'static, Postgres>,
+    tasks: &[Arc<Task>],
+) -> Result<Vec<Inserted>, StoreError> {
+    // The first task of the batch with a request_id (or an id) is the one
+    // that may be stored; the later ones are answered with what holds it.
+    let mut first_with_key: HashMap<&str, usize> = HashMap::new();
+    let mut first_with_id: HashMap<TaskId, usize> = HashMap::new();
+    let mut candidates: Vec<usize> = Vec::new();
+    // Where each task's outcome comes from: the task at this index.
+    let mut source: Vec<usize> = Vec::with_capacity(tasks.len());
+    for (index, task) in tasks.iter().enumerate() {
+        let earlier = task
+            .request_id
+            .as_deref()
+            .and_then(|key| first_with_key.get(key))
+            .or_else(|| first_with_id.get(&task.id))
+            .copied();
+        match earlier {
+            Some(first) => source.push(first),
+            None => {
+                if let Some(key) = task.request_id.as_deref() {
+                    first_with_key.insert(key, index);
+                }
+                first_with_id.insert(task.id, index);
+                candidates.push(index);
+                source.push(index);
+            }
+        }
+    }
+    // Concurrent batches take unique-index entries in the same (sorted)
+    // order, so two replicas inserting the same keys wait, never deadlock.
+    candidates.sort_by(|left, right| tasks[*left].request_id.cmp(&tasks[*right].request_id));
+
+    let mut stored: HashMap<usize, Inserted> = HashMap::new();
+    let mut remaining = candidates;
+    for _ in 0..INSERT_ROUNDS {
+        if remaining.is_empty() {
+            break;
+        }
+        let rows: Vec<TaskRow> = remaining
+            .iter()
+            .map(|index| TaskRow::from_task(&tasks[*index]))
+            .collect();
+        let new_ids: HashSet<Uuid> = insert_rows(transaction, rows).await?;
+        let refused: Vec<usize> = remaining
+            .iter()
+            .copied()
+            .filter(|index| !new_ids.contains(tasks[*index].id.as_uuid()))
+            .collect();
+        for index in &remaining {
+            if new_ids.contains(tasks[*index].id.as_uuid()) {
+                stored.insert(*index, Inserted::New);
+            }
+        }
+        let holders = holders_of(transaction, tasks, &refused).await?;
+        remaining = Vec::new();
+        for index in refused {
+            let task = &tasks[index];
+            let holder = task
+                .request_id
+                .as_deref()
+                .and_then(|key| holders.by_request_id.get(key))
+                .or_else(|| holders.by_id.get(&task.id));
+            match holder {
+                Some(holder) => {
+                    stored.insert(index, Inserted::Existing(holder.clone()));
+                }
+                // The row in the way was deleted meanwhile: try again.
+                None => remaining.push(index),
+            }
+        }
+    }
+    if let Some(index) = remaining.first() {
+        return Err(StoreError::Corrupt {
+            id: tasks[*index].id.to_string(),
+            reason: "its request_id is taken by a row that keeps vanishing".to_owned(),
+        });
+    }
+
+    // A later task of the batch with a taken key gets the task that holds
+    // it: the earlier one as stored, or the one that held the key already.
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    let mut stored_tasks: HashMap<usize, Task> = HashMap::new();
+    for (index, first) in source.into_iter().enumerate() {
+        if index == first {
+            outcomes.push(stored.get(&index).cloned().unwrap_or(Inserted::New));
+            continue;
+        }
+        let holder = match stored.get(&first) {
+            Some(Inserted::Existing(holder)) => holder.clone(),
+            _ => match stored_tasks.get(&first) {
+                Some(task) => task.clone(),
+                None => {
+                    let task = stored_task(transaction, tasks[first].id).await?;
+                    stored_tasks.insert(first, task.clone());
+                    task
+                }
+            },
+        };
+        outcomes.push(Inserted::Existing(holder));
+    }
+    Ok(outcomes)
+}
+
+/// One multi-row insert (arrays, so one statement whatever the count);
+/// returns the ids it stored. Rows that would break a unique key are left out.
+pub(super) async fn insert_rows(
+    transaction: &mut Transaction<'static, Postgres>,
+    rows: Vec<TaskRow>,
+) -> Result<HashSet<Uuid>, StoreError> {
+    let mut columns = InsertColumns::default();
+    for row in rows {
+        columns.push(row);
+    }
+    let ids: Vec<Uuid> = sqlx::query_scalar(concat!(
+        "INSERT INTO tasks (",
+        task_columns!(),
+        ") SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
+             $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], $11::bigint[], \
+             $12::text[], $13::bigint[], $14::text[], $15::bigint[], $16::text[], \
+             $17::bigint[], $18::bigint[], $19::bigint[]) \
+         ON CONFLICT DO NOTHING \
+         RETURNING id"
+    ))
+    .bind(columns.id)
+    .bind(columns.name)
+    .bind(columns.description)
+    .bind(columns.kind)
+    .bind(columns.status)
+    .bind(columns.data)
+    .bind(columns.result)
+    .bind(columns.error)
+    .bind(columns.timeout_seconds)
+    .bind(columns.labels)
+    .bind(columns.progress_percent)
+    .bind(columns.progress_message)
+    .bind(columns.attempt)
+    .bind(columns.node)
+    .bind(columns.revision)
+    .bind(columns.request_id)
+    .bind(columns.created_at)
+    .bind(columns.started_at)
+    .bind(columns.completed_at)
+    .fetch_all(&mut **transaction)
+    .await?;
+    Ok(ids.into_iter().collect())
+}
+
+/// The rows, one array per column, in `task_columns!()` order.
+#[derive(Default)]
+pub(super) struct InsertColumns {
+    id: Vec<Uuid>,
+    name: Vec<String>,
+    description: Vec<String>,
+    kind: Vec<String>,
+    status: Vec<String>,
+    data: Vec<Option<String>>,
+    result: Vec<Option<String>>,
+    error: Vec<String>,
+    timeout_seconds: Vec<i64>,
+    labels: Vec<String>,
+    progress_percent: Vec<Option<i64>>,
+    progress_message: Vec<Option<String>>,
+    attempt: Vec<i64>,
+    node: Vec<String>,
+    revision: Vec<i64>,
+    request_id: Vec<Option<String>>,
+    created_at: Vec<i64>,
+    started_at: Vec<Option<i64>>,
+    completed_at: Vec<Option<i64>>,
+}
+
+impl InsertColumns {
+    fn push(&mut self, row: TaskRow) {
+        self.id.push(row.id);
+        self.name.push(row.name);
+        self.description.push(row.description);
+        self.kind.push(row.kind);
+        self.status.push(row.status);
+        self.data.push(row.data);
+        self.result.push(row.result);
+        self.error.push(row.error);
+        self.timeout_seconds.push(row.timeout_seconds);
+        self.labels.push(row.labels);
+        self.progress_percent.push(row.progress_percent);
+        self.progress_message.push(row.progress_message);
+        self.attempt.push(row.attempt);
+        self.node.push(row.node);
+        self.revision.push(row.revision);
+        self.request_id.push(row.request_id);
+        self.created_at.push(row.created_at);
+        self.started_at.push(row.started_at);
+        self.completed_at.push(row.completed_at);
+    }
+}
+
+/// The stored tasks in the way of refused inserts.
+#[derive(Default)]
+pub(super) struct Holders {
+    by_request_id: HashMap<String, Task>,
+    by_id: HashMap<TaskId, Task>,
+}
+
+pub(super) async fn holders_of(
+    transaction: &mut Transaction<'static, Postgres>,
+    tasks: &[Arc<Task>],
+    refused: &[usize],
+) -> Result<Holders, StoreError> {
+    let mut holders = Holders::default();
+    if refused.is_empty() {
+        return Ok(holders);
+    }
+    let request_ids: Vec<&str> = refused
+        .iter()
+        .filter_map(|index| tasks[*index].request_id.as_deref())
+        .collect();
+    let ids: Vec<Uuid> = refused
+        .iter()
+        .map(|index| *tasks[*index].id.as_uuid())
+        .collect();
+    // A new statement, so a new snapshot: it sees the rows that other
+    // replicas committed while the insert waited for them.
+    let rows: Vec<TaskRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        task_columns!(),
+        " FROM tasks WHERE request_id = ANY($1::text[]) OR id = ANY($2::uuid[])"
+    ))
+    .bind(request_ids)
+    .bind(ids)
+    .fetch_all(&mut **transaction)
+    .await?;
+    for row in rows {
+        let task = row.into_task()?;
+        if let Some(key) = &task.request_id {
+            holders.by_request_id.insert(key.clone(), task.clone());
+        }
+        holders.by_id.insert(task.id, task);
+    }
+    Ok(holders)
+}
+
+/// A task this transaction has just stored.
+pub(super) async fn stored_task(
+    transaction: &mut Transaction<'static, Postgres>,
+    id: TaskId,
+) -> Result<Task, StoreError> {
+    let row: TaskRow = sqlx::query_as(concat!(
+        "SELECT ",
+        task_columns!(),
+        " FROM tasks WHERE id = $1"
+    ))
+    .bind(id.as_uuid())
+    .fetch_one(&mut **transaction)
+    .await?;
+    row.into_task()
+}
+
+/// Writes what a run may change, only where the row still belongs to that
+/// run; whether each was written, in order.
+pub(super) async fn update_tasks(
+    transaction: &mut Transaction<'static, Postgres>,
+    origin: &str,
+    tasks: &[Arc<Task>],
+) -> Result<Vec<bool>, StoreError> {
+    if tasks.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One state per task (the last), so no row is matched twice.
+    let mut latest: HashMap<TaskId, &Task> = HashMap::new();
+    for task in tasks {
+        latest.insert(task.id, task);
+    }
+    let mut ids = Vec::with_capacity(latest.len());
+    let mut statuses = Vec::with_capacity(latest.len());
+    let mut results = Vec::with_capacity(latest.len());
+    let mut errors = Vec::with_capacity(latest.len());
+    let mut progress_percents = Vec::with_capacity(latest.len());
+    let mut progress_messages = Vec::with_capacity(latest.len());
+    let mut attempts = Vec::with_capacity(latest.len());
+    let mut revisions = Vec::with_capacity(latest.len());
+    let mut completed_ats = Vec::with_capacity(latest.len());
+    // Column by column rather than through `TaskRow`, which would encode
+    // `data` (possibly large, never written here) at every progress report.
+    for task in latest.values() {
+        ids.push(*task.id.as_uuid());
+        statuses.push(status_name(task.status));
+        results.push(task.result.as_deref().map(JsonValue::to_string));
+        errors.push(task.error.as_str());
+        progress_percents.push(
+            task.progress
+                .as_ref()
+                .map(|progress| i64::from(progress.percent)),
+        );
+        progress_messages.push(
+            task.progress
+                .as_ref()
+                .map(|progress| progress.message.as_str()),
+        );
+        attempts.push(i64::from(task.attempt));
+        revisions.push(i64::try_from(task.revision).unwrap_or(i64::MAX));
+        completed_ats.push(task.completed_at.map(micros));
+    }
+    let written: Vec<Uuid> = sqlx::query_scalar(
+        "WITH input AS ( \
+             SELECT * FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], \
+                 $6::bigint[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[]) \
+                 AS input(id, status, result, error, progress_percent, progress_message, \
+                          attempt, revision, completed_at) \
+         ), \
+         held AS ( \
+             SELECT tasks.id FROM tasks JOIN input ON input.id = tasks.id \
+             WHERE tasks.status = 'running' AND tasks.attempt = input.attempt \
+                 AND tasks.node = $1 \
+             ORDER BY tasks.id \
+             FOR UPDATE OF tasks \
+         ) \
+         UPDATE tasks SET status = input.status, result = input.result, error = input.error, \
+             progress_percent = input.progress_percent, \
+             progress_message = input.progress_message, \
+             revision = input.revision, completed_at = input.completed_at, \
+             lease_until = CASE WHEN input.status IN ('completed', 'failed', 'cancelled') \
+                 THEN NULL ELSE tasks.lease_until END \
+         FROM input \
+         WHERE tasks.id = input.id AND tasks.id IN (SELECT id FROM held) \
+         RETURNING tasks.id",
+    )
+    .bind(origin)
+    .bind(ids)
+    .bind(statuses)
+    .bind(results)
+    .bind(errors)
+    .bind(progress_percents)
+    .bind(progress_messages)
+    .bind(attempts)
+    .bind(revisions)
+    .bind(completed_ats)
+    .fetch_all(&mut **transaction)
+    .await?;
+    let written: HashSet<Uuid> = written.into_iter().collect();
+    Ok(tasks
+        .iter()
+        .map(|task| written.contains(task.id.as_uuid()))
+        .collect())
+}
