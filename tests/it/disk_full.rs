@@ -8,7 +8,6 @@
 //! anywhere, and a real tmpfs that fills up, where the test runs as root.
 
 use std::{
-    collections::HashSet,
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -17,11 +16,10 @@ use std::{
 use serde_json::json;
 use task_processor::pb::task_service_client::TaskServiceClient;
 use tonic::{Code, transport::Channel};
-use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
 
 use crate::{
     process::{Process, start_binary, start_binary_under},
-    support::{health_status, http_get, list_all, request, wait_for_task_service_health},
+    support::{missing_tasks, request},
 };
 
 /// Each create carries this much data, so the disk fills in a few dozen.
@@ -168,7 +166,6 @@ async fn fill_the_disk_then_free_it(fault: &dyn Fault, path: &Path) {
     let arguments = ["--store", store.as_str(), "--max-concurrent", "1"];
     let process = fault.start(&arguments);
     let mut client = process.client().await;
-    let health = HealthClient::new(process.channel().await);
     fault.fill();
 
     let mut acknowledged: Vec<String> = Vec::new();
@@ -193,18 +190,13 @@ async fn fill_the_disk_then_free_it(fault: &dyn Fault, path: &Path) {
 
     // While the store cannot write: the task service is not serving, the
     // process is; creates are refused.
-    wait_for_task_service_health(&health, ServingStatus::NotServing).await;
-    assert_eq!(health_status(&health, "").await, ServingStatus::Serving);
-    let (ready, body) = http_get(&process.admin_address, "/readyz").await;
-    assert_eq!(ready, 503, "{body}");
-    assert_eq!(http_get(&process.admin_address, "/healthz").await.0, 200);
+    process.expect_store_failure_reported().await;
     let refused_now = create_big(&mut client, MOST_CREATES).await;
     assert_eq!(refused_now, Err(Code::Unavailable));
 
     // Room again: the server finds out by itself, without a restart.
     fault.free(&process);
-    wait_for_task_service_health(&health, ServingStatus::Serving).await;
-    assert_eq!(http_get(&process.admin_address, "/readyz").await.0, 200);
+    process.expect_store_recovery_reported().await;
     for number in 0..5 {
         let id = create_big(&mut client, MOST_CREATES + 1 + number)
             .await
@@ -216,15 +208,7 @@ async fn fill_the_disk_then_free_it(fault: &dyn Fault, path: &Path) {
     process.kill_hard();
     let restarted = start_binary(&arguments, &[]);
     let mut client = restarted.client().await;
-    let stored: HashSet<String> = list_all(&mut client)
-        .await
-        .into_iter()
-        .map(|task| task.id)
-        .collect();
-    let lost: Vec<&String> = acknowledged
-        .iter()
-        .filter(|id| !stored.contains(*id))
-        .collect();
+    let lost = missing_tasks(&mut client, &acknowledged).await;
     assert!(
         lost.is_empty(),
         "{} of {} acknowledged creates lost after kill -9",

@@ -1,17 +1,16 @@
 //! The SQLite store against `kill -9`: every create that was answered is
 //! there after a restart, and unfinished tasks run again.
 
-use std::{
-    collections::HashSet,
-    sync::{Arc, Mutex},
-};
+use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 use task_processor::pb;
 
 use crate::{
     process::start_binary,
-    support::{eventually, get, list_all, request, status_of, wait_for_attempt, wait_for_status},
+    support::{
+        eventually, get, missing_tasks, request, status_of, wait_for_attempt, wait_for_status,
+    },
 };
 
 #[tokio::test]
@@ -62,15 +61,7 @@ async fn every_acknowledged_create_survives_kill_9_during_a_thousand_creates() {
 
     let restarted = start_binary(&arguments, &[]);
     let mut client = restarted.client().await;
-    let stored: HashSet<String> = list_all(&mut client)
-        .await
-        .into_iter()
-        .map(|task| task.id)
-        .collect();
-    let lost: Vec<&String> = acknowledged
-        .iter()
-        .filter(|id| !stored.contains(*id))
-        .collect();
+    let lost = missing_tasks(&mut client, &acknowledged).await;
     assert!(
         lost.is_empty(),
         "{} of {} acknowledged creates lost: {lost:?}",

@@ -9,16 +9,12 @@ use std::{net::SocketAddr, time::Duration};
 use serde_json::json;
 use task_processor::pb::{self, task_service_client::TaskServiceClient};
 use tonic::{Code, transport::Channel};
-use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
 
 use crate::{
     process::start_binary,
     proxy::Proxy,
     stores::{fresh_postgres_schema, postgres_available},
-    support::{
-        eventually, health_status, http_get, list_all, request, wait_for_status,
-        wait_for_task_service_health,
-    },
+    support::{eventually, missing_tasks, request, wait_for_status},
 };
 
 /// How long a call may take during the outage before the test calls it a
@@ -46,7 +42,6 @@ async fn outage_then_recovery(test: &str, fault: fn(&Proxy)) {
     let through_proxy = direct.replacen(&authority_of(&direct), &proxy.address().to_string(), 1);
     let process = start_binary(&["--store", through_proxy.as_str()], &[]);
     let mut client = process.client().await;
-    let health = HealthClient::new(process.channel().await);
 
     let mut acknowledged = Vec::new();
     for number in 0..5 {
@@ -93,15 +88,10 @@ async fn outage_then_recovery(test: &str, fault: fn(&Proxy)) {
         Some(Code::Unavailable),
         "a cancel during the outage"
     );
-    wait_for_task_service_health(&health, ServingStatus::NotServing).await;
-    assert_eq!(health_status(&health, "").await, ServingStatus::Serving);
-    let (ready, body) = http_get(&process.admin_address, "/readyz").await;
-    assert_eq!(ready, 503, "{body}");
-    assert_eq!(http_get(&process.admin_address, "/healthz").await.0, 200);
+    process.expect_store_failure_reported().await;
 
     proxy.restore();
-    wait_for_task_service_health(&health, ServingStatus::Serving).await;
-    assert_eq!(http_get(&process.admin_address, "/readyz").await.0, 200);
+    process.expect_store_recovery_reported().await;
     let after = eventually("a create succeeds after the outage", || {
         let mut client = client.clone();
         async move { create_echo(&mut client, 200).await.ok() }
@@ -109,15 +99,7 @@ async fn outage_then_recovery(test: &str, fault: fn(&Proxy)) {
     .await;
     acknowledged.push(after);
 
-    let stored: Vec<String> = list_all(&mut client)
-        .await
-        .into_iter()
-        .map(|task| task.id)
-        .collect();
-    let lost: Vec<&String> = acknowledged
-        .iter()
-        .filter(|id| !stored.contains(id))
-        .collect();
+    let lost = missing_tasks(&mut client, &acknowledged).await;
     assert!(lost.is_empty(), "acknowledged creates lost: {lost:?}");
     for id in acknowledged.iter().filter(|id| **id != long.id) {
         wait_for_status(&client, id, pb::TaskStatus::Completed).await;

@@ -16,7 +16,7 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::support::{eventually, http_get, request};
+use crate::support::{eventually, health_status, http_get, request, wait_for_task_service_health};
 
 /// Environment variables of a case.
 type Vars<'a> = &'a [(&'a str, &'a str)];
@@ -49,6 +49,26 @@ impl Process {
             .expect("not poisoned")
             .iter()
             .any(|entry| entry["message"] == message && entry["task_id"] == task_id)
+    }
+
+    /// Waits until the server says its store cannot be written: the task
+    /// service's health `NOT_SERVING` and `/readyz` 503, while the process's
+    /// own health and `/healthz` stay up.
+    pub async fn expect_store_failure_reported(&self) {
+        let health = HealthClient::new(self.channel().await);
+        wait_for_task_service_health(&health, ServingStatus::NotServing).await;
+        assert_eq!(health_status(&health, "").await, ServingStatus::Serving);
+        let (ready, body) = http_get(&self.admin_address, "/readyz").await;
+        assert_eq!(ready, 503, "{body}");
+        assert_eq!(http_get(&self.admin_address, "/healthz").await.0, 200);
+    }
+
+    /// Waits until the server says it serves again: the task service's
+    /// health `SERVING` and `/readyz` 200.
+    pub async fn expect_store_recovery_reported(&self) {
+        let health = HealthClient::new(self.channel().await);
+        wait_for_task_service_health(&health, ServingStatus::Serving).await;
+        assert_eq!(http_get(&self.admin_address, "/readyz").await.0, 200);
     }
 
     /// SIGKILL: no shutdown, no last flush.

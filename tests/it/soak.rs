@@ -25,7 +25,7 @@ use crate::{
     process::{Process, start_binary, start_binary_under},
     proxy::Proxy,
     stores::{fresh_postgres_schema, postgres_available},
-    support::{list_all, request, status_of},
+    support::{list_all, missing_tasks, request, status_of},
 };
 
 /// Clients driving load at once.
@@ -323,16 +323,9 @@ async fn check(process: &Process, observed: &Observed, highest_rss: u64) {
         "resident memory reached {highest_rss} bytes"
     );
     let mut client = process.client().await;
-    let stored: HashSet<String> = list_all(&mut client)
+    let lost = missing_tasks(&mut client, &observed.acknowledged)
         .await
-        .into_iter()
-        .map(|task| task.id)
-        .collect();
-    let lost = observed
-        .acknowledged
-        .iter()
-        .filter(|id| !stored.contains(*id))
-        .count();
+        .len();
     assert_eq!(
         lost,
         0,

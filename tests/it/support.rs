@@ -2,6 +2,7 @@
 //! processors, and polling with deadlines (never bare sleeps).
 
 use std::{
+    collections::HashSet,
     future::Future,
     net::SocketAddr,
     sync::{
@@ -424,6 +425,19 @@ pub async fn http_get(address: &str, path: &str) -> (u16, String) {
         .map(|(_, body)| body.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Those of `ids` that no task on the server has: what a store lost.
+pub async fn missing_tasks(client: &mut Client, ids: &[String]) -> Vec<String> {
+    let stored: HashSet<String> = list_all(client)
+        .await
+        .into_iter()
+        .map(|task| task.id)
+        .collect();
+    ids.iter()
+        .filter(|id| !stored.contains(*id))
+        .cloned()
+        .collect()
 }
 
 /// gRPC health of `service` ("" for the process) as the server reports it.
