@@ -22,7 +22,7 @@ use crate::{
     task::{NewTask, PayloadLocation, Task, TaskId, TaskStatus},
 };
 
-use actor::{json_bytes as held_json_bytes, payload_bytes as held_payload_bytes};
+use actor::json_bytes as held_json_bytes;
 use persist::Backend;
 
 pub use crate::store::{LIST_PAGE_BYTES, ListPage, ListQuery};
@@ -415,8 +415,9 @@ impl ManagerHandle {
     }
 
     /// `page` with its payloads, cut short (before reading any payload from
-    /// the file) where they would pass [`LIST_PAGE_BYTES`], as the
-    /// PostgreSQL store does: a page of large tasks is never read whole. The
+    /// the file) where those read from the file would pass
+    /// [`LIST_PAGE_BYTES`], as the PostgreSQL store does: a page of large
+    /// finished tasks is never read whole. The
     /// first task always stays; a page cut short goes on after its last
     /// task. The API then cuts the encoded response exactly.
     async fn page_with_payloads(&self, page: ListPage) -> Result<ListPage, ManagerError> {
@@ -441,7 +442,10 @@ impl ManagerHandle {
         let mut next_after = page.next_after;
         for task in page.tasks {
             let bytes = match task.payload {
-                PayloadLocation::InTask => held_payload_bytes(&task),
+                // Already in memory, shared with the actor: sending it reads
+                // nothing. The budget bounds what is read from the file; the
+                // API cuts the encoded page exactly.
+                PayloadLocation::InTask => 0,
                 PayloadLocation::InStore => match sizes.get(&task.id) {
                     Some(bytes) => *bytes,
                     None => continue, // forgotten meanwhile

@@ -9,7 +9,7 @@ mod commits;
 mod held;
 mod recover;
 
-pub(super) use held::{json_bytes, payload_bytes};
+pub(super) use held::json_bytes;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
