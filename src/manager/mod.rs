@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     metrics::Metrics,
     processor::Registry,
-    store::{PostgresStore, SqliteStore, StoreError, StoreUrl},
+    store::{PostgresStore, SqliteStore, StoreError, StoreUrl, within},
     task::{NewTask, PayloadLocation, Task, TaskId, TaskStatus},
 };
 
@@ -42,10 +42,22 @@ const PROGRESS_BUFFER: usize = 1024;
 /// `request_id` was forgotten while its payload was being read.
 const CREATE_ATTEMPTS: usize = 3;
 
-/// PostgreSQL: how long a read (Get, List) may take before the client hears
-/// `UNAVAILABLE`. A connection whose network was cut never answers; a page
-/// of the largest tasks reads in well under a second.
-const STORE_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// PostgreSQL: how long a read (Get, List, a watch's first state) may take
+/// before the client hears `UNAVAILABLE`. A connection whose network went
+/// silent never answers; a page of the largest tasks reads in well under a
+/// second. Shorter than the 5 s a patient client waits, so it hears why.
+const STORE_READ_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// PostgreSQL: how long a write (a group commit, a cancel, a claim, a lease
+/// renewal, a probe) may take before it counts as failed. Creates must hear
+/// `UNAVAILABLE` within 2 s when the database is unreachable; a healthy
+/// database answers in milliseconds.
+const STORE_CALL_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// PostgreSQL: how long one round of retention may take. It deletes in
+/// bounded chunks and nobody waits on it, but a silent network must not
+/// stop it from ever running again.
+const STORE_HOUSEKEEPING_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Whether the store takes writes, as the last commit (or probe) found.
 /// gRPC health of the task service and `/readyz` follow it.
@@ -313,7 +325,7 @@ impl ManagerHandle {
 
     pub async fn get_task(&self, id: TaskId) -> Result<Arc<Task>, ManagerError> {
         if let Some(store) = &self.shared_store {
-            return match read_in_time(store.get(id)).await {
+            return match within(STORE_READ_TIMEOUT, store.get(id)).await {
                 Ok(Some(task)) => Ok(Arc::new(task)),
                 Ok(None) => Err(ManagerError::NotFound(id)),
                 Err(error) => Err(storage_error(&error)),
@@ -327,7 +339,7 @@ impl ManagerHandle {
 
     pub async fn list_tasks(&self, query: ListQuery) -> Result<ListPage, ManagerError> {
         if let Some(store) = &self.shared_store {
-            return read_in_time(store.list(&query))
+            return within(STORE_READ_TIMEOUT, store.list(&query))
                 .await
                 .map_err(|error| storage_error(&error));
         }
@@ -518,17 +530,6 @@ impl ManagerHandle {
             .map_err(|_| ManagerError::ShuttingDown)?;
         reply.await.map_err(|_| ManagerError::ShuttingDown)?
     }
-}
-
-/// A read of the shared store, given up after [`STORE_READ_TIMEOUT`].
-async fn read_in_time<T>(
-    read: impl Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    tokio::time::timeout(STORE_READ_TIMEOUT, read)
-        .await
-        .unwrap_or(Err(StoreError::TimedOut {
-            after: STORE_READ_TIMEOUT,
-        }))
 }
 
 /// A store failure as the client sees it: its causes, no internals.

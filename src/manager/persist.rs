@@ -18,22 +18,16 @@ use std::{
 
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::{ManagerError, Reply, StoreHealth};
+use super::{ManagerError, Reply, STORE_CALL_TIMEOUT, StoreHealth};
 use crate::{
     metrics::Metrics,
-    store::{PostgresStore, SqliteStore, StoreError, Write, postgres},
+    store::{PostgresStore, SqliteStore, StoreError, Write, postgres, within},
     task::{Task, TaskId},
 };
 
 /// The longest wait before a failed commit (or a probe) is tried again:
 /// how soon, at worst, the service notices that the store is back.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
-
-/// How long a PostgreSQL commit may take before it counts as failed. The
-/// creates it carries must hear `UNAVAILABLE` within 2 s when the database
-/// is unreachable (a cut network never answers at all); a batch commits in
-/// milliseconds otherwise.
-const POSTGRES_COMMIT_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// PostgreSQL: how long a replica that commits nothing goes without
 /// checking that the database answers (for health).
@@ -393,25 +387,18 @@ async fn commit(
             let writes: Vec<Write> = batch.writes.values().cloned().collect();
             store.commit(&writes).await.map(|()| None)
         }
+        Backend::Postgres(store) if batch.probe => within(STORE_CALL_TIMEOUT, store.probe())
+            .await
+            .map(|()| Some(postgres::BatchOutcome::default())),
         Backend::Postgres(store) => {
-            let answered = if batch.probe {
-                tokio::time::timeout(POSTGRES_COMMIT_TIMEOUT, store.probe())
-                    .await
-                    .map(|probed| probed.map(|()| postgres::BatchOutcome::default()))
-            } else {
-                let pg_batch = postgres::Batch {
-                    inserts: batch.inserts.clone(),
-                    updates: batch.updates.values().cloned().collect(),
-                    changes: batch.changes.clone(),
-                };
-                tokio::time::timeout(POSTGRES_COMMIT_TIMEOUT, store.commit(node, &pg_batch)).await
+            let pg_batch = postgres::Batch {
+                inserts: batch.inserts.clone(),
+                updates: batch.updates.values().cloned().collect(),
+                changes: batch.changes.clone(),
             };
-            match answered {
-                Ok(outcome) => outcome.map(Some),
-                Err(_elapsed) => Err(StoreError::TimedOut {
-                    after: POSTGRES_COMMIT_TIMEOUT,
-                }),
-            }
+            within(STORE_CALL_TIMEOUT, store.commit(node, &pg_batch))
+                .await
+                .map(Some)
         }
     }
 }

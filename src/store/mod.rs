@@ -115,6 +115,22 @@ pub enum StoreError {
     TimedOut { after: std::time::Duration },
 }
 
+/// `call`, given up after `deadline` with [`StoreError::TimedOut`].
+///
+/// A database whose network went silent never answers and never fails: a
+/// statement in flight waits until TCP gives up, many minutes later. Every
+/// call to a shared store goes through this, so no caller (a client's
+/// request, or the actor's claims and renewals) waits longer than its
+/// deadline; dropping the call drops its connection.
+pub async fn within<T>(
+    deadline: std::time::Duration,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(deadline, call)
+        .await
+        .unwrap_or(Err(StoreError::TimedOut { after: deadline }))
+}
+
 /// One change to persist. The manager folds the changes of one batch so
 /// each task appears once, with its latest state.
 #[derive(Clone, Debug)]

@@ -21,13 +21,14 @@ use tracing::{debug, info, warn};
 use super::Manager;
 use crate::{
     manager::{
-        ManagerError, Reply,
+        ManagerError, Reply, STORE_CALL_TIMEOUT, STORE_HOUSEKEEPING_TIMEOUT, STORE_READ_TIMEOUT,
         persist::{Deferred, Pending},
         watch::{TaskWatch, WatchState},
     },
     store::{
         PostgresStore, StoreError,
         postgres::{BatchOutcome, Cancelled, Change, FeedEvent, Inserted},
+        within,
     },
     task::{NewTask, Task, TaskId, TaskStatus},
     telemetry::error_chain,
@@ -237,7 +238,11 @@ impl Manager {
         if let Some(cluster) = self.cluster() {
             let store = cluster.store.clone();
             cluster.calls.spawn(async move {
-                let result = store.cancel(id, "cancelled by client request", &node).await;
+                let result = within(
+                    STORE_CALL_TIMEOUT,
+                    store.cancel(id, "cancelled by client request", &node),
+                )
+                .await;
                 ClusterEvent::Cancelled {
                     id,
                     result,
@@ -283,7 +288,11 @@ impl Manager {
         cluster.claiming = true;
         let store = cluster.store.clone();
         cluster.calls.spawn(async move {
-            let result = store.claim(&node, free, lease, Some(&kinds)).await;
+            let result = within(
+                STORE_CALL_TIMEOUT,
+                store.claim(&node, free, lease, Some(&kinds)),
+            )
+            .await;
             ClusterEvent::Claimed {
                 limit: free,
                 result,
@@ -307,15 +316,15 @@ impl Manager {
         // found by trying now and then.
         cluster.claim_wanted = true;
         let store = cluster.store.clone();
-        cluster
-            .calls
-            .spawn(async move { ClusterEvent::Counted(store.count_pending().await) });
+        cluster.calls.spawn(async move {
+            ClusterEvent::Counted(within(STORE_CALL_TIMEOUT, store.count_pending()).await)
+        });
         if !cluster.renewing && !running.is_empty() && cluster.last_renewal.elapsed() >= lease / 3 {
             cluster.renewing = true;
             cluster.last_renewal = Instant::now();
             let store = cluster.store.clone();
             cluster.calls.spawn(async move {
-                let result = store.renew(&node, &running, lease).await;
+                let result = within(STORE_CALL_TIMEOUT, store.renew(&node, &running, lease)).await;
                 ClusterEvent::Renewed {
                     asked: running,
                     result,
@@ -329,7 +338,13 @@ impl Manager {
             cluster.last_retention = Some(Instant::now());
             let store = cluster.store.clone();
             cluster.calls.spawn(async move {
-                ClusterEvent::Retained(store.enforce_retention(retention, max_finished).await)
+                ClusterEvent::Retained(
+                    within(
+                        STORE_HOUSEKEEPING_TIMEOUT,
+                        store.enforce_retention(retention, max_finished),
+                    )
+                    .await,
+                )
             });
         }
     }
@@ -371,7 +386,7 @@ impl Manager {
         if let Some(cluster) = self.cluster() {
             let store = cluster.store.clone();
             cluster.calls.spawn(async move {
-                let result = store.release(&node, &running).await;
+                let result = within(STORE_CALL_TIMEOUT, store.release(&node, &running)).await;
                 ClusterEvent::HandedOver {
                     count,
                     result,
@@ -656,7 +671,7 @@ fn spawn_fetch(cluster: &mut ClusterState, id: TaskId) {
     cluster.calls.spawn(async move {
         ClusterEvent::Fetched {
             id,
-            result: store.get(id).await,
+            result: within(STORE_READ_TIMEOUT, store.get(id)).await,
         }
     });
 }
