@@ -59,7 +59,7 @@ async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
     let stats = state.manager.stats().await.unwrap_or_default();
     (
         [(header::CONTENT_TYPE, OPENMETRICS_TEXT)],
-        state.metrics.render(&stats),
+        state.metrics.render(&stats.occupancy()),
     )
 }
 

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod api;
 pub mod codec;
 pub mod config;
+pub mod errors;
 pub mod manager;
 pub mod metrics;
 pub mod pb;

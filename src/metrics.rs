@@ -18,7 +18,24 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{manager::ManagerStats, task::TaskStatus};
+use crate::task::TaskStatus;
+
+/// What the service holds right now, for the gauges: the caller (the
+/// admin endpoint) reads it from the manager, so metrics need not know the
+/// manager.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Occupancy {
+    /// Tasks waiting for a slot.
+    pub pending: usize,
+    /// Slots in use.
+    pub running: usize,
+    /// Open watch streams.
+    pub watchers: usize,
+    /// Tasks held by this process, finished ones included.
+    pub retained_tasks: usize,
+    /// Bytes of tasks' data and results held in memory.
+    pub held_bytes: u64,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
@@ -304,16 +321,18 @@ impl Metrics {
             .inc();
     }
 
-    /// The Prometheus text exposition, with gauges set from `stats`.
-    pub fn render(&self, stats: &ManagerStats) -> String {
+    /// The Prometheus text exposition, with gauges set from `occupancy`.
+    pub fn render(&self, occupancy: &Occupancy) -> String {
         let gauge = |value: usize| i64::try_from(value).unwrap_or(i64::MAX);
-        self.inner.queue_depth.set(gauge(stats.pending));
-        self.inner.running_tasks.set(gauge(stats.running));
-        self.inner.active_watchers.set(gauge(stats.watchers));
-        self.inner.retained_tasks.set(gauge(stats.tasks));
+        self.inner.queue_depth.set(gauge(occupancy.pending));
+        self.inner.running_tasks.set(gauge(occupancy.running));
+        self.inner.active_watchers.set(gauge(occupancy.watchers));
+        self.inner
+            .retained_tasks
+            .set(gauge(occupancy.retained_tasks));
         self.inner
             .held_bytes
-            .set(i64::try_from(stats.held_bytes).unwrap_or(i64::MAX));
+            .set(i64::try_from(occupancy.held_bytes).unwrap_or(i64::MAX));
         let mut text = String::new();
         // Writing into a String cannot fail.
         if encode(&mut text, &self.inner.registry).is_err() {

@@ -3,6 +3,7 @@
 //! things stop.
 
 mod incoming;
+pub mod rpc_layer;
 
 use std::{future::Future, time::Duration};
 
@@ -20,10 +21,10 @@ use crate::{
     pb::{self, task_service_server::TaskServiceServer},
     processor::Registry,
     store::StoreError,
-    telemetry::RpcLayer,
 };
 
 use incoming::Incoming;
+use rpc_layer::RpcLayer;
 
 /// Room in a request for everything besides `data`.
 const REQUEST_OVERHEAD_BYTES: usize = 1024 * 1024;

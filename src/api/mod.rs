@@ -174,7 +174,7 @@ fn bounded_page(page: &ListPage, query: &ListQuery) -> pb::ListTasksResponse {
     }
 }
 
-/// Names the task in the call's span (see `telemetry::RpcLayer`).
+/// Names the task in the call's span (see `server::rpc_layer::RpcLayer`).
 fn record_task_id(id: &TaskId) {
     tracing::Span::current().record("task_id", tracing::field::display(id));
 }

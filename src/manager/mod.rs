@@ -16,7 +16,7 @@ use std::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    metrics::Metrics,
+    metrics::{Metrics, Occupancy},
     processor::Registry,
     store::{PostgresStore, SqliteStore, StoreError, StoreUrl, within},
     task::{NewTask, PayloadLocation, Task, TaskId, TaskStatus},
@@ -140,6 +140,19 @@ pub struct ManagerStats {
     /// Bytes of tasks' data and results held in memory (compact JSON),
     /// what `max_held_bytes` bounds.
     pub held_bytes: u64,
+}
+
+impl ManagerStats {
+    /// The figures the metrics' gauges show.
+    pub fn occupancy(&self) -> Occupancy {
+        Occupancy {
+            pending: self.pending,
+            running: self.running,
+            watchers: self.watchers,
+            retained_tasks: self.tasks,
+            held_bytes: self.held_bytes,
+        }
+    }
 }
 
 type Reply<T> = oneshot::Sender<Result<T, ManagerError>>;
@@ -534,7 +547,7 @@ impl ManagerHandle {
 
 /// A store failure as the client sees it: its causes, no internals.
 fn storage_error(error: &StoreError) -> ManagerError {
-    tracing::error!(error = %crate::telemetry::error_chain(error), "the task store failed");
+    tracing::error!(error = %crate::errors::error_chain(error), "the task store failed");
     ManagerError::Storage(error.to_string())
 }
 

@@ -340,7 +340,7 @@ impl Persister {
             Err(failure) => {
                 self.failures = self.failures.saturating_add(1);
                 // For operators (health logs, `/readyz`): the whole cause.
-                let reason = crate::telemetry::error_chain(failure);
+                let reason = crate::errors::error_chain(failure);
                 if self.failing.as_ref() != Some(&reason) {
                     self.health
                         .send_replace(StoreHealth::Failing(reason.clone()));

@@ -28,7 +28,7 @@ use tokio::{
 use tokio_stream::Stream;
 use tracing::{debug, info, warn};
 
-use crate::{metrics::Metrics, telemetry::error_chain};
+use crate::{errors::error_chain, metrics::Metrics};
 
 /// The first wait after an accept failed for want of a resource...
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);

@@ -8,6 +8,7 @@
 mod stores;
 mod support;
 
+mod architecture;
 mod cluster;
 mod create;
 mod disk_full;

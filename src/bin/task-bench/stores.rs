@@ -30,8 +30,8 @@ use sqlx::{
 };
 use task_processor::{
     config::Config,
-    manager::{ManagerHandle, ManagerStats},
-    metrics::Metrics,
+    manager::ManagerHandle,
+    metrics::{Metrics, Occupancy},
     pb::task_service_client::TaskServiceClient,
     store::StoreUrl,
 };
@@ -248,7 +248,7 @@ fn parts_of(server: &RunningServer) -> anyhow::Result<(&Metrics, &ManagerHandle)
 /// shows them. The manager bumps `completed` when it decides the status,
 /// in memory and on every store alike.
 fn task_counts(metrics: &Metrics) -> anyhow::Result<TaskCounts> {
-    let text = metrics.render(&ManagerStats::default());
+    let text = metrics.render(&Occupancy::default());
     let mut counts = TaskCounts {
         created: 0,
         completed: 0,

@@ -5,7 +5,7 @@
 
 use std::{io, time::Duration};
 
-use task_processor::telemetry::error_chain;
+use task_processor::errors::error_chain;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::{cli::GlobalArgs, errors::CliError};

@@ -7,7 +7,7 @@
 
 use std::{fmt, io, time::Duration};
 
-use task_processor::telemetry::error_chain;
+use task_processor::errors::error_chain;
 use tonic::{Code, Status, TimeoutExpired};
 use tonic_types::StatusExt;
 

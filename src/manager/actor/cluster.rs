@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::Manager;
 use crate::{
+    errors::error_chain,
     manager::{
         ManagerError, Reply, STORE_CALL_TIMEOUT, STORE_HOUSEKEEPING_TIMEOUT, STORE_READ_TIMEOUT,
         persist::{Deferred, Pending},
@@ -31,7 +32,6 @@ use crate::{
         within,
     },
     task::{NewTask, Task, TaskId, TaskStatus},
-    telemetry::error_chain,
 };
 
 /// How many changes from the feed may wait for the actor.

@@ -9,13 +9,13 @@ use tracing::{debug, error};
 
 use super::{Manager, cluster};
 use crate::{
+    errors::error_chain,
     manager::{
         ManagerError, Reply,
         persist::{Committed, Deferred, Pending},
     },
     store::postgres,
     task::{Task, TaskId, TaskStatus},
-    telemetry::error_chain,
 };
 
 impl Manager {

@@ -1,0 +1,532 @@
+//! Per-RPC observation: a tower layer that gives every call a span (method,
+//! peer, request id), catches panics as `INTERNAL`, turns tonic's "message
+//! too large" `OUT_OF_RANGE` into `RESOURCE_EXHAUSTED`, and records the
+//! final code and latency in one log line and in the metrics.
+
+use std::{
+    borrow::Cow,
+    future::Future,
+    panic::AssertUnwindSafe,
+    pin::Pin,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body::Frame;
+use tonic::{Code, Status, transport::server::TcpConnectInfo};
+use tower::{Layer, Service};
+use tracing::{Instrument, Span, error, info_span};
+
+use crate::metrics::Metrics;
+
+/// The metadata key carrying a call's request id, both ways.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Longest request id taken from a client; longer ones are replaced.
+const MAX_REQUEST_ID_LENGTH: usize = 128;
+
+/// How tonic's decoder words a message over the limit (tonic 0.14,
+/// `codec/decode.rs`), up to the length it found.
+const TOO_LARGE_PREFIX: &str = "Error, decoded message length too large: found ";
+
+/// The layer that observes every gRPC call.
+#[derive(Clone, Debug)]
+pub struct RpcLayer {
+    metrics: Metrics,
+}
+
+impl RpcLayer {
+    pub fn new(metrics: Metrics) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for RpcLayer {
+    type Service = RpcService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcService {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RpcService<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, RequestBody> Service<Request<RequestBody>> for RpcService<S>
+where
+    S: Service<Request<RequestBody>, Response = Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    RequestBody: Send + 'static,
+{
+    type Response = Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, mut request: Request<RequestBody>) -> Self::Future {
+        let method = short_method(request.uri().path());
+        let peer = Peer(
+            request
+                .extensions()
+                .get::<TcpConnectInfo>()
+                .and_then(|info| info.remote_addr),
+        );
+        let request_id = request_id(request.headers());
+        request
+            .headers_mut()
+            .insert(REQUEST_ID_HEADER, request_id.clone());
+        // `task_id` is filled in by the handler once it knows the task, so
+        // the call's line names the task it created, read or cancelled.
+        let span = info_span!(
+            "rpc",
+            method = %method,
+            peer = %peer,
+            request_id = request_id.to_str().unwrap_or_default(),
+            task_id = tracing::field::Empty,
+        );
+        let call = Call {
+            method,
+            peer,
+            request_id,
+            started: Instant::now(),
+            span: span.clone(),
+            metrics: self.metrics.clone(),
+        };
+        // The clone that was polled ready is the one to call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let outcome = AssertUnwindSafe(inner.call(request).instrument(span))
+                .catch_unwind()
+                .await;
+            let mut response = match outcome {
+                Ok(Ok(response)) => response,
+                Ok(Err(error)) => return Err(error),
+                Err(_) => {
+                    // The panic hook has logged it with a backtrace.
+                    error!(parent: &call.span, "handler panicked; answering INTERNAL");
+                    Status::internal("internal error; the server logged the details").into_http()
+                }
+            };
+            response
+                .headers_mut()
+                .insert(REQUEST_ID_HEADER, call.request_id.clone());
+            rewrite_oversized_request(response.headers_mut());
+            // A "trailers-only" answer (every error) has its code in the
+            // headers; otherwise it comes in the trailers at the end.
+            if let Some(code) = grpc_code(response.headers()) {
+                call.finish(code);
+                return Ok(response);
+            }
+            Ok(response.map(|body| {
+                tonic::body::Body::new(ObservedBody {
+                    inner: body,
+                    call: Some(call),
+                })
+            }))
+        })
+    }
+}
+
+/// `/taskprocessor.v1.TaskService/CreateTask` → `TaskService/CreateTask`;
+/// borrowed for the methods we serve, so most calls allocate nothing here.
+fn short_method(path: &str) -> Cow<'static, str> {
+    const KNOWN: &[(&str, &str)] = &[
+        (
+            "/taskprocessor.v1.TaskService/CreateTask",
+            "TaskService/CreateTask",
+        ),
+        (
+            "/taskprocessor.v1.TaskService/GetTask",
+            "TaskService/GetTask",
+        ),
+        (
+            "/taskprocessor.v1.TaskService/ListTasks",
+            "TaskService/ListTasks",
+        ),
+        (
+            "/taskprocessor.v1.TaskService/CancelTask",
+            "TaskService/CancelTask",
+        ),
+        (
+            "/taskprocessor.v1.TaskService/WatchTask",
+            "TaskService/WatchTask",
+        ),
+        ("/grpc.health.v1.Health/Check", "Health/Check"),
+        ("/grpc.health.v1.Health/Watch", "Health/Watch"),
+    ];
+    if let Some((_, short)) = KNOWN.iter().find(|(full, _)| *full == path) {
+        return Cow::Borrowed(short);
+    }
+    let trimmed = path.trim_start_matches('/');
+    Cow::Owned(match trimmed.split_once('/') {
+        Some((service, method)) => {
+            let service = service.rsplit('.').next().unwrap_or(service);
+            format!("{service}/{method}")
+        }
+        None => trimmed.to_owned(),
+    })
+}
+
+/// The client's `x-request-id` when usable, else a fresh one.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    let from_client = headers.get(REQUEST_ID_HEADER).filter(|value| {
+        !value.is_empty() && value.len() <= MAX_REQUEST_ID_LENGTH && value.to_str().is_ok()
+    });
+    if let Some(value) = from_client {
+        return value.clone();
+    }
+    let mut buffer = uuid::Uuid::encode_buffer();
+    let id = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buffer);
+    // A hyphenated UUID is always a valid header value.
+    HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// A peer address, shown as `unknown` when the transport has none.
+struct Peer(Option<std::net::SocketAddr>);
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(address) => address.fmt(formatter),
+            None => formatter.write_str("unknown"),
+        }
+    }
+}
+
+/// Makes tonic's answer to a request over the size limit, `OUT_OF_RANGE`,
+/// the `RESOURCE_EXHAUSTED` of gRPC's convention (grpc-go, grpc-java), with
+/// a message that states the limit. tonic decides this before any handler
+/// runs (unary and server-streaming calls: in the headers of a
+/// trailers-only answer), or hands it to the handler of a client stream,
+/// which ends the call with it (then in the trailers); both pass here. On a
+/// server, only a request can be decoded, so the text cannot mean anything
+/// else.
+fn rewrite_oversized_request(headers: &mut HeaderMap) {
+    if grpc_code(headers) != Some(Code::OutOfRange) {
+        return;
+    }
+    let Some(message) = Status::from_header_map(headers).map(|status| status.message().to_owned())
+    else {
+        return;
+    };
+    let Some(sizes) = message.strip_prefix(TOO_LARGE_PREFIX) else {
+        return;
+    };
+    // "{found} bytes, the limit is: {limit} bytes"
+    let parsed = sizes
+        .strip_suffix(" bytes")
+        .and_then(|sizes| sizes.split_once(" bytes, the limit is: "))
+        .and_then(|(found, limit)| Some((found.parse::<u64>().ok()?, limit.parse::<u64>().ok()?)));
+    let text = match parsed {
+        Some((found, limit)) => format!(
+            "the request message is {found} bytes, more than this server's limit of {limit} bytes"
+        ),
+        // Another tonic's wording: keep its text, which names the limit.
+        None => format!("the request message is larger than this server's limit: {message}"),
+    };
+    let mut rewritten = HeaderMap::new();
+    if Status::resource_exhausted(text)
+        .add_header(&mut rewritten)
+        .is_ok()
+    {
+        headers.remove("grpc-status-details-bin");
+        headers.extend(rewritten);
+    }
+}
+
+fn grpc_code(headers: &HeaderMap) -> Option<Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<i32>().ok())
+        .map(Code::from_i32)
+}
+
+/// One call being observed.
+struct Call {
+    method: Cow<'static, str>,
+    peer: Peer,
+    request_id: HeaderValue,
+    started: Instant,
+    span: Span,
+    metrics: Metrics,
+}
+
+impl Call {
+    fn finish(self, code: Code) {
+        let latency = self.started.elapsed();
+        macro_rules! log_call {
+            ($level:ident) => {
+                tracing::$level!(
+                    parent: &self.span,
+                    method = %self.method,
+                    peer = %self.peer,
+                    request_id = self.request_id.to_str().unwrap_or_default(),
+                    code = ?code,
+                    latency_ms = millis(latency),
+                    "rpc finished"
+                )
+            };
+        }
+        // Probes and tools call health and reflection every few seconds;
+        // their lines would bury the calls that matter.
+        if self.method.starts_with("Health/") || self.method.contains("ServerReflection/") {
+            log_call!(debug);
+        } else {
+            log_call!(info);
+        }
+        self.metrics.rpc_finished(self.method, code, latency);
+    }
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that reports the call's code when the trailers go
+    /// out, or `CANCELLED` when the client leaves first.
+    struct ObservedBody<B> {
+        #[pin]
+        inner: B,
+        call: Option<Call>,
+    }
+
+    impl<B> PinnedDrop for ObservedBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(call) = this.project().call.take() {
+                call.finish(Code::Cancelled);
+            }
+        }
+    }
+}
+
+impl<B> http_body::Body for ObservedBody<B>
+where
+    B: http_body::Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let mut polled = this.inner.poll_frame(context);
+        match &mut polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_mut() {
+                    rewrite_oversized_request(trailers);
+                }
+                if let Some(code) = frame.trailers_ref().and_then(grpc_code)
+                    && let Some(call) = this.call.take()
+                {
+                    call.finish(code);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(call) = this.call.take() {
+                    call.finish(Code::Internal);
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(call) = this.call.take() {
+                    call.finish(Code::Ok);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use super::*;
+
+    /// A handler with a bug.
+    #[derive(Clone)]
+    struct PanickingHandler;
+
+    impl Service<Request<()>> for PanickingHandler {
+        type Response = Response<tonic::body::Body>;
+        type Error = Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+
+        fn poll_ready(&mut self, _context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _request: Request<()>) -> Self::Future {
+            Box::pin(async { panic!("a bug in a handler") })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_internal_with_a_request_id() {
+        let metrics = Metrics::new();
+        let mut service = RpcLayer::new(metrics.clone()).layer(PanickingHandler);
+        let request = Request::builder()
+            .uri("/taskprocessor.v1.TaskService/GetTask")
+            .body(())
+            .expect("request");
+        let response = service.call(request).await.expect("answered, not crashed");
+        assert_eq!(grpc_code(response.headers()), Some(Code::Internal));
+        assert!(response.headers().contains_key(REQUEST_ID_HEADER));
+        let exposition = metrics.render(&crate::metrics::Occupancy::default());
+        assert!(
+            exposition
+                .contains(r#"rpc_requests_total{method="TaskService/GetTask",code="Internal"} 1"#),
+            "{exposition}"
+        );
+    }
+
+    /// Answers like tonic when a request is over the limit: trailers-only,
+    /// or (a client stream's handler ending with it) in the trailers.
+    #[derive(Clone)]
+    struct OversizedHandler {
+        in_trailers: bool,
+    }
+
+    fn too_large() -> Status {
+        Status::out_of_range(format!(
+            "{TOO_LARGE_PREFIX}5000 bytes, the limit is: 4096 bytes"
+        ))
+    }
+
+    /// A body of trailers alone.
+    struct TrailersBody(Option<HeaderMap>);
+
+    impl http_body::Body for TrailersBody {
+        type Data = Bytes;
+        type Error = Status;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _context: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+            Poll::Ready(self.0.take().map(|trailers| Ok(Frame::trailers(trailers))))
+        }
+    }
+
+    impl Service<Request<()>> for OversizedHandler {
+        type Response = Response<tonic::body::Body>;
+        type Error = Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+
+        fn poll_ready(&mut self, _context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _request: Request<()>) -> Self::Future {
+            let in_trailers = self.in_trailers;
+            Box::pin(async move {
+                if !in_trailers {
+                    return Ok(too_large().into_http());
+                }
+                let mut trailers = HeaderMap::new();
+                too_large().add_header(&mut trailers).expect("valid status");
+                Ok(Response::new(tonic::body::Body::new(TrailersBody(Some(
+                    trailers,
+                )))))
+            })
+        }
+    }
+
+    fn assert_rewritten(headers: &HeaderMap) {
+        let status = Status::from_header_map(headers).expect("a status");
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status.message(),
+            "the request message is 5000 bytes, more than this server's limit of 4096 bytes"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_oversized_request_is_resource_exhausted_in_headers_or_trailers() {
+        for in_trailers in [false, true] {
+            let metrics = Metrics::new();
+            let mut service =
+                RpcLayer::new(metrics.clone()).layer(OversizedHandler { in_trailers });
+            let request = Request::builder()
+                .uri("/taskprocessor.v1.WorkerService/Work")
+                .body(())
+                .expect("request");
+            let mut response = service.call(request).await.expect("answered");
+            if in_trailers {
+                assert_eq!(grpc_code(response.headers()), None);
+                let frame = std::future::poll_fn(|context| {
+                    http_body::Body::poll_frame(Pin::new(response.body_mut()), context)
+                })
+                .await
+                .expect("a frame")
+                .expect("not an error");
+                assert_rewritten(frame.trailers_ref().expect("trailers"));
+            } else {
+                assert_rewritten(response.headers());
+            }
+            let exposition = metrics.render(&crate::metrics::Occupancy::default());
+            assert!(
+                exposition.contains(
+                    r#"rpc_requests_total{method="WorkerService/Work",code="ResourceExhausted"} 1"#
+                ),
+                "{exposition}"
+            );
+        }
+    }
+
+    #[test]
+    fn methods_are_shortened_to_service_and_method() {
+        assert_eq!(
+            short_method("/taskprocessor.v1.TaskService/CreateTask"),
+            "TaskService/CreateTask"
+        );
+        assert_eq!(short_method("/grpc.health.v1.Health/Check"), "Health/Check");
+    }
+
+    #[test]
+    fn a_usable_client_request_id_is_kept_and_others_replaced() {
+        let mut headers = HeaderMap::new();
+        headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&headers), "abc-123");
+        headers.insert(
+            REQUEST_ID_HEADER,
+            HeaderValue::from_str(&"x".repeat(200)).expect("ascii"),
+        );
+        assert_ne!(request_id(&headers).len(), 200);
+        assert!(!request_id(&HeaderMap::new()).is_empty());
+        assert!(
+            uuid::Uuid::parse_str(request_id(&HeaderMap::new()).to_str().expect("ascii")).is_ok()
+        );
+    }
+}
