@@ -82,7 +82,84 @@ async fn waiting_tasks_start_in_fifo_order() {
     assert_eq!(server.gate.started(), ids);
 }
 
+/// What a client sees, not what a processor counts: on PostgreSQL a slot
+/// is free again only once the end of its previous run is in the
+/// database, so the table never shows more runs than slots.
+async fn a_client_never_sees_more_running_tasks_than_max_concurrent() {
+    const LIMIT: usize = 5;
+    let server = TestServer::start_with(Config {
+        max_concurrent: LIMIT,
+        ..test_config()
+    })
+    .await;
+    let mut client = server.client().await;
+    let mut ids = Vec::new();
+    // Many short runs: each end is a moment where a slot frees while the
+    // client polls.
+    for index in 0..60u64 {
+        let seconds = 0.05 + 0.01 * (index % 11) as f64;
+        ids.push(
+            create(
+                &mut client,
+                &format!("short {index}"),
+                "sleep",
+                Some(json!({ "seconds": seconds })),
+            )
+            .await
+            .id,
+        );
+    }
+    let running_request = || pb::ListTasksRequest {
+        statuses: vec![pb::TaskStatus::Running as i32],
+        page_size: 100,
+        ..Default::default()
+    };
+    let mut most_running = 0;
+    let mut polls = 0u32;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tasks did not finish within a minute"
+        );
+        let running = client
+            .list_tasks(running_request())
+            .await
+            .expect("list")
+            .into_inner()
+            .tasks
+            .len();
+        most_running = most_running.max(running);
+        polls += 1;
+        if running > 0 {
+            continue;
+        }
+        let pending = client
+            .list_tasks(pb::ListTasksRequest {
+                statuses: vec![pb::TaskStatus::Pending as i32],
+                page_size: 1,
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .into_inner()
+            .tasks
+            .len();
+        if pending == 0 {
+            break;
+        }
+    }
+    assert!(
+        most_running <= LIMIT,
+        "{most_running} tasks were RUNNING at once with max_concurrent {LIMIT} ({polls} polls)"
+    );
+    for id in &ids {
+        wait_for_status(&client, id, pb::TaskStatus::Completed).await;
+    }
+}
+
 contract_tests!(
+    a_client_never_sees_more_running_tasks_than_max_concurrent,
     never_more_than_max_concurrent_tasks_run,
     waiting_tasks_start_in_fifo_order,
 );

@@ -7,7 +7,7 @@
 //! store call runs in a spawned task whose result comes back as an event.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -94,6 +94,10 @@ pub(in crate::manager) struct ClusterState {
     claim_wanted: bool,
     claiming: bool,
     renewing: bool,
+    /// Runs that ended here whose end is not committed yet. The table
+    /// still shows them `RUNNING`, so their slots are not free for a
+    /// claim: clients never see more runs than `max_concurrent`.
+    ending: HashSet<TaskId>,
     /// Pending tasks in the whole cluster, as last counted plus what this
     /// replica created since: what counts against `queue_capacity`.
     pending_estimate: usize,
@@ -115,6 +119,7 @@ impl ClusterState {
             claim_wanted: true,
             claiming: false,
             renewing: false,
+            ending: HashSet::new(),
             pending_estimate: 0,
             pending_watches: HashMap::new(),
             kinds: kinds.into(),
@@ -270,16 +275,22 @@ impl Manager {
 
     /// Starts a claim when slots are free and work may be waiting.
     pub(super) fn claim_pending(&mut self) {
-        let free = self
-            .config
-            .max_concurrent
-            .saturating_sub(self.running.len());
         let starting = self.starting;
         let node = self.config.node_name.clone();
         let lease = self.config.lease;
         let Some(cluster) = self.cluster.as_mut() else {
             return;
         };
+        let running = &self.running;
+        let ending_elsewhere = cluster
+            .ending
+            .iter()
+            .filter(|id| !running.contains_key(id))
+            .count();
+        let free = self
+            .config
+            .max_concurrent
+            .saturating_sub(self.running.len() + ending_elsewhere);
         if !starting || free == 0 || cluster.claiming || !cluster.claim_wanted {
             return;
         }
@@ -351,10 +362,17 @@ impl Manager {
 
     /// A batch committed: runs whose row was taken from them stop.
     pub(super) fn cluster_committed(&mut self, batch: &Pending, outcome: &BatchOutcome) {
-        if !batch.inserts.is_empty()
-            && let Some(cluster) = self.cluster()
-        {
-            cluster.claim_wanted = true;
+        if let Some(cluster) = self.cluster() {
+            if !batch.inserts.is_empty() {
+                cluster.claim_wanted = true;
+            }
+            // Written or refused (the row is no longer this run's), the
+            // table no longer shows these runs as ours.
+            for task in batch.updates.values() {
+                if task.status.is_terminal() && cluster.ending.remove(&task.id) {
+                    cluster.claim_wanted = true;
+                }
+            }
         }
         for (task, written) in batch.updates.values().zip(&outcome.updated) {
             if !written {
@@ -398,6 +416,9 @@ impl Manager {
 
     /// Stops a run whose task is no longer this run's, and forgets it here.
     fn lose_run(&mut self, id: TaskId) {
+        if let Some(cluster) = self.cluster() {
+            cluster.ending.remove(&id);
+        }
         self.tasks.remove(&id);
         self.stop_run(id);
     }
@@ -660,6 +681,11 @@ fn left_pending(task: &Task) -> bool {
 }
 
 impl ClusterState {
+    /// A run here ended; its slot is free once the end is committed.
+    pub(in crate::manager) fn run_ending(&mut self, id: TaskId) {
+        self.ending.insert(id);
+    }
+
     /// Pending tasks in the whole cluster, as far as this replica knows.
     pub(in crate::manager) fn pending_estimate(&self) -> usize {
         self.pending_estimate

@@ -707,9 +707,12 @@ impl Manager {
                 } else if let Some(progress) = &task.progress {
                     debug!(task_id = %task_id, kind = %task.kind, percent = progress.percent, "task progress");
                 }
-                if self.cluster.is_some() {
+                if let Some(cluster) = self.cluster.as_mut() {
                     // Watchers hear it from the change feed once it is
                     // committed, as they do on every other replica.
+                    if task.status.is_terminal() {
+                        cluster.run_ending(task_id);
+                    }
                     self.persister.update(Arc::clone(&task));
                 } else {
                     self.persister.write(Write::Update(Arc::clone(&task)));
