@@ -24,6 +24,7 @@ mod reflection;
 mod scheduling;
 mod shutdown;
 mod soak;
+mod store_postgres;
 mod taskctl;
 mod taskctl_connection;
 mod watch;
