@@ -25,6 +25,8 @@ mod reflection;
 mod scheduling;
 mod shutdown;
 mod soak;
+mod store_postgres;
+mod task_bench;
 mod taskctl;
 mod taskctl_connection;
 mod watch;

@@ -9,7 +9,8 @@
 //! side by side, next to the disk's own fsync rate (see `stores.rs`).
 //! `--retained-rss [--binary PATH] [--tasks N] [--data-bytes B]` is one too:
 //! the resident memory of a real binary holding N finished tasks on SQLite,
-//! live and after a restart (see `retained.rs`).
+//! live and after a restart (see `retained.rs`). `--help` lists the flags;
+//! an unknown one is an error (exit 2), as is asking for two runs at once.
 //! These machines are noisy: compare ratios taken in the same run, not
 //! absolute figures across runs.
 
@@ -20,9 +21,10 @@ mod retained;
 mod stores;
 mod watch;
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context;
+use clap::Parser;
 use task_processor::{
     config::Config,
     manager::ManagerHandle,
@@ -171,6 +173,54 @@ pub fn echo_task(name: &str) -> NewTask {
     }
 }
 
+/// What `task-bench --help` prints above the flags.
+const ABOUT: &str = "\
+The benchmark of task-processor. Without a flag it runs everything in this
+process (about 100 s): the memory our server holds, CreateTask and GetTask
+at 1, 64 and 256 in flight against our server and against a bare tonic
+server (the ceiling), end to end task throughput, the manager actor alone,
+and WatchTask streams (10 000 open, then fan-out latency to 1 000 watchers).
+Compare the ratios of one run, not absolute figures across runs.";
+
+/// What `task-bench --help` prints below the flags.
+const AFTER_HELP: &str = "\
+The runs marked 'Instead' replace the default run; give at most one.
+
+Environment:
+  TASK_BENCH_POSTGRES  the database of --stores, which makes and drops a schema in it
+                       [default: postgres://postgres@127.0.0.1:5432/test]";
+
+/// The command line. At most one of the runs of their own (`--only-create`,
+/// `--only-actor`, `--stores`, `--retained-rss`); without one, everything.
+#[derive(Debug, Parser)]
+#[command(name = "task-bench", about = ABOUT, long_about = None, after_help = AFTER_HELP)]
+struct Arguments {
+    /// Shorter phases and fewer tasks: a smoke run (about 15 s; with --stores, about 6 s)
+    #[arg(long)]
+    quick: bool,
+    /// Instead: only CreateTask at 64 in flight against our server, for a profiler
+    #[arg(long, group = "run")]
+    only_create: bool,
+    /// Instead: only the manager actor alone, GetTask and CreateTask commands/s
+    #[arg(long, group = "run")]
+    only_actor: bool,
+    /// Instead: the memory, SQLite and PostgreSQL stores side by side, and fsyncs/s
+    #[arg(long, group = "run")]
+    stores: bool,
+    /// Instead: memory of a real task-processor retaining tasks on SQLite, and restarted
+    #[arg(long, group = "run")]
+    retained_rss: bool,
+    /// With --retained-rss: the binary to measure [default: task-processor beside this]
+    #[arg(long, value_name = "PATH", requires = "retained_rss")]
+    binary: Option<PathBuf>,
+    /// With --retained-rss: tasks to create and retain [default: 100000]
+    #[arg(long, value_name = "N", requires = "retained_rss")]
+    tasks: Option<usize>,
+    /// With --retained-rss: text in each task's data and result [default: 20480]
+    #[arg(long, value_name = "BYTES", requires = "retained_rss")]
+    data_bytes: Option<usize>,
+}
+
 /// Runs-long knobs: `--quick` shortens every phase for a smoke run.
 #[derive(Clone, Copy, Debug)]
 pub struct Scale {
@@ -188,8 +238,8 @@ pub struct Scale {
 }
 
 impl Scale {
-    fn from_arguments() -> Self {
-        if std::env::args().any(|argument| argument == "--quick") {
+    fn new(quick: bool) -> Self {
+        if quick {
             Self {
                 phase: Duration::from_millis(500),
                 end_to_end_tasks: 10_000,
@@ -216,29 +266,37 @@ impl Scale {
 }
 
 fn main() -> anyhow::Result<()> {
-    let scale = Scale::from_arguments();
+    // First, before anything starts: `--help` prints and exits 0, a usage
+    // error prints and exits 2.
+    let arguments = Arguments::parse();
+    let scale = Scale::new(arguments.quick);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(run(scale))
+    runtime.block_on(run(arguments, scale))
 }
 
-async fn run(scale: Scale) -> anyhow::Result<()> {
+async fn run(arguments: Arguments, scale: Scale) -> anyhow::Result<()> {
     // `--only-create`: just CreateTask at 64 in flight against our server,
     // for a profiler to watch; `--only-actor`: just the actor figures;
     // `--stores`: the stores side by side (not part of the default run: it
     // needs a disk and a database, and measures them as much as us).
-    if std::env::args().any(|argument| argument == "--only-create") {
+    if arguments.only_create {
         return load::profile_create(scale).await;
     }
-    if std::env::args().any(|argument| argument == "--only-actor") {
+    if arguments.only_actor {
         return load::report_actor(scale).await;
     }
-    if std::env::args().any(|argument| argument == "--stores") {
+    if arguments.stores {
         return stores::report(scale).await;
     }
-    if std::env::args().any(|argument| argument == "--retained-rss") {
-        return retained::report().await;
+    if arguments.retained_rss {
+        return retained::report(retained::Run::new(
+            arguments.binary,
+            arguments.tasks,
+            arguments.data_bytes,
+        )?)
+        .await;
     }
     println!(
         "task-bench: {} cores, scale {scale:?}\n",
@@ -251,4 +309,16 @@ async fn run(scale: Scale) -> anyhow::Result<()> {
     load::report_actor(scale).await?;
     watch::report(scale).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Arguments::command().debug_assert();
+    }
 }

@@ -26,32 +26,28 @@ use tonic::transport::Channel;
 use crate::memory::resident_bytes;
 
 /// What to measure, from the command line.
-struct Run {
+pub struct Run {
     binary: PathBuf,
     tasks: usize,
     data_bytes: usize,
 }
 
 impl Run {
-    fn from_arguments() -> anyhow::Result<Self> {
-        let arguments: Vec<String> = std::env::args().collect();
-        let value = |name: &str| {
-            arguments
-                .iter()
-                .position(|argument| argument == name)
-                .and_then(|position| arguments.get(position + 1))
-                .cloned()
-        };
-        let binary = match value("--binary") {
-            Some(path) => PathBuf::from(path),
+    /// `--binary`, `--tasks` and `--data-bytes`, or their defaults: the
+    /// `task-processor` next to this bench, 100 000 tasks of 20 KiB.
+    pub fn new(
+        binary: Option<PathBuf>,
+        tasks: Option<usize>,
+        data_bytes: Option<usize>,
+    ) -> anyhow::Result<Self> {
+        let binary = match binary {
+            Some(path) => path,
             None => std::env::current_exe()?.with_file_name("task-processor"),
         };
-        let tasks = value("--tasks").map_or(Ok(100_000), |text| text.parse())?;
-        let data_bytes = value("--data-bytes").map_or(Ok(20 * 1024), |text| text.parse())?;
         Ok(Self {
             binary,
-            tasks,
-            data_bytes,
+            tasks: tasks.unwrap_or(100_000),
+            data_bytes: data_bytes.unwrap_or(20 * 1024),
         })
     }
 }
@@ -70,8 +66,7 @@ impl Drop for Server {
     }
 }
 
-pub async fn report() -> anyhow::Result<()> {
-    let run = Run::from_arguments()?;
+pub async fn report(run: Run) -> anyhow::Result<()> {
     // Several GB at the default size: a directory of its own, removed at
     // the end (the bench has no tempfile crate; it is for tests).
     let directory = std::env::temp_dir().join(format!("task-bench-{}", std::process::id()));

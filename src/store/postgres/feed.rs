@@ -282,21 +282,21 @@ pub(super) fn encode_payload(payload: &ChangePayload<'_>, id: TaskId) -> Option<
     }
 }
 
-pub(super) fn decode_change(text: &str) -> Result<Change, String> {
+fn decode_change(text: &str) -> Result<Change, String> {
     let payload: ChangePayload<'_> =
         serde_json::from_str(text).map_err(|error| format!("not a change: {error}"))?;
     payload.into_change()
 }
 
 /// Nanoseconds since the Unix epoch (negative before it).
-pub(super) fn nanos(time: SystemTime) -> i128 {
+fn nanos(time: SystemTime) -> i128 {
     match time.duration_since(UNIX_EPOCH) {
         Ok(after) => i128::try_from(after.as_nanos()).unwrap_or(i128::MAX),
         Err(before) => -i128::try_from(before.duration().as_nanos()).unwrap_or(i128::MAX),
     }
 }
 
-pub(super) fn from_nanos(value: i128) -> SystemTime {
+fn from_nanos(value: i128) -> SystemTime {
     let magnitude = value.unsigned_abs();
     let seconds = u64::try_from(magnitude / 1_000_000_000).unwrap_or(u64::MAX);
     // The remainder is below 10^9, so it fits.
@@ -306,5 +306,93 @@ pub(super) fn from_nanos(value: i128) -> SystemTime {
         UNIX_EPOCH.checked_add(duration).unwrap_or(UNIX_EPOCH)
     } else {
         UNIX_EPOCH.checked_sub(duration).unwrap_or(UNIX_EPOCH)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::task::NewTask;
+
+    fn task(name: &str) -> Task {
+        Task::new(
+            TaskId::generate(),
+            NewTask {
+                name: name.to_owned(),
+                description: format!("the {name} task"),
+                kind: "echo".to_owned(),
+                data: Some(Arc::new(json!({"name": name, "n": 1}))),
+                timeout_seconds: 60,
+                labels: BTreeMap::new(),
+                request_id: None,
+            },
+            SystemTime::now(),
+        )
+    }
+
+    /// A task as a notification carries it: without `data`.
+    fn without_data(task: &Task) -> Task {
+        let mut task = task.clone();
+        task.data = None;
+        task
+    }
+
+    #[test]
+    fn payloads_fit_a_notification_and_read_back_as_published() {
+        let mut task = task("payload");
+        task.created_at = SystemTime::now();
+        task.error = "a\u{0}b \"quoted\"".to_owned();
+        task.progress = Some(Progress {
+            percent: 5,
+            message: "π".to_owned(),
+        });
+        task.labels = BTreeMap::from([("team".to_owned(), "ä".to_owned())]);
+        task.request_id = Some("key".to_owned());
+        task.result = Some(Arc::new(json!({"text": "c\u{0}d"})));
+        let text = change_payload("n1", &task).expect("fits");
+        let change = decode_change(&text).expect("decodes");
+        assert_eq!(change.origin, "n1");
+        assert!(change.complete);
+        assert_eq!(change.task, without_data(&task));
+
+        // Too large with its result: result and error are left out.
+        task.result = Some(Arc::new(json!("x".repeat(8_000))));
+        let text = change_payload("n1", &task).expect("fits");
+        assert!(text.len() <= MAX_PAYLOAD_BYTES);
+        let change = decode_change(&text).expect("decodes");
+        assert!(!change.complete);
+        let mut expected = without_data(&task);
+        expected.result = None;
+        expected.error = String::new();
+        assert_eq!(change.task, expected);
+
+        // Too large without them too: the large free texts go as well.
+        task.description = "\u{1F600}".repeat(4096);
+        task.labels = (0..64)
+            .map(|index| (format!("key{index}"), "v".repeat(256)))
+            .collect();
+        let text = change_payload("n1", &task).expect("fits");
+        assert!(text.len() <= MAX_PAYLOAD_BYTES);
+        let change = decode_change(&text).expect("decodes");
+        assert!(!change.complete);
+        assert_eq!(change.task.status, task.status);
+        assert_eq!(change.task.revision, task.revision);
+        assert_eq!(change.task.description, "");
+
+        assert!(decode_change("{\"origin\": 1}").is_err());
+        assert!(decode_change("not json").is_err());
+    }
+
+    #[test]
+    fn times_survive_as_nanoseconds() {
+        for time in [
+            UNIX_EPOCH,
+            UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789),
+            UNIX_EPOCH - Duration::new(5, 1),
+        ] {
+            assert_eq!(from_nanos(nanos(time)), time);
+        }
     }
 }

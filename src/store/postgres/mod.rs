@@ -29,8 +29,6 @@ use super::{
 use crate::task::{Task, TaskId, TaskStatus};
 
 mod feed;
-#[cfg(test)]
-mod tests;
 mod writes;
 
 pub use feed::ChangeFeed;
@@ -640,4 +638,42 @@ async fn recorded_version(pool: &PgPool) -> Result<Option<i64>, StoreError> {
 /// A lease or retention as whole microseconds, for `interval` arithmetic.
 fn duration_micros(duration: Duration) -> i64 {
     i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+// The store against a real database is tested in `tests/it/store_postgres`.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_stops_at_its_limit_or_its_bytes_but_always_holds_one_task() {
+        let ids: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
+        let sized = |sizes: &[usize]| -> Vec<(Uuid, i64)> {
+            ids.iter()
+                .zip(sizes)
+                .map(|(id, size)| (*id, i64::try_from(*size).expect("small")))
+                .collect()
+        };
+        let mib = 1024 * 1024;
+        // All fit, none beyond: the last page.
+        assert_eq!(cut_page(&sized(&[1, 2, 3]), 3), (ids[..3].to_vec(), None));
+        // One more than the limit matched: the next page starts after it.
+        let (page, next) = cut_page(&sized(&[1, 2, 3, 4]), 3);
+        assert_eq!(
+            (page, next),
+            (ids[..3].to_vec(), Some(TaskId::from_uuid(ids[2])))
+        );
+        // The bytes run out before the limit does.
+        let (page, next) = cut_page(&sized(&[2 * mib, 2 * mib, mib, 1]), 10);
+        assert_eq!(
+            (page, next),
+            (ids[..2].to_vec(), Some(TaskId::from_uuid(ids[1])))
+        );
+        // A task larger than a page goes alone.
+        let (page, next) = cut_page(&sized(&[5 * mib, 1]), 10);
+        assert_eq!(
+            (page, next),
+            (ids[..1].to_vec(), Some(TaskId::from_uuid(ids[0])))
+        );
+    }
 }

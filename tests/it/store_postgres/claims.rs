@@ -84,7 +84,7 @@ async fn claims_are_fifo_and_concurrent_claims_never_share_a_task() {
 
 #[tokio::test]
 async fn claims_take_over_expired_leases_only() {
-    let (_schema, store) = store_or_skip!("claims_take_over_expired_leases_only");
+    let (schema, store) = store_or_skip!("claims_take_over_expired_leases_only");
     let (dead, alive) = (task("dead"), task("alive"));
     insert(&store, &[dead.clone(), alive.clone()]).await;
     let claimed = store.claim("n1", 2, HOUR, None).await.expect("claim");
@@ -99,7 +99,7 @@ async fn claims_take_over_expired_leases_only() {
             .is_empty()
     );
 
-    expire_lease(&store, dead.id).await;
+    expire_lease(&schema, dead.id).await;
     let taken = store.claim("n2", 10, HOUR, None).await.expect("claim");
     assert_eq!(ids(&taken), [dead.id]);
     assert_eq!(taken[0].attempt, 2);
@@ -128,7 +128,7 @@ async fn claims_take_over_expired_leases_only() {
 
 #[tokio::test]
 async fn renew_keeps_only_the_runs_still_held_and_release_lets_them_go() {
-    let (_schema, store) =
+    let (schema, store) =
         store_or_skip!("renew_keeps_only_the_runs_still_held_and_release_lets_them_go");
     let tasks: Vec<Task> = (0..4).map(|index| task(&format!("r{index}"))).collect();
     insert(&store, &tasks).await;
@@ -139,7 +139,7 @@ async fn renew_keeps_only_the_runs_still_held_and_release_lets_them_go() {
         .cancel(tasks[1].id, "stop", "api")
         .await
         .expect("cancel");
-    expire_lease(&store, tasks[2].id).await;
+    expire_lease(&schema, tasks[2].id).await;
     assert_eq!(
         ids(&store.claim("n2", 1, HOUR, None).await.expect("claim")),
         [tasks[2].id]
@@ -180,7 +180,7 @@ async fn renew_keeps_only_the_runs_still_held_and_release_lets_them_go() {
 
 #[tokio::test]
 async fn cancel_reports_what_it_found() {
-    let (_schema, store) = store_or_skip!("cancel_reports_what_it_found");
+    let (schema, store) = store_or_skip!("cancel_reports_what_it_found");
     let (pending, running, done) = (task("pending"), task("running"), finished("done", HOUR));
     insert(&store, &[pending.clone(), running.clone(), done.clone()]).await;
     let claimed = store.claim("n1", 1, HOUR, None).await.expect("claim");
@@ -200,7 +200,7 @@ async fn cancel_reports_what_it_found() {
     assert_eq!(cancelled.revision, claimed[0].revision + 1);
     assert_eq!(cancelled.data, running.data);
     assert!(cancelled.completed_at.is_some());
-    assert!(lease_until_is_null(&store, running.id).await);
+    assert!(lease_until_is_null(&schema, running.id).await);
     assert_eq!(
         store.get(running.id).await.expect("get"),
         Some(cancelled.clone())
@@ -235,7 +235,7 @@ async fn cancel_reports_what_it_found() {
 
 #[tokio::test]
 async fn retention_deletes_old_and_excess_finished_tasks_only() {
-    let (_schema, store) = store_or_skip!("retention_deletes_old_and_excess_finished_tasks_only");
+    let (schema, store) = store_or_skip!("retention_deletes_old_and_excess_finished_tasks_only");
     let minutes = |count: u64| Duration::from_secs(60 * count);
     let old: Vec<Task> = (0..3)
         .map(|index| finished(&format!("old{index}"), minutes(120 + index)))
@@ -253,7 +253,7 @@ async fn retention_deletes_old_and_excess_finished_tasks_only() {
     // Long pending and running tasks are never deleted.
     sqlx::query("UPDATE tasks SET created_at = 0 WHERE id = ANY($1)")
         .bind(vec![*pending.id.as_uuid(), *running.id.as_uuid()])
-        .execute(&store.pool)
+        .execute(&schema.sql)
         .await
         .expect("age them");
     store.claim("n1", 1, HOUR, None).await.expect("claim");
@@ -301,7 +301,7 @@ async fn retention_deletes_old_and_excess_finished_tasks_only() {
     let finished_left: Vec<i64> = sqlx::query_scalar(
         "SELECT completed_at FROM tasks WHERE completed_at IS NOT NULL ORDER BY completed_at",
     )
-    .fetch_all(&store.pool)
+    .fetch_all(&schema.sql)
     .await
     .expect("finished");
     let newest: Vec<i64> = newer[1..]

@@ -1,107 +1,50 @@
-//! The PostgreSQL store against a real database (`TASK_PROCESSOR_TEST_POSTGRES`,
-//! default `postgres://postgres@127.0.0.1:5432/test`), each test in a schema
-//! of its own: the helpers, and writes, reads and connecting. Claims, leases
-//! and retention are in `claims`; the change feed in `feed`.
-
-use serde_json::json;
-use sqlx::{Connection, PgConnection};
+//! The PostgreSQL store through its public API, against a real database
+//! (`TASK_PROCESSOR_TEST_POSTGRES`, see `stores`), each test in a schema of
+//! its own from `stores::fresh_postgres_schema`: the helpers, and writes,
+//! reads and connecting. Claims, leases and retention are in `claims`; the
+//! change feed in `feed`. Tests that need no database (page cuts, the
+//! notification payloads) are unit tests next to the code.
 
 use std::{
     collections::BTreeMap,
-    io::Write as _,
-    time::{SystemTime, UNIX_EPOCH},
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use super::*;
-use crate::{
-    store::row::micros,
-    task::{NewTask, Progress, TaskEvent},
+use serde_json::json;
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use task_processor::{
+    store::{
+        ListPage, ListQuery, PostgresStore, StoreError,
+        postgres::{Batch, Cancelled, Change, ChangeFeed, FeedEvent, Inserted},
+    },
+    task::{NewTask, Progress, Task, TaskEvent, TaskId, TaskStatus},
 };
 
-const DEFAULT_BASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+use crate::stores::fresh_postgres_schema;
 
 /// How long a test waits for something that should happen at once.
 const PATIENCE: Duration = Duration::from_secs(10);
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-#[test]
-fn a_page_stops_at_its_limit_or_its_bytes_but_always_holds_one_task() {
-    let ids: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
-    let sized = |sizes: &[usize]| -> Vec<(Uuid, i64)> {
-        ids.iter()
-            .zip(sizes)
-            .map(|(id, size)| (*id, i64::try_from(*size).expect("small")))
-            .collect()
-    };
-    let mib = 1024 * 1024;
-    // All fit, none beyond: the last page.
-    assert_eq!(cut_page(&sized(&[1, 2, 3]), 3), (ids[..3].to_vec(), None));
-    // One more than the limit matched: the next page starts after it.
-    let (page, next) = cut_page(&sized(&[1, 2, 3, 4]), 3);
-    assert_eq!(
-        (page, next),
-        (ids[..3].to_vec(), Some(TaskId::from_uuid(ids[2])))
-    );
-    // The bytes run out before the limit does.
-    let (page, next) = cut_page(&sized(&[2 * mib, 2 * mib, mib, 1]), 10);
-    assert_eq!(
-        (page, next),
-        (ids[..2].to_vec(), Some(TaskId::from_uuid(ids[1])))
-    );
-    // A task larger than a page goes alone.
-    let (page, next) = cut_page(&sized(&[5 * mib, 1]), 10);
-    assert_eq!(
-        (page, next),
-        (ids[..1].to_vec(), Some(TaskId::from_uuid(ids[0])))
-    );
-}
-
-/// A schema of one test's own, dropped when the test ends, even by a
-/// panic.
-struct TestSchema {
-    base_url: String,
-    schema: String,
-    /// The base URL with the schema as its search_path.
+/// One test's schema: its URL, and a pool of its own on it for the SQL a
+/// test runs behind the store's back (expiring a lease, faking a newer
+/// migration, reading a column the store does not return).
+struct Schema {
     url: String,
+    sql: PgPool,
 }
 
-impl TestSchema {
-    /// `None` (after saying so on stderr) when there is no PostgreSQL to
-    /// test against, unless `CI=true`, where that is a failure.
-    async fn create(test: &str) -> Option<Self> {
-        let base_url = std::env::var("TASK_PROCESSOR_TEST_POSTGRES")
-            .unwrap_or_else(|_| DEFAULT_BASE_URL.to_owned());
-        let shown = StoreUrl::Postgres(base_url.clone()).to_string();
-        let reason = match tokio::time::timeout(PATIENCE, PgConnection::connect(&base_url)).await {
-            Ok(Ok(mut connection)) => {
-                let schema = format!("tp_lib_{}", Uuid::now_v7().simple());
-                sqlx::query(&format!("CREATE SCHEMA {schema}"))
-                    .execute(&mut connection)
-                    .await
-                    .expect("create the test schema");
-                let _ = connection.close().await;
-                let separator = if base_url.contains('?') { '&' } else { '?' };
-                let url = format!("{base_url}{separator}options=-c%20search_path%3D{schema}");
-                return Some(Self {
-                    base_url,
-                    schema,
-                    url,
-                });
-            }
-            Ok(Err(error)) => error.to_string(),
-            Err(_) => format!("no answer within {PATIENCE:?}"),
-        };
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("PostgreSQL at {shown} is unreachable ({reason}), and CI=true");
-        }
-        // Straight to stderr: libtest captures print macros.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED store::postgres::tests::{test}: PostgreSQL at {shown} is unreachable \
-             ({reason}); set TASK_PROCESSOR_TEST_POSTGRES to test against one"
-        );
-        None
+impl Schema {
+    async fn create() -> Self {
+        let url = fresh_postgres_schema().await;
+        let sql = PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&url)
+            .await
+            .expect("connect to the test schema");
+        Self { url, sql }
     }
 
     async fn store(&self) -> PostgresStore {
@@ -109,51 +52,31 @@ impl TestSchema {
     }
 }
 
-impl Drop for TestSchema {
-    fn drop(&mut self) {
-        // Best effort, on a thread of its own: Drop cannot await, and the
-        // test's runtime may be unwinding.
-        let base_url = self.base_url.clone();
-        let statement = format!(
-            "SET lock_timeout = '5s'; DROP SCHEMA IF EXISTS {} CASCADE",
-            self.schema
-        );
-        let dropper = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async move {
-                if let Ok(mut connection) = PgConnection::connect(&base_url).await {
-                    let _ = sqlx::raw_sql(statement.as_str())
-                        .execute(&mut connection)
-                        .await;
-                    let _ = connection.close().await;
-                }
-            });
-        });
-        let _ = dropper.join();
-    }
-}
-
-/// Opens a test schema and its store, or skips the test.
+/// A fresh schema and the store on it; returns from the test (skips it)
+/// when there is no PostgreSQL to test against, as `postgres_available`
+/// decides.
 macro_rules! store_or_skip {
     ($test:literal) => {{
-        let Some(schema) = TestSchema::create($test).await else {
+        if !$crate::stores::postgres_available(concat!(module_path!(), "::", $test)) {
             return;
-        };
+        }
+        let schema = $crate::store_postgres::Schema::create().await;
         let store = schema.store().await;
         (schema, store)
     }};
 }
 
+/// Microseconds since the Unix epoch, as the columns keep times.
+fn micros(time: SystemTime) -> i64 {
+    let since = time.duration_since(UNIX_EPOCH).expect("after 1970");
+    i64::try_from(since.as_micros()).expect("before the year 294 000")
+}
+
 /// Now, to the microsecond the columns keep, so a task read back
 /// equals the one written.
 fn now() -> SystemTime {
-    let micros = micros(SystemTime::now());
-    UNIX_EPOCH + Duration::from_micros(u64::try_from(micros).expect("after 1970"))
+    UNIX_EPOCH
+        + Duration::from_micros(u64::try_from(micros(SystemTime::now())).expect("after 1970"))
 }
 
 fn task(name: &str) -> Task {
@@ -239,18 +162,18 @@ async fn next_change(feed: &mut ChangeFeed) -> Change {
     }
 }
 
-async fn expire_lease(store: &PostgresStore, id: TaskId) {
+async fn expire_lease(schema: &Schema, id: TaskId) {
     sqlx::query("UPDATE tasks SET lease_until = now() - interval '1 hour' WHERE id = $1")
         .bind(id.as_uuid())
-        .execute(&store.pool)
+        .execute(&schema.sql)
         .await
         .expect("expire the lease");
 }
 
-async fn lease_until_is_null(store: &PostgresStore, id: TaskId) -> bool {
+async fn lease_until_is_null(schema: &Schema, id: TaskId) -> bool {
     sqlx::query_scalar("SELECT lease_until IS NULL FROM tasks WHERE id = $1")
         .bind(id.as_uuid())
-        .fetch_one(&store.pool)
+        .fetch_one(&schema.sql)
         .await
         .expect("read the lease")
 }
@@ -425,7 +348,7 @@ async fn a_taken_request_id_returns_the_task_that_holds_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_inserts_of_one_request_id_store_one_task() {
-    let (_schema, store) = store_or_skip!("concurrent_inserts_of_one_request_id_store_one_task");
+    let (schema, store) = store_or_skip!("concurrent_inserts_of_one_request_id_store_one_task");
     let mut inserts = tokio::task::JoinSet::new();
     for index in 0..20 {
         let store = store.clone();
@@ -449,7 +372,7 @@ async fn concurrent_inserts_of_one_request_id_store_one_task() {
     assert_eq!(holders.len(), 19);
     assert!(holders.iter().all(|holder| *holder == winners[0]));
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks")
-        .fetch_one(&store.pool)
+        .fetch_one(&schema.sql)
         .await
         .expect("count");
     assert_eq!(rows, 1);
@@ -457,7 +380,7 @@ async fn concurrent_inserts_of_one_request_id_store_one_task() {
 
 #[tokio::test]
 async fn updates_are_written_only_while_the_run_holds_the_task() {
-    let (_schema, store) = store_or_skip!("updates_are_written_only_while_the_run_holds_the_task");
+    let (schema, store) = store_or_skip!("updates_are_written_only_while_the_run_holds_the_task");
     let (taken, cancelled, kept) = (task("taken"), task("cancelled"), task("kept"));
     insert(&store, &[taken.clone(), cancelled.clone(), kept.clone()]).await;
     let claimed = store.claim("n1", 3, HOUR, None).await.expect("claim");
@@ -481,7 +404,7 @@ async fn updates_are_written_only_while_the_run_holds_the_task() {
             .progress,
         progressed.progress
     );
-    assert!(!lease_until_is_null(&store, kept.id).await);
+    assert!(!lease_until_is_null(&schema, kept.id).await);
     // Another node cannot write it.
     assert!(!update(&store, "n2", &progressed).await);
     let completed = applied(
@@ -493,12 +416,12 @@ async fn updates_are_written_only_while_the_run_holds_the_task() {
     assert_eq!(stored.status, TaskStatus::Completed);
     assert_eq!(stored.result, completed.result);
     assert_eq!(stored.revision, completed.revision);
-    assert!(lease_until_is_null(&store, kept.id).await);
+    assert!(lease_until_is_null(&schema, kept.id).await);
     // Finished: nothing more is written.
     assert!(!update(&store, "n1", &completed).await);
 
     // Taken over after the lease ran out: the old run's update is refused.
-    expire_lease(&store, taken.id).await;
+    expire_lease(&schema, taken.id).await;
     let retaken = store.claim("n2", 1, HOUR, None).await.expect("claim");
     assert_eq!(ids(&retaken), [taken.id]);
     let late = applied(&run_taken, TaskEvent::Complete(Arc::new(json!("late"))));
@@ -532,6 +455,21 @@ async fn updates_are_written_only_while_the_run_holds_the_task() {
     assert_eq!(store.get(fresh.id).await.expect("get"), Some(fresh));
 }
 
+/// The newest migration the binary embeds: the highest version among the
+/// files of `migrations/postgres` (`<version>_<description>.sql`).
+fn latest_migration() -> i64 {
+    let directory = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres");
+    std::fs::read_dir(directory)
+        .expect("the PostgreSQL migrations")
+        .filter_map(|entry| {
+            let name = entry.expect("a migration").file_name();
+            let name = name.to_str()?;
+            name.strip_suffix(".sql")?.split('_').next()?.parse().ok()
+        })
+        .max()
+        .expect("at least one migration")
+}
+
 #[tokio::test]
 async fn connect_refuses_a_schema_newer_than_this_binary() {
     let (schema, store) = store_or_skip!("connect_refuses_a_schema_newer_than_this_binary");
@@ -542,7 +480,7 @@ async fn connect_refuses_a_schema_newer_than_this_binary() {
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
          VALUES (99999, 'from the future', true, '\\x00'::bytea, 0)",
     )
-    .execute(&store.pool)
+    .execute(&schema.sql)
     .await
     .expect("fake a newer migration");
     match PostgresStore::connect(&schema.url).await {
@@ -550,7 +488,7 @@ async fn connect_refuses_a_schema_newer_than_this_binary() {
             found, supported, ..
         }) => {
             assert_eq!(found, 99999);
-            assert_eq!(supported, crate::store::latest_version(&MIGRATOR));
+            assert_eq!(supported, latest_migration());
         }
         other => panic!("expected NewerSchema, got {other:?}"),
     }
