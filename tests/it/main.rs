@@ -11,6 +11,7 @@ mod support;
 mod cluster;
 mod create;
 mod disk_full;
+mod docs;
 mod durability;
 mod edge;
 mod lifecycle;
