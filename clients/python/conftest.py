@@ -1,8 +1,9 @@
 """Generates the Python client from proto/ before the tests import it.
 
 The generated code is never committed, so it can never be stale: every test
-run writes it afresh into build/generated (git-ignored) with the command the
-README shows, run from the repository root, and puts that folder on sys.path.
+run writes it afresh into build/generated (git-ignored) with the command
+docs/clients.md shows, run from the repository root, and puts that folder on
+sys.path.
 """
 
 import pathlib

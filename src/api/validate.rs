@@ -1,5 +1,5 @@
 //! Parsing of requests into domain values, enforcing the contract's
-//! "Limits on input". Each broken rule names its field.
+//! "Limits on input" (docs/api.md). Each broken rule names its field.
 
 use std::{collections::BTreeMap, sync::Arc};
 

@@ -147,7 +147,7 @@ fn number(value: f64) -> ProtoValue {
     }
 }
 
-/// Every rule of "Limits on input": the broken request and the field the
+/// Every rule of "Limits on input" (docs/api.md): the broken request and the field the
 /// error must name.
 async fn every_broken_input_rule_is_invalid_argument_naming_its_field() {
     let server = TestServer::start().await;

@@ -12,6 +12,7 @@ mod architecture;
 mod cluster;
 mod create;
 mod disk_full;
+mod docs;
 mod durability;
 mod edge;
 mod lifecycle;

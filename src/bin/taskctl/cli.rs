@@ -388,7 +388,7 @@ mod tests {
     #[test]
     fn the_keepalive_default_parses_to_the_documented_interval() {
         let cli = Cli::try_parse_from(["taskctl", "health"]).expect("defaults");
-        // README and the comment on DEFAULT_KEEPALIVE say 10 s.
+        // docs/taskctl.md and the comment on DEFAULT_KEEPALIVE say 10 s.
         assert_eq!(cli.global.keepalive, Duration::from_secs(10));
         assert!(parse_keepalive("0s").is_err());
         assert_eq!(parse_keepalive("1s"), Ok(Duration::from_secs(1)));
