@@ -18,12 +18,11 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     metrics::{Metrics, Occupancy},
     processor::Registry,
-    store::{PostgresStore, SqliteStore, StoreError, StoreUrl, within},
+    store::{MemoryStore, PostgresStore, SqliteStore, StoreError, StoreUrl, TaskStore, within},
     task::{NewTask, PayloadLocation, Task, TaskId, TaskStatus},
 };
 
 use actor::json_bytes as held_json_bytes;
-use persist::Backend;
 
 pub use crate::store::{LIST_PAGE_BYTES, ListPage, ListQuery};
 pub use watch::TaskWatch;
@@ -36,7 +35,7 @@ pub const FORCED_STOP_AFTER: Duration = Duration::from_secs(1);
 const COMMAND_BUFFER: usize = 4096;
 
 /// How many progress reports may wait for the actor before processors wait.
-const PROGRESS_BUFFER: usize = 1024;
+pub(super) const PROGRESS_BUFFER: usize = 1024;
 
 /// How often a create goes in again when the earlier task of its
 /// `request_id` was forgotten while its payload was being read.
@@ -48,11 +47,10 @@ const CREATE_ATTEMPTS: usize = 3;
 /// second. Shorter than the 5 s a patient client waits, so it hears why.
 const STORE_READ_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// PostgreSQL: how long a write (a group commit, a cancel, a claim, a lease
-/// renewal, a probe) may take before it counts as failed. Creates must hear
-/// `UNAVAILABLE` within 2 s when the database is unreachable; a healthy
-/// database answers in milliseconds.
-const STORE_CALL_TIMEOUT: Duration = Duration::from_millis(1500);
+/// PostgreSQL: how long a cancel, a claim, a lease renewal or a hand-over
+/// may take before it counts as failed (commits and probes have the same
+/// deadline, from the store).
+const STORE_CALL_TIMEOUT: Duration = crate::store::postgres::CALL_DEADLINE;
 
 /// PostgreSQL: how long one round of retention may take. It deletes in
 /// bounded chunks and nobody waits on it, but a silent network must not
@@ -157,6 +155,30 @@ impl ManagerStats {
 
 type Reply<T> = oneshot::Sender<Result<T, ManagerError>>;
 
+/// A store as opened for a manager: where its commits go, and what else
+/// the handle and the actor need of it.
+struct Opened {
+    commits: Arc<dyn TaskStore>,
+    /// SQLite: where finished tasks' payloads are read from.
+    payload_store: Option<Weak<SqliteStore>>,
+    /// PostgreSQL: the shared truth, read directly by the handle and
+    /// followed by the actor.
+    shared_store: Option<PostgresStore>,
+    /// SQLite: what the file held at start.
+    stored: Vec<Task>,
+}
+
+impl Opened {
+    fn memory() -> Self {
+        Self {
+            commits: Arc::new(MemoryStore),
+            payload_store: None,
+            shared_store: None,
+            stored: Vec::new(),
+        }
+    }
+}
+
 /// A message to the actor; each carries the sender of its reply.
 #[derive(Debug)]
 enum Command {
@@ -225,7 +247,7 @@ impl ManagerHandle {
     /// Spawns the actor, with nothing persisted, on the current tokio
     /// runtime and returns its handle.
     pub fn spawn(config: ManagerConfig, registry: Registry, metrics: Metrics) -> Self {
-        Self::spawn_on(config, registry, metrics, Backend::Memory, Vec::new())
+        Self::spawn_on(config, registry, metrics, Opened::memory())
     }
 
     /// Opens the store `url` names, takes back what it holds (SQLite) and
@@ -236,46 +258,51 @@ impl ManagerHandle {
         metrics: Metrics,
         url: &StoreUrl,
     ) -> Result<Self, StoreError> {
-        let (backend, stored) = match url {
-            StoreUrl::Memory => (Backend::Memory, Vec::new()),
+        let opened = match url {
+            StoreUrl::Memory => Opened::memory(),
             StoreUrl::Sqlite(path) => {
-                let store = SqliteStore::open(path).await?;
+                let store = Arc::new(SqliteStore::open(path).await?);
                 let stored = store.load().await?;
-                (Backend::Sqlite(Arc::new(store)), stored)
+                Opened {
+                    commits: Arc::clone(&store) as Arc<dyn TaskStore>,
+                    payload_store: Some(Arc::downgrade(&store)),
+                    shared_store: None,
+                    stored,
+                }
             }
             StoreUrl::Postgres(url) => {
                 let store = PostgresStore::connect(url).await?;
-                (Backend::Postgres(store), Vec::new())
+                Opened {
+                    commits: Arc::new(store.clone()),
+                    payload_store: None,
+                    shared_store: Some(store),
+                    stored: Vec::new(),
+                }
             }
         };
-        Ok(Self::spawn_on(config, registry, metrics, backend, stored))
+        Ok(Self::spawn_on(config, registry, metrics, opened))
     }
 
     fn spawn_on(
         config: ManagerConfig,
         registry: Registry,
         metrics: Metrics,
-        backend: Backend,
-        stored: Vec<Task>,
+        opened: Opened,
     ) -> Self {
         let (commands, command_receiver) = mpsc::channel(COMMAND_BUFFER);
-        let (progress_sender, progress_receiver) = mpsc::channel(PROGRESS_BUFFER);
-        let shared_store = match &backend {
-            Backend::Postgres(store) => Some(store.clone()),
-            Backend::Memory | Backend::Sqlite(_) => None,
-        };
-        let payload_store = match &backend {
-            Backend::Sqlite(store) => Some(Arc::downgrade(store)),
-            Backend::Memory | Backend::Postgres(_) => None,
-        };
+        let Opened {
+            commits,
+            payload_store,
+            shared_store,
+            stored,
+        } = opened;
         let (health_sender, store_health) = tokio::sync::watch::channel(StoreHealth::Writable);
         let mut actor = actor::Manager::new(
             config,
             registry,
             metrics,
-            backend,
-            progress_sender,
-            progress_receiver,
+            commits,
+            shared_store.clone(),
             health_sender,
         );
         if !stored.is_empty() {
@@ -668,8 +695,12 @@ mod tests {
             test_config(),
             Registry::empty(),
             Metrics::new(),
-            Backend::Sqlite(Arc::clone(&store)),
-            Vec::new(),
+            Opened {
+                commits: Arc::clone(&store) as Arc<dyn TaskStore>,
+                payload_store: Some(Arc::downgrade(&store)),
+                shared_store: None,
+                stored: Vec::new(),
+            },
         );
 
         let page = manager

@@ -11,17 +11,17 @@
 //! database can go away while nothing is written.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::{sync::watch, task::JoinHandle, time::Instant};
 
-use super::{ManagerError, Reply, STORE_CALL_TIMEOUT, StoreHealth};
+use super::{ManagerError, Reply, StoreHealth};
 use crate::{
     metrics::Metrics,
-    store::{PostgresStore, SqliteStore, StoreError, Write, postgres, within},
+    store::{Batch, BatchOutcome, StoreError, TaskStore, within},
     task::{Task, TaskId},
 };
 
@@ -29,33 +29,13 @@ use crate::{
 /// how soon, at worst, the service notices that the store is back.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
 
-/// PostgreSQL: how long a replica that commits nothing goes without
-/// checking that the database answers (for health).
-const IDLE_PROBE_PERIOD: Duration = Duration::from_secs(2);
-
-/// Where the manager's tasks are persisted.
-#[derive(Clone, Debug)]
-pub(super) enum Backend {
-    /// Nothing is persisted; replies go out at once.
-    Memory,
-    /// This process owns the file; memory holds every retained task.
-    Sqlite(Arc<SqliteStore>),
-    /// The database is the truth, shared with other replicas.
-    Postgres(PostgresStore),
-}
-
 /// A reply that may only be sent once the batch holding its change is
 /// durable.
 #[derive(Debug)]
 pub(super) enum Deferred {
-    /// SQLite: a create; the reply is the task as it stands at commit.
+    /// A create; the answer depends on what became of its insert.
     Created {
         id: TaskId,
-        respond_to: Reply<Arc<Task>>,
-    },
-    /// PostgreSQL: the create of `inserts[index]` in this batch.
-    Inserted {
-        index: usize,
         respond_to: Reply<Arc<Task>>,
     },
     /// An answer already decided (a cancel, a repeated create).
@@ -67,65 +47,110 @@ pub(super) enum Deferred {
     Flushed(Reply<()>),
 }
 
-/// What one commit carries.
+/// What one commit carries, folded so that each task is written once.
 #[derive(Debug, Default)]
 pub(super) struct Pending {
-    /// SQLite: each task once, with its latest write.
-    pub writes: BTreeMap<TaskId, Write>,
-    /// SQLite: tasks created in this batch, in creation order; they may run
-    /// once it is durable.
-    pub created: Vec<TaskId>,
-    /// PostgreSQL: new tasks, in creation order.
+    /// New tasks, in creation order, each in its latest state.
     pub inserts: Vec<Arc<Task>>,
-    /// PostgreSQL: the latest state of each task this replica runs.
+    /// Where each task of `inserts` is.
+    insert_at: HashMap<TaskId, usize>,
+    /// The latest state of each stored task that changed.
     pub updates: BTreeMap<TaskId, Arc<Task>>,
-    /// PostgreSQL: every state change, in order, to notify; a progress
-    /// update replaces the task's previous one of the same status, as a
-    /// watcher may merge them anyway.
+    /// Stored tasks that retention lets go.
+    pub deletes: BTreeSet<TaskId>,
+    /// Every state change, in order, for a store that announces them; a
+    /// progress update replaces the task's previous one of the same
+    /// status, as a watcher may merge them anyway.
     pub changes: Vec<Arc<Task>>,
     /// Where each task's latest entry in `changes` is.
     last_change: HashMap<TaskId, usize>,
     pub replies: Vec<Deferred>,
-    /// Nothing to write: check that the store takes writes (or, on
-    /// PostgreSQL, answers).
+    /// Nothing to write: check that the store takes writes (or answers).
     pub probe: bool,
 }
 
 impl Pending {
     fn is_empty(&self) -> bool {
-        self.writes.is_empty()
-            && self.inserts.is_empty()
+        self.inserts.is_empty()
             && self.updates.is_empty()
+            && self.deletes.is_empty()
             && self.changes.is_empty()
             && self.replies.is_empty()
     }
 
-    /// Takes the creates out of the batch: their ids (SQLite) and the
+    /// Where `id` is among the inserts of this batch.
+    pub fn insert_index(&self, id: TaskId) -> Option<usize> {
+        self.insert_at.get(&id).copied()
+    }
+
+    /// The batch as the store takes it.
+    fn to_batch(&self) -> Batch {
+        Batch {
+            inserts: self.inserts.clone(),
+            updates: self.updates.values().cloned().collect(),
+            deletes: self.deletes.iter().copied().collect(),
+            changes: self.changes.clone(),
+        }
+    }
+
+    fn insert(&mut self, task: Arc<Task>) {
+        self.change(Arc::clone(&task));
+        self.insert_at.insert(task.id, self.inserts.len());
+        self.inserts.push(task);
+    }
+
+    fn update(&mut self, task: Arc<Task>) {
+        self.change(Arc::clone(&task));
+        match self.insert_at.get(&task.id) {
+            // Not stored yet: store the latest state whole.
+            Some(&index) => self.inserts[index] = task,
+            None => {
+                self.updates.insert(task.id, task);
+            }
+        }
+    }
+
+    fn delete(&mut self, id: TaskId) {
+        self.updates.remove(&id);
+        if self.insert_at.contains_key(&id) {
+            // Created and forgotten before it was ever stored.
+            self.inserts.retain(|task| task.id != id);
+            self.reindex_inserts();
+            return;
+        }
+        self.deletes.insert(id);
+    }
+
+    /// Takes the creates out of the batch: their ids, in order, and the
     /// replies that wait for them. What else the batch holds stays.
     fn take_creates(&mut self) -> (Vec<TaskId>, Vec<Deferred>) {
-        let created = std::mem::take(&mut self.created);
-        for id in &created {
-            self.writes.remove(id);
-        }
-        let created_ids: HashSet<TaskId> = created.iter().copied().collect();
-        let inserted: Vec<TaskId> = std::mem::take(&mut self.inserts)
+        let created: Vec<TaskId> = std::mem::take(&mut self.inserts)
             .iter()
             .map(|task| task.id)
             .collect();
-        if !inserted.is_empty() {
-            let inserted: HashSet<TaskId> = inserted.into_iter().collect();
-            self.changes.retain(|task| !inserted.contains(&task.id));
+        self.insert_at.clear();
+        let created_ids: HashSet<TaskId> = created.iter().copied().collect();
+        if !created_ids.is_empty() {
+            self.changes.retain(|task| !created_ids.contains(&task.id));
             self.reindex_changes();
         }
         let (taken, kept) = std::mem::take(&mut self.replies)
             .into_iter()
             .partition(|reply| match reply {
                 Deferred::Created { id, .. } => created_ids.contains(id),
-                Deferred::Inserted { .. } => true,
                 Deferred::Answer { .. } | Deferred::Flushed(_) => false,
             });
         self.replies = kept;
         (created, taken)
+    }
+
+    fn reindex_inserts(&mut self) {
+        self.insert_at = self
+            .inserts
+            .iter()
+            .enumerate()
+            .map(|(position, task)| (task.id, position))
+            .collect();
     }
 
     fn reindex_changes(&mut self) {
@@ -139,10 +164,10 @@ impl Pending {
 
     /// How many task writes the batch carries.
     fn write_count(&self) -> usize {
-        self.writes.len() + self.inserts.len() + self.updates.len()
+        self.inserts.len() + self.updates.len() + self.deletes.len()
     }
 
-    /// Records a change to notify, merging progress-only ones.
+    /// Records a change to announce, merging progress-only ones.
     fn change(&mut self, task: Arc<Task>) {
         if let Some(&position) = self.last_change.get(&task.id)
             && let Some(previous) = self.changes.get_mut(position)
@@ -155,33 +180,23 @@ impl Pending {
         self.last_change.insert(task.id, self.changes.len());
         self.changes.push(task);
     }
-
-    /// Folds a write into the batch so each task is written once.
-    fn write(&mut self, write: Write) {
-        let id = write.task_id();
-        let folded = match (self.writes.remove(&id), write) {
-            // Not stored yet: store the latest state whole.
-            (Some(Write::Insert(_)), Write::Update(task)) => Write::Insert(task),
-            // Created and forgotten before it was ever stored.
-            (Some(Write::Insert(_)), Write::Delete(_)) => return,
-            (_, write) => write,
-        };
-        self.writes.insert(id, folded);
-    }
 }
 
 /// A finished commit, handed back to the actor with what it carried.
 #[derive(Debug)]
 pub(super) struct Committed {
-    pub outcome: Result<Option<postgres::BatchOutcome>, StoreError>,
+    pub outcome: Result<BatchOutcome, StoreError>,
     pub batch: Pending,
 }
 
 #[derive(Debug)]
 pub(super) struct Persister {
-    backend: Backend,
+    store: Arc<dyn TaskStore>,
+    /// `store.is_durable()`, asked once: when false nothing is recorded,
+    /// nothing committed, and replies never wait.
+    durable: bool,
     metrics: Metrics,
-    /// PostgreSQL: the node name written with every change.
+    /// The node name written with every change.
     node: String,
     next: Pending,
     in_flight: Option<JoinHandle<Committed>>,
@@ -198,13 +213,14 @@ pub(super) struct Persister {
 
 impl Persister {
     pub fn new(
-        backend: Backend,
+        store: Arc<dyn TaskStore>,
         node: String,
         metrics: Metrics,
         health: watch::Sender<StoreHealth>,
     ) -> Self {
         Self {
-            backend,
+            durable: store.is_durable(),
+            store,
             metrics,
             node,
             next: Pending::default(),
@@ -231,30 +247,28 @@ impl Persister {
 
     /// Whether replies must wait for commits.
     pub fn is_durable(&self) -> bool {
-        !matches!(self.backend, Backend::Memory)
+        self.durable
     }
 
-    pub fn write(&mut self, write: Write) {
-        if matches!(self.backend, Backend::Sqlite(_)) {
-            self.next.write(write);
+    /// A new task, to insert.
+    pub fn insert(&mut self, task: Arc<Task>) {
+        if self.durable {
+            self.next.insert(task);
         }
     }
 
-    pub fn created(&mut self, id: TaskId) {
-        self.next.created.push(id);
-    }
-
-    /// PostgreSQL: a new task; returns its index in the batch.
-    pub fn insert(&mut self, task: Arc<Task>) -> usize {
-        self.next.change(Arc::clone(&task));
-        self.next.inserts.push(task);
-        self.next.inserts.len() - 1
-    }
-
-    /// PostgreSQL: a new state of a task this replica runs.
+    /// A new state of a stored task.
     pub fn update(&mut self, task: Arc<Task>) {
-        self.next.change(Arc::clone(&task));
-        self.next.updates.insert(task.id, task);
+        if self.durable {
+            self.next.update(task);
+        }
+    }
+
+    /// A finished task retention lets go.
+    pub fn delete(&mut self, id: TaskId) {
+        if self.durable {
+            self.next.delete(id);
+        }
     }
 
     pub fn defer(&mut self, reply: Deferred) {
@@ -284,32 +298,34 @@ impl Persister {
         }
         let batch = std::mem::take(&mut self.next);
         let delay = retry_delay(self.failures);
-        let backend = self.backend.clone();
+        let store = Arc::clone(&self.store);
         let node = self.node.clone();
         let metrics = self.metrics.clone();
+        let durable = self.durable;
         self.in_flight = Some(tokio::spawn(async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
             let started = Instant::now();
-            let outcome = commit(&backend, &node, &batch).await;
-            if !matches!(backend, Backend::Memory) && !batch.probe {
+            let outcome = commit(store.as_ref(), &node, &batch).await;
+            if durable && !batch.probe {
                 metrics.store_committed(batch.write_count(), started.elapsed(), outcome.is_ok());
             }
             Committed { outcome, batch }
         }));
     }
 
-    /// A failing store is probed until it takes writes again; an idle
-    /// PostgreSQL replica checks on the database every few seconds.
+    /// A failing store is probed until it takes writes again; a store that
+    /// can go away while nothing is written is checked now and then.
     fn probe_is_due(&self) -> bool {
-        match self.backend {
-            Backend::Memory => false,
-            Backend::Sqlite(_) => self.failing.is_some(),
-            Backend::Postgres(_) => {
-                self.failing.is_some() || self.last_success.elapsed() >= IDLE_PROBE_PERIOD
-            }
+        if !self.durable {
+            return false;
         }
+        self.failing.is_some()
+            || self
+                .store
+                .idle_probe_period()
+                .is_some_and(|period| self.last_success.elapsed() >= period)
     }
 
     /// Completes when the commit in flight does; never while none is.
@@ -355,17 +371,14 @@ impl Persister {
     /// (which are newer), so they are tried again. Inserts are not retried:
     /// their creates were answered with the failure.
     pub fn retry(&mut self, failed: Pending) {
-        for (id, write) in failed.writes {
-            if matches!(write, Write::Insert(_)) {
-                continue;
-            }
-            self.next.writes.entry(id).or_insert(write);
-        }
         for (id, task) in failed.updates {
             self.next.updates.entry(id).or_insert(task);
         }
+        for id in failed.deletes {
+            self.next.deletes.insert(id);
+        }
         let mut changes = failed.changes;
-        changes.retain(|task| !failed.inserts.iter().any(|insert| insert.id == task.id));
+        changes.retain(|task| !failed.insert_at.contains_key(&task.id));
         changes.append(&mut self.next.changes);
         self.next.changes = changes;
         self.next.reindex_changes();
@@ -375,31 +388,22 @@ impl Persister {
     }
 }
 
+/// Commits (or probes) within the store's deadline, if it has one.
 async fn commit(
-    backend: &Backend,
+    store: &dyn TaskStore,
     node: &str,
     batch: &Pending,
-) -> Result<Option<postgres::BatchOutcome>, StoreError> {
-    match backend {
-        Backend::Memory => Ok(None),
-        Backend::Sqlite(store) if batch.probe => store.probe().await.map(|()| None),
-        Backend::Sqlite(store) => {
-            let writes: Vec<Write> = batch.writes.values().cloned().collect();
-            store.commit(&writes).await.map(|()| None)
+) -> Result<BatchOutcome, StoreError> {
+    let call = async {
+        if batch.probe {
+            store.probe().await.map(|()| BatchOutcome::default())
+        } else {
+            store.commit(node, &batch.to_batch()).await
         }
-        Backend::Postgres(store) if batch.probe => within(STORE_CALL_TIMEOUT, store.probe())
-            .await
-            .map(|()| Some(postgres::BatchOutcome::default())),
-        Backend::Postgres(store) => {
-            let pg_batch = postgres::Batch {
-                inserts: batch.inserts.clone(),
-                updates: batch.updates.values().cloned().collect(),
-                changes: batch.changes.clone(),
-            };
-            within(STORE_CALL_TIMEOUT, store.commit(node, &pg_batch))
-                .await
-                .map(Some)
-        }
+    };
+    match store.call_deadline() {
+        Some(deadline) => within(deadline, call).await,
+        None => call.await,
     }
 }
 
@@ -437,25 +441,26 @@ mod tests {
         let created = task();
         let mut later = (*created).clone();
         later.revision = 2;
-        pending.write(Write::Insert(Arc::clone(&created)));
-        pending.write(Write::Update(Arc::new(later)));
-        match pending.writes.get(&created.id) {
-            Some(Write::Insert(task)) => assert_eq!(task.revision, 2),
-            other => panic!("expected the insert of the latest state, got {other:?}"),
-        }
-        pending.write(Write::Delete(created.id));
-        assert!(
-            pending.writes.is_empty(),
+        pending.insert(Arc::clone(&created));
+        pending.update(Arc::new(later));
+        assert_eq!(pending.inserts.len(), 1);
+        assert_eq!(
+            pending.inserts[0].revision, 2,
+            "the insert of the latest state"
+        );
+        assert!(pending.updates.is_empty());
+        pending.delete(created.id);
+        assert_eq!(
+            pending.write_count(),
+            0,
             "created and forgotten: nothing to write"
         );
 
         let stored = task();
-        pending.write(Write::Update(Arc::clone(&stored)));
-        pending.write(Write::Delete(stored.id));
-        assert!(matches!(
-            pending.writes.get(&stored.id),
-            Some(Write::Delete(_))
-        ));
+        pending.update(Arc::clone(&stored));
+        pending.delete(stored.id);
+        assert!(pending.updates.is_empty());
+        assert!(pending.deletes.contains(&stored.id));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! store batches of [`Write`]s and never waits on them in its loop. Nothing
 //! here knows about the actor or about gRPC.
 
+mod batch;
 pub mod postgres;
 #[macro_use]
 mod row;
@@ -14,6 +15,7 @@ use std::{collections::BTreeMap, fmt, path::PathBuf, str::FromStr, sync::Arc};
 
 use crate::task::{Task, TaskId, TaskStatus};
 
+pub use batch::{Batch, BatchOutcome, Inserted, MemoryStore, TaskStore};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 

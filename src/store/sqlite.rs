@@ -14,6 +14,7 @@
 
 use std::{collections::HashMap, path::Path, str::FromStr, sync::Arc, time::Duration};
 
+use futures_util::future::BoxFuture;
 use serde_json::Value as JsonValue;
 use uuid::Uuid;
 
@@ -24,7 +25,7 @@ use sqlx::{
 };
 use tokio::sync::Mutex;
 
-use super::{StoreError, Write, refuse_newer_schema, row::TaskRow};
+use super::{Batch, BatchOutcome, StoreError, Write, refuse_newer_schema, row::TaskRow};
 use crate::task::{PayloadLocation, Task, TaskId};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -240,6 +241,49 @@ impl SqliteStore {
             id: String::new(),
             reason: "the connection vanished while it was opened".into(),
         })
+    }
+}
+
+impl super::TaskStore for SqliteStore {
+    /// Every part but `changes` (nobody else reads this file): inserts
+    /// and updates of tasks whole, and deletes.
+    fn commit<'a>(
+        &'a self,
+        _origin: &'a str,
+        batch: &'a Batch,
+    ) -> BoxFuture<'a, Result<BatchOutcome, StoreError>> {
+        Box::pin(async move {
+            let writes: Vec<Write> = batch
+                .inserts
+                .iter()
+                .map(|task| Write::Insert(Arc::clone(task)))
+                .chain(
+                    batch
+                        .updates
+                        .iter()
+                        .map(|task| Write::Update(Arc::clone(task))),
+                )
+                .chain(batch.deletes.iter().map(|id| Write::Delete(*id)))
+                .collect();
+            SqliteStore::commit(self, &writes).await?;
+            Ok(BatchOutcome::all_written(batch))
+        })
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(SqliteStore::probe(self))
+    }
+
+    fn is_durable(&self) -> bool {
+        true
+    }
+
+    fn call_deadline(&self) -> Option<Duration> {
+        None
+    }
+
+    fn idle_probe_period(&self) -> Option<Duration> {
+        None
     }
 }
 

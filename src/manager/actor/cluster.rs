@@ -27,8 +27,8 @@ use crate::{
         watch::{TaskWatch, WatchState},
     },
     store::{
-        PostgresStore, StoreError,
-        postgres::{BatchOutcome, Cancelled, Change, FeedEvent, Inserted},
+        BatchOutcome, PostgresStore, StoreError,
+        postgres::{Cancelled, Change, FeedEvent},
         within,
     },
     task::{NewTask, Task, TaskId, TaskStatus},
@@ -180,30 +180,6 @@ pub(in crate::manager) async fn next_event(
     }
 }
 
-/// The answer to the create of `inserts[index]` once its batch committed.
-pub(in crate::manager) fn insert_answer(
-    batch: &Pending,
-    outcome: Option<&BatchOutcome>,
-    index: usize,
-) -> Result<Arc<Task>, ManagerError> {
-    let Some(asked) = batch.inserts.get(index) else {
-        return Err(ManagerError::Storage("lost track of a create".into()));
-    };
-    match outcome.and_then(|outcome| outcome.inserted.get(index)) {
-        Some(Inserted::New) => Ok(Arc::clone(asked)),
-        Some(Inserted::Existing(existing)) => {
-            if existing.has_parameters_of(asked) {
-                Ok(Arc::new(existing.clone()))
-            } else {
-                Err(ManagerError::RequestIdConflict {
-                    request_id: asked.request_id.clone().unwrap_or_default(),
-                })
-            }
-        }
-        None => Err(ManagerError::Storage("the store gave no answer".into())),
-    }
-}
-
 impl Manager {
     fn cluster(&mut self) -> Option<&mut ClusterState> {
         self.cluster.as_mut()
@@ -233,9 +209,9 @@ impl Manager {
         }
         self.metrics_of(&task.kind).task_created();
         info!(task_id = %task.id, kind = %task.kind, "task created");
-        let index = self.persister.insert(task);
-        self.persister
-            .defer(Deferred::Inserted { index, respond_to });
+        let id = task.id;
+        self.persister.insert(task);
+        self.persister.defer(Deferred::Created { id, respond_to });
     }
 
     pub(super) fn cancel_in_cluster(&mut self, id: TaskId, respond_to: Reply<Arc<Task>>) {

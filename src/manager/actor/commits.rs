@@ -7,14 +7,14 @@ use std::sync::Arc;
 
 use tracing::{debug, error};
 
-use super::{Manager, cluster};
+use super::Manager;
 use crate::{
     errors::error_chain,
     manager::{
         ManagerError, Reply,
         persist::{Committed, Deferred, Pending},
     },
-    store::postgres,
+    store::{BatchOutcome, Inserted},
     task::{Task, TaskId, TaskStatus},
 };
 
@@ -47,18 +47,19 @@ impl Manager {
     pub(super) fn handle_committed(&mut self, committed: Committed) {
         let Committed { outcome, mut batch } = committed;
         match outcome {
-            Ok(cluster_outcome) => {
-                for id in std::mem::take(&mut batch.created) {
-                    self.uncommitted.remove(&id);
-                    if self.status_of(id) == Some(TaskStatus::Pending) {
-                        self.queue.push_back(id);
+            Ok(outcome) => {
+                // Durable now, so they may run (those still held here).
+                for task in &batch.inserts {
+                    self.uncommitted.remove(&task.id);
+                    if self.status_of(task.id) == Some(TaskStatus::Pending) {
+                        self.queue.push_back(task.id);
                     }
                 }
-                if let Some(cluster_outcome) = &cluster_outcome {
-                    self.cluster_committed(&batch, cluster_outcome);
+                if self.cluster.is_some() {
+                    self.cluster_committed(&batch, &outcome);
                 }
                 for reply in std::mem::take(&mut batch.replies) {
-                    self.send_deferred(reply, &batch, cluster_outcome.as_ref());
+                    self.send_deferred(reply, &batch, &outcome);
                 }
                 self.let_go_of_stored_payloads(&batch);
             }
@@ -75,10 +76,9 @@ impl Manager {
                 // the creates gathered meanwhile for the next commit: the
                 // store is failing, and they must not wait for it.
                 let (gathered, gathered_replies) = self.persister.take_creates();
-                for id in std::mem::take(&mut batch.created)
-                    .into_iter()
-                    .chain(gathered)
-                {
+                let failed_creates: Vec<TaskId> =
+                    batch.inserts.iter().map(|task| task.id).collect();
+                for id in failed_creates.into_iter().chain(gathered) {
                     self.uncommitted.remove(&id);
                     self.roll_back_create(id);
                 }
@@ -93,7 +93,6 @@ impl Manager {
                         // stays decided and is written once the store takes
                         // writes; a retried cancel finds it cancelled).
                         Deferred::Created { respond_to, .. }
-                        | Deferred::Inserted { respond_to, .. }
                         | Deferred::Answer { respond_to, .. } => {
                             let _ = respond_to.send(Err(ManagerError::Storage(reason.clone())));
                         }
@@ -110,19 +109,11 @@ impl Manager {
         &mut self,
         reply: Deferred,
         batch: &Pending,
-        cluster_outcome: Option<&postgres::BatchOutcome>,
+        outcome: &BatchOutcome,
     ) {
         match reply {
             Deferred::Created { id, respond_to } => {
-                // A repeated create that waited on a first one whose insert
-                // failed: that task was never stored.
-                let answer = self
-                    .get(id)
-                    .map_err(|_| ManagerError::Storage("the task could not be stored".into()));
-                let _ = respond_to.send(answer);
-            }
-            Deferred::Inserted { index, respond_to } => {
-                let _ = respond_to.send(cluster::insert_answer(batch, cluster_outcome, index));
+                let _ = respond_to.send(self.created_answer(id, batch, outcome));
             }
             Deferred::Answer { answer, respond_to } => {
                 let _ = respond_to.send(answer);
@@ -130,6 +121,42 @@ impl Manager {
             Deferred::Flushed(respond_to) => {
                 let _ = respond_to.send(Ok(()));
             }
+        }
+    }
+
+    /// The answer to the create of `id` once `batch` is durable: the task
+    /// as it stands (held here), or as it was inserted (on PostgreSQL, where
+    /// a replica holds only what it runs); or, when another task held its
+    /// `request_id` already, that task if it was created alike.
+    fn created_answer(
+        &self,
+        id: TaskId,
+        batch: &Pending,
+        outcome: &BatchOutcome,
+    ) -> Result<Arc<Task>, ManagerError> {
+        let inserted = batch
+            .insert_index(id)
+            .and_then(|index| Some((batch.inserts.get(index)?, outcome.inserted.get(index)?)));
+        match inserted {
+            Some((asked, Inserted::Existing(existing))) => {
+                if existing.has_parameters_of(asked) {
+                    Ok(Arc::new(existing.clone()))
+                } else {
+                    Err(ManagerError::RequestIdConflict {
+                        request_id: asked.request_id.clone().unwrap_or_default(),
+                    })
+                }
+            }
+            Some((asked, Inserted::New)) => Ok(self
+                .tasks
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| Arc::clone(asked))),
+            // A repeated create that waited on a first one: the task as it
+            // stands, unless that first insert failed and it is gone.
+            None => self
+                .get(id)
+                .map_err(|_| ManagerError::Storage("the task could not be stored".into())),
         }
     }
 

@@ -21,7 +21,6 @@ use serde_json::Value as JsonValue;
 use super::Manager;
 use crate::{
     manager::{ManagerError, persist::Pending},
-    store::Write,
     task::{PayloadLocation, Task, TaskId},
 };
 
@@ -128,16 +127,14 @@ impl Manager {
         true
     }
 
-    /// SQLite: the batch is committed, so every finished task it wrote has
-    /// its payload in the file; the task keeps only a marker saying so.
+    /// The batch is durable, so every finished task it wrote has its
+    /// payload in the store; the task keeps only a marker saying so.
     pub(super) fn let_go_of_stored_payloads(&mut self, batch: &Pending) {
-        for (id, write) in &batch.writes {
-            let (Write::Insert(stored) | Write::Update(stored)) = write else {
-                continue;
-            };
+        for stored in batch.inserts.iter().chain(batch.updates.values()) {
             if !stored.status.is_terminal() {
                 continue;
             }
+            let id = &stored.id;
             let Some(entry) = self.tasks.get_mut(id) else {
                 continue; // forgotten meanwhile
             };

@@ -32,14 +32,14 @@ use tracing::{debug, error, info, warn};
 
 use super::{
     Command, FORCED_STOP_AFTER, ListPage, ListQuery, ManagerConfig, ManagerError, ManagerStats,
-    Reply, StoreHealth,
-    persist::{Backend, Deferred, Persister},
+    PROGRESS_BUFFER, Reply, StoreHealth,
+    persist::{Deferred, Persister},
     watch::{TaskWatch, WatchState},
 };
 use crate::{
     metrics::{KindMetrics, Metrics},
     processor::{ProcessorError, ProgressReporter, ProgressUpdate, Registry, TaskContext},
-    store::Write,
+    store::{PostgresStore, TaskStore},
     task::{Applied, NewTask, Task, TaskEvent, TaskId, TaskStatus},
 };
 
@@ -133,22 +133,19 @@ impl Manager {
         config: ManagerConfig,
         registry: Registry,
         metrics: Metrics,
-        backend: Backend,
-        progress_sender: mpsc::Sender<ProgressUpdate>,
-        progress_updates: mpsc::Receiver<ProgressUpdate>,
+        commits: Arc<dyn TaskStore>,
+        shared_store: Option<PostgresStore>,
         store_health: watch::Sender<StoreHealth>,
     ) -> Self {
-        let cluster = match &backend {
-            Backend::Postgres(store) => {
-                let kinds = registry.kinds().into_iter().map(str::to_owned).collect();
-                Some(cluster::ClusterState::new(store.clone(), kinds))
-            }
-            Backend::Memory | Backend::Sqlite(_) => None,
-        };
+        let cluster = shared_store.map(|store| {
+            let kinds = registry.kinds().into_iter().map(str::to_owned).collect();
+            cluster::ClusterState::new(store, kinds)
+        });
+        let (progress_sender, progress_updates) = mpsc::channel(PROGRESS_BUFFER);
         Self {
             held: held::Held::new(config.max_held_bytes),
             persister: Persister::new(
-                backend,
+                commits,
                 config.node_name.clone(),
                 metrics.clone(),
                 store_health,
@@ -358,8 +355,7 @@ impl Manager {
         info!(task_id = %id, kind = %task.kind, "task created");
         if self.persister.is_durable() {
             self.uncommitted.insert(id);
-            self.persister.write(Write::Insert(task));
-            self.persister.created(id);
+            self.persister.insert(task);
             self.persister.defer(Deferred::Created { id, respond_to });
         } else {
             self.queue.push_back(id);
@@ -715,7 +711,7 @@ impl Manager {
                     }
                     self.persister.update(Arc::clone(&task));
                 } else {
-                    self.persister.write(Write::Update(Arc::clone(&task)));
+                    self.persister.update(Arc::clone(&task));
                     self.publish(&task, status_changed);
                 }
                 if status_changed && task.status.is_terminal() {
@@ -793,7 +789,7 @@ impl Manager {
     fn forget(&mut self, id: TaskId) {
         if let Some(task) = self.tasks.remove(&id) {
             self.held.release(id);
-            self.persister.write(Write::Delete(id));
+            self.persister.delete(id);
             if let Some(request_id) = &task.request_id
                 && self.request_ids.get(request_id) == Some(&id)
             {

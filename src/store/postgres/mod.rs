@@ -22,6 +22,7 @@ use sqlx::{
 };
 use uuid::Uuid;
 
+pub use super::{Batch, BatchOutcome, Inserted};
 use super::{
     LIST_PAGE_BYTES, ListPage, ListQuery, StoreError, StoreUrl, refuse_newer_schema,
     row::{TaskRow, labels_json, status_name, task_columns},
@@ -33,7 +34,7 @@ mod writes;
 
 pub use feed::ChangeFeed;
 use feed::{WORK_WAITING, change_payload, notify};
-use writes::{insert_tasks, update_tasks};
+use writes::{delete_finished, insert_tasks, update_tasks};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -46,6 +47,16 @@ const MAX_CONNECTIONS: u32 = 10;
 /// while the database is down, a create must hear `UNAVAILABLE` within 2 s,
 /// and reads as soon; a healthy pool hands out a connection in microseconds.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// How long a commit, a probe, a claim, a renewal or a cancel may take
+/// before it counts as failed. Creates must hear `UNAVAILABLE` within 2 s
+/// when the database is unreachable (a silent network never answers at
+/// all); a healthy database answers in milliseconds.
+pub const CALL_DEADLINE: Duration = Duration::from_millis(1500);
+
+/// How long a replica that commits nothing goes without checking that the
+/// database answers (for health).
+const IDLE_PROBE_PERIOD: Duration = Duration::from_secs(2);
 
 /// Every channel name starts with this; the schema name follows, so
 /// deployments (and tests) in different schemas of one database do not hear
@@ -104,21 +115,6 @@ pub enum FeedEvent {
     Gap,
 }
 
-/// What became of one task of a batch of inserts.
-#[derive(Clone, Debug, PartialEq)]
-#[allow(
-    clippy::large_enum_variant,
-    reason = "one per insert of a batch, read once by the actor; a box would buy nothing"
-)]
-pub enum Inserted {
-    /// Stored now.
-    New,
-    /// Its `request_id` was taken already (by any replica), or its id (a
-    /// commit retried after an unknown outcome): this is the task that holds
-    /// it, for the caller to compare with what it asked for.
-    Existing(Task),
-}
-
 /// What a cancel found.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Cancelled {
@@ -130,29 +126,6 @@ pub enum Cancelled {
     Already(Task),
     /// It is completed or failed: not cancellable.
     Finished(Task),
-}
-
-/// One group commit of a replica.
-#[derive(Clone, Debug, Default)]
-pub struct Batch {
-    /// New tasks, in creation order.
-    pub inserts: Vec<Arc<Task>>,
-    /// The latest state of each task this replica runs; written only where
-    /// the row still belongs to this run.
-    pub updates: Vec<Arc<Task>>,
-    /// Every state published since the last batch, in order (a task may
-    /// appear several times): each one that was written is notified.
-    pub changes: Vec<Arc<Task>>,
-}
-
-/// What a batch did, in the order of its parts.
-#[derive(Clone, Debug, Default)]
-pub struct BatchOutcome {
-    /// One per task of `Batch::inserts`, in order.
-    pub inserted: Vec<Inserted>,
-    /// `false` where the run lost the row (cancelled elsewhere or taken
-    /// over after its lease ran out).
-    pub updated: Vec<bool>,
 }
 
 /// The shared store: a connection pool plus the channel on which this
@@ -245,12 +218,13 @@ impl PostgresStore {
     /// task that holds the key. An update is written only while the row still
     /// belongs to this run (running, same attempt, on `origin`).
     pub async fn commit(&self, origin: &str, batch: &Batch) -> Result<BatchOutcome, StoreError> {
-        if batch.inserts.is_empty() && batch.updates.is_empty() && batch.changes.is_empty() {
+        if batch.is_empty() {
             return Ok(BatchOutcome::default());
         }
         let mut transaction = self.pool.begin().await?;
         let inserted = insert_tasks(&mut transaction, &batch.inserts).await?;
         let updated = update_tasks(&mut transaction, origin, &batch.updates).await?;
+        delete_finished(&mut transaction, &batch.deletes).await?;
 
         // A change of a task that was not stored (its request_id was taken)
         // or whose run lost the row must not be announced: it did not happen.
@@ -641,6 +615,32 @@ fn duration_micros(duration: Duration) -> i64 {
 }
 
 // The store against a real database is tested in `tests/it/store_postgres`.
+impl super::TaskStore for PostgresStore {
+    fn commit<'a>(
+        &'a self,
+        origin: &'a str,
+        batch: &'a Batch,
+    ) -> futures_util::future::BoxFuture<'a, Result<BatchOutcome, StoreError>> {
+        Box::pin(PostgresStore::commit(self, origin, batch))
+    }
+
+    fn probe(&self) -> futures_util::future::BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(PostgresStore::probe(self))
+    }
+
+    fn is_durable(&self) -> bool {
+        true
+    }
+
+    fn call_deadline(&self) -> Option<Duration> {
+        Some(CALL_DEADLINE)
+    }
+
+    fn idle_probe_period(&self) -> Option<Duration> {
+        Some(IDLE_PROBE_PERIOD)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

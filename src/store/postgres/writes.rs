@@ -365,3 +365,19 @@ pub(super) async fn update_tasks(
         .map(|task| written.contains(task.id.as_uuid()))
         .collect())
 }
+
+/// Deletes finished tasks (never an unfinished one, whoever asks).
+pub(super) async fn delete_finished(
+    transaction: &mut Transaction<'_, Postgres>,
+    ids: &[TaskId],
+) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = ids.iter().map(|id| *id.as_uuid()).collect();
+    sqlx::query("DELETE FROM tasks WHERE id = ANY($1) AND completed_at IS NOT NULL")
+        .bind(ids)
+        .execute(&mut **transaction)
+        .await?;
+    Ok(())
+}

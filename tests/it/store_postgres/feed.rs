@@ -56,6 +56,7 @@ async fn the_feed_delivers_every_written_change_in_order() {
     let batch = Batch {
         inserts: Vec::new(),
         updates: vec![Arc::new(done.clone())],
+        deletes: Vec::new(),
         changes: vec![Arc::new(halfway.clone()), Arc::new(done.clone())],
     };
     assert_eq!(

@@ -139,6 +139,7 @@ async fn insert(store: &PostgresStore, tasks: &[Task]) -> Vec<Inserted> {
     let batch = Batch {
         inserts: tasks.clone(),
         updates: Vec::new(),
+        deletes: Vec::new(),
         changes: tasks,
     };
     store.commit("api", &batch).await.expect("commit").inserted
@@ -149,6 +150,7 @@ async fn update(store: &PostgresStore, origin: &str, task: &Task) -> bool {
     let batch = Batch {
         inserts: Vec::new(),
         updates: vec![Arc::clone(&task)],
+        deletes: Vec::new(),
         changes: vec![task],
     };
     let outcome = store.commit(origin, &batch).await.expect("commit");
@@ -444,6 +446,7 @@ async fn updates_are_written_only_while_the_run_holds_the_task() {
     let batch = Batch {
         inserts: vec![Arc::new(fresh.clone())],
         updates: vec![Arc::new(late)],
+        deletes: Vec::new(),
         changes: Vec::new(),
     };
     let outcome = store.commit("n1", &batch).await.expect("commit");
