@@ -1,0 +1,3 @@
+//! Unit tests of the manager.
+
+mod handle_internals;
