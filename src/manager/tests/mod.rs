@@ -24,11 +24,13 @@
 //! - `timeouts.rs`: a run over its timeout, in time and past it;
 //! - `cancel.rs`: cancelling pending, running and finished tasks, the
 //!   forced stop of a processor that ignores it, late results;
+//! - `limits.rs`: FIFO order, `max_concurrent`, `queue_capacity`;
 //! - `runs.rs`: results, errors, panics and progress of a run;
 //! - `shutdown.rs`: stop accepting, stop starting, cancel running, idle.
 
 mod cancel;
 mod handle_internals;
+mod limits;
 mod runs;
 mod script;
 mod shutdown;
@@ -39,7 +41,7 @@ use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
 use serde_json::Value as JsonValue;
 use tokio::time::Instant;
 
-use super::{ManagerConfig, ManagerHandle, ManagerStats};
+use super::{ListQuery, ManagerConfig, ManagerHandle, ManagerStats};
 use crate::{
     metrics::Metrics,
     processor::Registry,
@@ -188,6 +190,22 @@ impl Harness {
 
     pub(super) async fn stats(&self) -> ManagerStats {
         self.manager.stats().await.expect("the manager is alive")
+    }
+
+    /// The ids of the tasks the manager lists as `status`, oldest first.
+    pub(super) async fn listed(&self, status: TaskStatus) -> Vec<TaskId> {
+        let page = self
+            .manager
+            .list_tasks(ListQuery {
+                statuses: vec![status],
+                labels: BTreeMap::new(),
+                after: None,
+                limit: 1000,
+            })
+            .await
+            .expect("the manager lists");
+        assert!(page.next_after.is_none(), "the test lists one page only");
+        page.tasks.iter().map(|task| task.id).collect()
     }
 
     /// Watches task `id` until it is in `wanted`, and returns that state.
