@@ -25,12 +25,14 @@
 //! - `cancel.rs`: cancelling pending, running and finished tasks, the
 //!   forced stop of a processor that ignores it, late results;
 //! - `limits.rs`: FIFO order, `max_concurrent`, `queue_capacity`;
+//! - `retention.rs`: finished tasks forgotten by age and by count;
 //! - `runs.rs`: results, errors, panics and progress of a run;
 //! - `shutdown.rs`: stop accepting, stop starting, cancel running, idle.
 
 mod cancel;
 mod handle_internals;
 mod limits;
+mod retention;
 mod runs;
 mod script;
 mod shutdown;
