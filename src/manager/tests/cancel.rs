@@ -136,7 +136,9 @@ async fn the_late_result_of_a_cancelled_run_is_discarded_and_its_slot_freed_when
     assert_eq!(task.result, None, "the late result is not kept");
     assert_eq!(task.error, "cancelled by client request");
     assert_eq!(task.revision, cancelled.revision, "nothing changed since");
-    assert_eq!(harness.stats().await.finished, 1);
+    let stats = harness.stats().await;
+    assert_eq!(stats.finished, 1);
+    assert_eq!(stats.held_bytes, 0, "nor held against the memory budget");
 }
 
 #[tokio::test(start_paused = true)]
