@@ -153,7 +153,7 @@ async fn the_number_running_never_exceeds_max_concurrent_at_any_step_and_waiting
         if told_to_stop.is_some() {
             continue;
         }
-        if stubborn.contains(&id) || step % 3 == 0 {
+        if stubborn.contains(&id) || step.is_multiple_of(3) {
             harness.manager.cancel_task(id).await.expect("cancellable");
         } else {
             harness.script.finish(id, json!(step));
