@@ -16,13 +16,14 @@ use std::{
     future::poll_fn,
     ops::Bound,
     sync::Arc,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
 use serde_json::Value as JsonValue;
 use tokio::{
     sync::{mpsc, oneshot, watch},
     task::{AbortHandle, JoinError, JoinSet},
+    time::Instant,
 };
 use tokio_util::{
     sync::CancellationToken,

@@ -1,10 +1,8 @@
 //! Taking back what the store held when the process started (SQLite).
 
-use std::{
-    sync::Arc,
-    time::{Instant, SystemTime},
-};
+use std::{sync::Arc, time::SystemTime};
 
+use tokio::time::Instant;
 use tracing::info;
 
 use super::{Manager, held};
