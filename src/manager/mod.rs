@@ -297,18 +297,25 @@ impl ManagerHandle {
             stored,
         } = opened;
         let (health_sender, store_health) = tokio::sync::watch::channel(StoreHealth::Writable);
-        let mut actor = actor::Manager::new(
-            config,
-            registry,
-            metrics,
-            commits,
-            shared_store.clone(),
-            health_sender,
-        );
-        if !stored.is_empty() {
-            actor.recover(stored);
+        // The one place that asks which store this is: it picks the shape.
+        match &shared_store {
+            Some(store) => {
+                let kinds = registry.kinds().into_iter().map(str::to_owned).collect();
+                let shape = actor::Cluster::new(store.clone(), kinds);
+                let actor =
+                    actor::Manager::new(config, registry, metrics, commits, health_sender, shape);
+                tokio::spawn(actor.run(command_receiver));
+            }
+            None => {
+                let shape = actor::Local::new(config.max_held_bytes);
+                let mut actor =
+                    actor::Manager::new(config, registry, metrics, commits, health_sender, shape);
+                if !stored.is_empty() {
+                    actor.recover(stored);
+                }
+                tokio::spawn(actor.run(command_receiver));
+            }
         }
-        tokio::spawn(actor.run(command_receiver));
         Self {
             commands,
             shared_store,

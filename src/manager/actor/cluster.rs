@@ -18,12 +18,13 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use super::Manager;
+use super::{Manager, Shape, now};
 use crate::{
     errors::error_chain,
     manager::{
-        ManagerError, Reply, STORE_CALL_TIMEOUT, STORE_HOUSEKEEPING_TIMEOUT, STORE_READ_TIMEOUT,
-        persist::{Deferred, Pending},
+        ManagerError, ManagerStats, Reply, STORE_CALL_TIMEOUT, STORE_HOUSEKEEPING_TIMEOUT,
+        STORE_READ_TIMEOUT,
+        persist::Pending,
         watch::{TaskWatch, WatchState},
     },
     store::{
@@ -86,7 +87,7 @@ struct PendingWatch {
 }
 
 #[derive(Debug)]
-pub(in crate::manager) struct ClusterState {
+pub(in crate::manager) struct Cluster {
     store: PostgresStore,
     calls: JoinSet<ClusterEvent>,
     feed: mpsc::Receiver<FeedEvent>,
@@ -108,7 +109,7 @@ pub(in crate::manager) struct ClusterState {
     last_retention: Option<Instant>,
 }
 
-impl ClusterState {
+impl Cluster {
     pub(in crate::manager) fn new(store: PostgresStore, kinds: Vec<String>) -> Self {
         let (sender, feed) = mpsc::channel(FEED_BUFFER);
         tokio::spawn(follow_changes(store.clone(), sender));
@@ -165,82 +166,32 @@ async fn follow_changes(store: PostgresStore, sender: mpsc::Sender<FeedEvent>) {
     }
 }
 
-/// The next store result or change, for the actor's loop; never completes
-/// outside cluster mode.
-pub(in crate::manager) async fn next_event(
-    cluster: &mut Option<ClusterState>,
-) -> Option<ClusterEvent> {
-    let Some(state) = cluster else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        Some(event) = state.feed.recv() => Some(ClusterEvent::Feed(event)),
-        Some(joined) = state.calls.join_next() => joined.ok(),
-        else => std::future::pending().await,
-    }
-}
-
-impl Manager {
-    fn cluster(&mut self) -> Option<&mut ClusterState> {
-        self.cluster.as_mut()
-    }
-
-    pub(super) fn create_in_cluster(&mut self, new_task: NewTask, respond_to: Reply<Arc<Task>>) {
-        if !self.accepting {
-            let _ = respond_to.send(Err(ManagerError::ShuttingDown));
-            return;
-        }
-        if let Some(refused) = self.store_refusal() {
-            let _ = respond_to.send(Err(refused));
-            return;
-        }
-        let capacity = self.config.queue_capacity;
-        let full = self
-            .cluster
-            .as_ref()
-            .is_some_and(|cluster| cluster.pending_estimate >= capacity);
-        if full {
-            let _ = respond_to.send(Err(self.queue_full()));
-            return;
-        }
-        let task = Arc::new(Task::new(TaskId::generate(), new_task, super::now()));
-        if let Some(cluster) = self.cluster() {
-            cluster.pending_estimate += 1;
-        }
-        self.metrics_of(&task.kind).task_created();
-        info!(task_id = %task.id, kind = %task.kind, "task created");
-        let id = task.id;
-        self.persister.insert(task);
-        self.persister.defer(Deferred::Created { id, respond_to });
-    }
-
-    pub(super) fn cancel_in_cluster(&mut self, id: TaskId, respond_to: Reply<Arc<Task>>) {
+impl Manager<Cluster> {
+    /// Cancels in the table, wherever the task runs; the replica that
+    /// runs it hears of it from the feed.
+    fn cancel_in_store(&mut self, id: TaskId, respond_to: Reply<Arc<Task>>) {
         let node = self.config.node_name.clone();
-        if let Some(cluster) = self.cluster() {
-            let store = cluster.store.clone();
-            cluster.calls.spawn(async move {
-                let result = within(
-                    STORE_CALL_TIMEOUT,
-                    store.cancel(id, "cancelled by client request", &node),
-                )
-                .await;
-                ClusterEvent::Cancelled {
-                    id,
-                    result,
-                    respond_to,
-                }
-            });
-        }
+        let store = self.shape.store.clone();
+        self.shape.calls.spawn(async move {
+            let result = within(
+                STORE_CALL_TIMEOUT,
+                store.cancel(id, "cancelled by client request", &node),
+            )
+            .await;
+            ClusterEvent::Cancelled {
+                id,
+                result,
+                respond_to,
+            }
+        });
     }
 
-    pub(super) fn watch_in_cluster(&mut self, id: TaskId, respond_to: Reply<TaskWatch>) {
+    fn watch_through_feed(&mut self, id: TaskId, respond_to: Reply<TaskWatch>) {
         if let Some(sender) = self.watchers.get(&id) {
             let _ = respond_to.send(Ok(TaskWatch::new(sender.subscribe())));
             return;
         }
-        let Some(cluster) = self.cluster.as_mut() else {
-            return;
-        };
+        let cluster = &mut self.shape;
         let pending = cluster.pending_watches.entry(id).or_default();
         pending.waiting.push(respond_to);
         if pending.waiting.len() == 1 {
@@ -250,24 +201,19 @@ impl Manager {
     }
 
     /// Starts a claim when slots are free and work may be waiting.
-    pub(super) fn claim_pending(&mut self) {
-        let starting = self.starting;
-        let node = self.config.node_name.clone();
-        let lease = self.config.lease;
-        let Some(cluster) = self.cluster.as_mut() else {
-            return;
-        };
+    fn claim_due(&mut self) {
         let running = &self.running;
-        let ending_elsewhere = cluster
+        let ending_elsewhere = self
+            .shape
             .ending
             .iter()
             .filter(|id| !running.contains_key(id))
             .count();
-        let free = self
-            .config
-            .max_concurrent
-            .saturating_sub(self.running.len() + ending_elsewhere);
-        if !starting || free == 0 || cluster.claiming || !cluster.claim_wanted {
+        let free = self.free_slots(ending_elsewhere);
+        let node = self.config.node_name.clone();
+        let lease = self.config.lease;
+        let cluster = &mut self.shape;
+        if free == 0 || cluster.claiming || !cluster.claim_wanted {
             return;
         }
         let kinds = Arc::clone(&cluster.kinds);
@@ -287,7 +233,7 @@ impl Manager {
         });
     }
 
-    pub(super) fn cluster_housekeeping(&mut self) {
+    fn renew_and_retain(&mut self) {
         let running: Vec<(TaskId, u32)> = self
             .running
             .iter()
@@ -296,9 +242,7 @@ impl Manager {
         let node = self.config.node_name.clone();
         let lease = self.config.lease;
         let (retention, max_finished) = (self.config.retention, self.config.max_finished_tasks);
-        let Some(cluster) = self.cluster.as_mut() else {
-            return;
-        };
+        let cluster = &mut self.shape;
         // Lease expiries of dead replicas and missed notifications are
         // found by trying now and then.
         cluster.claim_wanted = true;
@@ -337,8 +281,9 @@ impl Manager {
     }
 
     /// A batch committed: runs whose row was taken from them stop.
-    pub(super) fn cluster_committed(&mut self, batch: &Pending, outcome: &BatchOutcome) {
-        if let Some(cluster) = self.cluster() {
+    fn stop_runs_that_lost_their_rows(&mut self, batch: &Pending, outcome: &BatchOutcome) {
+        {
+            let cluster = &mut self.shape;
             if !batch.inserts.is_empty() {
                 cluster.claim_wanted = true;
             }
@@ -361,7 +306,7 @@ impl Manager {
     /// Shutdown in cluster mode: stop the runs here and give their tasks
     /// back, so another replica runs them again at once. Answers once the
     /// database has them back.
-    pub(super) fn hand_over_running(&mut self, respond_to: Reply<usize>) {
+    fn hand_over_running(&mut self, respond_to: Reply<usize>) {
         self.starting = false;
         let running: Vec<(TaskId, u32)> = self
             .running
@@ -377,57 +322,45 @@ impl Manager {
             return;
         }
         let node = self.config.node_name.clone();
-        if let Some(cluster) = self.cluster() {
-            let store = cluster.store.clone();
-            cluster.calls.spawn(async move {
-                let result = within(STORE_CALL_TIMEOUT, store.release(&node, &running)).await;
-                ClusterEvent::HandedOver {
-                    count,
-                    result,
-                    respond_to,
-                }
-            });
-        }
+        let store = self.shape.store.clone();
+        self.shape.calls.spawn(async move {
+            let result = within(STORE_CALL_TIMEOUT, store.release(&node, &running)).await;
+            ClusterEvent::HandedOver {
+                count,
+                result,
+                respond_to,
+            }
+        });
     }
 
     /// Stops a run whose task is no longer this run's, and forgets it here.
     fn lose_run(&mut self, id: TaskId) {
-        if let Some(cluster) = self.cluster() {
-            cluster.ending.remove(&id);
-        }
+        self.shape.ending.remove(&id);
         self.tasks.remove(&id);
         self.stop_run(id);
     }
 
-    pub(super) fn handle_cluster_event(&mut self, event: ClusterEvent) {
+    fn handle_cluster_event(&mut self, event: ClusterEvent) {
         match event {
             ClusterEvent::Feed(FeedEvent::Change(change)) => self.handle_change(change),
             ClusterEvent::Feed(FeedEvent::WorkWaiting) => {
-                if let Some(cluster) = self.cluster() {
-                    cluster.claim_wanted = true;
-                }
+                self.shape.claim_wanted = true;
             }
             ClusterEvent::Feed(FeedEvent::Gap) => {
                 warn!("the change feed had a gap; reading watched tasks again");
                 let watched: Vec<TaskId> = self.watchers.keys().copied().collect();
-                if let Some(cluster) = self.cluster.as_mut() {
-                    cluster.claim_wanted = true;
-                    for id in watched {
-                        spawn_fetch(cluster, id);
-                    }
+                self.shape.claim_wanted = true;
+                for id in watched {
+                    spawn_fetch(&mut self.shape, id);
                 }
             }
             ClusterEvent::Claimed { limit, result } => {
-                if let Some(cluster) = self.cluster() {
-                    cluster.claiming = false;
-                }
+                self.shape.claiming = false;
                 match result {
                     Ok(tasks) => {
-                        if tasks.len() >= limit
-                            && let Some(cluster) = self.cluster()
-                        {
+                        if tasks.len() >= limit {
                             // The claim was full: more may be waiting.
-                            cluster.claim_wanted = true;
+                            self.shape.claim_wanted = true;
                         }
                         for task in tasks {
                             let task = Arc::new(task);
@@ -452,8 +385,9 @@ impl Manager {
                         if self.running.contains_key(&id) {
                             self.lose_run(id);
                         }
-                        self.metrics_of(&task.kind).task_finished(task.status, None);
-                        info!(task_id = %id, kind = %task.kind, status = %task.status, "task finished");
+                        // The store made the change, so it passed no door
+                        // here; it is counted and logged as every end is.
+                        self.record_finished(&task);
                         Ok(Arc::new(task))
                     }
                     Ok(Cancelled::Already(task)) => Ok(Arc::new(task)),
@@ -485,9 +419,7 @@ impl Manager {
                 let _ = respond_to.send(Ok(count));
             }
             ClusterEvent::Renewed { asked, result } => {
-                if let Some(cluster) = self.cluster() {
-                    cluster.renewing = false;
-                }
+                self.shape.renewing = false;
                 match result {
                     Ok(held) => {
                         for (id, attempt) in asked {
@@ -508,9 +440,7 @@ impl Manager {
             }
             ClusterEvent::Counted(result) => match result {
                 Ok(pending) => {
-                    if let Some(cluster) = self.cluster() {
-                        cluster.pending_estimate = usize::try_from(pending).unwrap_or(usize::MAX);
-                    }
+                    self.shape.pending_estimate = usize::try_from(pending).unwrap_or(usize::MAX);
                 }
                 Err(error) => warn!(error = %error_chain(&error), "counting pending tasks failed"),
             },
@@ -526,7 +456,8 @@ impl Manager {
         let id = change.task.id;
         debug!(task_id = %id, origin = %change.origin, status = %change.task.status, revision = change.task.revision, watched = self.watchers.contains_key(&id), "change from the feed");
         let from_elsewhere = change.origin != self.config.node_name;
-        if let Some(cluster) = self.cluster() {
+        {
+            let cluster = &mut self.shape;
             if change.task.status == TaskStatus::Pending {
                 cluster.claim_wanted = true;
                 // This replica counted its own creates when it took them.
@@ -547,11 +478,7 @@ impl Manager {
                 self.lose_run(id);
             }
         }
-        if let Some(pending) = self
-            .cluster
-            .as_mut()
-            .and_then(|cluster| cluster.pending_watches.get_mut(&id))
-        {
+        if let Some(pending) = self.shape.pending_watches.get_mut(&id) {
             pending.changes.push(change);
             return;
         }
@@ -560,19 +487,14 @@ impl Manager {
         }
         if !change.complete {
             debug!(task_id = %id, "incomplete change; reading the task");
-            if let Some(cluster) = self.cluster.as_mut() {
-                spawn_fetch(cluster, id);
-            }
+            spawn_fetch(&mut self.shape, id);
             return;
         }
         self.publish_newer(change.task);
     }
 
     fn handle_fetched(&mut self, id: TaskId, result: Result<Option<Task>, StoreError>) {
-        let pending = self
-            .cluster
-            .as_mut()
-            .and_then(|cluster| cluster.pending_watches.remove(&id));
+        let pending = self.shape.pending_watches.remove(&id);
         let Some(pending) = pending else {
             // A read to fill in a change: publish it if it is news.
             match result {
@@ -616,8 +538,8 @@ impl Manager {
         for change in pending.changes {
             if change.complete {
                 self.publish_newer(change.task);
-            } else if let Some(cluster) = self.cluster.as_mut() {
-                spawn_fetch(cluster, id);
+            } else {
+                spawn_fetch(&mut self.shape, id);
             }
         }
         if task.status.is_terminal() {
@@ -656,19 +578,7 @@ fn left_pending(task: &Task) -> bool {
     }
 }
 
-impl ClusterState {
-    /// A run here ended; its slot is free once the end is committed.
-    pub(in crate::manager) fn run_ending(&mut self, id: TaskId) {
-        self.ending.insert(id);
-    }
-
-    /// Pending tasks in the whole cluster, as far as this replica knows.
-    pub(in crate::manager) fn pending_estimate(&self) -> usize {
-        self.pending_estimate
-    }
-}
-
-fn spawn_fetch(cluster: &mut ClusterState, id: TaskId) {
+fn spawn_fetch(cluster: &mut Cluster, id: TaskId) {
     let store = cluster.store.clone();
     cluster.calls.spawn(async move {
         ClusterEvent::Fetched {
@@ -676,4 +586,95 @@ fn spawn_fetch(cluster: &mut ClusterState, id: TaskId) {
             result: within(STORE_READ_TIMEOUT, store.get(id)).await,
         }
     });
+}
+
+impl Shape for Cluster {
+    type Event = ClusterEvent;
+
+    fn create(
+        manager: &mut Manager<Self>,
+        new_task: NewTask,
+        _data_bytes: u64,
+        respond_to: Reply<Arc<Task>>,
+    ) {
+        if let Some(refused) = manager.refusal() {
+            let _ = respond_to.send(Err(refused));
+            return;
+        }
+        if manager.queue_is_full() {
+            let _ = respond_to.send(Err(manager.queue_full()));
+            return;
+        }
+        // The table checks `request_id`s, for every replica at once (see
+        // `Deferred::Created`); any replica may claim the task once it is in.
+        let task = Arc::new(Task::new(TaskId::generate(), new_task, now()));
+        manager.shape.pending_estimate += 1;
+        manager.admit(task, respond_to);
+    }
+
+    fn cancel(manager: &mut Manager<Self>, id: TaskId, respond_to: Reply<Arc<Task>>) {
+        manager.cancel_in_store(id, respond_to);
+    }
+
+    fn watch(manager: &mut Manager<Self>, id: TaskId, respond_to: Reply<TaskWatch>) {
+        manager.watch_through_feed(id, respond_to);
+    }
+
+    fn stop_running(manager: &mut Manager<Self>, _reason: String, respond_to: Reply<usize>) {
+        manager.hand_over_running(respond_to);
+    }
+
+    fn changed(
+        manager: &mut Manager<Self>,
+        task: &Arc<Task>,
+        _before: TaskStatus,
+        _status_changed: bool,
+    ) {
+        // Watchers hear of it from the change feed once it is committed, as
+        // they do on every other replica.
+        if task.status.is_terminal() {
+            // The table keeps it, and still shows it running until the end
+            // is committed: its slot stays taken until then.
+            manager.shape.ending.insert(task.id);
+            manager.tasks.remove(&task.id);
+        }
+    }
+
+    fn result_arrives(_manager: &mut Manager<Self>, _id: TaskId, _bytes: u64) {
+        // The table holds payloads; nothing is held here.
+    }
+
+    fn start_due(manager: &mut Manager<Self>) {
+        manager.claim_due();
+    }
+
+    fn housekeeping(manager: &mut Manager<Self>) {
+        manager.renew_and_retain();
+    }
+
+    fn committed(manager: &mut Manager<Self>, batch: &Pending, outcome: &BatchOutcome) {
+        manager.stop_runs_that_lost_their_rows(batch, outcome);
+    }
+
+    fn roll_back_create(manager: &mut Manager<Self>, _id: TaskId) {
+        manager.shape.pending_estimate = manager.shape.pending_estimate.saturating_sub(1);
+    }
+
+    fn pending_count(manager: &Manager<Self>) -> usize {
+        manager.shape.pending_estimate
+    }
+
+    fn shape_stats(_manager: &Manager<Self>, _stats: &mut ManagerStats) {}
+
+    async fn next_event(&mut self) -> Option<ClusterEvent> {
+        tokio::select! {
+            Some(event) = self.feed.recv() => Some(ClusterEvent::Feed(event)),
+            Some(joined) = self.calls.join_next() => joined.ok(),
+            else => std::future::pending().await,
+        }
+    }
+
+    fn handle_event(manager: &mut Manager<Self>, event: ClusterEvent) {
+        manager.handle_cluster_event(event);
+    }
 }

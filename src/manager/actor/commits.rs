@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tracing::{debug, error};
 
-use super::Manager;
+use super::{Manager, Shape};
 use crate::{
     errors::error_chain,
     manager::{
@@ -15,10 +15,10 @@ use crate::{
         persist::{Committed, Deferred, Pending},
     },
     store::{BatchOutcome, Inserted},
-    task::{Task, TaskId, TaskStatus},
+    task::{Task, TaskId},
 };
 
-impl Manager {
+impl<S: Shape> Manager<S> {
     /// While the store fails, a create is refused at once: waiting for a
     /// store known not to write would keep the client past its 2 s answer.
     pub(super) fn store_refusal(&self) -> Option<ManagerError> {
@@ -48,20 +48,10 @@ impl Manager {
         let Committed { outcome, mut batch } = committed;
         match outcome {
             Ok(outcome) => {
-                // Durable now, so they may run (those still held here).
-                for task in &batch.inserts {
-                    self.uncommitted.remove(&task.id);
-                    if self.status_of(task.id) == Some(TaskStatus::Pending) {
-                        self.queue.push_back(task.id);
-                    }
-                }
-                if self.cluster.is_some() {
-                    self.cluster_committed(&batch, &outcome);
-                }
+                S::committed(self, &batch, &outcome);
                 for reply in std::mem::take(&mut batch.replies) {
                     self.send_deferred(reply, &batch, &outcome);
                 }
-                self.let_go_of_stored_payloads(&batch);
             }
             Err(failure) => {
                 if batch.probe {
@@ -79,8 +69,7 @@ impl Manager {
                 let failed_creates: Vec<TaskId> =
                     batch.inserts.iter().map(|task| task.id).collect();
                 for id in failed_creates.into_iter().chain(gathered) {
-                    self.uncommitted.remove(&id);
-                    self.roll_back_create(id);
+                    S::roll_back_create(self, id);
                 }
                 let mut kept = Vec::new();
                 for reply in std::mem::take(&mut batch.replies)
@@ -158,22 +147,5 @@ impl Manager {
                 .get(id)
                 .map_err(|_| ManagerError::Storage("the task could not be stored".into())),
         }
-    }
-
-    /// A create whose insert failed: as if it never happened.
-    pub(super) fn roll_back_create(&mut self, id: TaskId) {
-        let Some(task) = self.tasks.remove(&id) else {
-            return;
-        };
-        self.held.release(id);
-        if task.status == TaskStatus::Pending {
-            self.pending -= 1;
-        }
-        if let Some(request_id) = &task.request_id
-            && self.request_ids.get(request_id) == Some(&id)
-        {
-            self.request_ids.remove(request_id);
-        }
-        self.watchers.remove(&id);
     }
 }

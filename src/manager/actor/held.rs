@@ -18,7 +18,7 @@ use std::{collections::HashMap, io, sync::Arc};
 
 use serde_json::Value as JsonValue;
 
-use super::Manager;
+use super::{Local, Manager};
 use crate::{
     manager::{ManagerError, persist::Pending},
     task::{PayloadLocation, Task, TaskId},
@@ -83,11 +83,11 @@ impl Held {
     }
 }
 
-impl Manager {
+impl Manager<Local> {
     /// Whether a create of `bytes` fits, after letting go on memory of as
     /// many finished tasks, oldest first, as it takes.
     pub(super) fn make_room(&mut self, bytes: u64) -> bool {
-        while !self.held.fits(bytes) {
+        while !self.shape.held.fits(bytes) {
             if !self.let_go_of_oldest_finished() {
                 return false;
             }
@@ -99,7 +99,7 @@ impl Manager {
     /// oldest finished tasks, but never of the one that just finished,
     /// whose client has not read it yet.
     pub(super) fn keep_within_budget(&mut self) {
-        while self.held.is_over() && self.finished.len() > 1 {
+        while self.shape.held.is_over() && self.shape.finished.len() > 1 {
             if !self.let_go_of_oldest_finished() {
                 return;
             }
@@ -108,8 +108,8 @@ impl Manager {
 
     pub(super) fn memory_full(&self) -> ManagerError {
         ManagerError::MemoryFull {
-            held: self.held.total(),
-            budget: self.held.budget(),
+            held: self.shape.held.total(),
+            budget: self.shape.held.budget(),
             retry_after: self.config.queue_full_retry_after,
         }
     }
@@ -120,7 +120,7 @@ impl Manager {
         if self.persister.is_durable() {
             return false;
         }
-        let Some((_, oldest)) = self.finished.pop_front() else {
+        let Some((_, oldest)) = self.shape.finished.pop_front() else {
             return false;
         };
         self.forget(oldest);
@@ -141,7 +141,7 @@ impl Manager {
             // Terminal is final, so what the file holds is this state.
             if entry.status.is_terminal() && entry.payload == PayloadLocation::InTask {
                 *entry = Arc::new(entry.without_payload());
-                self.held.release(*id);
+                self.shape.held.release(*id);
             }
         }
     }

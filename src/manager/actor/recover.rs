@@ -5,10 +5,10 @@ use std::{sync::Arc, time::SystemTime};
 use tokio::time::Instant;
 use tracing::info;
 
-use super::{Manager, held};
+use super::{Local, Manager, held};
 use crate::task::{Task, TaskId, TaskStatus};
 
-impl Manager {
+impl Manager<Local> {
     /// Takes back what the store held when this process started: every
     /// retained task; unfinished ones run again in creation order, those
     /// that were running as a new attempt.
@@ -19,23 +19,23 @@ impl Manager {
         for task in stored {
             let id = task.id;
             if let Some(request_id) = &task.request_id {
-                self.request_ids.insert(request_id.clone(), id);
+                self.shape.request_ids.insert(request_id.clone(), id);
             }
             match task.status {
                 TaskStatus::Pending => {
-                    self.pending += 1;
+                    self.shape.pending += 1;
                     requeued += 1;
-                    self.queue.push_back(id);
+                    self.shape.queue.push_back(id);
                 }
                 TaskStatus::Running => {
                     restarted += 1;
-                    self.queue.push_back(id);
+                    self.shape.queue.push_back(id);
                 }
                 _ => finished.push((task.completed_at.unwrap_or(task.created_at), id)),
             }
             // Finished tasks come without their payload, which stays in the
             // file; only what is still to run is held.
-            self.held.add(id, held::payload_bytes(&task));
+            self.shape.held.add(id, held::payload_bytes(&task));
             self.tasks.insert(id, Arc::new(task));
         }
         // Retention goes on from where it was: the oldest finished first.
@@ -44,20 +44,20 @@ impl Manager {
         for (completed_at, id) in finished {
             let age = now.duration_since(completed_at).unwrap_or_default();
             let finished_at = at_start.checked_sub(age).unwrap_or(at_start);
-            self.finished.push_back((finished_at, id));
+            self.shape.finished.push_back((finished_at, id));
         }
-        let retained = self.finished.len();
+        let retained = self.shape.finished.len();
         self.forget_expired_tasks();
-        while self.finished.len() > self.config.max_finished_tasks {
-            if let Some((_, oldest)) = self.finished.pop_front() {
+        while self.shape.finished.len() > self.config.max_finished_tasks {
+            if let Some((_, oldest)) = self.shape.finished.pop_front() {
                 self.forget(oldest);
             }
         }
         info!(
             pending = requeued,
             restarted,
-            finished = self.finished.len(),
-            expired = retained - self.finished.len(),
+            finished = self.shape.finished.len(),
+            expired = retained - self.shape.finished.len(),
             "recovered tasks from the store"
         );
     }

@@ -1,0 +1,349 @@
+//! The local shape (memory and SQLite): this process holds every retained
+//! task, and memory is the truth; a SQLite file is its durable copy. The
+//! shape adds the FIFO queue of what waits, `request_id`s, retention, and
+//! the memory budget to the shared core.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    convert::Infallible,
+    sync::Arc,
+};
+
+use tokio::{sync::watch, time::Instant};
+use tracing::{debug, info};
+
+use super::{Manager, Shape, held::Held, now};
+use crate::{
+    manager::{
+        ManagerError, ManagerStats, Reply,
+        persist::{Deferred, Pending},
+        watch::{TaskWatch, WatchState},
+    },
+    store::BatchOutcome,
+    task::{NewTask, Task, TaskEvent, TaskId, TaskStatus},
+};
+
+#[derive(Debug)]
+pub(in crate::manager) struct Local {
+    pub(super) request_ids: HashMap<String, TaskId>,
+    /// Waiting tasks in FIFO order. Cancelled ones are skipped when popped
+    /// and swept out when they pile up, so cancel stays O(1).
+    pub(super) queue: VecDeque<TaskId>,
+    /// Tasks in `Pending`: what counts against `queue_capacity`.
+    pub(super) pending: usize,
+    /// Finished tasks in the order they finished, for retention.
+    pub(super) finished: VecDeque<(Instant, TaskId)>,
+    /// The bytes of payloads held in `tasks`, against `max_held_bytes`.
+    pub(super) held: Held,
+    /// Created tasks whose insert is not durable yet (SQLite).
+    pub(super) uncommitted: HashSet<TaskId>,
+}
+
+impl Local {
+    pub(in crate::manager) fn new(max_held_bytes: u64) -> Self {
+        Self {
+            request_ids: HashMap::new(),
+            queue: VecDeque::new(),
+            pending: 0,
+            finished: VecDeque::new(),
+            held: Held::new(max_held_bytes),
+            uncommitted: HashSet::new(),
+        }
+    }
+}
+
+impl Shape for Local {
+    type Event = Infallible;
+
+    /// Accepts a task. With a durable store it is queued, and the client
+    /// answered, only once its insert is committed.
+    fn create(
+        manager: &mut Manager<Self>,
+        new_task: NewTask,
+        data_bytes: u64,
+        respond_to: Reply<Arc<Task>>,
+    ) {
+        if let Some(refused) = manager.refusal() {
+            let _ = respond_to.send(Err(refused));
+            return;
+        }
+        if let Some(request_id) = &new_task.request_id
+            && let Some(existing) = manager
+                .shape
+                .request_ids
+                .get(request_id)
+                .and_then(|id| manager.tasks.get(id))
+        {
+            let answer = if existing.was_created_from(&new_task) {
+                Ok(Arc::clone(existing))
+            } else {
+                Err(ManagerError::RequestIdConflict {
+                    request_id: request_id.clone(),
+                })
+            };
+            let id = existing.id;
+            if answer.is_ok() && manager.shape.uncommitted.contains(&id) {
+                // Answered when the first create's insert is durable.
+                manager
+                    .persister
+                    .defer(Deferred::Created { id, respond_to });
+            } else {
+                let _ = respond_to.send(answer);
+            }
+            return;
+        }
+        if manager.queue_is_full() {
+            let _ = respond_to.send(Err(manager.queue_full()));
+            return;
+        }
+        if !manager.make_room(data_bytes) {
+            let _ = respond_to.send(Err(manager.memory_full()));
+            return;
+        }
+        let id = TaskId::generate();
+        let task = Arc::new(Task::new(id, new_task, now()));
+        let shape = &mut manager.shape;
+        shape.held.add(id, data_bytes);
+        if let Some(request_id) = &task.request_id {
+            shape.request_ids.insert(request_id.clone(), id);
+        }
+        shape.pending += 1;
+        if manager.persister.is_durable() {
+            // Queued once durable (see `committed`).
+            shape.uncommitted.insert(id);
+        } else {
+            shape.queue.push_back(id);
+        }
+        manager.tasks.insert(id, Arc::clone(&task));
+        manager.admit(task, respond_to);
+    }
+
+    fn cancel(manager: &mut Manager<Self>, id: TaskId, respond_to: Reply<Arc<Task>>) {
+        let answer = manager.cancel(id);
+        manager.answer_when_durable(answer, respond_to);
+    }
+
+    fn watch(manager: &mut Manager<Self>, id: TaskId, respond_to: Reply<TaskWatch>) {
+        let _ = respond_to.send(manager.watch(id));
+    }
+
+    fn stop_running(manager: &mut Manager<Self>, reason: String, respond_to: Reply<usize>) {
+        let _ = respond_to.send(Ok(manager.cancel_running(&reason)));
+    }
+
+    fn changed(
+        manager: &mut Manager<Self>,
+        task: &Arc<Task>,
+        before: TaskStatus,
+        status_changed: bool,
+    ) {
+        if before == TaskStatus::Pending && task.status != TaskStatus::Pending {
+            manager.shape.pending -= 1;
+        }
+        manager.publish(task, status_changed);
+        if status_changed && task.status.is_terminal() {
+            manager.retain_finished(task.id);
+        }
+    }
+
+    fn result_arrives(manager: &mut Manager<Self>, id: TaskId, bytes: u64) {
+        manager.shape.held.add(id, bytes);
+    }
+
+    fn start_due(manager: &mut Manager<Self>) {
+        manager.start_pending();
+    }
+
+    fn housekeeping(manager: &mut Manager<Self>) {
+        manager.forget_expired_tasks();
+    }
+
+    fn committed(manager: &mut Manager<Self>, batch: &Pending, _outcome: &BatchOutcome) {
+        // Durable now, so they may run.
+        for task in &batch.inserts {
+            manager.shape.uncommitted.remove(&task.id);
+            if manager.status_of(task.id) == Some(TaskStatus::Pending) {
+                manager.shape.queue.push_back(task.id);
+            }
+        }
+        manager.let_go_of_stored_payloads(batch);
+    }
+
+    fn roll_back_create(manager: &mut Manager<Self>, id: TaskId) {
+        manager.shape.uncommitted.remove(&id);
+        let Some(task) = manager.tasks.remove(&id) else {
+            return;
+        };
+        let shape = &mut manager.shape;
+        shape.held.release(id);
+        if task.status == TaskStatus::Pending {
+            shape.pending -= 1;
+        }
+        if let Some(request_id) = &task.request_id
+            && shape.request_ids.get(request_id) == Some(&id)
+        {
+            shape.request_ids.remove(request_id);
+        }
+        manager.watchers.remove(&id);
+    }
+
+    fn pending_count(manager: &Manager<Self>) -> usize {
+        manager.shape.pending
+    }
+
+    fn shape_stats(manager: &Manager<Self>, stats: &mut ManagerStats) {
+        stats.request_ids = manager.shape.request_ids.len();
+        stats.finished = manager.shape.finished.len();
+        stats.held_bytes = manager.shape.held.total();
+    }
+
+    async fn next_event(&mut self) -> Option<Infallible> {
+        std::future::pending().await
+    }
+
+    fn handle_event(_manager: &mut Manager<Self>, event: Infallible) {
+        match event {}
+    }
+}
+
+impl Manager<Local> {
+    fn cancel(&mut self, id: TaskId) -> Result<Arc<Task>, ManagerError> {
+        let task = self.get(id)?;
+        match task.status {
+            TaskStatus::Cancelled => Ok(task),
+            TaskStatus::Completed | TaskStatus::Failed => Err(ManagerError::NotCancellable {
+                id,
+                status: task.status,
+            }),
+            TaskStatus::Pending | TaskStatus::Running => {
+                let cancelled = self
+                    .transition(id, TaskEvent::Cancel("cancelled by client request".into()))
+                    .unwrap_or(task);
+                self.stop_run(id);
+                self.compact_queue();
+                Ok(cancelled)
+            }
+        }
+    }
+
+    fn watch(&mut self, id: TaskId) -> Result<TaskWatch, ManagerError> {
+        let task = self.get(id)?;
+        if task.status.is_terminal() {
+            // Nothing will change: a channel whose sender is already gone
+            // yields this one state and ends.
+            let (_, receiver) = watch::channel(WatchState::new(task));
+            return Ok(TaskWatch::new(receiver));
+        }
+        let sender = self
+            .watchers
+            .entry(id)
+            .or_insert_with(|| watch::Sender::new(WatchState::new(Arc::clone(&task))));
+        Ok(TaskWatch::new(sender.subscribe()))
+    }
+
+    fn cancel_running(&mut self, reason: &str) -> usize {
+        let running: Vec<TaskId> = self
+            .running
+            .keys()
+            .copied()
+            .filter(|id| self.status_of(*id) == Some(TaskStatus::Running))
+            .collect();
+        if self.persister.is_durable() {
+            // A durable store keeps the task: stop the run, leave the task
+            // RUNNING, and the next start runs it again (a new attempt), as
+            // after a crash. A deploy does not cancel anybody's work.
+            for id in &running {
+                if let Some(slot) = self.running.get_mut(id) {
+                    slot.interrupted = true;
+                }
+                self.stop_run(*id);
+            }
+            if !running.is_empty() {
+                info!(
+                    count = running.len(),
+                    "running tasks interrupted; they run again when the server starts"
+                );
+            }
+            return running.len();
+        }
+        for id in &running {
+            self.transition(*id, TaskEvent::Cancel(reason.to_owned()));
+            self.stop_run(*id);
+        }
+        running.len()
+    }
+
+    /// Starts waiting tasks, oldest first, while there are free slots.
+    fn start_pending(&mut self) {
+        while self.free_slots(0) > 0 {
+            let Some(task_id) = self.shape.queue.pop_front() else {
+                break;
+            };
+            let recovered_run = self.status_of(task_id) == Some(TaskStatus::Running)
+                && !self.running.contains_key(&task_id);
+            if self.status_of(task_id) != Some(TaskStatus::Pending) && !recovered_run {
+                continue; // cancelled while it waited
+            }
+            let node = self.config.node_name.clone();
+            let start = if recovered_run {
+                // It was running when the last process died: run it again.
+                TaskEvent::Restart { node }
+            } else {
+                TaskEvent::Start { node }
+            };
+            if let Some(task) = self.transition(task_id, start) {
+                self.spawn_run(task);
+            }
+        }
+    }
+
+    /// Keeps a finished task only as long as retention allows.
+    fn retain_finished(&mut self, id: TaskId) {
+        self.shape.finished.push_back((Instant::now(), id));
+        while self.shape.finished.len() > self.config.max_finished_tasks {
+            if let Some((_, oldest)) = self.shape.finished.pop_front() {
+                self.forget(oldest);
+            }
+        }
+        self.keep_within_budget();
+    }
+
+    /// Forgets finished tasks older than the retention period.
+    pub(super) fn forget_expired_tasks(&mut self) {
+        while let Some((finished_at, id)) = self.shape.finished.front().copied() {
+            if finished_at.elapsed() < self.config.retention {
+                break;
+            }
+            self.shape.finished.pop_front();
+            self.forget(id);
+        }
+    }
+
+    /// Removes a finished task and its idempotency key.
+    pub(super) fn forget(&mut self, id: TaskId) {
+        if let Some(task) = self.tasks.remove(&id) {
+            self.shape.held.release(id);
+            self.persister.delete(id);
+            if let Some(request_id) = &task.request_id
+                && self.shape.request_ids.get(request_id) == Some(&id)
+            {
+                self.shape.request_ids.remove(request_id);
+            }
+            debug!(task_id = %id, "finished task forgotten");
+        }
+        self.watchers.remove(&id);
+    }
+
+    /// Drops cancelled entries from the queue once they outnumber the live
+    /// ones, so the queue stays proportional to `pending`.
+    fn compact_queue(&mut self) {
+        if self.shape.queue.len() > 2 * self.shape.pending + 64 {
+            let tasks = &self.tasks;
+            self.shape.queue.retain(|id| {
+                tasks
+                    .get(id)
+                    .is_some_and(|task| task.status == TaskStatus::Pending)
+            });
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The run machinery every shape shares: a run is spawned on a free slot,
+//! reports progress, is timed out, told to stop and, if it does not, aborted
+//! a second later; its end goes through the door.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::task::JoinError;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{Manager, RunOutput, RunSlot, Shape, Timer, held};
+use crate::{
+    manager::FORCED_STOP_AFTER,
+    processor::{ProgressReporter, ProgressUpdate, TaskContext},
+    task::{Task, TaskEvent, TaskId, TaskStatus},
+};
+
+impl<S: Shape> Manager<S> {
+    pub(super) fn handle_progress(&mut self, update: ProgressUpdate) {
+        let is_current_run = self
+            .running
+            .get(&update.task_id)
+            .is_some_and(|slot| slot.attempt == update.attempt && !slot.interrupted);
+        if is_current_run && self.status_of(update.task_id) == Some(TaskStatus::Running) {
+            self.transition(update.task_id, TaskEvent::Progress(update.progress));
+        }
+    }
+
+    pub(super) fn handle_run_finished(
+        &mut self,
+        finished: Result<(tokio::task::Id, RunOutput), JoinError>,
+    ) {
+        let run_id = match &finished {
+            Ok((run_id, _)) => *run_id,
+            Err(error) => error.id(),
+        };
+        let Some(task_id) = self.run_owners.remove(&run_id) else {
+            return;
+        };
+        // Reports the run sent before it returned come first. They are
+        // among those queued now; taking only those keeps this bounded
+        // however fast other runs keep reporting.
+        for _ in 0..self.progress_updates.len() {
+            match self.progress_updates.try_recv() {
+                Ok(update) => self.handle_progress(update),
+                Err(_) => break,
+            }
+        }
+        let Some(slot) = self.running.remove(&task_id) else {
+            return;
+        };
+        for timer in [slot.timeout_timer, slot.forced_stop_timer]
+            .into_iter()
+            .flatten()
+        {
+            self.timers.remove(&timer);
+        }
+        let mut result_bytes = 0;
+        let event = match finished {
+            Ok((_, Ok((result, bytes)))) => {
+                result_bytes = bytes;
+                TaskEvent::Complete(Arc::new(result))
+            }
+            Ok((_, Err(error))) => TaskEvent::Fail(error.to_string()),
+            Err(error) if error.is_panic() => {
+                let message = panic_message(error.into_panic());
+                warn!(task_id = %task_id, panic = %message, "processor panicked");
+                TaskEvent::Fail(format!("processor panicked: {message}"))
+            }
+            // Aborted by us after a cancel or timeout: the task already
+            // has its terminal state.
+            Err(_) => return,
+        };
+        // Only the current run may finish its task; the result of a run that
+        // was cancelled or timed out is discarded.
+        let is_current_run = !slot.interrupted
+            && self.tasks.get(&task_id).is_some_and(|task| {
+                task.status == TaskStatus::Running && task.attempt == slot.attempt
+            });
+        if !is_current_run {
+            debug!(task_id = %task_id, "late result of a stopped run discarded");
+            return;
+        }
+        // Counted before the transition, which may make room for it.
+        S::result_arrives(self, task_id, result_bytes);
+        self.transition(task_id, event);
+    }
+
+    pub(super) fn handle_timer(&mut self, timer: Timer) {
+        match timer {
+            Timer::Timeout(task_id) => {
+                let Some(slot) = self.running.get_mut(&task_id) else {
+                    return;
+                };
+                slot.timeout_timer = None;
+                let timeout_seconds = self
+                    .tasks
+                    .get(&task_id)
+                    .map_or(0, |task| task.timeout_seconds);
+                if self.status_of(task_id) == Some(TaskStatus::Running) {
+                    let error = format!("timed out after {timeout_seconds}s");
+                    info!(task_id = %task_id, timeout_seconds, "task timed out");
+                    self.transition(task_id, TaskEvent::Fail(error));
+                }
+                self.stop_run(task_id);
+            }
+            Timer::ForcedStop(task_id) => {
+                if let Some(slot) = self.running.get_mut(&task_id) {
+                    slot.forced_stop_timer = None;
+                    warn!(task_id = %task_id, "processor ignored its stop signal; aborting it");
+                    slot.abort.abort();
+                }
+            }
+        }
+    }
+
+    /// Runs a task that is `RUNNING` for this node on a free slot.
+    pub(super) fn spawn_run(&mut self, task: Arc<Task>) {
+        let task_id = task.id;
+        let Some(processor) = self.registry.get(&task.kind) else {
+            // Kinds are checked on create and the registry never shrinks,
+            // so this is a bug; fail the task rather than lose it.
+            warn!(task_id = %task_id, kind = %task.kind, "no processor for kind");
+            let error = format!("no processor is registered for kind {:?}", task.kind);
+            self.transition(task_id, TaskEvent::Fail(error));
+            return;
+        };
+        let cancellation = CancellationToken::new();
+        let context = TaskContext::new(
+            task_id,
+            task.attempt,
+            task.data.clone(),
+            cancellation.clone(),
+            ProgressReporter::new(self.progress_sender.clone()),
+        );
+        let abort = self.runs.spawn(async move {
+            let result = processor.process(context).await?;
+            // Sized here, in the run's task, so the actor never walks it.
+            let bytes = held::json_bytes(&result);
+            Ok((result, bytes))
+        });
+        self.run_owners.insert(abort.id(), task_id);
+        let timeout_timer = (task.timeout_seconds > 0).then(|| {
+            let timeout = Duration::from_secs(u64::from(task.timeout_seconds));
+            self.timers.insert(Timer::Timeout(task_id), timeout)
+        });
+        info!(task_id = %task_id, kind = %task.kind, attempt = task.attempt, "task started");
+        self.running.insert(
+            task_id,
+            RunSlot {
+                attempt: task.attempt,
+                cancellation,
+                abort,
+                timeout_timer,
+                forced_stop_timer: None,
+                interrupted: false,
+            },
+        );
+    }
+
+    /// Tells a run to stop, and arms the timer that aborts it if it does not.
+    pub(super) fn stop_run(&mut self, task_id: TaskId) {
+        let Some(slot) = self.running.get_mut(&task_id) else {
+            return;
+        };
+        slot.cancellation.cancel();
+        if let Some(timer) = slot.timeout_timer.take() {
+            self.timers.remove(&timer);
+        }
+        if slot.forced_stop_timer.is_none() {
+            let timer = self
+                .timers
+                .insert(Timer::ForcedStop(task_id), FORCED_STOP_AFTER);
+            slot.forced_stop_timer = Some(timer);
+        }
+    }
+
+    /// Free slots, after `occupied_elsewhere` slots that are not runs here.
+    pub(super) fn free_slots(&self, occupied_elsewhere: usize) -> usize {
+        self.config
+            .max_concurrent
+            .saturating_sub(self.running.len() + occupied_elsewhere)
+    }
+}
+
+/// The text of a panic, when it has one.
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(message) => *message,
+        Err(payload) => match payload.downcast::<&'static str>() {
+            Ok(message) => (*message).to_owned(),
+            Err(_) => "a panic without a message".to_owned(),
+        },
+    }
+}
