@@ -100,7 +100,7 @@ impl KindMetrics {
             TaskStatus::Failed => self.failed.inc(),
             TaskStatus::Cancelled => self.cancelled.inc(),
             // Not terminal: nothing finished.
-            TaskStatus::Pending | TaskStatus::Running => return,
+            TaskStatus::Pending | TaskStatus::Running | TaskStatus::Retrying => return,
         };
         if let Some(run_time) = run_time {
             self.run_seconds.observe(run_time.as_secs_f64());

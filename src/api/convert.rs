@@ -5,7 +5,7 @@ use prost_types::Timestamp;
 use super::json::json_to_proto;
 use crate::{
     pb,
-    task::{Task, TaskStatus},
+    task::{RetryPolicy, Task, TaskStatus},
 };
 
 impl From<TaskStatus> for pb::TaskStatus {
@@ -16,6 +16,7 @@ impl From<TaskStatus> for pb::TaskStatus {
             TaskStatus::Completed => pb::TaskStatus::Completed,
             TaskStatus::Failed => pb::TaskStatus::Failed,
             TaskStatus::Cancelled => pb::TaskStatus::Cancelled,
+            TaskStatus::Retrying => pb::TaskStatus::Retrying,
         }
     }
 }
@@ -47,6 +48,23 @@ impl From<&Task> for pb::Task {
             created_at: Some(Timestamp::from(task.created_at)),
             started_at: task.started_at.map(Timestamp::from),
             completed_at: task.completed_at.map(Timestamp::from),
+            retry_policy: Some(retry_policy(&task.scheduling.retry_policy)),
+            run_after: task.run_after().map(Timestamp::from),
+            priority: task.scheduling.priority,
+            queue_timeout_seconds: task.scheduling.queue_timeout_seconds,
         }
+    }
+}
+
+fn retry_policy(policy: &RetryPolicy) -> pb::RetryPolicy {
+    let duration = |duration: std::time::Duration| {
+        // Policies are at most a year long (validation), so this fits.
+        prost_types::Duration::try_from(duration).unwrap_or_default()
+    };
+    pb::RetryPolicy {
+        max_attempts: policy.max_attempts,
+        initial_backoff: Some(duration(policy.initial_backoff)),
+        max_backoff: Some(duration(policy.max_backoff)),
+        backoff_multiplier: policy.backoff_multiplier,
     }
 }

@@ -22,6 +22,14 @@ impl ApiError {
             description: description.into(),
         }
     }
+
+    /// The field a refused request broke, if that is why it was refused.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Self::InvalidArgument { field, .. } => Some(field),
+            Self::Manager(_) => None,
+        }
+    }
 }
 
 impl From<ApiError> for Status {
@@ -35,7 +43,9 @@ impl From<ApiError> for Status {
             ),
             ApiError::Manager(manager_error) => match manager_error {
                 ManagerError::NotFound(_) => Status::not_found(message),
-                ManagerError::NotCancellable { .. } => Status::failed_precondition(message),
+                ManagerError::NotCancellable { .. } | ManagerError::NotFinished { .. } => {
+                    Status::failed_precondition(message)
+                }
                 ManagerError::RequestIdConflict { .. } => Status::already_exists(message),
                 ManagerError::QueueFull { retry_after, .. }
                 | ManagerError::MemoryFull { retry_after, .. } => Status::with_error_details(

@@ -110,6 +110,20 @@ impl TaskService for TaskApi {
         respond(result)
     }
 
+    async fn delete_task(
+        &self,
+        request: Request<pb::DeleteTaskRequest>,
+    ) -> Result<Response<()>, Status> {
+        let result = async {
+            let id = validate::task_id(&request.get_ref().id)?;
+            record_task_id(&id);
+            self.manager.delete_task(id).await?;
+            Ok(())
+        }
+        .await;
+        respond(result)
+    }
+
     type WatchTaskStream = WatchTaskStream;
 
     async fn watch_task(

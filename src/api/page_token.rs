@@ -87,6 +87,7 @@ fn status_code(status: TaskStatus) -> u8 {
         TaskStatus::Completed => 3,
         TaskStatus::Failed => 4,
         TaskStatus::Cancelled => 5,
+        TaskStatus::Retrying => 6,
     }
 }
 

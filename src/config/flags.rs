@@ -100,6 +100,12 @@ pub struct Flags {
     #[arg(long, value_name = "BYTES")]
     pub max_held_bytes: Option<String>,
 
+    /// A task whose runs were cut short this many times in a row (its
+    /// server died or handed it over) fails instead of running again
+    /// [env: TASK_PROCESSOR_MAX_CUT_SHORT_RUNS] [default: 5]
+    #[arg(long, value_name = "N")]
+    pub max_cut_short_runs: Option<String>,
+
     /// Where tasks live: memory, sqlite://PATH (one process) or
     /// postgres://USER@HOST/DB (many replicas) [env: TASK_PROCESSOR_STORE]
     /// [default: sqlite://task-processor.db]
@@ -148,6 +154,11 @@ impl Flags {
                 "--max-finished-tasks",
             ),
             ("max_held_bytes", &self.max_held_bytes, "--max-held-bytes"),
+            (
+                "max_cut_short_runs",
+                &self.max_cut_short_runs,
+                "--max-cut-short-runs",
+            ),
             ("store", &self.store, "--store"),
             ("lease", &self.lease, "--lease"),
             ("log_level", &self.log_level, "--log-level"),

@@ -103,6 +103,11 @@ pub const SETTINGS: &[Setting] = &[
         "TASK_PROCESSOR_MAX_HELD_BYTES",
         "--max-held-bytes",
     ),
+    setting(
+        "max_cut_short_runs",
+        "TASK_PROCESSOR_MAX_CUT_SHORT_RUNS",
+        "--max-cut-short-runs",
+    ),
     setting("store", "TASK_PROCESSOR_STORE", "--store"),
     setting("lease", "TASK_PROCESSOR_LEASE", "--lease"),
     setting("log_level", "LOG_LEVEL", "--log-level"),
@@ -198,6 +203,9 @@ pub struct Config {
     /// The memory budget for tasks' data and results (as compact JSON): a
     /// create that would go past it is refused with RESOURCE_EXHAUSTED.
     pub max_held_bytes: u64,
+    /// A task whose runs were cut short this many times in a row (its
+    /// server died or handed it over) fails instead of running again.
+    pub max_cut_short_runs: u32,
     /// Where tasks live (printed without its password).
     #[serde(serialize_with = "parse::serialize_display")]
     pub store: StoreUrl,
@@ -229,6 +237,7 @@ impl Default for Config {
             // 1 GiB of resident memory with what the values cost beyond
             // their text, which fits a modest container.
             max_held_bytes: 512 * 1024 * 1024,
+            max_cut_short_runs: crate::manager::DEFAULT_MAX_CUT_SHORT_RUNS,
             store: StoreUrl::Sqlite(DEFAULT_SQLITE_PATH.into()),
             lease: Duration::from_secs(30),
             log_level: "info".into(),
@@ -320,6 +329,11 @@ impl Config {
             layers.resolve("max_finished_tasks", positive, defaults.max_finished_tasks)?;
         let (max_held_bytes, max_held_bytes_source) =
             layers.resolve("max_held_bytes", parse::bytes, defaults.max_held_bytes)?;
+        let (max_cut_short_runs, _) = layers.resolve(
+            "max_cut_short_runs",
+            parse::positive_u32,
+            defaults.max_cut_short_runs,
+        )?;
         let (store, _) = layers.resolve("store", parse::store, defaults.store)?;
         let (lease, lease_source) = layers.resolve("lease", duration, defaults.lease)?;
         let (log_level, _) = layers.resolve("log_level", log_level, defaults.log_level)?;
@@ -385,6 +399,7 @@ impl Config {
             retention,
             max_finished_tasks,
             max_held_bytes,
+            max_cut_short_runs,
             store,
             lease,
             log_level,
@@ -407,6 +422,7 @@ impl Config {
             max_finished_tasks: self.max_finished_tasks,
             lease: self.lease,
             max_held_bytes: self.max_held_bytes,
+            max_cut_short_runs: self.max_cut_short_runs,
         }
     }
 

@@ -78,6 +78,12 @@ pub fn positive(text: &str) -> Result<usize, String> {
     }
 }
 
+/// A count of at least 1 that fits 32 bits.
+pub fn positive_u32(text: &str) -> Result<u32, String> {
+    let value = positive(text)?;
+    u32::try_from(value).map_err(|_| format!("must be at most {}", u32::MAX))
+}
+
 /// `30s`, `5m`, `1h 30m`, or a bare number of seconds as the Go service
 /// accepted.
 pub fn duration(text: &str) -> Result<Duration, String> {

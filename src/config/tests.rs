@@ -152,6 +152,7 @@ fn every_setting_is_read_from_its_environment_variable() {
         ("TASK_PROCESSOR_RETENTION", "11m"),
         ("TASK_PROCESSOR_MAX_FINISHED_TASKS", "12"),
         ("TASK_PROCESSOR_MAX_HELD_BYTES", "64KiB"),
+        ("TASK_PROCESSOR_MAX_CUT_SHORT_RUNS", "14"),
         ("TASK_PROCESSOR_STORE", "postgres://app:secret@db/tasks"),
         ("TASK_PROCESSOR_LEASE", "13s"),
         ("LOG_LEVEL", "DEBUG"),
@@ -171,6 +172,7 @@ fn every_setting_is_read_from_its_environment_variable() {
     assert_eq!(config.retention, Duration::from_secs(660));
     assert_eq!(config.max_finished_tasks, 12);
     assert_eq!(config.max_held_bytes, 64 * 1024);
+    assert_eq!(config.max_cut_short_runs, 14);
     assert_eq!(
         config.store,
         StoreUrl::Postgres("postgres://app:secret@db/tasks".into())

@@ -18,7 +18,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     metrics::{Metrics, Occupancy},
     processor::Registry,
-    store::{MemoryStore, PostgresStore, SqliteStore, StoreError, StoreUrl, TaskStore, within},
+    store::{
+        MemoryStore, PostgresStore, SqliteStore, StoreError, StoreUrl, TaskStore,
+        postgres::ChangeFeed, within,
+    },
     task::{NewTask, PayloadLocation, Task, TaskId, TaskStatus},
 };
 
@@ -88,7 +91,13 @@ pub struct ManagerConfig {
     /// Creates are refused while tasks' data and results held in memory
     /// would go past this many bytes (memory and SQLite stores).
     pub max_held_bytes: u64,
+    /// A task whose runs were cut short this many times in a row (its
+    /// server died or handed it over) fails instead of running again.
+    pub max_cut_short_runs: u32,
 }
+
+/// The default of [`ManagerConfig::max_cut_short_runs`].
+pub const DEFAULT_MAX_CUT_SHORT_RUNS: u32 = 5;
 
 /// Why the manager refused a command.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +106,10 @@ pub enum ManagerError {
     NotFound(TaskId),
     #[error("task {id} is already {status} and cannot be cancelled")]
     NotCancellable { id: TaskId, status: TaskStatus },
+    #[error(
+        "task {id} is {status}, not finished; only finished tasks can be deleted (cancel it first)"
+    )]
+    NotFinished { id: TaskId, status: TaskStatus },
     #[error("request_id {request_id:?} was already used with different parameters")]
     RequestIdConflict { request_id: String },
     #[error("the queue is full: {capacity} tasks are waiting")]
@@ -162,8 +175,10 @@ struct Opened {
     /// SQLite: where finished tasks' payloads are read from.
     payload_store: Option<Weak<SqliteStore>>,
     /// PostgreSQL: the shared truth, read directly by the handle and
-    /// followed by the actor.
-    shared_store: Option<PostgresStore>,
+    /// followed by the actor through its change feed, which listens before
+    /// anything is served (a change announced before would never reach this
+    /// replica's watchers).
+    shared_store: Option<(PostgresStore, ChangeFeed)>,
     /// SQLite: what the file held at start.
     stored: Vec<Task>,
 }
@@ -200,6 +215,10 @@ enum Command {
     Cancel {
         id: TaskId,
         respond_to: Reply<Arc<Task>>,
+    },
+    Delete {
+        id: TaskId,
+        respond_to: Reply<()>,
     },
     Watch {
         id: TaskId,
@@ -272,10 +291,11 @@ impl ManagerHandle {
             }
             StoreUrl::Postgres(url) => {
                 let store = PostgresStore::connect(url).await?;
+                let feed = store.listen().await?;
                 Opened {
                     commits: Arc::new(store.clone()),
                     payload_store: None,
-                    shared_store: Some(store),
+                    shared_store: Some((store, feed)),
                     stored: Vec::new(),
                 }
             }
@@ -298,13 +318,14 @@ impl ManagerHandle {
         } = opened;
         let (health_sender, store_health) = tokio::sync::watch::channel(StoreHealth::Writable);
         // The one place that asks which store this is: it picks the shape.
-        match &shared_store {
-            Some(store) => {
+        let shared_store = match shared_store {
+            Some((store, feed)) => {
                 let kinds = registry.kinds().into_iter().map(str::to_owned).collect();
-                let shape = actor::Cluster::new(store.clone(), kinds);
+                let shape = actor::Cluster::new(store.clone(), kinds, feed);
                 let actor =
                     actor::Manager::new(config, registry, metrics, commits, health_sender, shape);
                 tokio::spawn(actor.run(command_receiver));
+                Some(store)
             }
             None => {
                 let shape = actor::Local::new(config.max_held_bytes);
@@ -314,8 +335,9 @@ impl ManagerHandle {
                     actor.recover(stored);
                 }
                 tokio::spawn(actor.run(command_receiver));
+                None
             }
-        }
+        };
         Self {
             commands,
             shared_store,
@@ -403,6 +425,12 @@ impl ManagerHandle {
             .call(|respond_to| Command::Cancel { id, respond_to })
             .await?;
         self.with_payload(task).await
+    }
+
+    /// Forgets a finished task and its data at once, on every store.
+    pub async fn delete_task(&self, id: TaskId) -> Result<(), ManagerError> {
+        self.call(|respond_to| Command::Delete { id, respond_to })
+            .await
     }
 
     /// Subscribes to a task; the watch's first state is the current one.

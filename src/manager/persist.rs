@@ -45,6 +45,9 @@ pub(super) enum Deferred {
     },
     /// Someone waits for everything before it to be durable.
     Flushed(Reply<()>),
+    /// A change that succeeds once durable (a delete), or fails with the
+    /// batch.
+    Done(Reply<()>),
 }
 
 /// What one commit carries, folded so that each task is written once.
@@ -138,7 +141,7 @@ impl Pending {
             .into_iter()
             .partition(|reply| match reply {
                 Deferred::Created { id, .. } => created_ids.contains(id),
-                Deferred::Answer { .. } | Deferred::Flushed(_) => false,
+                Deferred::Answer { .. } | Deferred::Flushed(_) | Deferred::Done(_) => false,
             });
         self.replies = kept;
         (created, taken)
@@ -431,6 +434,7 @@ mod tests {
             timeout_seconds: 0,
             labels: BTreeMap::new(),
             request_id: None,
+            scheduling: Default::default(),
         };
         Arc::new(Task::new(TaskId::generate(), new_task, SystemTime::now()))
     }

@@ -79,7 +79,8 @@ impl Processor for SleepProcessor {
     }
 }
 
-/// Fails at once with `data.message`, or a fixed message when absent.
+/// Fails at once with `data.message`, or a fixed message when absent; the
+/// failure is permanent (no retry) when `data.permanent` is `true`.
 #[derive(Clone, Copy, Debug)]
 pub struct FailProcessor;
 
@@ -94,6 +95,36 @@ impl Processor for FailProcessor {
             .get("message")
             .and_then(JsonValue::as_str)
             .unwrap_or(FAIL_DEFAULT_MESSAGE);
-        Err(ProcessorError::new(message))
+        let permanent = context.data().get("permanent") == Some(&JsonValue::Bool(true));
+        if permanent {
+            Err(ProcessorError::permanent(message))
+        } else {
+            Err(ProcessorError::new(message))
+        }
+    }
+}
+
+/// Fails its first `data.failures` runs (a number, default 1) with `flaky
+/// failure N`, then completes with `{"attempts": <attempt>}`: a stand-in
+/// for work that fails for a while, to see retries.
+#[derive(Clone, Copy, Debug)]
+pub struct FlakyProcessor;
+
+#[async_trait]
+impl Processor for FlakyProcessor {
+    async fn process(&self, context: TaskContext) -> Result<JsonValue, ProcessorError> {
+        let failures = match context.data().get("failures") {
+            None => 1.0,
+            Some(value) => value.as_f64().ok_or_else(|| {
+                ProcessorError::permanent(format!("data.failures must be a number, got {value}"))
+            })?,
+        };
+        if f64::from(context.attempt) <= failures {
+            return Err(ProcessorError::new(format!(
+                "flaky failure {}",
+                context.attempt
+            )));
+        }
+        Ok(json!({ "attempts": context.attempt }))
     }
 }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::task::{Progress, TaskId};
 
-pub use builtin::{DemoProcessor, EchoProcessor, FailProcessor, SleepProcessor};
+pub use builtin::{DemoProcessor, EchoProcessor, FailProcessor, FlakyProcessor, SleepProcessor};
 
 /// The kind a request with an empty `kind` gets.
 pub const DEFAULT_KIND: &str = "demo";
@@ -38,13 +38,31 @@ pub trait Processor: Send + Sync + 'static {
 #[error("{message}")]
 pub struct ProcessorError {
     message: String,
+    permanent: bool,
 }
 
 impl ProcessorError {
+    /// A failure the task's retry policy may retry (the input may be fine
+    /// and the trouble passing: a timeout, a service that is down).
     pub fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
+            permanent: false,
         }
+    }
+
+    /// A failure no retry can fix (bad input, a refused request): the task
+    /// fails at once, whatever attempts its retry policy has left.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            permanent: true,
+        }
+    }
+
+    /// Whether the task must fail without a retry.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
     }
 }
 
@@ -156,6 +174,7 @@ impl Registry {
         registry.register("echo", EchoProcessor);
         registry.register("sleep", SleepProcessor);
         registry.register("fail", FailProcessor);
+        registry.register("flaky", FlakyProcessor);
         registry
     }
 

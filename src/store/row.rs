@@ -10,7 +10,7 @@ use serde_json::Value as JsonValue;
 use uuid::Uuid;
 
 use super::StoreError;
-use crate::task::{PayloadLocation, Progress, Task, TaskId, TaskStatus};
+use crate::task::{PayloadLocation, Progress, RetryPolicy, Scheduling, Task, TaskId, TaskStatus};
 
 /// The columns every store shares, as a literal for `concat!` (sqlx takes
 /// only static SQL text, so nothing dynamic can slip into a statement).
@@ -18,7 +18,9 @@ macro_rules! task_columns {
     () => {
         "id, name, description, kind, status, data, result, error, timeout_seconds, labels, \
          progress_percent, progress_message, attempt, node, revision, request_id, created_at, \
-         started_at, completed_at"
+         started_at, completed_at, priority, run_after, queue_timeout_seconds, max_attempts, \
+         initial_backoff_us, max_backoff_us, backoff_multiplier, retry_at, failed_runs, \
+         cut_short_runs"
     };
 }
 pub(super) use task_columns;
@@ -44,10 +46,21 @@ pub(super) struct TaskRow {
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub completed_at: Option<i64>,
+    pub priority: i64,
+    pub run_after: Option<i64>,
+    pub queue_timeout_seconds: i64,
+    pub max_attempts: i64,
+    pub initial_backoff_us: i64,
+    pub max_backoff_us: i64,
+    pub backoff_multiplier: f64,
+    pub retry_at: Option<i64>,
+    pub failed_runs: i64,
+    pub cut_short_runs: i64,
 }
 
 impl TaskRow {
     pub fn from_task(task: &Task) -> Self {
+        let policy = &task.scheduling.retry_policy;
         Self {
             id: *task.id.as_uuid(),
             name: task.name.clone(),
@@ -74,6 +87,16 @@ impl TaskRow {
             created_at: micros(task.created_at),
             started_at: task.started_at.map(micros),
             completed_at: task.completed_at.map(micros),
+            priority: i64::from(task.scheduling.priority),
+            run_after: task.scheduling.run_after.map(micros),
+            queue_timeout_seconds: i64::from(task.scheduling.queue_timeout_seconds),
+            max_attempts: i64::from(policy.max_attempts),
+            initial_backoff_us: duration_micros(policy.initial_backoff),
+            max_backoff_us: duration_micros(policy.max_backoff),
+            backoff_multiplier: policy.backoff_multiplier,
+            retry_at: task.retry_at.map(micros),
+            failed_runs: i64::from(task.failed_runs),
+            cut_short_runs: i64::from(task.cut_short_runs),
         }
     }
 
@@ -94,6 +117,23 @@ impl TaskRow {
             };
         let number = |column: &str, value: i64| {
             u32::try_from(value).map_err(|_| corrupt(format!("{column} {value} is out of range")))
+        };
+        let duration = |column: &str, value: i64| {
+            u64::try_from(value)
+                .map(Duration::from_micros)
+                .map_err(|_| corrupt(format!("{column} {value} is negative")))
+        };
+        let scheduling = Scheduling {
+            retry_policy: RetryPolicy {
+                max_attempts: number("max_attempts", self.max_attempts)?,
+                initial_backoff: duration("initial_backoff_us", self.initial_backoff_us)?,
+                max_backoff: duration("max_backoff_us", self.max_backoff_us)?,
+                backoff_multiplier: self.backoff_multiplier,
+            },
+            run_after: self.run_after.map(from_micros),
+            priority: i32::try_from(self.priority)
+                .map_err(|_| corrupt(format!("priority {} is out of range", self.priority)))?,
+            queue_timeout_seconds: number("queue_timeout_seconds", self.queue_timeout_seconds)?,
         };
         let progress = match (self.progress_percent, self.progress_message) {
             (None, None) => None,
@@ -124,6 +164,10 @@ impl TaskRow {
             created_at: from_micros(self.created_at),
             started_at: self.started_at.map(from_micros),
             completed_at: self.completed_at.map(from_micros),
+            scheduling,
+            retry_at: self.retry_at.map(from_micros),
+            failed_runs: number("failed_runs", self.failed_runs)?,
+            cut_short_runs: number("cut_short_runs", self.cut_short_runs)?,
             payload: PayloadLocation::InTask,
         })
     }
@@ -140,6 +184,7 @@ pub(super) fn status_name(status: TaskStatus) -> &'static str {
         TaskStatus::Completed => "completed",
         TaskStatus::Failed => "failed",
         TaskStatus::Cancelled => "cancelled",
+        TaskStatus::Retrying => "retrying",
     }
 }
 
@@ -157,7 +202,12 @@ pub(super) fn micros(time: SystemTime) -> i64 {
     }
 }
 
-fn from_micros(value: i64) -> SystemTime {
+/// A duration as whole microseconds.
+pub(super) fn duration_micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+pub(super) fn from_micros(value: i64) -> SystemTime {
     let magnitude = Duration::from_micros(value.unsigned_abs());
     if value >= 0 {
         UNIX_EPOCH + magnitude
@@ -183,6 +233,17 @@ mod tests {
             timeout_seconds: 60,
             labels: BTreeMap::from([("team".into(), "a".into())]),
             request_id: Some("abc".into()),
+            scheduling: Scheduling {
+                retry_policy: RetryPolicy {
+                    max_attempts: 4,
+                    initial_backoff: Duration::from_millis(1500),
+                    max_backoff: Duration::from_secs(90),
+                    backoff_multiplier: 1.5,
+                },
+                run_after: Some(UNIX_EPOCH + Duration::from_micros(1_800_000_000_123_456)),
+                priority: -7,
+                queue_timeout_seconds: 30,
+            },
         };
         let mut task = Task::new(TaskId::generate(), new_task, SystemTime::now());
         task.apply(TaskEvent::Start { node: "n".into() }, SystemTime::now())
@@ -195,6 +256,17 @@ mod tests {
             SystemTime::now(),
         )
         .expect("progress");
+        task.apply(
+            TaskEvent::Fail(crate::task::Failure::retryable("once")),
+            SystemTime::now(),
+        )
+        .expect("fails once");
+        task.apply(TaskEvent::Restart { node: "m".into() }, SystemTime::now())
+            .expect_err("a retrying task is not running");
+        task.apply(TaskEvent::Start { node: "m".into() }, SystemTime::now())
+            .expect("runs again");
+        task.apply(TaskEvent::Restart { node: "m".into() }, SystemTime::now())
+            .expect("cut short");
         let back = TaskRow::from_task(&task).into_task().expect("decodes");
         assert_eq!(back, truncate_to_micros(task));
     }
@@ -224,6 +296,7 @@ mod tests {
                 timeout_seconds: 0,
                 labels: BTreeMap::new(),
                 request_id: None,
+                scheduling: Scheduling::default(),
             },
             SystemTime::UNIX_EPOCH,
         );
@@ -266,6 +339,7 @@ mod tests {
         task.created_at = truncate(task.created_at);
         task.started_at = task.started_at.map(truncate);
         task.completed_at = task.completed_at.map(truncate);
+        task.retry_at = task.retry_at.map(truncate);
         task
     }
 }

@@ -112,7 +112,9 @@ impl SqliteStore {
              CASE WHEN status IN ('completed', 'failed', 'cancelled') THEN NULL ELSE result END \
              AS result, \
              error, timeout_seconds, labels, progress_percent, progress_message, attempt, node, \
-             revision, request_id, created_at, started_at, completed_at \
+             revision, request_id, created_at, started_at, completed_at, priority, run_after, \
+             queue_timeout_seconds, max_attempts, initial_backoff_us, max_backoff_us, \
+             backoff_multiplier, retry_at, failed_runs, cut_short_runs \
              FROM tasks ORDER BY id",
         )
         .fetch_all(&mut *connection)
@@ -386,7 +388,17 @@ fn insert_rows(rows: &[TaskRow]) -> QueryBuilder<'_, Sqlite> {
             .push_bind(&row.request_id)
             .push_bind(row.created_at)
             .push_bind(row.started_at)
-            .push_bind(row.completed_at);
+            .push_bind(row.completed_at)
+            .push_bind(row.priority)
+            .push_bind(row.run_after)
+            .push_bind(row.queue_timeout_seconds)
+            .push_bind(row.max_attempts)
+            .push_bind(row.initial_backoff_us)
+            .push_bind(row.max_backoff_us)
+            .push_bind(row.backoff_multiplier)
+            .push_bind(row.retry_at)
+            .push_bind(row.failed_runs)
+            .push_bind(row.cut_short_runs);
     });
     builder
 }
@@ -395,7 +407,8 @@ fn insert_rows(rows: &[TaskRow]) -> QueryBuilder<'_, Sqlite> {
 fn update_rows(rows: &[TaskRow]) -> QueryBuilder<'_, Sqlite> {
     let mut builder = QueryBuilder::new(
         "WITH changed (id, status, result, error, progress_percent, progress_message, \
-         attempt, node, revision, started_at, completed_at) AS (",
+         attempt, node, revision, started_at, completed_at, retry_at, failed_runs, \
+         cut_short_runs) AS (",
     );
     builder.push_values(rows, |mut values, row| {
         values
@@ -409,14 +422,19 @@ fn update_rows(rows: &[TaskRow]) -> QueryBuilder<'_, Sqlite> {
             .push_bind(&row.node)
             .push_bind(row.revision)
             .push_bind(row.started_at)
-            .push_bind(row.completed_at);
+            .push_bind(row.completed_at)
+            .push_bind(row.retry_at)
+            .push_bind(row.failed_runs)
+            .push_bind(row.cut_short_runs);
     });
     builder.push(
         ") UPDATE tasks SET status = changed.status, result = changed.result, \
          error = changed.error, progress_percent = changed.progress_percent, \
          progress_message = changed.progress_message, attempt = changed.attempt, \
          node = changed.node, revision = changed.revision, started_at = changed.started_at, \
-         completed_at = changed.completed_at FROM changed WHERE tasks.id = changed.id",
+         completed_at = changed.completed_at, retry_at = changed.retry_at, \
+         failed_runs = changed.failed_runs, cut_short_runs = changed.cut_short_runs \
+         FROM changed WHERE tasks.id = changed.id",
     );
     builder
 }
@@ -471,6 +489,7 @@ mod tests {
             timeout_seconds: 60,
             labels: BTreeMap::from([("team".into(), "a".into())]),
             request_id: request_id.map(str::to_owned),
+            scheduling: Default::default(),
         };
         Task::new(TaskId::generate(), new_task, SystemTime::UNIX_EPOCH)
     }

@@ -237,6 +237,7 @@ async fn values_at_the_limits_are_accepted() {
         timeout_seconds: 300,
         labels,
         request_id: "r".repeat(128),
+        ..Default::default()
     };
     let task = client
         .create_task(at_limits)

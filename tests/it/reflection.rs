@@ -30,12 +30,13 @@ use crate::support::{TestServer, eventually};
 
 const TASK_SERVICE: &str = "taskprocessor.v1.TaskService";
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
-const TASK_METHODS: [&str; 5] = [
+const TASK_METHODS: [&str; 6] = [
     "CreateTask",
     "GetTask",
     "ListTasks",
     "CancelTask",
     "WatchTask",
+    "DeleteTask",
 ];
 
 /// The create request a grpcurl user would type.
@@ -230,6 +231,8 @@ async fn resolves_task_service_with_well_known_types<R: ReflectionVersion>() {
         "taskprocessor/v1/task_service.proto",
         "google/protobuf/struct.proto",
         "google/protobuf/timestamp.proto",
+        "google/protobuf/duration.proto",
+        "google/protobuf/empty.proto",
     ] {
         assert!(
             pool.get_file_by_name(needed_file).is_some(),

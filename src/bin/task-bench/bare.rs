@@ -58,6 +58,13 @@ impl TaskService for BareService {
         Err(Status::unimplemented("bare server"))
     }
 
+    async fn delete_task(
+        &self,
+        _request: Request<pb::DeleteTaskRequest>,
+    ) -> Result<Response<()>, Status> {
+        Err(Status::unimplemented("bare server"))
+    }
+
     type WatchTaskStream = tokio_stream::Empty<Result<pb::WatchTaskResponse, Status>>;
 
     async fn watch_task(

@@ -170,6 +170,7 @@ pub fn echo_task(name: &str) -> NewTask {
         timeout_seconds: 60,
         labels: Default::default(),
         request_id: None,
+        scheduling: Default::default(),
     }
 }
 

@@ -324,6 +324,7 @@ fn create_request(args: &CreateArgs) -> Result<pb::CreateTaskRequest, CliError> 
         timeout_seconds,
         labels,
         request_id: args.request_id.clone().unwrap_or_default(),
+        ..Default::default()
     })
 }
 

@@ -9,7 +9,7 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use tokio::{
@@ -29,7 +29,7 @@ use crate::{
     },
     store::{
         BatchOutcome, PostgresStore, StoreError,
-        postgres::{Cancelled, Change, FeedEvent},
+        postgres::{Cancelled, Change, ChangeFeed, Claimed, Deleted, FeedEvent},
         within,
     },
     task::{NewTask, Task, TaskId, TaskStatus},
@@ -51,7 +51,16 @@ pub(in crate::manager) enum ClusterEvent {
     Claimed {
         /// How many were asked for: a full answer means more may wait.
         limit: usize,
-        result: Result<Vec<Task>, StoreError>,
+        result: Result<Claimed, StoreError>,
+    },
+    /// The earliest delayed task is due: time to claim.
+    Due,
+    /// Waiting tasks that waited past their queue timeout were failed.
+    Expired(Result<Vec<Task>, StoreError>),
+    Deleted {
+        id: TaskId,
+        result: Result<Deleted, StoreError>,
+        respond_to: Reply<()>,
     },
     /// Running tasks were handed back for another replica to take.
     HandedOver {
@@ -95,6 +104,10 @@ pub(in crate::manager) struct Cluster {
     claim_wanted: bool,
     claiming: bool,
     renewing: bool,
+    expiring: bool,
+    /// When the earliest delayed task (`run_after`, back-off) becomes due,
+    /// by this replica's clock: a claim then makes it ready and takes it.
+    next_due: Option<SystemTime>,
     /// Runs that ended here whose end is not committed yet. The table
     /// still shows them `RUNNING`, so their slots are not free for a
     /// claim: clients never see more runs than `max_concurrent`.
@@ -110,9 +123,16 @@ pub(in crate::manager) struct Cluster {
 }
 
 impl Cluster {
-    pub(in crate::manager) fn new(store: PostgresStore, kinds: Vec<String>) -> Self {
+    /// `listening` is the change feed, already listening: opened before the
+    /// server serves, so no change a client could watch is announced before
+    /// this replica hears announcements.
+    pub(in crate::manager) fn new(
+        store: PostgresStore,
+        kinds: Vec<String>,
+        listening: ChangeFeed,
+    ) -> Self {
         let (sender, feed) = mpsc::channel(FEED_BUFFER);
-        tokio::spawn(follow_changes(store.clone(), sender));
+        tokio::spawn(follow_changes(store.clone(), sender, Some(listening)));
         Self {
             store,
             calls: JoinSet::new(),
@@ -120,6 +140,8 @@ impl Cluster {
             claim_wanted: true,
             claiming: false,
             renewing: false,
+            expiring: false,
+            next_due: None,
             ending: HashSet::new(),
             pending_estimate: 0,
             pending_watches: HashMap::new(),
@@ -130,12 +152,20 @@ impl Cluster {
     }
 }
 
-/// Keeps a change feed open for the actor, connecting again after a loss.
-/// Ends when the actor is gone.
-async fn follow_changes(store: PostgresStore, sender: mpsc::Sender<FeedEvent>) {
+/// Keeps a change feed open for the actor (starting with `listening`),
+/// connecting again after a loss. Ends when the actor is gone.
+async fn follow_changes(
+    store: PostgresStore,
+    sender: mpsc::Sender<FeedEvent>,
+    mut listening: Option<ChangeFeed>,
+) {
     let mut failures = 0u32;
     loop {
-        match store.listen().await {
+        let opened = match listening.take() {
+            Some(feed) => Ok(feed),
+            None => store.listen().await,
+        };
+        match opened {
             Ok(mut feed) => {
                 if failures > 0 && sender.send(FeedEvent::Gap).await.is_err() {
                     return;
@@ -223,7 +253,7 @@ impl Manager<Cluster> {
         cluster.calls.spawn(async move {
             let result = within(
                 STORE_CALL_TIMEOUT,
-                store.claim(&node, free, lease, Some(&kinds)),
+                store.claim_due(&node, free, lease, Some(&kinds), SystemTime::now()),
             )
             .await;
             ClusterEvent::Claimed {
@@ -250,6 +280,20 @@ impl Manager<Cluster> {
         cluster.calls.spawn(async move {
             ClusterEvent::Counted(within(STORE_CALL_TIMEOUT, store.count_pending()).await)
         });
+        if !cluster.expiring {
+            cluster.expiring = true;
+            let store = cluster.store.clone();
+            let node = node.clone();
+            cluster.calls.spawn(async move {
+                ClusterEvent::Expired(
+                    within(
+                        STORE_CALL_TIMEOUT,
+                        store.expire_waiting(&node, SystemTime::now()),
+                    )
+                    .await,
+                )
+            });
+        }
         if !cluster.renewing && !running.is_empty() && cluster.last_renewal.elapsed() >= lease / 3 {
             cluster.renewing = true;
             cluster.last_renewal = Instant::now();
@@ -290,7 +334,7 @@ impl Manager<Cluster> {
             // Written or refused (the row is no longer this run's), the
             // table no longer shows these runs as ours.
             for task in batch.updates.values() {
-                if task.status.is_terminal() && cluster.ending.remove(&task.id) {
+                if task.status != TaskStatus::Running && cluster.ending.remove(&task.id) {
                     cluster.claim_wanted = true;
                 }
             }
@@ -357,16 +401,17 @@ impl Manager<Cluster> {
             ClusterEvent::Claimed { limit, result } => {
                 self.shape.claiming = false;
                 match result {
-                    Ok(tasks) => {
+                    Ok(Claimed { tasks, next_due }) => {
                         if tasks.len() >= limit {
                             // The claim was full: more may be waiting.
                             self.shape.claim_wanted = true;
                         }
+                        self.shape.next_due = next_due;
                         for task in tasks {
                             let task = Arc::new(task);
                             info!(task_id = %task.id, kind = %task.kind, attempt = task.attempt, "task claimed");
                             self.tasks.insert(task.id, Arc::clone(&task));
-                            self.spawn_run(task);
+                            self.start_run(task);
                         }
                     }
                     Err(error) => {
@@ -403,6 +448,44 @@ impl Manager<Cluster> {
                 let _ = respond_to.send(answer);
             }
             ClusterEvent::Fetched { id, result } => self.handle_fetched(id, result),
+            ClusterEvent::Due => {
+                self.shape.next_due = None;
+                self.shape.claim_wanted = true;
+            }
+            ClusterEvent::Expired(result) => {
+                self.shape.expiring = false;
+                match result {
+                    Ok(expired) => {
+                        for task in expired {
+                            info!(task_id = %task.id, "task never started in time");
+                            // Failed in the table by the sweep, not by a
+                            // run here: counted and logged as every end is.
+                            self.record_finished(&task);
+                        }
+                    }
+                    Err(error) => {
+                        warn!(error = %error_chain(&error), "failing tasks past their queue timeout failed; trying again");
+                    }
+                }
+            }
+            ClusterEvent::Deleted {
+                id,
+                result,
+                respond_to,
+            } => {
+                let answer = match result {
+                    Ok(Deleted::Now) => Ok(()),
+                    Ok(Deleted::NotFound) => Err(ManagerError::NotFound(id)),
+                    Ok(Deleted::NotFinished(status)) => {
+                        Err(ManagerError::NotFinished { id, status })
+                    }
+                    Err(error) => {
+                        warn!(task_id = %id, error = %error_chain(&error), "deleting in the store failed");
+                        Err(ManagerError::Storage(error.to_string()))
+                    }
+                };
+                let _ = respond_to.send(answer);
+            }
             ClusterEvent::HandedOver {
                 count,
                 result,
@@ -458,8 +541,19 @@ impl Manager<Cluster> {
         let from_elsewhere = change.origin != self.config.node_name;
         {
             let cluster = &mut self.shape;
+            if change.task.status.is_waiting() {
+                // A delayed task, or a retry after its back-off: claim
+                // when it is due, if no earlier one is.
+                let ready_at = change.task.ready_at();
+                if ready_at > SystemTime::now() {
+                    if cluster.next_due.is_none_or(|due| ready_at < due) {
+                        cluster.next_due = Some(ready_at);
+                    }
+                } else {
+                    cluster.claim_wanted = true;
+                }
+            }
             if change.task.status == TaskStatus::Pending {
-                cluster.claim_wanted = true;
                 // This replica counted its own creates when it took them.
                 if from_elsewhere {
                     cluster.pending_estimate += 1;
@@ -569,11 +663,12 @@ impl Manager<Cluster> {
 }
 
 /// Whether this change is the one that took the task out of `PENDING`: its
-/// first claim (the first change after create) or a cancel before it ran.
+/// first claim (the first change after create), or a cancel or a queue
+/// timeout before it ever ran.
 fn left_pending(task: &Task) -> bool {
     match task.status {
         TaskStatus::Running => task.attempt == 1 && task.revision == 2,
-        TaskStatus::Cancelled => task.started_at.is_none(),
+        TaskStatus::Cancelled | TaskStatus::Failed => task.started_at.is_none(),
         _ => false,
     }
 }
@@ -616,6 +711,17 @@ impl Shape for Cluster {
         manager.cancel_in_store(id, respond_to);
     }
 
+    fn delete(manager: &mut Manager<Self>, id: TaskId, respond_to: Reply<()>) {
+        let store = manager.shape.store.clone();
+        manager.shape.calls.spawn(async move {
+            ClusterEvent::Deleted {
+                id,
+                result: within(STORE_CALL_TIMEOUT, store.delete_task(id)).await,
+                respond_to,
+            }
+        });
+    }
+
     fn watch(manager: &mut Manager<Self>, id: TaskId, respond_to: Reply<TaskWatch>) {
         manager.watch_through_feed(id, respond_to);
     }
@@ -632,8 +738,9 @@ impl Shape for Cluster {
     ) {
         // Watchers hear of it from the change feed once it is committed, as
         // they do on every other replica.
-        if task.status.is_terminal() {
-            // The table keeps it, and still shows it running until the end
+        if task.status != TaskStatus::Running {
+            // The run ended (the task finished, or waits for a retry). The
+            // table keeps the task, and still shows it running until the end
             // is committed: its slot stays taken until then.
             manager.shape.ending.insert(task.id);
             manager.tasks.remove(&task.id);
@@ -667,9 +774,18 @@ impl Shape for Cluster {
     fn shape_stats(_manager: &Manager<Self>, _stats: &mut ManagerStats) {}
 
     async fn next_event(&mut self) -> Option<ClusterEvent> {
+        let due = self.next_due.map(|due| {
+            let ahead = due
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            tokio::time::Instant::now() + ahead
+        });
         tokio::select! {
             Some(event) = self.feed.recv() => Some(ClusterEvent::Feed(event)),
             Some(joined) = self.calls.join_next() => joined.ok(),
+            () = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                Some(ClusterEvent::Due)
+            }
             else => std::future::pending().await,
         }
     }

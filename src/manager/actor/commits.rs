@@ -85,6 +85,9 @@ impl<S: Shape> Manager<S> {
                         | Deferred::Answer { respond_to, .. } => {
                             let _ = respond_to.send(Err(ManagerError::Storage(reason.clone())));
                         }
+                        Deferred::Done(respond_to) => {
+                            let _ = respond_to.send(Err(ManagerError::Storage(reason.clone())));
+                        }
                         Deferred::Flushed(_) => kept.push(reply),
                     }
                 }
@@ -107,7 +110,7 @@ impl<S: Shape> Manager<S> {
             Deferred::Answer { answer, respond_to } => {
                 let _ = respond_to.send(answer);
             }
-            Deferred::Flushed(respond_to) => {
+            Deferred::Flushed(respond_to) | Deferred::Done(respond_to) => {
                 let _ = respond_to.send(Ok(()));
             }
         }

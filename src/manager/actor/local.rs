@@ -1,18 +1,23 @@
 //! The local shape (memory and SQLite): this process holds every retained
 //! task, and memory is the truth; a SQLite file is its durable copy. The
-//! shape adds the FIFO queue of what waits, `request_id`s, retention, and
+//! shape adds the queue of what waits (`wait_queue.rs`: priority, FIFO,
+//! `run_after`, back-offs and queue timeouts), `request_id`s, retention, and
 //! the memory budget to the shared core.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
-    convert::Infallible,
     sync::Arc,
 };
 
 use tokio::{sync::watch, time::Instant};
 use tracing::{debug, info};
 
-use super::{Manager, Shape, held::Held, now};
+use super::{
+    Manager, Shape,
+    held::Held,
+    now,
+    wait_queue::{WaitEnded, WaitQueue},
+};
 use crate::{
     manager::{
         ManagerError, ManagerStats, Reply,
@@ -26,9 +31,12 @@ use crate::{
 #[derive(Debug)]
 pub(in crate::manager) struct Local {
     pub(super) request_ids: HashMap<String, TaskId>,
-    /// Waiting tasks in FIFO order. Cancelled ones are skipped when popped
-    /// and swept out when they pile up, so cancel stays O(1).
-    pub(super) queue: VecDeque<TaskId>,
+    /// Waiting tasks (pending or retrying, once durable): ready ones by
+    /// priority then FIFO, and delayed ones on a timer.
+    pub(super) waiting: WaitQueue,
+    /// Tasks that were running when the last process stopped: they run
+    /// again first, in creation order.
+    pub(super) recovered: VecDeque<TaskId>,
     /// Tasks in `Pending`: what counts against `queue_capacity`.
     pub(super) pending: usize,
     /// Finished tasks in the order they finished, for retention.
@@ -43,7 +51,8 @@ impl Local {
     pub(in crate::manager) fn new(max_held_bytes: u64) -> Self {
         Self {
             request_ids: HashMap::new(),
-            queue: VecDeque::new(),
+            waiting: WaitQueue::default(),
+            recovered: VecDeque::new(),
             pending: 0,
             finished: VecDeque::new(),
             held: Held::new(max_held_bytes),
@@ -53,7 +62,7 @@ impl Local {
 }
 
 impl Shape for Local {
-    type Event = Infallible;
+    type Event = WaitEnded;
 
     /// Accepts a task. With a durable store it is queued, and the client
     /// answered, only once its insert is committed.
@@ -112,7 +121,7 @@ impl Shape for Local {
             // Queued once durable (see `committed`).
             shape.uncommitted.insert(id);
         } else {
-            shape.queue.push_back(id);
+            shape.waiting.add(&task);
         }
         manager.tasks.insert(id, Arc::clone(&task));
         manager.admit(task, respond_to);
@@ -140,6 +149,12 @@ impl Shape for Local {
         if before == TaskStatus::Pending && task.status != TaskStatus::Pending {
             manager.shape.pending -= 1;
         }
+        if before.is_waiting() && !task.status.is_waiting() {
+            manager.shape.waiting.remove(task);
+        } else if before == TaskStatus::Running && task.status == TaskStatus::Retrying {
+            // Runs again once its back-off has passed.
+            manager.shape.waiting.add(task);
+        }
         manager.publish(task, status_changed);
         if status_changed && task.status.is_terminal() {
             manager.retain_finished(task.id);
@@ -162,8 +177,10 @@ impl Shape for Local {
         // Durable now, so they may run.
         for task in &batch.inserts {
             manager.shape.uncommitted.remove(&task.id);
-            if manager.status_of(task.id) == Some(TaskStatus::Pending) {
-                manager.shape.queue.push_back(task.id);
+            if let Some(task) = manager.tasks.get(&task.id)
+                && task.status == TaskStatus::Pending
+            {
+                manager.shape.waiting.add(task);
             }
         }
         manager.let_go_of_stored_payloads(batch);
@@ -197,12 +214,41 @@ impl Shape for Local {
         stats.held_bytes = manager.shape.held.total();
     }
 
-    async fn next_event(&mut self) -> Option<Infallible> {
-        std::future::pending().await
+    async fn next_event(&mut self) -> Option<WaitEnded> {
+        Some(self.waiting.next_ended().await)
     }
 
-    fn handle_event(_manager: &mut Manager<Self>, event: Infallible) {
-        match event {}
+    fn handle_event(manager: &mut Manager<Self>, ended: WaitEnded) {
+        let Some(task) = manager.tasks.get(&ended.task_id()) else {
+            return;
+        };
+        if !task.status.is_waiting() {
+            return;
+        }
+        match ended {
+            WaitEnded::Due(_) => {
+                let task = Arc::clone(task);
+                manager.shape.waiting.make_ready(&task);
+            }
+            WaitEnded::QueueTimeout(id) => {
+                info!(task_id = %id, "task never started in time");
+                manager.transition(id, TaskEvent::QueueTimeout);
+            }
+        }
+    }
+
+    fn delete(manager: &mut Manager<Self>, id: TaskId, respond_to: Reply<()>) {
+        match manager.delete(id) {
+            Err(refused) => {
+                let _ = respond_to.send(Err(refused));
+            }
+            Ok(()) if manager.persister.has_work() => {
+                manager.persister.defer(Deferred::Done(respond_to));
+            }
+            Ok(()) => {
+                let _ = respond_to.send(Ok(()));
+            }
+        }
     }
 }
 
@@ -215,15 +261,29 @@ impl Manager<Local> {
                 id,
                 status: task.status,
             }),
-            TaskStatus::Pending | TaskStatus::Running => {
+            TaskStatus::Pending | TaskStatus::Running | TaskStatus::Retrying => {
                 let cancelled = self
                     .transition(id, TaskEvent::Cancel("cancelled by client request".into()))
                     .unwrap_or(task);
                 self.stop_run(id);
-                self.compact_queue();
                 Ok(cancelled)
             }
         }
+    }
+
+    /// Forgets a finished task at once, as retention would.
+    fn delete(&mut self, id: TaskId) -> Result<(), ManagerError> {
+        let task = self.get(id)?;
+        if !task.status.is_terminal() {
+            return Err(ManagerError::NotFinished {
+                id,
+                status: task.status,
+            });
+        }
+        // Its entry in `finished` stays until retention reaches it, where
+        // forgetting it again is a no-op.
+        self.forget(id);
+        Ok(())
     }
 
     fn watch(&mut self, id: TaskId) -> Result<TaskWatch, ManagerError> {
@@ -273,26 +333,22 @@ impl Manager<Local> {
         running.len()
     }
 
-    /// Starts waiting tasks, oldest first, while there are free slots.
+    /// Starts waiting tasks while there are free slots: first those that
+    /// were running when the last process stopped, then the ready ones,
+    /// highest priority first, then oldest first.
     fn start_pending(&mut self) {
         while self.free_slots(0) > 0 {
-            let Some(task_id) = self.shape.queue.pop_front() else {
+            let node = self.config.node_name.clone();
+            let (task_id, start) = if let Some(task_id) = self.shape.recovered.pop_front() {
+                // It was running when the last process died: run it again.
+                (task_id, TaskEvent::Restart { node })
+            } else if let Some(task_id) = self.shape.waiting.pop_ready() {
+                (task_id, TaskEvent::Start { node })
+            } else {
                 break;
             };
-            let recovered_run = self.status_of(task_id) == Some(TaskStatus::Running)
-                && !self.running.contains_key(&task_id);
-            if self.status_of(task_id) != Some(TaskStatus::Pending) && !recovered_run {
-                continue; // cancelled while it waited
-            }
-            let node = self.config.node_name.clone();
-            let start = if recovered_run {
-                // It was running when the last process died: run it again.
-                TaskEvent::Restart { node }
-            } else {
-                TaskEvent::Start { node }
-            };
             if let Some(task) = self.transition(task_id, start) {
-                self.spawn_run(task);
+                self.start_run(task);
             }
         }
     }
@@ -332,18 +388,5 @@ impl Manager<Local> {
             debug!(task_id = %id, "finished task forgotten");
         }
         self.watchers.remove(&id);
-    }
-
-    /// Drops cancelled entries from the queue once they outnumber the live
-    /// ones, so the queue stays proportional to `pending`.
-    fn compact_queue(&mut self) {
-        if self.shape.queue.len() > 2 * self.shape.pending + 64 {
-            let tasks = &self.tasks;
-            self.shape.queue.retain(|id| {
-                tasks
-                    .get(id)
-                    .is_some_and(|task| task.status == TaskStatus::Pending)
-            });
-        }
     }
 }

@@ -7,8 +7,9 @@
 //! between stores and nothing else:
 //!
 //! - [`local::Local`] (memory, SQLite): memory is the truth and the file a
-//!   durable copy; the shape holds every retained task, the FIFO queue,
-//!   retention and the memory budget.
+//!   durable copy; the shape holds every retained task, the queue of what
+//!   waits (priority, `run_after`, back-offs, queue timeouts), retention and
+//!   the memory budget.
 //! - [`cluster::Cluster`] (PostgreSQL): the table is the truth; the shape
 //!   claims due work, renews leases and follows the other replicas' changes.
 //!
@@ -24,6 +25,7 @@ mod held;
 mod local;
 mod recover;
 mod runs;
+mod wait_queue;
 
 pub(super) use cluster::Cluster;
 pub(super) use held::json_bytes;
@@ -116,6 +118,8 @@ pub(super) trait Shape: Sized + Send + 'static {
         respond_to: Reply<Arc<Task>>,
     );
     fn cancel(manager: &mut Manager<Self>, id: TaskId, respond_to: Reply<Arc<Task>>);
+    /// Forgets a finished task; answers once that is durable.
+    fn delete(manager: &mut Manager<Self>, id: TaskId, respond_to: Reply<()>);
     fn watch(manager: &mut Manager<Self>, id: TaskId, respond_to: Reply<TaskWatch>);
     /// Shutdown: stops every run (to run again later, or elsewhere).
     fn stop_running(manager: &mut Manager<Self>, reason: String, respond_to: Reply<usize>);
@@ -289,6 +293,7 @@ impl<S: Shape> Manager<S> {
                 let _ = respond_to.send(Ok(self.list(&query)));
             }
             Command::Cancel { id, respond_to } => S::cancel(self, id, respond_to),
+            Command::Delete { id, respond_to } => S::delete(self, id, respond_to),
             Command::Watch { id, respond_to } => S::watch(self, id, respond_to),
             Command::Flush { respond_to } => {
                 if self.persister.has_work() {

@@ -10,12 +10,13 @@ use crate::task::{Task, TaskId, TaskStatus};
 
 impl Manager<Local> {
     /// Takes back what the store held when this process started: every
-    /// retained task; unfinished ones run again in creation order, those
-    /// that were running as a new attempt.
+    /// retained task. Those that were running run again first, in creation
+    /// order, as a new attempt; waiting ones (pending, retrying) queue again
+    /// with their priority, `run_after` and queue timeout.
     pub(in crate::manager) fn recover(&mut self, stored: Vec<Task>) {
         let now = SystemTime::now();
         let mut finished: Vec<(SystemTime, TaskId)> = Vec::new();
-        let (mut requeued, mut restarted) = (0usize, 0usize);
+        let (mut requeued, mut restarted, mut retrying) = (0usize, 0usize, 0usize);
         for task in stored {
             let id = task.id;
             if let Some(request_id) = &task.request_id {
@@ -25,11 +26,15 @@ impl Manager<Local> {
                 TaskStatus::Pending => {
                     self.shape.pending += 1;
                     requeued += 1;
-                    self.shape.queue.push_back(id);
+                    self.shape.waiting.add(&task);
+                }
+                TaskStatus::Retrying => {
+                    retrying += 1;
+                    self.shape.waiting.add(&task);
                 }
                 TaskStatus::Running => {
                     restarted += 1;
-                    self.shape.queue.push_back(id);
+                    self.shape.recovered.push_back(id);
                 }
                 _ => finished.push((task.completed_at.unwrap_or(task.created_at), id)),
             }
@@ -55,6 +60,7 @@ impl Manager<Local> {
         }
         info!(
             pending = requeued,
+            retrying,
             restarted,
             finished = self.shape.finished.len(),
             expired = retained - self.shape.finished.len(),

@@ -12,7 +12,7 @@ use super::{Manager, RunOutput, RunSlot, Shape, Timer, held};
 use crate::{
     manager::FORCED_STOP_AFTER,
     processor::{ProgressReporter, ProgressUpdate, TaskContext},
-    task::{Task, TaskEvent, TaskId, TaskStatus},
+    task::{Failure, Task, TaskEvent, TaskId, TaskStatus, cut_short_too_often},
 };
 
 impl<S: Shape> Manager<S> {
@@ -61,11 +61,14 @@ impl<S: Shape> Manager<S> {
                 result_bytes = bytes;
                 TaskEvent::Complete(Arc::new(result))
             }
-            Ok((_, Err(error))) => TaskEvent::Fail(error.to_string()),
+            Ok((_, Err(error))) if error.is_permanent() => {
+                TaskEvent::Fail(Failure::permanent(error.to_string()))
+            }
+            Ok((_, Err(error))) => TaskEvent::Fail(Failure::retryable(error.to_string())),
             Err(error) if error.is_panic() => {
                 let message = panic_message(error.into_panic());
                 warn!(task_id = %task_id, panic = %message, "processor panicked");
-                TaskEvent::Fail(format!("processor panicked: {message}"))
+                TaskEvent::Fail(Failure::retryable(format!("processor panicked: {message}")))
             }
             // Aborted by us after a cancel or timeout: the task already
             // has its terminal state.
@@ -100,7 +103,7 @@ impl<S: Shape> Manager<S> {
                 if self.status_of(task_id) == Some(TaskStatus::Running) {
                     let error = format!("timed out after {timeout_seconds}s");
                     info!(task_id = %task_id, timeout_seconds, "task timed out");
-                    self.transition(task_id, TaskEvent::Fail(error));
+                    self.transition(task_id, TaskEvent::Fail(Failure::retryable(error)));
                 }
                 self.stop_run(task_id);
             }
@@ -114,15 +117,30 @@ impl<S: Shape> Manager<S> {
         }
     }
 
+    /// Runs a task that just became `RUNNING` for this node (started,
+    /// restarted after its server died, or claimed), unless its runs were
+    /// cut short too often in a row: then it fails, so that one task cannot
+    /// crash-loop every server that takes it.
+    pub(super) fn start_run(&mut self, task: Arc<Task>) {
+        if let Some(error) =
+            cut_short_too_often(task.cut_short_runs, self.config.max_cut_short_runs)
+        {
+            warn!(task_id = %task.id, cut_short_runs = task.cut_short_runs, "task failed: its runs were cut short too often");
+            self.transition(task.id, TaskEvent::Fail(Failure::permanent(error)));
+            return;
+        }
+        self.spawn_run(task);
+    }
+
     /// Runs a task that is `RUNNING` for this node on a free slot.
-    pub(super) fn spawn_run(&mut self, task: Arc<Task>) {
+    fn spawn_run(&mut self, task: Arc<Task>) {
         let task_id = task.id;
         let Some(processor) = self.registry.get(&task.kind) else {
             // Kinds are checked on create and the registry never shrinks,
             // so this is a bug; fail the task rather than lose it.
             warn!(task_id = %task_id, kind = %task.kind, "no processor for kind");
             let error = format!("no processor is registered for kind {:?}", task.kind);
-            self.transition(task_id, TaskEvent::Fail(error));
+            self.transition(task_id, TaskEvent::Fail(Failure::permanent(error)));
             return;
         };
         let cancellation = CancellationToken::new();

@@ -30,6 +30,7 @@ fn test_config() -> ManagerConfig {
         max_finished_tasks: 10,
         lease: Duration::from_secs(30),
         max_held_bytes: 1024,
+        max_cut_short_runs: 5,
     }
 }
 
@@ -42,6 +43,7 @@ fn echo(name: &str, data: serde_json::Value) -> NewTask {
         timeout_seconds: 0,
         labels: BTreeMap::new(),
         request_id: None,
+        scheduling: Default::default(),
     }
 }
 

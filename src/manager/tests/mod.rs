@@ -85,6 +85,7 @@ pub(super) fn config(max_concurrent: usize, queue_capacity: usize) -> ManagerCon
         max_finished_tasks: 10_000,
         lease: secs(30),
         max_held_bytes: 1 << 30,
+        max_cut_short_runs: 5,
     }
 }
 
@@ -98,6 +99,7 @@ pub(super) fn task(kind: &str, name: &str) -> NewTask {
         timeout_seconds: 0,
         labels: BTreeMap::new(),
         request_id: None,
+        scheduling: Default::default(),
     }
 }
 

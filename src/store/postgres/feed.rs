@@ -18,7 +18,7 @@ use sqlx::{
 use uuid::Uuid;
 
 use crate::store::{StoreError, row::status_name};
-use crate::task::{Progress, Task, TaskId, TaskStatus};
+use crate::task::{Progress, RetryPolicy, Scheduling, Task, TaskId, TaskStatus};
 
 use super::*;
 
@@ -162,6 +162,72 @@ pub(super) struct ChangePayload<'a> {
     created_at: i128,
     started_at: Option<i128>,
     completed_at: Option<i128>,
+    /// Absent in the payloads of replicas older than v1.1 (rolling update):
+    /// those tasks have the defaults.
+    #[serde(default)]
+    scheduling: SchedulingPayload,
+}
+
+/// A task's scheduling fields and retry state, as announced.
+#[derive(Default, Serialize, Deserialize)]
+pub(super) struct SchedulingPayload {
+    priority: i32,
+    run_after: Option<i128>,
+    queue_timeout_seconds: u32,
+    max_attempts: u32,
+    initial_backoff_us: u64,
+    max_backoff_us: u64,
+    backoff_multiplier: f64,
+    retry_at: Option<i128>,
+    failed_runs: u32,
+    cut_short_runs: u32,
+}
+
+impl SchedulingPayload {
+    fn of(task: &Task) -> Self {
+        let policy = &task.scheduling.retry_policy;
+        let micros = |duration: Duration| u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+        Self {
+            priority: task.scheduling.priority,
+            run_after: task.scheduling.run_after.map(nanos),
+            queue_timeout_seconds: task.scheduling.queue_timeout_seconds,
+            max_attempts: policy.max_attempts,
+            initial_backoff_us: micros(policy.initial_backoff),
+            max_backoff_us: micros(policy.max_backoff),
+            backoff_multiplier: policy.backoff_multiplier,
+            retry_at: task.retry_at.map(nanos),
+            failed_runs: task.failed_runs,
+            cut_short_runs: task.cut_short_runs,
+        }
+    }
+
+    /// The scheduling and retry state; a payload without them (an older
+    /// replica's) means the defaults.
+    fn into_parts(self) -> (Scheduling, Option<SystemTime>, u32, u32) {
+        let default_policy = RetryPolicy::default();
+        let retry_policy = if self.max_attempts == 0 {
+            default_policy
+        } else {
+            RetryPolicy {
+                max_attempts: self.max_attempts,
+                initial_backoff: Duration::from_micros(self.initial_backoff_us),
+                max_backoff: Duration::from_micros(self.max_backoff_us),
+                backoff_multiplier: self.backoff_multiplier,
+            }
+        };
+        let scheduling = Scheduling {
+            retry_policy,
+            run_after: self.run_after.map(from_nanos),
+            priority: self.priority,
+            queue_timeout_seconds: self.queue_timeout_seconds,
+        };
+        (
+            scheduling,
+            self.retry_at.map(from_nanos),
+            self.failed_runs,
+            self.cut_short_runs,
+        )
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -196,6 +262,7 @@ impl<'a> ChangePayload<'a> {
             created_at: nanos(task.created_at),
             started_at: task.started_at.map(nanos),
             completed_at: task.completed_at.map(nanos),
+            scheduling: SchedulingPayload::of(task),
         }
     }
 
@@ -205,6 +272,7 @@ impl<'a> ChangePayload<'a> {
             .into_iter()
             .find(|status| status_name(*status) == self.status)
             .ok_or_else(|| format!("unknown status {:?}", self.status))?;
+        let (scheduling, retry_at, failed_runs, cut_short_runs) = self.scheduling.into_parts();
         Ok(Change {
             origin: self.origin.into_owned(),
             complete: self.complete,
@@ -230,6 +298,10 @@ impl<'a> ChangePayload<'a> {
                 created_at: from_nanos(self.created_at),
                 started_at: self.started_at.map(from_nanos),
                 completed_at: self.completed_at.map(from_nanos),
+                scheduling,
+                retry_at,
+                failed_runs,
+                cut_short_runs,
                 payload: crate::task::PayloadLocation::InTask,
             },
         })
@@ -327,6 +399,7 @@ mod tests {
                 timeout_seconds: 60,
                 labels: BTreeMap::new(),
                 request_id: None,
+                scheduling: Default::default(),
             },
             SystemTime::now(),
         )

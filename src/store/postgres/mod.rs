@@ -13,7 +13,12 @@
 //! renewals and cancels of several replicas never deadlock one another.
 //! Nothing here knows about the actor or about gRPC.
 
-use std::{collections::HashSet, str::FromStr, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    str::FromStr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use sqlx::{
     PgPool,
@@ -25,9 +30,9 @@ use uuid::Uuid;
 pub use super::{Batch, BatchOutcome, Inserted};
 use super::{
     LIST_PAGE_BYTES, ListPage, ListQuery, StoreError, StoreUrl, refuse_newer_schema,
-    row::{TaskRow, labels_json, status_name, task_columns},
+    row::{TaskRow, duration_micros, from_micros, labels_json, micros, status_name, task_columns},
 };
-use crate::task::{Task, TaskId, TaskStatus};
+use crate::task::{Task, TaskEvent, TaskId, TaskStatus};
 
 mod feed;
 mod writes;
@@ -71,6 +76,10 @@ const MAX_PAYLOAD_BYTES: usize = 7000;
 /// removed in several short transactions instead of one long one.
 const RETENTION_CHUNK: i64 = 10_000;
 
+/// Delayed tasks one claim makes ready at most, and waiting tasks one sweep
+/// fails at most: the rest follow at the next claim or sweep.
+const DUE_CHUNK: i64 = 1000;
+
 /// How often an insert is retried when the row that took its `request_id`
 /// vanished (retention) between the insert and the lookup.
 const INSERT_ROUNDS: usize = 5;
@@ -113,6 +122,26 @@ pub enum FeedEvent {
     /// The connection was lost and made again: changes in between may be
     /// missing, so whatever the listener follows must be read again.
     Gap,
+}
+
+/// What a claim took, and when it should look again.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Claimed {
+    /// The tasks now running on the claiming replica, in start order.
+    pub tasks: Vec<Task>,
+    /// When the earliest delayed task (`run_after`, back-off) becomes due.
+    pub next_due: Option<SystemTime>,
+}
+
+/// What a delete found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Deleted {
+    /// It was finished and is gone.
+    Now,
+    /// No task has this id.
+    NotFound,
+    /// It has not finished (it is in this status): kept.
+    NotFinished(TaskStatus),
 }
 
 /// What a cancel found.
@@ -250,57 +279,93 @@ impl PostgresStore {
         Ok(BatchOutcome { inserted, updated })
     }
 
-    /// Takes up to `limit` tasks for `node` in FIFO order: pending ones, and
-    /// running ones whose lease ran out (their replica died) or that never
-    /// had one (stored running by an insert, so no replica renews it). Each becomes
-    /// running with the next attempt and a lease of `lease`, and is announced.
+    /// Takes up to `limit` tasks for `node`: ready ones (pending or
+    /// retrying, whose `run_after` or back-off has passed), highest priority
+    /// first, then FIFO, and running ones whose lease ran out (their replica
+    /// died) or that never had one (stored running by an insert, so no
+    /// replica renews it), which count one more run cut short. Each becomes
+    /// running with the next attempt and a lease of `lease`, and is
+    /// announced. Also says when the next delayed task becomes due, so the
+    /// caller can claim again then.
     ///
-    /// `SKIP LOCKED` lets replicas claim at once without waiting on each
-    /// other or taking the same task twice. With `kinds`, only tasks of
+    /// Delayed tasks wait outside the ready index: first, those whose time
+    /// has come by `now` (the caller's clock, the one its timer uses) are
+    /// made ready, so thousands of delayed tasks cost an index range, not a
+    /// scan. `SKIP LOCKED` lets replicas claim at once without waiting on
+    /// each other or taking the same task twice. With `kinds`, only tasks of
     /// those kinds are taken: a replica leaves alone what it cannot run (a
     /// kind that only newer replicas know, during a rolling update).
-    pub async fn claim(
+    pub async fn claim_due(
         &self,
         node: &str,
         limit: usize,
         lease: Duration,
         kinds: Option<&[String]>,
-    ) -> Result<Vec<Task>, StoreError> {
+        now: SystemTime,
+    ) -> Result<Claimed, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE tasks SET due_at = NULL WHERE id IN ( \
+                 SELECT id FROM tasks \
+                 WHERE status IN ('pending', 'retrying') AND due_at IS NOT NULL \
+                     AND due_at <= $1 \
+                 ORDER BY due_at LIMIT $2 \
+                 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(micros(now))
+        .bind(DUE_CHUNK)
+        .execute(&mut *transaction)
+        .await?;
+        let next_due: Option<i64> = sqlx::query_scalar(
+            "SELECT min(due_at) FROM tasks \
+             WHERE status IN ('pending', 'retrying') AND due_at IS NOT NULL",
+        )
+        .fetch_one(&mut *transaction)
+        .await?;
+        let next_due = next_due.map(from_micros);
         if limit == 0 {
-            return Ok(Vec::new());
+            transaction.commit().await?;
+            return Ok(Claimed {
+                tasks: Vec::new(),
+                next_due,
+            });
         }
-        // Pending and expired tasks are looked up apart, each through its
+        // Expired and ready tasks are looked up apart, each through its
         // partial index: one filter over both would walk the primary key
         // past every finished task. Rows locked but not among the first
         // `limit` are let go at commit, untouched. One start time for the
-        // whole claim, so start times never contradict the FIFO order.
-        let mut transaction = self.pool.begin().await?;
+        // whole claim, so start times never contradict the order.
         let rows: Vec<TaskRow> = sqlx::query_as(concat!(
             "WITH expired AS MATERIALIZED ( \
-                 SELECT id FROM tasks \
+                 SELECT id, priority FROM tasks \
                  WHERE status = 'running' \
                      AND (lease_until IS NULL OR lease_until < clock_timestamp()) \
                      AND ($4::text[] IS NULL OR kind = ANY($4)) \
                  ORDER BY id LIMIT $2 \
                  FOR UPDATE SKIP LOCKED \
              ), \
-             pending AS MATERIALIZED ( \
-                 SELECT id FROM tasks WHERE status = 'pending' \
+             ready AS MATERIALIZED ( \
+                 SELECT id, priority FROM tasks \
+                 WHERE status IN ('pending', 'retrying') AND due_at IS NULL \
                      AND ($4::text[] IS NULL OR kind = ANY($4)) \
-                 ORDER BY id LIMIT $2 \
+                 ORDER BY priority DESC, id LIMIT $2 \
                  FOR UPDATE SKIP LOCKED \
              ), \
              candidates AS ( \
-                 SELECT id FROM expired UNION ALL SELECT id FROM pending \
-                 ORDER BY id LIMIT $2 \
+                 SELECT id FROM (SELECT id, priority FROM expired \
+                                 UNION ALL SELECT id, priority FROM ready) AS both_kinds \
+                 ORDER BY priority DESC, id LIMIT $2 \
              ), \
              started AS MATERIALIZED (SELECT ",
             database_micros!(),
             " AS at) \
              UPDATE tasks SET status = 'running', attempt = attempt + 1, node = $1, \
+                 cut_short_runs = cut_short_runs \
+                     + CASE WHEN status = 'running' THEN 1 ELSE 0 END, \
+                 error = CASE WHEN status = 'running' THEN error ELSE '' END, \
                  started_at = (SELECT at FROM started), \
                  progress_percent = NULL, progress_message = NULL, \
-                 revision = revision + 1, \
+                 revision = revision + 1, due_at = NULL, queue_deadline = NULL, \
                  lease_until = clock_timestamp() + $3 * interval '1 microsecond' \
              WHERE id IN (SELECT id FROM candidates) \
              RETURNING ",
@@ -317,14 +382,114 @@ impl PostgresStore {
             .map(TaskRow::into_task)
             .collect::<Result<Vec<_>, _>>()?;
         // RETURNING does not keep the order of the candidates.
-        tasks.sort_by_key(|task| task.id);
+        tasks.sort_by_key(|task| (std::cmp::Reverse(task.scheduling.priority), task.id));
         let payloads: Vec<String> = tasks
             .iter()
             .filter_map(|task| change_payload(node, task))
             .collect();
         notify(&mut transaction, &self.channel, &payloads).await?;
         transaction.commit().await?;
-        Ok(tasks)
+        Ok(Claimed { tasks, next_due })
+    }
+
+    /// [`PostgresStore::claim_due`] at this moment, without the next due
+    /// time: the tasks claimed.
+    pub async fn claim(
+        &self,
+        node: &str,
+        limit: usize,
+        lease: Duration,
+        kinds: Option<&[String]>,
+    ) -> Result<Vec<Task>, StoreError> {
+        let claimed = self
+            .claim_due(node, limit, lease, kinds, SystemTime::now())
+            .await?;
+        Ok(claimed.tasks)
+    }
+
+    /// Fails the waiting tasks (pending or retrying) that have waited past
+    /// their queue timeout by `now`, as `origin`, through the state machine,
+    /// and announces them; returns them. Every replica may sweep at once:
+    /// rows another sweep holds are skipped.
+    pub async fn expire_waiting(
+        &self,
+        origin: &str,
+        now: SystemTime,
+    ) -> Result<Vec<Task>, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let rows: Vec<TaskRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks \
+             WHERE status IN ('pending', 'retrying') AND queue_deadline IS NOT NULL \
+                 AND queue_deadline <= $1 \
+             ORDER BY queue_deadline LIMIT $2 \
+             FOR UPDATE SKIP LOCKED"
+        ))
+        .bind(micros(now))
+        .bind(DUE_CHUNK)
+        .fetch_all(&mut *transaction)
+        .await?;
+        if rows.is_empty() {
+            transaction.rollback().await?;
+            return Ok(Vec::new());
+        }
+        let mut expired = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut task = row.into_task()?;
+            if task.apply(TaskEvent::QueueTimeout, now).is_ok() {
+                expired.push(task);
+            }
+        }
+        let ids: Vec<Uuid> = expired.iter().map(|task| *task.id.as_uuid()).collect();
+        let errors: Vec<&str> = expired.iter().map(|task| task.error.as_str()).collect();
+        let revisions: Vec<i64> = expired
+            .iter()
+            .map(|task| i64::try_from(task.revision).unwrap_or(i64::MAX))
+            .collect();
+        let completed: Vec<Option<i64>> = expired
+            .iter()
+            .map(|task| task.completed_at.map(micros))
+            .collect();
+        sqlx::query(
+            "UPDATE tasks SET status = 'failed', error = input.error, \
+                 revision = input.revision, completed_at = input.completed_at, \
+                 due_at = NULL, queue_deadline = NULL \
+             FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bigint[]) \
+                 AS input(id, error, revision, completed_at) \
+             WHERE tasks.id = input.id",
+        )
+        .bind(ids)
+        .bind(errors)
+        .bind(revisions)
+        .bind(completed)
+        .execute(&mut *transaction)
+        .await?;
+        let payloads: Vec<String> = expired
+            .iter()
+            .filter_map(|task| change_payload(origin, task))
+            .collect();
+        notify(&mut transaction, &self.channel, &payloads).await?;
+        transaction.commit().await?;
+        Ok(expired)
+    }
+
+    /// Deletes a finished task. `Ok(None)` when no task has this id; the
+    /// unfinished task itself when it has not finished (and is kept).
+    pub async fn delete_task(&self, id: TaskId) -> Result<Deleted, StoreError> {
+        let deleted = sqlx::query(
+            "DELETE FROM tasks WHERE id = $1 AND status IN ('completed', 'failed', 'cancelled')",
+        )
+        .bind(id.as_uuid())
+        .execute(&self.pool)
+        .await?;
+        if deleted.rows_affected() > 0 {
+            return Ok(Deleted::Now);
+        }
+        Ok(match self.get(id).await? {
+            None => Deleted::NotFound,
+            Some(task) => Deleted::NotFinished(task.status),
+        })
     }
 
     /// Extends by `lease` (from now, by the database clock) the lease of each
@@ -407,8 +572,9 @@ impl PostgresStore {
             let row: Option<TaskRow> = sqlx::query_as(concat!(
                 "UPDATE tasks SET status = 'cancelled', error = $2, completed_at = ",
                 database_micros!(),
-                ", revision = revision + 1, lease_until = NULL \
-                 WHERE id = $1 AND status IN ('pending', 'running') \
+                ", revision = revision + 1, lease_until = NULL, due_at = NULL, \
+                 queue_deadline = NULL \
+                 WHERE id = $1 AND status IN ('pending', 'running', 'retrying') \
                  RETURNING ",
                 task_columns!()
             ))
@@ -430,7 +596,7 @@ impl PostgresStore {
             match task.status {
                 TaskStatus::Cancelled => return Ok(Cancelled::Already(task)),
                 TaskStatus::Completed | TaskStatus::Failed => return Ok(Cancelled::Finished(task)),
-                TaskStatus::Pending | TaskStatus::Running => continue,
+                TaskStatus::Pending | TaskStatus::Running | TaskStatus::Retrying => continue,
             }
         }
         // The row was cancellable twice but the update never saw it: only a
@@ -607,11 +773,6 @@ async fn recorded_version(pool: &PgPool) -> Result<Option<i64>, StoreError> {
             .fetch_one(pool)
             .await?,
     )
-}
-
-/// A lease or retention as whole microseconds, for `interval` arithmetic.
-fn duration_micros(duration: Duration) -> i64 {
-    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
 }
 
 // The store against a real database is tested in `tests/it/store_postgres`.

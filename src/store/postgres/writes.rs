@@ -5,6 +5,7 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
+    time::SystemTime,
 };
 
 use serde_json::Value as JsonValue;
@@ -60,9 +61,13 @@ pub(super) async fn insert_tasks(
         if remaining.is_empty() {
             break;
         }
-        let rows: Vec<TaskRow> = remaining
+        let now = SystemTime::now();
+        let rows: Vec<_> = remaining
             .iter()
-            .map(|index| TaskRow::from_task(&tasks[*index]))
+            .map(|index| {
+                let task = &tasks[*index];
+                (TaskRow::from_task(task), waiting_columns(task, now))
+            })
             .collect();
         let new_ids: HashSet<Uuid> = insert_rows(transaction, rows).await?;
         let refused: Vec<usize> = remaining
@@ -129,19 +134,25 @@ pub(super) async fn insert_tasks(
 /// returns the ids it stored. Rows that would break a unique key are left out.
 pub(super) async fn insert_rows(
     transaction: &mut Transaction<'static, Postgres>,
-    rows: Vec<TaskRow>,
+    rows: Vec<(TaskRow, WaitingColumns)>,
 ) -> Result<HashSet<Uuid>, StoreError> {
     let mut columns = InsertColumns::default();
-    for row in rows {
+    for (row, (due_at, queue_deadline)) in rows {
         columns.push(row);
+        columns.due_at.push(due_at);
+        columns.queue_deadline.push(queue_deadline);
     }
     let ids: Vec<Uuid> = sqlx::query_scalar(concat!(
         "INSERT INTO tasks (",
         task_columns!(),
-        ") SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
+        ", due_at, queue_deadline) \
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
              $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], $11::bigint[], \
              $12::text[], $13::bigint[], $14::text[], $15::bigint[], $16::text[], \
-             $17::bigint[], $18::bigint[], $19::bigint[]) \
+             $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[], $21::bigint[], \
+             $22::bigint[], $23::bigint[], $24::bigint[], $25::bigint[], \
+             $26::double precision[], $27::bigint[], $28::bigint[], $29::bigint[], \
+             $30::bigint[], $31::bigint[]) \
          ON CONFLICT DO NOTHING \
          RETURNING id"
     ))
@@ -164,6 +175,18 @@ pub(super) async fn insert_rows(
     .bind(columns.created_at)
     .bind(columns.started_at)
     .bind(columns.completed_at)
+    .bind(columns.priority)
+    .bind(columns.run_after)
+    .bind(columns.queue_timeout_seconds)
+    .bind(columns.max_attempts)
+    .bind(columns.initial_backoff_us)
+    .bind(columns.max_backoff_us)
+    .bind(columns.backoff_multiplier)
+    .bind(columns.retry_at)
+    .bind(columns.failed_runs)
+    .bind(columns.cut_short_runs)
+    .bind(columns.due_at)
+    .bind(columns.queue_deadline)
     .fetch_all(&mut **transaction)
     .await?;
     Ok(ids.into_iter().collect())
@@ -191,6 +214,18 @@ pub(super) struct InsertColumns {
     created_at: Vec<i64>,
     started_at: Vec<Option<i64>>,
     completed_at: Vec<Option<i64>>,
+    priority: Vec<i64>,
+    run_after: Vec<Option<i64>>,
+    queue_timeout_seconds: Vec<i64>,
+    max_attempts: Vec<i64>,
+    initial_backoff_us: Vec<i64>,
+    max_backoff_us: Vec<i64>,
+    backoff_multiplier: Vec<f64>,
+    retry_at: Vec<Option<i64>>,
+    failed_runs: Vec<i64>,
+    cut_short_runs: Vec<i64>,
+    due_at: Vec<Option<i64>>,
+    queue_deadline: Vec<Option<i64>>,
 }
 
 impl InsertColumns {
@@ -214,6 +249,16 @@ impl InsertColumns {
         self.created_at.push(row.created_at);
         self.started_at.push(row.started_at);
         self.completed_at.push(row.completed_at);
+        self.priority.push(row.priority);
+        self.run_after.push(row.run_after);
+        self.queue_timeout_seconds.push(row.queue_timeout_seconds);
+        self.max_attempts.push(row.max_attempts);
+        self.initial_backoff_us.push(row.initial_backoff_us);
+        self.max_backoff_us.push(row.max_backoff_us);
+        self.backoff_multiplier.push(row.backoff_multiplier);
+        self.retry_at.push(row.retry_at);
+        self.failed_runs.push(row.failed_runs);
+        self.cut_short_runs.push(row.cut_short_runs);
     }
 }
 
@@ -302,9 +347,21 @@ pub(super) async fn update_tasks(
     let mut attempts = Vec::with_capacity(latest.len());
     let mut revisions = Vec::with_capacity(latest.len());
     let mut completed_ats = Vec::with_capacity(latest.len());
+    let mut retry_ats = Vec::with_capacity(latest.len());
+    let mut failed_runs = Vec::with_capacity(latest.len());
+    let mut cut_short_runs = Vec::with_capacity(latest.len());
+    let mut due_ats = Vec::with_capacity(latest.len());
+    let mut queue_deadlines = Vec::with_capacity(latest.len());
+    let now = SystemTime::now();
     // Column by column rather than through `TaskRow`, which would encode
     // `data` (possibly large, never written here) at every progress report.
     for task in latest.values() {
+        let (due_at, queue_deadline) = waiting_columns(task, now);
+        retry_ats.push(task.retry_at.map(micros));
+        failed_runs.push(i64::from(task.failed_runs));
+        cut_short_runs.push(i64::from(task.cut_short_runs));
+        due_ats.push(due_at);
+        queue_deadlines.push(queue_deadline);
         ids.push(*task.id.as_uuid());
         statuses.push(status_name(task.status));
         results.push(task.result.as_deref().map(JsonValue::to_string));
@@ -326,9 +383,11 @@ pub(super) async fn update_tasks(
     let written: Vec<Uuid> = sqlx::query_scalar(
         "WITH input AS ( \
              SELECT * FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], \
-                 $6::bigint[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[]) \
+                 $6::bigint[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], \
+                 $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[]) \
                  AS input(id, status, result, error, progress_percent, progress_message, \
-                          attempt, revision, completed_at) \
+                          attempt, revision, completed_at, retry_at, failed_runs, \
+                          cut_short_runs, due_at, queue_deadline) \
          ), \
          held AS ( \
              SELECT tasks.id FROM tasks JOIN input ON input.id = tasks.id \
@@ -341,8 +400,11 @@ pub(super) async fn update_tasks(
              progress_percent = input.progress_percent, \
              progress_message = input.progress_message, \
              revision = input.revision, completed_at = input.completed_at, \
-             lease_until = CASE WHEN input.status IN ('completed', 'failed', 'cancelled') \
-                 THEN NULL ELSE tasks.lease_until END \
+             retry_at = input.retry_at, failed_runs = input.failed_runs, \
+             cut_short_runs = input.cut_short_runs, due_at = input.due_at, \
+             queue_deadline = input.queue_deadline, \
+             lease_until = CASE WHEN input.status = 'running' \
+                 THEN tasks.lease_until ELSE NULL END \
          FROM input \
          WHERE tasks.id = input.id AND tasks.id IN (SELECT id FROM held) \
          RETURNING tasks.id",
@@ -357,6 +419,11 @@ pub(super) async fn update_tasks(
     .bind(attempts)
     .bind(revisions)
     .bind(completed_ats)
+    .bind(retry_ats)
+    .bind(failed_runs)
+    .bind(cut_short_runs)
+    .bind(due_ats)
+    .bind(queue_deadlines)
     .fetch_all(&mut **transaction)
     .await?;
     let written: HashSet<Uuid> = written.into_iter().collect();
@@ -367,6 +434,21 @@ pub(super) async fn update_tasks(
 }
 
 /// Deletes finished tasks (never an unfinished one, whoever asks).
+/// The columns only claims and sweeps read, `due_at` and `queue_deadline`.
+type WaitingColumns = (Option<i64>, Option<i64>);
+
+/// The columns only claims and sweeps read: when a waiting task becomes
+/// due, if that is still ahead at `now`; and when it has waited too long.
+/// A task that is not waiting has neither.
+fn waiting_columns(task: &Task, now: SystemTime) -> WaitingColumns {
+    if !task.status.is_waiting() {
+        return (None, None);
+    }
+    let ready_at = task.ready_at();
+    let due_at = (ready_at > now).then(|| micros(ready_at));
+    (due_at, task.queue_deadline().map(micros))
+}
+
 pub(super) async fn delete_finished(
     transaction: &mut Transaction<'_, Postgres>,
     ids: &[TaskId],

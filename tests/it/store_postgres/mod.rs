@@ -18,7 +18,7 @@ use task_processor::{
         ListPage, ListQuery, PostgresStore, StoreError,
         postgres::{Batch, Cancelled, Change, ChangeFeed, FeedEvent, Inserted},
     },
-    task::{NewTask, Progress, Task, TaskEvent, TaskId, TaskStatus},
+    task::{Failure, NewTask, Progress, Task, TaskEvent, TaskId, TaskStatus},
 };
 
 use crate::stores::fresh_postgres_schema;
@@ -90,6 +90,7 @@ fn task(name: &str) -> Task {
             timeout_seconds: 60,
             labels: BTreeMap::new(),
             request_id: None,
+            scheduling: Default::default(),
         },
         now(),
     )
@@ -428,7 +429,7 @@ async fn updates_are_written_only_while_the_run_holds_the_task() {
     assert_eq!(ids(&retaken), [taken.id]);
     let late = applied(&run_taken, TaskEvent::Complete(Arc::new(json!("late"))));
     assert!(!update(&store, "n1", &late).await);
-    let current = applied(&retaken[0], TaskEvent::Fail("boom".to_owned()));
+    let current = applied(&retaken[0], TaskEvent::Fail(Failure::permanent("boom")));
     assert!(update(&store, "n2", &current).await);
     assert_eq!(
         store.get(taken.id).await.expect("get").expect("row").error,

@@ -199,6 +199,13 @@ impl TaskService for ScriptedService {
         self.answer().await
     }
 
+    async fn delete_task(
+        &self,
+        _request: Request<pb::DeleteTaskRequest>,
+    ) -> Result<Response<()>, Status> {
+        self.answer().await
+    }
+
     async fn watch_task(
         &self,
         _request: Request<pb::WatchTaskRequest>,

@@ -1,7 +1,9 @@
 //! Parsing of requests into domain values, enforcing the contract's
 //! "Limits on input" (docs/api.md). Each broken rule names its field.
 
-use std::{collections::BTreeMap, sync::Arc};
+mod scheduling;
+
+use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 
 use prost::Message;
 
@@ -10,8 +12,10 @@ use crate::{
     manager::ListQuery,
     pb,
     processor::{DEFAULT_KIND, Registry},
-    task::{NewTask, TaskId, TaskStatus},
+    task::{NewTask, RetryPolicy, TaskId, TaskStatus},
 };
+
+pub use scheduling::MAX_SCHEDULING_HORIZON;
 
 pub const MAX_NAME_CHARS: usize = 200;
 pub const MAX_DESCRIPTION_CHARS: usize = 4096;
@@ -33,9 +37,16 @@ pub struct Limits {
     pub max_data_bytes: usize,
 }
 
+impl Limits {
+    /// The retry policy of a task of `kind` whose request set none.
+    pub fn default_retry_policy(&self, _kind: &str) -> RetryPolicy {
+        RetryPolicy::default()
+    }
+}
+
 /// Validates a create request against the limits and the registered kinds.
 pub fn new_task(
-    request: pb::CreateTaskRequest,
+    mut request: pb::CreateTaskRequest,
     limits: &Limits,
     registry: &Registry,
 ) -> Result<NewTask, ApiError> {
@@ -74,7 +85,7 @@ pub fn new_task(
     let kind = if request.kind.is_empty() {
         DEFAULT_KIND.to_owned()
     } else {
-        request.kind
+        std::mem::take(&mut request.kind)
     };
     if !registry.contains(&kind) {
         return Err(ApiError::invalid(
@@ -99,6 +110,12 @@ pub fn new_task(
         }
         requested => requested,
     };
+
+    let scheduling = scheduling::scheduling(
+        &request,
+        &limits.default_retry_policy(&kind),
+        SystemTime::now(),
+    )?;
 
     let labels = labels("labels", request.labels.into_iter().collect())?;
 
@@ -149,6 +166,7 @@ pub fn new_task(
         timeout_seconds,
         labels,
         request_id,
+        scheduling,
     })
 }
 
@@ -243,9 +261,10 @@ fn status_filter(number: i32) -> Result<TaskStatus, ApiError> {
         Some(pb::TaskStatus::Completed) => Ok(TaskStatus::Completed),
         Some(pb::TaskStatus::Failed) => Ok(TaskStatus::Failed),
         Some(pb::TaskStatus::Cancelled) => Ok(TaskStatus::Cancelled),
+        Some(pb::TaskStatus::Retrying) => Ok(TaskStatus::Retrying),
         Some(pb::TaskStatus::Unspecified) | None => Err(ApiError::invalid(
             "statuses",
-            format!("{number} is not a task status to filter by (use PENDING .. CANCELLED)"),
+            format!("{number} is not a task status to filter by (use PENDING .. RETRYING)"),
         )),
     }
 }

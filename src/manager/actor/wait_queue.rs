@@ -1,0 +1,138 @@
+//! What waits to start on the local shape (memory, SQLite): tasks that are
+//! ready, by priority and then FIFO, and tasks whose `run_after` (or retry
+//! back-off) is still ahead. One timer wheel holds when each delayed task
+//! becomes ready and when each task with a queue timeout has waited too
+//! long, so thousands of delayed tasks cost no polling: the loop wakes only
+//! when the earliest of them is due.
+
+use std::{
+    cmp::Reverse,
+    collections::{BTreeSet, HashMap},
+    future::poll_fn,
+    time::{Duration, SystemTime},
+};
+
+use tokio_util::time::{DelayQueue, delay_queue::Key};
+
+use crate::task::{Task, TaskId};
+
+/// A wait that ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(in crate::manager) enum WaitEnded {
+    /// The task's `run_after` (or back-off) has come: it is ready.
+    Due(TaskId),
+    /// The task has waited its queue timeout without starting.
+    QueueTimeout(TaskId),
+}
+
+/// The timers of one waiting task.
+#[derive(Debug, Default)]
+struct Timers {
+    due: Option<Key>,
+    queue_timeout: Option<Key>,
+}
+
+#[derive(Debug, Default)]
+pub(in crate::manager) struct WaitQueue {
+    /// Ready tasks: highest priority first, then oldest (ids sort by
+    /// creation).
+    ready: BTreeSet<(Reverse<i32>, TaskId)>,
+    /// Delayed tasks and those waiting for their back-off: not ready yet.
+    delayed: usize,
+    timers: DelayQueue<WaitEnded>,
+    keys: HashMap<TaskId, Timers>,
+}
+
+impl WaitQueue {
+    /// Adds a waiting task: ready now, or when its `run_after` comes; with
+    /// a queue timeout, that is armed too (from when it becomes ready).
+    pub(super) fn add(&mut self, task: &Task) {
+        let now = SystemTime::now();
+        let mut timers = Timers::default();
+        let ready_at = task.ready_at();
+        match ready_at.duration_since(now) {
+            Ok(ahead) if !ahead.is_zero() => {
+                timers.due = Some(self.timers.insert(WaitEnded::Due(task.id), ahead));
+                self.delayed += 1;
+            }
+            _ => {
+                self.ready.insert(ready_key(task));
+            }
+        }
+        if let Some(deadline) = task.queue_deadline() {
+            let left = deadline.duration_since(now).unwrap_or(Duration::ZERO);
+            timers.queue_timeout = Some(self.timers.insert(WaitEnded::QueueTimeout(task.id), left));
+        }
+        if timers.due.is_some() || timers.queue_timeout.is_some() {
+            self.keys.insert(task.id, timers);
+        }
+    }
+
+    /// A delayed task whose time has come (see [`WaitEnded::Due`]) joins
+    /// the ready ones.
+    pub(super) fn make_ready(&mut self, task: &Task) {
+        self.ready.insert(ready_key(task));
+    }
+
+    /// Takes a task out (it started, was cancelled or timed out), with its
+    /// timers.
+    pub(super) fn remove(&mut self, task: &Task) {
+        self.ready.remove(&ready_key(task));
+        if let Some(timers) = self.keys.remove(&task.id) {
+            if let Some(key) = timers.due {
+                self.timers.remove(&key);
+                self.delayed -= 1;
+            }
+            if let Some(key) = timers.queue_timeout {
+                self.timers.remove(&key);
+            }
+        }
+    }
+
+    /// The ready task that starts next, taken out of the ready set (its
+    /// timers stay until [`WaitQueue::remove`]).
+    pub(super) fn pop_ready(&mut self) -> Option<TaskId> {
+        self.ready.pop_first().map(|(_, id)| id)
+    }
+
+    /// The next wait that ends; never completes while nothing waits on a
+    /// timer.
+    pub(super) async fn next_ended(&mut self) -> WaitEnded {
+        loop {
+            let expired = poll_fn(|context| self.timers.poll_expired(context)).await;
+            match expired {
+                Some(expired) => {
+                    let ended = expired.into_inner();
+                    // The timer is spent: its key must not be used again.
+                    let id = ended.task_id();
+                    if let Some(timers) = self.keys.get_mut(&id) {
+                        match ended {
+                            WaitEnded::Due(_) => {
+                                timers.due = None;
+                                self.delayed -= 1;
+                            }
+                            WaitEnded::QueueTimeout(_) => timers.queue_timeout = None,
+                        }
+                        if timers.due.is_none() && timers.queue_timeout.is_none() {
+                            self.keys.remove(&id);
+                        }
+                    }
+                    return ended;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+}
+
+impl WaitEnded {
+    pub(super) fn task_id(self) -> TaskId {
+        match self {
+            WaitEnded::Due(id) | WaitEnded::QueueTimeout(id) => id,
+        }
+    }
+}
+
+fn ready_key(task: &Task) -> (Reverse<i32>, TaskId) {
+    (Reverse(task.scheduling.priority), task.id)
+}
