@@ -239,7 +239,7 @@ pub struct Scale {
 }
 
 impl Scale {
-    fn new(quick: bool) -> Self {
+    pub fn new(quick: bool) -> Self {
         if quick {
             Self {
                 phase: Duration::from_millis(500),

@@ -22,12 +22,20 @@ type Client = TaskServiceClient<Channel>;
 const MIN_WATCH_CONNECTIONS: usize = 16;
 
 /// ...and enough that no connection needs more streams than the server
-/// allows (a call beyond the limit would wait for a stream to end).
+/// allows (a call beyond the limit would wait for a stream to end, and the
+/// run would hang). The open streams and each round's fan-out streams are
+/// both spread round-robin, so a connection carries up to the ceiling of
+/// each share.
 fn watch_connections(scale: &Scale) -> usize {
-    let streams = scale.open_watchers + scale.fan_out_watchers;
-    streams
-        .div_ceil(MAX_CONCURRENT_STREAMS as usize)
-        .max(MIN_WATCH_CONNECTIONS)
+    let limit = MAX_CONCURRENT_STREAMS as usize;
+    let most_on_one = |connections: usize| {
+        scale.open_watchers.div_ceil(connections) + scale.fan_out_watchers.div_ceil(connections)
+    };
+    let mut connections = MIN_WATCH_CONNECTIONS;
+    while most_on_one(connections) > limit {
+        connections += 1;
+    }
+    connections
 }
 
 fn pending_sleep(name: &str) -> pb::CreateTaskRequest {
@@ -171,4 +179,23 @@ pub async fn report(scale: Scale) -> anyhow::Result<()> {
         stream.abort();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_connection_carries_more_streams_than_the_server_allows() {
+        for quick in [false, true] {
+            let scale = Scale::new(quick);
+            let connections = watch_connections(&scale);
+            let most = scale.open_watchers.div_ceil(connections)
+                + scale.fan_out_watchers.div_ceil(connections);
+            assert!(
+                most <= MAX_CONCURRENT_STREAMS as usize,
+                "{most} streams on one of {connections} connections"
+            );
+        }
+    }
 }
