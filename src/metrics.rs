@@ -27,6 +27,8 @@ use crate::task::TaskStatus;
 pub struct Occupancy {
     /// Tasks waiting for a slot.
     pub pending: usize,
+    /// Tasks waiting for a retry's back-off to pass (then for a slot).
+    pub retrying: usize,
     /// Slots in use.
     pub running: usize,
     /// Open watch streams.
@@ -86,11 +88,24 @@ pub struct KindMetrics {
     failed: Counter,
     cancelled: Counter,
     run_seconds: Histogram,
+    retried: Counter,
+    start_delay_seconds: Histogram,
 }
 
 impl KindMetrics {
     pub fn task_created(&self) {
         self.created.inc();
+    }
+
+    /// A run failed and the task will run again (`RETRYING`).
+    pub fn task_retried(&self) {
+        self.retried.inc();
+    }
+
+    /// A run started `delay` after the task became ready (its creation,
+    /// its `run_after`, or the end of a retry's back-off).
+    pub fn task_started(&self, delay: Duration) {
+        self.start_delay_seconds.observe(delay.as_secs_f64());
     }
 
     /// A task reached `status`; `run_time` is set when it had started.
@@ -119,9 +134,12 @@ struct Inner {
     tasks_created: Family<KindLabels, Counter>,
     tasks_finished: Family<FinishedLabels, Counter>,
     task_run_seconds: Family<KindLabels, Histogram, Buckets>,
+    task_retries: Family<KindLabels, Counter>,
+    task_start_delay_seconds: Family<KindLabels, Histogram, Buckets>,
     rpc_requests: Family<RpcLabels, Counter>,
     rpc_duration_seconds: Family<MethodLabels, Histogram, Buckets>,
     queue_depth: Gauge,
+    retrying_tasks: Gauge,
     running_tasks: Gauge,
     active_watchers: Gauge,
     retained_tasks: Gauge,
@@ -171,6 +189,20 @@ impl Metrics {
             "Run time of finished tasks, from start to terminal status, by kind",
             task_run_seconds.clone(),
         );
+        let task_retries = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "task_retries",
+            "Failed runs after which the task runs again (RUNNING -> RETRYING), by kind",
+            task_retries.clone(),
+        );
+        let task_start_delay_seconds = Family::new_with_constructor(run_buckets);
+        registry.register(
+            "task_start_delay_seconds",
+            "Time from when a task became ready (its creation, its run_after, or the end of a \
+             retry's back-off) to the start of its run, by kind: queue wait, and how late \
+             delayed tasks start",
+            task_start_delay_seconds.clone(),
+        );
         let rpc_requests = Family::<RpcLabels, Counter>::default();
         registry.register(
             "rpc_requests",
@@ -191,6 +223,12 @@ impl Metrics {
         );
         let queue_depth = Gauge::default();
         registry.register("queue_depth", "Tasks waiting to run", queue_depth.clone());
+        let retrying_tasks = Gauge::default();
+        registry.register(
+            "retrying_tasks",
+            "Tasks waiting for a retry's back-off to pass, then to run again",
+            retrying_tasks.clone(),
+        );
         let running_tasks = Gauge::default();
         registry.register(
             "running_tasks",
@@ -248,9 +286,12 @@ impl Metrics {
                 tasks_created,
                 tasks_finished,
                 task_run_seconds,
+                task_retries,
+                task_start_delay_seconds,
                 rpc_requests,
                 rpc_duration_seconds,
                 queue_depth,
+                retrying_tasks,
                 running_tasks,
                 active_watchers,
                 retained_tasks,
@@ -282,6 +323,10 @@ impl Metrics {
             failed: finished(TaskStatus::Failed),
             cancelled: finished(TaskStatus::Cancelled),
             run_seconds: inner.task_run_seconds.get_or_create_owned(&kind_labels),
+            retried: inner.task_retries.get_or_create_owned(&kind_labels),
+            start_delay_seconds: inner
+                .task_start_delay_seconds
+                .get_or_create_owned(&kind_labels),
         }
     }
 
@@ -325,6 +370,7 @@ impl Metrics {
     pub fn render(&self, occupancy: &Occupancy) -> String {
         let gauge = |value: usize| i64::try_from(value).unwrap_or(i64::MAX);
         self.inner.queue_depth.set(gauge(occupancy.pending));
+        self.inner.retrying_tasks.set(gauge(occupancy.retrying));
         self.inner.running_tasks.set(gauge(occupancy.running));
         self.inner.active_watchers.set(gauge(occupancy.watchers));
         self.inner

@@ -33,6 +33,8 @@ CREATE INDEX tasks_ready ON tasks (priority DESC, id)
 -- What becomes due next.
 CREATE INDEX tasks_due ON tasks (due_at)
     WHERE status IN ('pending', 'retrying') AND due_at IS NOT NULL;
+-- Counting the retrying tasks, for the metrics.
+CREATE INDEX tasks_retrying ON tasks (id) WHERE status = 'retrying';
 -- What has waited too long.
 CREATE INDEX tasks_queue_deadline ON tasks (queue_deadline)
     WHERE status IN ('pending', 'retrying') AND queue_deadline IS NOT NULL;

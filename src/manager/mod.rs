@@ -139,6 +139,8 @@ pub enum ManagerError {
 pub struct ManagerStats {
     pub tasks: usize,
     pub pending: usize,
+    /// Tasks waiting for a retry's back-off (then for a slot).
+    pub retrying: usize,
     /// Slots in use: running processors, including ones told to stop.
     pub running: usize,
     /// Tasks with a watch channel open.
@@ -158,6 +160,7 @@ impl ManagerStats {
     pub fn occupancy(&self) -> Occupancy {
         Occupancy {
             pending: self.pending,
+            retrying: self.retrying,
             running: self.running,
             watchers: self.watchers,
             retained_tasks: self.tasks,

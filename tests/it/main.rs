@@ -19,7 +19,7 @@ mod edge;
 mod lifecycle;
 mod list;
 mod memory_budget;
-mod operations;
+pub mod operations;
 mod outage;
 mod process;
 mod proxy;

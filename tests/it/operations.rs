@@ -9,13 +9,17 @@ use crate::support::{
     TestServer, create, eventually, http_get, request, test_config, wait_for_status,
 };
 
-fn scrape(text: &str) -> prometheus_parse::Scrape {
+pub fn scrape(text: &str) -> prometheus_parse::Scrape {
     prometheus_parse::Scrape::parse(text.lines().map(|line| Ok(line.to_owned())))
         .expect("valid Prometheus text")
 }
 
 /// The value of the sample `name` whose labels include all of `labels`.
-fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub fn sample(
+    scrape: &prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
     scrape
         .samples
         .iter()

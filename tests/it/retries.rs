@@ -308,7 +308,73 @@ async fn a_policy_out_of_range_is_refused_naming_its_field() {
     );
 }
 
+/// The metric `name` with `labels`, once `wanted` holds for it.
+async fn metric_when(
+    server: &TestServer,
+    name: &str,
+    labels: &[(&str, &str)],
+    wanted: impl Fn(f64) -> bool,
+) -> f64 {
+    let admin = server.admin_address.to_string();
+    crate::support::eventually(&format!("{name} {labels:?}"), || {
+        let admin = admin.clone();
+        let wanted = &wanted;
+        async move {
+            let (_, body) = crate::support::http_get(&admin, "/metrics").await;
+            let scrape = crate::operations::scrape(&body);
+            crate::operations::sample(&scrape, name, labels).filter(|value| wanted(*value))
+        }
+    })
+    .await
+}
+
+async fn retries_retrying_tasks_and_start_delays_are_measured() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let waiting = create_with_policy(
+        &mut client,
+        "flaky",
+        json!({"failures": 1}),
+        policy(2, Duration::from_secs(60)),
+    )
+    .await;
+    wait_for_status(&client, &waiting.id, pb::TaskStatus::Retrying).await;
+    // With PostgreSQL the gauge is counted every second.
+    metric_when(&server, "task_processor_retrying_tasks", &[], |value| {
+        value == 1.0
+    })
+    .await;
+    let twice = create_with_policy(
+        &mut client,
+        "flaky",
+        json!({"failures": 2}),
+        policy(3, Duration::from_millis(50)),
+    )
+    .await;
+    wait_for_status(&client, &twice.id, pb::TaskStatus::Completed).await;
+    let retries = metric_when(
+        &server,
+        "task_processor_task_retries_total",
+        &[("kind", "flaky")],
+        |value| value >= 3.0,
+    )
+    .await;
+    assert_eq!(
+        retries, 3.0,
+        "one retry of the first task, two of the second"
+    );
+    let starts = metric_when(
+        &server,
+        "task_processor_task_start_delay_seconds_count",
+        &[("kind", "flaky")],
+        |value| value >= 4.0,
+    )
+    .await;
+    assert_eq!(starts, 4.0, "every run that started, after waiting");
+}
+
 contract_tests!(
+    retries_retrying_tasks_and_start_delays_are_measured,
     a_flaky_task_is_retried_after_its_backoff_until_it_completes,
     a_task_fails_once_its_attempts_are_spent,
     a_permanent_failure_is_not_retried,

@@ -83,7 +83,8 @@ pub(in crate::manager) enum ClusterEvent {
         asked: Vec<(TaskId, u32)>,
         result: Result<Vec<TaskId>, StoreError>,
     },
-    Counted(Result<u64, StoreError>),
+    /// The cluster's pending and retrying tasks.
+    Counted(Result<(u64, u64), StoreError>),
     Retained(Result<u64, StoreError>),
 }
 
@@ -115,6 +116,8 @@ pub(in crate::manager) struct Cluster {
     /// Pending tasks in the whole cluster, as last counted plus what this
     /// replica created since: what counts against `queue_capacity`.
     pending_estimate: usize,
+    /// Retrying tasks in the whole cluster, as last counted (metrics).
+    retrying: usize,
     pending_watches: HashMap<TaskId, PendingWatch>,
     /// The kinds this replica can run: the only ones it claims.
     kinds: Arc<[String]>,
@@ -144,6 +147,7 @@ impl Cluster {
             next_due: None,
             ending: HashSet::new(),
             pending_estimate: 0,
+            retrying: 0,
             pending_watches: HashMap::new(),
             kinds: kinds.into(),
             last_renewal: Instant::now(),
@@ -278,7 +282,9 @@ impl Manager<Cluster> {
         cluster.claim_wanted = true;
         let store = cluster.store.clone();
         cluster.calls.spawn(async move {
-            ClusterEvent::Counted(within(STORE_CALL_TIMEOUT, store.count_pending()).await)
+            let counts =
+                async { Ok((store.count_pending().await?, store.count_retrying().await?)) };
+            ClusterEvent::Counted(within(STORE_CALL_TIMEOUT, counts).await)
         });
         if !cluster.expiring {
             cluster.expiring = true;
@@ -522,8 +528,9 @@ impl Manager<Cluster> {
                 }
             }
             ClusterEvent::Counted(result) => match result {
-                Ok(pending) => {
+                Ok((pending, retrying)) => {
                     self.shape.pending_estimate = usize::try_from(pending).unwrap_or(usize::MAX);
+                    self.shape.retrying = usize::try_from(retrying).unwrap_or(usize::MAX);
                 }
                 Err(error) => warn!(error = %error_chain(&error), "counting pending tasks failed"),
             },
@@ -771,7 +778,9 @@ impl Shape for Cluster {
         manager.shape.pending_estimate
     }
 
-    fn shape_stats(_manager: &Manager<Self>, _stats: &mut ManagerStats) {}
+    fn shape_stats(manager: &Manager<Self>, stats: &mut ManagerStats) {
+        stats.retrying = manager.shape.retrying;
+    }
 
     async fn next_event(&mut self) -> Option<ClusterEvent> {
         let due = self.next_due.map(|due| {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tracing::{debug, info, warn};
 
 use super::{Manager, Shape, now};
-use crate::task::{Applied, Task, TaskEvent, TaskId};
+use crate::task::{Applied, Task, TaskEvent, TaskId, TaskStatus};
 
 impl<S: Shape> Manager<S> {
     /// Applies `event` to the task. Returns the new state, or `None` when
@@ -28,6 +28,8 @@ impl<S: Shape> Manager<S> {
                 self.persister.update(Arc::clone(&task));
                 if status_changed && task.status.is_terminal() {
                     self.record_finished(&task);
+                } else if status_changed && task.status == TaskStatus::Retrying {
+                    self.record_retry(&task);
                 }
                 S::changed(self, &task, before, status_changed);
                 Some(task)
@@ -58,6 +60,23 @@ impl<S: Shape> Manager<S> {
             run_ms = run_time.map(|run_time| run_time.as_millis() as u64),
             error = %task.error,
             "task finished"
+        );
+    }
+
+    /// Counts and logs a failed run after which the task runs again.
+    fn record_retry(&mut self, task: &Task) {
+        self.metrics_of(&task.kind).task_retried();
+        let backoff_ms = task
+            .retry_at
+            .and_then(|retry_at| retry_at.duration_since(now()).ok())
+            .map(|wait| wait.as_millis() as u64);
+        info!(
+            task_id = %task.id,
+            kind = %task.kind,
+            attempt = task.attempt,
+            error = %task.error,
+            backoff_ms,
+            "task run failed; it will run again"
         );
     }
 

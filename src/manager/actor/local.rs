@@ -39,6 +39,8 @@ pub(in crate::manager) struct Local {
     pub(super) recovered: VecDeque<TaskId>,
     /// Tasks in `Pending`: what counts against `queue_capacity`.
     pub(super) pending: usize,
+    /// Tasks in `Retrying`, for the metrics.
+    pub(super) retrying: usize,
     /// Finished tasks in the order they finished, for retention.
     pub(super) finished: VecDeque<(Instant, TaskId)>,
     /// The bytes of payloads held in `tasks`, against `max_held_bytes`.
@@ -54,6 +56,7 @@ impl Local {
             waiting: WaitQueue::default(),
             recovered: VecDeque::new(),
             pending: 0,
+            retrying: 0,
             finished: VecDeque::new(),
             held: Held::new(max_held_bytes),
             uncommitted: HashSet::new(),
@@ -149,6 +152,11 @@ impl Shape for Local {
         if before == TaskStatus::Pending && task.status != TaskStatus::Pending {
             manager.shape.pending -= 1;
         }
+        if before == TaskStatus::Retrying && task.status != TaskStatus::Retrying {
+            manager.shape.retrying -= 1;
+        } else if before != TaskStatus::Retrying && task.status == TaskStatus::Retrying {
+            manager.shape.retrying += 1;
+        }
         if before.is_waiting() && !task.status.is_waiting() {
             manager.shape.waiting.remove(task);
         } else if before == TaskStatus::Running && task.status == TaskStatus::Retrying {
@@ -210,6 +218,7 @@ impl Shape for Local {
 
     fn shape_stats(manager: &Manager<Self>, stats: &mut ManagerStats) {
         stats.request_ids = manager.shape.request_ids.len();
+        stats.retrying = manager.shape.retrying;
         stats.finished = manager.shape.finished.len();
         stats.held_bytes = manager.shape.held.total();
     }

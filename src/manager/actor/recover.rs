@@ -30,6 +30,7 @@ impl Manager<Local> {
                 }
                 TaskStatus::Retrying => {
                     retrying += 1;
+                    self.shape.retrying += 1;
                     self.shape.waiting.add(&task);
                 }
                 TaskStatus::Running => {

@@ -129,6 +129,14 @@ impl<S: Shape> Manager<S> {
             self.transition(task.id, TaskEvent::Fail(Failure::permanent(error)));
             return;
         }
+        // A run cut short starts again at once: it was not waiting.
+        if task.cut_short_runs == 0
+            && let Some(delay) = task
+                .started_at
+                .and_then(|started| started.duration_since(task.ready_at()).ok())
+        {
+            self.metrics_of(&task.kind).task_started(delay);
+        }
         self.spawn_run(task);
     }
 

@@ -680,6 +680,14 @@ impl PostgresStore {
         Ok(ListPage { tasks, next_after })
     }
 
+    /// How many tasks wait for a retry's back-off (then to be claimed).
+    pub async fn count_retrying(&self) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks WHERE status = 'retrying'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     /// How many tasks wait to be claimed, by any replica.
     pub async fn count_pending(&self) -> Result<u64, StoreError> {
         let count: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks WHERE status = 'pending'")
