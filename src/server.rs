@@ -106,6 +106,24 @@ pub enum ServerError {
     ManagerStopped,
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the setting kinds names {kind:?}, which no processor serves (kinds: {known})")]
+    UnknownKind { kind: String, known: String },
+}
+
+/// Refuses per-kind settings for a kind that no processor serves: a typo
+/// there would silently leave the real kind without its limit or policy.
+fn check_kinds(config: &Config, registry: &Registry) -> Result<(), ServerError> {
+    match config
+        .kinds
+        .keys()
+        .find(|kind| !registry.contains(kind.as_str()))
+    {
+        Some(kind) => Err(ServerError::UnknownKind {
+            kind: kind.clone(),
+            known: registry.kinds().join(", "),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Runs the service until `shutdown` completes, then stops in order (see
@@ -116,6 +134,7 @@ pub async fn run(
     registry: Registry,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    check_kinds(&config, &registry)?;
     let metrics = Metrics::new();
     let manager = ManagerHandle::start(
         config.manager_config(),
@@ -145,6 +164,7 @@ pub async fn run_with(
     metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    check_kinds(&config, &registry)?;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_service_status(TASK_SERVICE_NAME, ServingStatus::Serving)

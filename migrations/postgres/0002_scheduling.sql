@@ -25,10 +25,11 @@ ALTER TABLE tasks
     ADD COLUMN due_at BIGINT,
     ADD COLUMN queue_deadline BIGINT;
 
--- Claims take ready tasks by priority, then FIFO: one index walk, which
--- never passes a finished or a delayed row. (tasks_pending_fifo stays, for
+-- Claims take the ready tasks of each kind by priority, then FIFO: one
+-- short index walk per kind (kinds have their own limits), which never
+-- passes a finished or a delayed row. (tasks_pending_fifo stays, for
 -- counting what waits against the queue capacity.)
-CREATE INDEX tasks_ready ON tasks (priority DESC, id)
+CREATE INDEX tasks_ready ON tasks (kind, priority DESC, id)
     WHERE status IN ('pending', 'retrying') AND due_at IS NULL;
 -- What becomes due next.
 CREATE INDEX tasks_due ON tasks (due_at)

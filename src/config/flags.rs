@@ -106,6 +106,13 @@ pub struct Flags {
     #[arg(long, value_name = "N")]
     pub max_cut_short_runs: Option<String>,
 
+    /// Per-kind rules as YAML or JSON: max_concurrent (within the global
+    /// limit, per replica) and the default retry_policy, e.g.
+    /// '{email: {max_concurrent: 5, retry_policy: {max_attempts: 3}}}'
+    /// [env: TASK_PROCESSOR_KINDS] [default: {}]
+    #[arg(long, value_name = "YAML")]
+    pub kinds: Option<String>,
+
     /// Where tasks live: memory, sqlite://PATH (one process) or
     /// postgres://USER@HOST/DB (many replicas) [env: TASK_PROCESSOR_STORE]
     /// [default: sqlite://task-processor.db]
@@ -159,6 +166,7 @@ impl Flags {
                 &self.max_cut_short_runs,
                 "--max-cut-short-runs",
             ),
+            ("kinds", &self.kinds, "--kinds"),
             ("store", &self.store, "--store"),
             ("lease", &self.lease, "--lease"),
             ("log_level", &self.log_level, "--log-level"),

@@ -6,6 +6,7 @@
 //! reported with the setting, where it came from and why.
 
 mod flags;
+mod kinds;
 mod parse;
 
 use std::{
@@ -20,6 +21,7 @@ use serde::Serialize;
 use crate::{api::Limits, manager::ManagerConfig, store::StoreUrl};
 
 pub use flags::Flags;
+pub use kinds::{KindSettings, Kinds, PolicySettings};
 
 /// How long a client should wait before retrying when the queue is full.
 const QUEUE_FULL_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -108,6 +110,7 @@ pub const SETTINGS: &[Setting] = &[
         "TASK_PROCESSOR_MAX_CUT_SHORT_RUNS",
         "--max-cut-short-runs",
     ),
+    setting("kinds", "TASK_PROCESSOR_KINDS", "--kinds"),
     setting("store", "TASK_PROCESSOR_STORE", "--store"),
     setting("lease", "TASK_PROCESSOR_LEASE", "--lease"),
     setting("log_level", "LOG_LEVEL", "--log-level"),
@@ -206,6 +209,8 @@ pub struct Config {
     /// A task whose runs were cut short this many times in a row (its
     /// server died or handed it over) fails instead of running again.
     pub max_cut_short_runs: u32,
+    /// Per-kind rules: a kind's `max_concurrent` and default retry policy.
+    pub kinds: Kinds,
     /// Where tasks live (printed without its password).
     #[serde(serialize_with = "parse::serialize_display")]
     pub store: StoreUrl,
@@ -238,6 +243,7 @@ impl Default for Config {
             // their text, which fits a modest container.
             max_held_bytes: 512 * 1024 * 1024,
             max_cut_short_runs: crate::manager::DEFAULT_MAX_CUT_SHORT_RUNS,
+            kinds: Kinds::new(),
             store: StoreUrl::Sqlite(DEFAULT_SQLITE_PATH.into()),
             lease: Duration::from_secs(30),
             log_level: "info".into(),
@@ -334,6 +340,7 @@ impl Config {
             parse::positive_u32,
             defaults.max_cut_short_runs,
         )?;
+        let (kinds, _) = layers.resolve("kinds", kinds::parse, defaults.kinds)?;
         let (store, _) = layers.resolve("store", parse::store, defaults.store)?;
         let (lease, lease_source) = layers.resolve("lease", duration, defaults.lease)?;
         let (log_level, _) = layers.resolve("log_level", log_level, defaults.log_level)?;
@@ -400,6 +407,7 @@ impl Config {
             max_finished_tasks,
             max_held_bytes,
             max_cut_short_runs,
+            kinds,
             store,
             lease,
             log_level,
@@ -423,14 +431,29 @@ impl Config {
             lease: self.lease,
             max_held_bytes: self.max_held_bytes,
             max_cut_short_runs: self.max_cut_short_runs,
+            kind_limits: self
+                .kinds
+                .iter()
+                .filter_map(|(kind, settings)| Some((kind.clone(), settings.max_concurrent?)))
+                .collect(),
         }
     }
 
     pub fn limits(&self) -> Limits {
+        // Checked when the configuration was loaded.
+        let retry_policies = self
+            .kinds
+            .iter()
+            .filter_map(|(kind, settings)| {
+                let policy = settings.retry_policy.as_ref()?.resolve().ok()?;
+                Some((kind.clone(), policy))
+            })
+            .collect();
         Limits {
             default_timeout_seconds: seconds(self.default_timeout),
             max_timeout_seconds: seconds(self.max_timeout),
             max_data_bytes: self.max_data_bytes,
+            retry_policies: std::sync::Arc::new(retry_policies),
         }
     }
 }
@@ -477,6 +500,8 @@ fn read_file(path: &Path) -> Result<Vec<(&'static str, String)>, ConfigError> {
         };
         let text = match value {
             yaml_serde::Value::Null => continue,
+            // The one setting whose value is a mapping.
+            yaml_serde::Value::Mapping(_) if setting.key == "kinds" => kinds::to_text(&value),
             yaml_serde::Value::Bool(flag) => flag.to_string(),
             yaml_serde::Value::Number(number) => number.to_string(),
             yaml_serde::Value::String(text) => text,

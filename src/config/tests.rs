@@ -153,6 +153,10 @@ fn every_setting_is_read_from_its_environment_variable() {
         ("TASK_PROCESSOR_MAX_FINISHED_TASKS", "12"),
         ("TASK_PROCESSOR_MAX_HELD_BYTES", "64KiB"),
         ("TASK_PROCESSOR_MAX_CUT_SHORT_RUNS", "14"),
+        (
+            "TASK_PROCESSOR_KINDS",
+            r#"{"echo": {"max_concurrent": 3, "retry_policy": {"max_attempts": 2}}}"#,
+        ),
         ("TASK_PROCESSOR_STORE", "postgres://app:secret@db/tasks"),
         ("TASK_PROCESSOR_LEASE", "13s"),
         ("LOG_LEVEL", "DEBUG"),
@@ -173,6 +177,13 @@ fn every_setting_is_read_from_its_environment_variable() {
     assert_eq!(config.max_finished_tasks, 12);
     assert_eq!(config.max_held_bytes, 64 * 1024);
     assert_eq!(config.max_cut_short_runs, 14);
+    assert_eq!(config.kinds["echo"].max_concurrent, Some(3));
+    assert_eq!(config.manager_config().kind_limits["echo"], 3);
+    assert_eq!(config.limits().default_retry_policy("echo").max_attempts, 2);
+    assert_eq!(
+        config.limits().default_retry_policy("sleep").max_attempts,
+        1
+    );
     assert_eq!(
         config.store,
         StoreUrl::Postgres("postgres://app:secret@db/tasks".into())

@@ -9,6 +9,7 @@ mod persist;
 mod watch;
 
 use std::{
+    collections::HashMap,
     sync::{Arc, Weak},
     time::Duration,
 };
@@ -94,6 +95,9 @@ pub struct ManagerConfig {
     /// A task whose runs were cut short this many times in a row (its
     /// server died or handed it over) fails instead of running again.
     pub max_cut_short_runs: u32,
+    /// At most this many tasks of a kind run at once here, within
+    /// `max_concurrent`; kinds not listed have no limit of their own.
+    pub kind_limits: HashMap<String, usize>,
 }
 
 /// The default of [`ManagerConfig::max_cut_short_runs`].

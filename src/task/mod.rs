@@ -18,7 +18,7 @@ use std::{
 };
 
 pub use machine::{Applied, Failure, IllegalTransition, TaskEvent};
-pub use retry::{MAX_ATTEMPTS_LIMIT, RetryPolicy};
+pub use retry::{InvalidPolicy, MAX_ATTEMPTS_LIMIT, MAX_BACKOFF_LIMIT, RetryPolicy};
 
 use serde_json::Value as JsonValue;
 use uuid::Uuid;

@@ -5,6 +5,20 @@ use std::time::Duration;
 /// The most runs a policy may allow.
 pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
 
+/// The longest wait a policy may ask for: a year. Longer is a calendar's
+/// job, and timers stay within what the runtime's timer wheel holds.
+pub const MAX_BACKOFF_LIMIT: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// A rule of the contract a policy breaks; `field` names the field.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{reason}")]
+pub struct InvalidPolicy {
+    /// `max_attempts`, `initial_backoff`, `max_backoff` or
+    /// `backoff_multiplier`.
+    pub field: &'static str,
+    pub reason: String,
+}
+
 /// How failed runs are retried, with every field effective (the request's,
 /// or the server's default for the kind where the request left it unset).
 #[derive(Clone, Debug, PartialEq)]
@@ -34,6 +48,56 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Checks the contract's rules: 1 to 100 attempts, waits of at most a
+    /// year with the longest at least the first, a finite multiplier of at
+    /// least 1.
+    pub fn check(&self) -> Result<(), InvalidPolicy> {
+        let invalid = |field, reason: String| Err(InvalidPolicy { field, reason });
+        if !(1..=MAX_ATTEMPTS_LIMIT).contains(&self.max_attempts) {
+            return invalid(
+                "max_attempts",
+                format!(
+                    "must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {}",
+                    self.max_attempts
+                ),
+            );
+        }
+        for (field, wait) in [
+            ("initial_backoff", self.initial_backoff),
+            ("max_backoff", self.max_backoff),
+        ] {
+            if wait > MAX_BACKOFF_LIMIT {
+                return invalid(
+                    field,
+                    format!(
+                        "must be at most a year, got {}",
+                        humantime::format_duration(wait)
+                    ),
+                );
+            }
+        }
+        if self.max_backoff < self.initial_backoff {
+            return invalid(
+                "max_backoff",
+                format!(
+                    "must be at least initial_backoff ({}), got {}",
+                    humantime::format_duration(self.initial_backoff),
+                    humantime::format_duration(self.max_backoff)
+                ),
+            );
+        }
+        if !(self.backoff_multiplier.is_finite() && self.backoff_multiplier >= 1.0) {
+            return invalid(
+                "backoff_multiplier",
+                format!(
+                    "must be a finite number of at least 1, got {}",
+                    self.backoff_multiplier
+                ),
+            );
+        }
+        Ok(())
+    }
+
     /// Whether a task may run again after its `failed_runs`-th failed run.
     pub fn allows_another_run(&self, failed_runs: u32) -> bool {
         failed_runs < self.max_attempts

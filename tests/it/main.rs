@@ -16,6 +16,7 @@ mod disk_full;
 mod docs;
 mod durability;
 mod edge;
+mod kinds;
 mod lifecycle;
 mod list;
 mod memory_budget;

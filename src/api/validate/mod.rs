@@ -27,7 +27,7 @@ pub const DEFAULT_PAGE_SIZE: usize = 50;
 pub const MAX_PAGE_SIZE: usize = 1000;
 
 /// The configurable limits the API enforces.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Limits {
     /// Applied when a request says 0.
     pub default_timeout_seconds: u32,
@@ -35,12 +35,14 @@ pub struct Limits {
     pub max_timeout_seconds: u32,
     /// Largest `data`, as the size of its protobuf encoding.
     pub max_data_bytes: usize,
+    /// The configured default retry policy of each kind that has one.
+    pub retry_policies: Arc<BTreeMap<String, RetryPolicy>>,
 }
 
 impl Limits {
     /// The retry policy of a task of `kind` whose request set none.
-    pub fn default_retry_policy(&self, _kind: &str) -> RetryPolicy {
-        RetryPolicy::default()
+    pub fn default_retry_policy(&self, kind: &str) -> RetryPolicy {
+        self.retry_policies.get(kind).cloned().unwrap_or_default()
     }
 }
 

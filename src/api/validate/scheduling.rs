@@ -6,13 +6,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::{
     api::error::ApiError,
     pb,
-    task::{MAX_ATTEMPTS_LIMIT, PRIORITY_RANGE, RetryPolicy, Scheduling},
+    task::{MAX_BACKOFF_LIMIT, PRIORITY_RANGE, RetryPolicy, Scheduling},
 };
 
-/// How far ahead a task may be delayed, a back-off may wait, or a task may
-/// wait in the queue: a year. Longer is a calendar's job (schedules), and
-/// timers stay within what the runtime's timer wheel holds.
-pub const MAX_SCHEDULING_HORIZON: Duration = Duration::from_secs(366 * 24 * 3600);
+/// How far ahead a task may be delayed, or wait in the queue: a year, as a
+/// back-off. Longer is a calendar's job (schedules), and timers stay within
+/// what the runtime's timer wheel holds.
+pub const MAX_SCHEDULING_HORIZON: Duration = MAX_BACKOFF_LIMIT;
 
 /// The scheduling fields of a create request, against `default_policy` (the
 /// server's default for the task's kind), at time `now`.
@@ -58,64 +58,41 @@ pub fn scheduling(
     })
 }
 
-/// A requested policy, with each unset field taken from the default.
+/// A requested policy, with each unset field taken from the default, and
+/// checked as a whole (the domain's rules).
 fn retry_policy(
     requested: &pb::RetryPolicy,
     default_policy: &RetryPolicy,
 ) -> Result<RetryPolicy, ApiError> {
-    let max_attempts = match requested.max_attempts {
-        0 => default_policy.max_attempts,
-        attempts if attempts > MAX_ATTEMPTS_LIMIT => {
-            return Err(ApiError::invalid(
-                "retry_policy.max_attempts",
-                format!("must be at most {MAX_ATTEMPTS_LIMIT}, got {attempts}"),
-            ));
-        }
-        attempts => attempts,
-    };
-    let initial_backoff = backoff(
-        "retry_policy.initial_backoff",
-        requested.initial_backoff,
-        default_policy.initial_backoff,
-    )?;
-    let max_backoff = backoff(
-        "retry_policy.max_backoff",
-        requested.max_backoff,
-        default_policy.max_backoff,
-    )?;
-    if max_backoff < initial_backoff {
-        return Err(ApiError::invalid(
+    let policy = RetryPolicy {
+        max_attempts: match requested.max_attempts {
+            0 => default_policy.max_attempts,
+            attempts => attempts,
+        },
+        initial_backoff: backoff(
+            "retry_policy.initial_backoff",
+            requested.initial_backoff,
+            default_policy.initial_backoff,
+        )?,
+        max_backoff: backoff(
             "retry_policy.max_backoff",
-            format!(
-                "must be at least initial_backoff ({}), got {}",
-                humantime::format_duration(initial_backoff),
-                humantime::format_duration(max_backoff)
-            ),
-        ));
-    }
-    let multiplier = requested.backoff_multiplier;
-    let backoff_multiplier = if multiplier == 0.0 {
-        default_policy.backoff_multiplier
-    } else if multiplier.is_finite() && multiplier >= 1.0 {
-        multiplier
-    } else {
-        return Err(ApiError::invalid(
-            "retry_policy.backoff_multiplier",
-            format!(
-                "must be a finite number of at least 1 (0 means the default), got {multiplier}"
-            ),
-        ));
+            requested.max_backoff,
+            default_policy.max_backoff,
+        )?,
+        backoff_multiplier: if requested.backoff_multiplier == 0.0 {
+            default_policy.backoff_multiplier
+        } else {
+            requested.backoff_multiplier
+        },
     };
-    Ok(RetryPolicy {
-        max_attempts,
-        initial_backoff,
-        max_backoff,
-        backoff_multiplier,
-    })
+    policy.check().map_err(|invalid| {
+        ApiError::invalid(format!("retry_policy.{}", invalid.field), invalid.reason)
+    })?;
+    Ok(policy)
 }
 
-/// A back-off duration: unset is the default; negative, malformed or past
-/// the horizon is refused. Kept in whole microseconds, as stores keep it.
+/// A back-off duration: unset is the default; negative or malformed is
+/// refused. Kept in whole microseconds, as stores keep it.
 fn backoff(
     field: &str,
     requested: Option<prost_types::Duration>,
@@ -133,16 +110,9 @@ fn backoff(
             ),
         )
     })?;
-    if duration > MAX_SCHEDULING_HORIZON {
-        return Err(ApiError::invalid(
-            field,
-            format!(
-                "must be at most a year, got {}",
-                humantime::format_duration(duration)
-            ),
-        ));
-    }
-    Ok(Duration::from_micros(duration.as_micros() as u64))
+    Ok(Duration::from_micros(
+        u64::try_from(duration.as_micros()).unwrap_or(u64::MAX),
+    ))
 }
 
 /// A requested start time, in whole microseconds. A time in the past means

@@ -7,7 +7,7 @@
 //! store call runs in a spawned task whose result comes back as an event.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -29,7 +29,7 @@ use crate::{
     },
     store::{
         BatchOutcome, PostgresStore, StoreError,
-        postgres::{Cancelled, Change, ChangeFeed, Claimed, Deleted, FeedEvent},
+        postgres::{Cancelled, Change, ChangeFeed, Claimed, Deleted, FeedEvent, KindRoom},
         within,
     },
     task::{NewTask, Task, TaskId, TaskStatus},
@@ -112,7 +112,7 @@ pub(in crate::manager) struct Cluster {
     /// Runs that ended here whose end is not committed yet. The table
     /// still shows them `RUNNING`, so their slots are not free for a
     /// claim: clients never see more runs than `max_concurrent`.
-    ending: HashSet<TaskId>,
+    ending: HashMap<TaskId, String>,
     /// Pending tasks in the whole cluster, as last counted plus what this
     /// replica created since: what counts against `queue_capacity`.
     pending_estimate: usize,
@@ -145,7 +145,7 @@ impl Cluster {
             renewing: false,
             expiring: false,
             next_due: None,
-            ending: HashSet::new(),
+            ending: HashMap::new(),
             pending_estimate: 0,
             retrying: 0,
             pending_watches: HashMap::new(),
@@ -236,28 +236,43 @@ impl Manager<Cluster> {
 
     /// Starts a claim when slots are free and work may be waiting.
     fn claim_due(&mut self) {
+        // Runs that ended here but whose end is not committed: the table
+        // still shows them running, so they still take their slots.
         let running = &self.running;
-        let ending_elsewhere = self
+        let mut ending_elsewhere: HashMap<&str, usize> = HashMap::new();
+        for (id, kind) in &self.shape.ending {
+            if !running.contains_key(id) {
+                *ending_elsewhere.entry(kind.as_str()).or_default() += 1;
+            }
+        }
+        let free = self.free_slots(ending_elsewhere.values().sum());
+        if free == 0 || self.shape.claiming || !self.shape.claim_wanted {
+            return;
+        }
+        let rooms: Vec<KindRoom> = self
             .shape
-            .ending
+            .kinds
             .iter()
-            .filter(|id| !running.contains_key(id))
-            .count();
-        let free = self.free_slots(ending_elsewhere);
+            .map(|kind| KindRoom {
+                kind: kind.clone(),
+                room: self.kind_room(
+                    kind,
+                    ending_elsewhere.get(kind.as_str()).copied().unwrap_or(0),
+                    free,
+                ),
+            })
+            .filter(|room| room.room > 0)
+            .collect();
         let node = self.config.node_name.clone();
         let lease = self.config.lease;
         let cluster = &mut self.shape;
-        if free == 0 || cluster.claiming || !cluster.claim_wanted {
-            return;
-        }
-        let kinds = Arc::clone(&cluster.kinds);
         cluster.claim_wanted = false;
         cluster.claiming = true;
         let store = cluster.store.clone();
         cluster.calls.spawn(async move {
             let result = within(
                 STORE_CALL_TIMEOUT,
-                store.claim_due(&node, free, lease, Some(&kinds), SystemTime::now()),
+                store.claim_due(&node, free, lease, &rooms, SystemTime::now()),
             )
             .await;
             ClusterEvent::Claimed {
@@ -340,7 +355,7 @@ impl Manager<Cluster> {
             // Written or refused (the row is no longer this run's), the
             // table no longer shows these runs as ours.
             for task in batch.updates.values() {
-                if task.status != TaskStatus::Running && cluster.ending.remove(&task.id) {
+                if task.status != TaskStatus::Running && cluster.ending.remove(&task.id).is_some() {
                     cluster.claim_wanted = true;
                 }
             }
@@ -749,7 +764,7 @@ impl Shape for Cluster {
             // The run ended (the task finished, or waits for a retry). The
             // table keeps the task, and still shows it running until the end
             // is committed: its slot stays taken until then.
-            manager.shape.ending.insert(task.id);
+            manager.shape.ending.insert(task.id, task.kind.clone());
             manager.tasks.remove(&task.id);
         }
     }

@@ -348,10 +348,26 @@ impl Manager<Local> {
     fn start_pending(&mut self) {
         while self.free_slots(0) > 0 {
             let node = self.config.node_name.clone();
-            let (task_id, start) = if let Some(task_id) = self.shape.recovered.pop_front() {
+            // Kinds at their own limit wait, whatever their priority.
+            let full: Vec<String> = self
+                .config
+                .kind_limits
+                .keys()
+                .filter(|kind| self.kind_room(kind, 0, 1) == 0)
+                .cloned()
+                .collect();
+            let may_start = |kind: &str| !full.iter().any(|full| full == kind);
+            let recovered = self
+                .shape
+                .recovered
+                .iter()
+                .position(|id| self.tasks.get(id).is_none_or(|task| may_start(&task.kind)));
+            let (task_id, start) = if let Some(task_id) =
+                recovered.and_then(|index| self.shape.recovered.remove(index))
+            {
                 // It was running when the last process died: run it again.
                 (task_id, TaskEvent::Restart { node })
-            } else if let Some(task_id) = self.shape.waiting.pop_ready() {
+            } else if let Some(task_id) = self.shape.waiting.pop_ready(may_start) {
                 (task_id, TaskEvent::Start { node })
             } else {
                 break;

@@ -91,6 +91,8 @@ enum Timer {
 #[derive(Debug)]
 struct RunSlot {
     attempt: u32,
+    /// The task's kind, for the per-kind limits.
+    kind: String,
     cancellation: CancellationToken,
     abort: AbortHandle,
     timeout_timer: Option<delay_queue::Key>,
@@ -166,6 +168,8 @@ pub(super) struct Manager<S> {
     tasks: BTreeMap<TaskId, Arc<Task>>,
     runs: JoinSet<RunOutput>,
     running: HashMap<TaskId, RunSlot>,
+    /// Slots in use by kind (the keys of `running`, counted by kind).
+    running_by_kind: HashMap<String, usize>,
     /// Which task each spawned run belongs to; a panicked run is known only
     /// by its tokio id.
     run_owners: HashMap<tokio::task::Id, TaskId>,
@@ -210,6 +214,7 @@ impl<S: Shape> Manager<S> {
             tasks: BTreeMap::new(),
             runs: JoinSet::new(),
             running: HashMap::new(),
+            running_by_kind: HashMap::new(),
             run_owners: HashMap::new(),
             timers: DelayQueue::new(),
             watchers: HashMap::new(),

@@ -49,6 +49,12 @@ impl<S: Shape> Manager<S> {
         let Some(slot) = self.running.remove(&task_id) else {
             return;
         };
+        if let Some(count) = self.running_by_kind.get_mut(&slot.kind) {
+            *count -= 1;
+            if *count == 0 {
+                self.running_by_kind.remove(&slot.kind);
+            }
+        }
         for timer in [slot.timeout_timer, slot.forced_stop_timer]
             .into_iter()
             .flatten()
@@ -171,10 +177,12 @@ impl<S: Shape> Manager<S> {
             self.timers.insert(Timer::Timeout(task_id), timeout)
         });
         info!(task_id = %task_id, kind = %task.kind, attempt = task.attempt, "task started");
+        *self.running_by_kind.entry(task.kind.clone()).or_default() += 1;
         self.running.insert(
             task_id,
             RunSlot {
                 attempt: task.attempt,
+                kind: task.kind.clone(),
                 cancellation,
                 abort,
                 timeout_timer,
@@ -206,6 +214,19 @@ impl<S: Shape> Manager<S> {
         self.config
             .max_concurrent
             .saturating_sub(self.running.len() + occupied_elsewhere)
+    }
+
+    /// How many more tasks of `kind` may start, at most `free`: its own
+    /// limit (`kinds.<kind>.max_concurrent`) less its runs here and
+    /// `occupied_elsewhere` slots of the kind that are not runs here.
+    pub(super) fn kind_room(&self, kind: &str, occupied_elsewhere: usize, free: usize) -> usize {
+        match self.config.kind_limits.get(kind) {
+            None => free,
+            Some(limit) => {
+                let running = self.running_by_kind.get(kind).copied().unwrap_or(0);
+                limit.saturating_sub(running + occupied_elsewhere).min(free)
+            }
+        }
     }
 }
 

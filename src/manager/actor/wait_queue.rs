@@ -34,9 +34,10 @@ struct Timers {
 
 #[derive(Debug, Default)]
 pub(in crate::manager) struct WaitQueue {
-    /// Ready tasks: highest priority first, then oldest (ids sort by
-    /// creation).
-    ready: BTreeSet<(Reverse<i32>, TaskId)>,
+    /// Ready tasks of each kind: highest priority first, then oldest (ids
+    /// sort by creation). Apart by kind, so a kind at its own limit is
+    /// passed over without walking its tasks.
+    ready: HashMap<String, BTreeSet<ReadyKey>>,
     /// Delayed tasks and those waiting for their back-off: not ready yet.
     delayed: usize,
     timers: DelayQueue<WaitEnded>,
@@ -55,9 +56,7 @@ impl WaitQueue {
                 timers.due = Some(self.timers.insert(WaitEnded::Due(task.id), ahead));
                 self.delayed += 1;
             }
-            _ => {
-                self.ready.insert(ready_key(task));
-            }
+            _ => self.make_ready(task),
         }
         if let Some(deadline) = task.queue_deadline() {
             let left = deadline.duration_since(now).unwrap_or(Duration::ZERO);
@@ -71,13 +70,21 @@ impl WaitQueue {
     /// A delayed task whose time has come (see [`WaitEnded::Due`]) joins
     /// the ready ones.
     pub(super) fn make_ready(&mut self, task: &Task) {
-        self.ready.insert(ready_key(task));
+        self.ready
+            .entry(task.kind.clone())
+            .or_default()
+            .insert(ready_key(task));
     }
 
     /// Takes a task out (it started, was cancelled or timed out), with its
     /// timers.
     pub(super) fn remove(&mut self, task: &Task) {
-        self.ready.remove(&ready_key(task));
+        if let Some(ready) = self.ready.get_mut(&task.kind) {
+            ready.remove(&ready_key(task));
+            if ready.is_empty() {
+                self.ready.remove(&task.kind);
+            }
+        }
         if let Some(timers) = self.keys.remove(&task.id) {
             if let Some(key) = timers.due {
                 self.timers.remove(&key);
@@ -89,10 +96,23 @@ impl WaitQueue {
         }
     }
 
-    /// The ready task that starts next, taken out of the ready set (its
-    /// timers stay until [`WaitQueue::remove`]).
-    pub(super) fn pop_ready(&mut self) -> Option<TaskId> {
-        self.ready.pop_first().map(|(_, id)| id)
+    /// The ready task that starts next among the kinds that `may_start`:
+    /// the highest priority, then the oldest. It is taken out of the ready
+    /// set (its timers stay until [`WaitQueue::remove`]).
+    pub(super) fn pop_ready(&mut self, may_start: impl Fn(&str) -> bool) -> Option<TaskId> {
+        let kind = self
+            .ready
+            .iter()
+            .filter(|(kind, _)| may_start(kind))
+            .filter_map(|(kind, ready)| Some((ready.first()?, kind)))
+            .min()
+            .map(|(_, kind)| kind.clone())?;
+        let ready = self.ready.get_mut(&kind)?;
+        let (_, id) = ready.pop_first()?;
+        if ready.is_empty() {
+            self.ready.remove(&kind);
+        }
+        Some(id)
     }
 
     /// The next wait that ends; never completes while nothing waits on a
@@ -133,6 +153,9 @@ impl WaitEnded {
     }
 }
 
-fn ready_key(task: &Task) -> (Reverse<i32>, TaskId) {
+/// The order of ready tasks: highest priority, then oldest.
+type ReadyKey = (Reverse<i32>, TaskId);
+
+fn ready_key(task: &Task) -> ReadyKey {
     (Reverse(task.scheduling.priority), task.id)
 }

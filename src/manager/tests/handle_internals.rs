@@ -31,6 +31,7 @@ fn test_config() -> ManagerConfig {
         lease: Duration::from_secs(30),
         max_held_bytes: 1024,
         max_cut_short_runs: 5,
+        kind_limits: Default::default(),
     }
 }
 

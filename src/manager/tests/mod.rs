@@ -86,6 +86,7 @@ pub(super) fn config(max_concurrent: usize, queue_capacity: usize) -> ManagerCon
         lease: secs(30),
         max_held_bytes: 1 << 30,
         max_cut_short_runs: 5,
+        kind_limits: Default::default(),
     }
 }
 

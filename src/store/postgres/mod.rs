@@ -133,6 +133,14 @@ pub struct Claimed {
     pub next_due: Option<SystemTime>,
 }
 
+/// How many tasks of one kind a claim may take: the kinds a replica can
+/// run, each with the room its own limit leaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KindRoom {
+    pub kind: String,
+    pub room: usize,
+}
+
 /// What a delete found.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Deleted {
@@ -292,15 +300,16 @@ impl PostgresStore {
     /// has come by `now` (the caller's clock, the one its timer uses) are
     /// made ready, so thousands of delayed tasks cost an index range, not a
     /// scan. `SKIP LOCKED` lets replicas claim at once without waiting on
-    /// each other or taking the same task twice. With `kinds`, only tasks of
-    /// those kinds are taken: a replica leaves alone what it cannot run (a
-    /// kind that only newer replicas know, during a rolling update).
+    /// each other or taking the same task twice. Only tasks of the kinds in
+    /// `rooms` are taken, at most each kind's room: a replica leaves alone
+    /// what it cannot run (a kind that only newer replicas know, during a
+    /// rolling update), and keeps each kind within its own limit.
     pub async fn claim_due(
         &self,
         node: &str,
         limit: usize,
         lease: Duration,
-        kinds: Option<&[String]>,
+        rooms: &[KindRoom],
         now: SystemTime,
     ) -> Result<Claimed, StoreError> {
         let mut transaction = self.pool.begin().await?;
@@ -323,38 +332,53 @@ impl PostgresStore {
         .fetch_one(&mut *transaction)
         .await?;
         let next_due = next_due.map(from_micros);
-        if limit == 0 {
+        if limit == 0 || rooms.is_empty() {
             transaction.commit().await?;
             return Ok(Claimed {
                 tasks: Vec::new(),
                 next_due,
             });
         }
-        // Expired and ready tasks are looked up apart, each through its
-        // partial index: one filter over both would walk the primary key
-        // past every finished task. Rows locked but not among the first
-        // `limit` are let go at commit, untouched. One start time for the
-        // whole claim, so start times never contradict the order.
+        let kinds: Vec<&str> = rooms.iter().map(|room| room.kind.as_str()).collect();
+        let room_counts: Vec<i64> = rooms
+            .iter()
+            .map(|room| i64::try_from(room.room.min(limit)).unwrap_or(i64::MAX))
+            .collect();
+        // For each kind, its expired and its ready tasks are looked up
+        // apart, each through its partial index, at most its room of each;
+        // then the best of each kind up to its room, and the best of all up
+        // to `limit`. One filter over both statuses would walk the primary
+        // key past every finished task. Rows locked but not taken are let
+        // go at commit, untouched. One start time for the whole claim, so
+        // start times never contradict the order.
         let rows: Vec<TaskRow> = sqlx::query_as(concat!(
-            "WITH expired AS MATERIALIZED ( \
-                 SELECT id, priority FROM tasks \
-                 WHERE status = 'running' \
-                     AND (lease_until IS NULL OR lease_until < clock_timestamp()) \
-                     AND ($4::text[] IS NULL OR kind = ANY($4)) \
-                 ORDER BY id LIMIT $2 \
-                 FOR UPDATE SKIP LOCKED \
+            "WITH rooms AS (SELECT * FROM UNNEST($4::text[], $5::bigint[]) AS rooms(kind, room)), \
+             expired AS MATERIALIZED ( \
+                 SELECT found.* FROM rooms CROSS JOIN LATERAL ( \
+                     SELECT id, priority, kind FROM tasks \
+                     WHERE status = 'running' \
+                         AND (lease_until IS NULL OR lease_until < clock_timestamp()) \
+                         AND kind = rooms.kind \
+                     ORDER BY id LIMIT rooms.room \
+                     FOR UPDATE SKIP LOCKED) AS found \
              ), \
              ready AS MATERIALIZED ( \
-                 SELECT id, priority FROM tasks \
-                 WHERE status IN ('pending', 'retrying') AND due_at IS NULL \
-                     AND ($4::text[] IS NULL OR kind = ANY($4)) \
-                 ORDER BY priority DESC, id LIMIT $2 \
-                 FOR UPDATE SKIP LOCKED \
+                 SELECT found.* FROM rooms CROSS JOIN LATERAL ( \
+                     SELECT id, priority, kind FROM tasks \
+                     WHERE status IN ('pending', 'retrying') AND due_at IS NULL \
+                         AND kind = rooms.kind \
+                     ORDER BY priority DESC, id LIMIT rooms.room \
+                     FOR UPDATE SKIP LOCKED) AS found \
+             ), \
+             ranked AS ( \
+                 SELECT id, priority, kind, \
+                     row_number() OVER (PARTITION BY kind ORDER BY priority DESC, id) AS place \
+                 FROM (SELECT * FROM expired UNION ALL SELECT * FROM ready) AS both_kinds \
              ), \
              candidates AS ( \
-                 SELECT id FROM (SELECT id, priority FROM expired \
-                                 UNION ALL SELECT id, priority FROM ready) AS both_kinds \
-                 ORDER BY priority DESC, id LIMIT $2 \
+                 SELECT ranked.id FROM ranked JOIN rooms ON rooms.kind = ranked.kind \
+                 WHERE ranked.place <= rooms.room \
+                 ORDER BY ranked.priority DESC, ranked.id LIMIT $2 \
              ), \
              started AS MATERIALIZED (SELECT ",
             database_micros!(),
@@ -375,6 +399,7 @@ impl PostgresStore {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(duration_micros(lease))
         .bind(kinds)
+        .bind(room_counts)
         .fetch_all(&mut *transaction)
         .await?;
         let mut tasks = rows
@@ -392,8 +417,9 @@ impl PostgresStore {
         Ok(Claimed { tasks, next_due })
     }
 
-    /// [`PostgresStore::claim_due`] at this moment, without the next due
-    /// time: the tasks claimed.
+    /// [`PostgresStore::claim_due`] at this moment, of `kinds` (`None`:
+    /// of every kind that has waiting tasks), without limits by kind and
+    /// without the next due time: the tasks claimed.
     pub async fn claim(
         &self,
         node: &str,
@@ -401,8 +427,23 @@ impl PostgresStore {
         lease: Duration,
         kinds: Option<&[String]>,
     ) -> Result<Vec<Task>, StoreError> {
+        let kinds: Vec<String> = match kinds {
+            Some(kinds) => kinds.to_vec(),
+            None => {
+                sqlx::query_scalar(
+                    "SELECT DISTINCT kind FROM tasks \
+                     WHERE status IN ('pending', 'retrying', 'running')",
+                )
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        let rooms: Vec<KindRoom> = kinds
+            .into_iter()
+            .map(|kind| KindRoom { kind, room: limit })
+            .collect();
         let claimed = self
-            .claim_due(node, limit, lease, kinds, SystemTime::now())
+            .claim_due(node, limit, lease, &rooms, SystemTime::now())
             .await?;
         Ok(claimed.tasks)
     }
