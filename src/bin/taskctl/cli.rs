@@ -1,6 +1,6 @@
 //! The command line of `taskctl`, declared with clap's derive: flags,
 //! subcommands, their help and examples, and the parsers of single values
-//! (`k=v` labels, durations, statuses).
+//! (`k=v` labels, durations, times, statuses).
 //!
 //! Nothing here talks to a server or prints results; `commands` does.
 
@@ -129,6 +129,9 @@ Examples:
   taskctl create import --data @input.json --label team=data --label env=dev
   echo '[1, 2, 3]' | taskctl create sum --kind echo --data - -o json
   taskctl create nightly --request-id nightly-2024-06-01   # safe to retry
+  taskctl create sync --kind flaky --max-attempts 5 --backoff 2s --max-backoff 1m --wait
+  taskctl create digest --run-after 2026-12-03T18:00:00Z --priority -5
+  taskctl create reminder --in 10m --queue-timeout 5m
 
 Exit code with --wait: 0 completed, 3 failed, 4 cancelled.")]
     Create(CreateArgs),
@@ -175,6 +178,18 @@ Examples:
 Prints the task as cancelled. Cancelling a cancelled task succeeds again;
 a task that already completed or failed cannot be cancelled (exit 1).")]
     Cancel(TaskIdArgs),
+
+    /// Delete finished tasks, with their data and result.
+    #[command(after_help = "\
+Examples:
+  taskctl delete 0190b4a4-5d3e-7f00-8000-000000000000
+  taskctl list --status failed -o json | jq -r '.tasks[].id' | xargs taskctl delete
+
+Only a completed, failed or cancelled task can be deleted; one that has
+not finished is refused (exit 1): cancel it first. With several ids,
+each is deleted in turn, a failure does not stop the others, and the exit
+code is the highest of the failures' codes (0 when all were deleted).")]
+    Delete(TaskIdsArgs),
 
     /// Ask the server whether it is serving (grpc.health.v1).
     #[command(after_help = "\
@@ -232,12 +247,80 @@ pub struct CreateArgs {
     /// Follow the task until it ends; the exit code tells how it ended.
     #[arg(long)]
     pub wait: bool,
+
+    #[command(flatten)]
+    pub scheduling: SchedulingArgs,
+}
+
+/// When and how often the task runs: its retry policy, start time,
+/// priority and queue timeout. Flags left out are not sent, so the
+/// server's defaults apply.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Scheduling")]
+pub struct SchedulingArgs {
+    /// How many runs may fail before the task is FAILED, the first
+    /// included: 1 means no retry (1–100). Absent: the server's default
+    /// for the kind (1 unless configured).
+    // Negative numbers reach the range check, whose error names the flag.
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_parser = clap::value_parser!(u32).range(1..=100),
+        value_name = "N"
+    )]
+    pub max_attempts: Option<u32>,
+
+    /// The wait after the first failed run, e.g. 500ms, 2s (server
+    /// default 1s); each later wait is --backoff-multiplier times longer.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub backoff: Option<Duration>,
+
+    /// The longest wait between runs, e.g. 1m (server default 5m); at
+    /// least --backoff.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub max_backoff: Option<Duration>,
+
+    /// How much longer each wait is than the one before: a number of at
+    /// least 1 (server default 2).
+    #[arg(long, value_parser = parse_backoff_multiplier, value_name = "FACTOR")]
+    pub backoff_multiplier: Option<f64>,
+
+    /// Do not start before this time, in RFC 3339 with a zone:
+    /// 2026-12-03T18:00:00Z or 2026-12-03T19:00:00+01:00.
+    #[arg(long, value_parser = parse_rfc3339, value_name = "TIME", conflicts_with = "in")]
+    pub run_after: Option<prost_types::Timestamp>,
+
+    /// Do not start before this long from now, e.g. 10m, 1h 30m.
+    #[arg(id = "in", long = "in", value_parser = parse_duration, value_name = "DURATION")]
+    pub in_: Option<Duration>,
+
+    /// From -100 to 100 (default 0): among tasks ready to start, higher
+    /// starts first, then oldest first.
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_parser = clap::value_parser!(i32).range(-100..=100),
+        value_name = "N"
+    )]
+    pub priority: Option<i32>,
+
+    /// Fail the task if it waits longer than this to start, once ready,
+    /// e.g. 5m; rounded up to whole seconds. 0s or absent: no limit.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub queue_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
 pub struct TaskIdArgs {
     /// The task's id (a UUID).
     pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskIdsArgs {
+    /// The ids of the tasks (UUIDs).
+    #[arg(required = true, value_name = "ID")]
+    pub ids: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -277,6 +360,8 @@ pub enum StatusFilter {
     Failed,
     #[value(alias = "task_status_cancelled")]
     Cancelled,
+    #[value(alias = "task_status_retrying")]
+    Retrying,
 }
 
 impl From<StatusFilter> for pb::TaskStatus {
@@ -287,6 +372,7 @@ impl From<StatusFilter> for pb::TaskStatus {
             StatusFilter::Completed => Self::Completed,
             StatusFilter::Failed => Self::Failed,
             StatusFilter::Cancelled => Self::Cancelled,
+            StatusFilter::Retrying => Self::Retrying,
         }
     }
 }
@@ -328,6 +414,36 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 /// A human duration: `30s`, `1m 30s`, `500ms`.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|error| format!("{error} (try 30s, 5m, 1h)"))
+}
+
+/// `--backoff-multiplier`: a finite number of at least 1, as the server
+/// requires (0, its "default", is what leaving the flag out means).
+fn parse_backoff_multiplier(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(factor) if factor.is_finite() && factor >= 1.0 => Ok(factor),
+        Ok(_) => Err("must be a number of at least 1 (try 2, 1.5)".to_owned()),
+        Err(_) => Err(format!("{text:?} is not a number (try 2, 1.5)")),
+    }
+}
+
+/// `--run-after`: an RFC 3339 time with its zone, `2026-12-03T18:00:00Z`
+/// or `…T19:00:00+01:00`. prost's parser alone would also take a bare date,
+/// or a time without a zone as UTC, which a person in another zone would
+/// not mean.
+fn parse_rfc3339(text: &str) -> Result<prost_types::Timestamp, String> {
+    const HINT: &str = "use RFC 3339 with a zone, e.g. 2026-12-03T18:00:00Z or \
+                        2026-12-03T19:00:00+01:00";
+    let bytes = text.as_bytes();
+    let has_time = matches!(bytes.get(10), Some(b'T' | b't'));
+    let has_zone = text.ends_with(['Z', 'z'])
+        || (bytes.len() > 6
+            && matches!(bytes[bytes.len() - 6], b'+' | b'-')
+            && bytes[bytes.len() - 3] == b':');
+    if !has_time || !has_zone {
+        return Err(format!("{text:?} is not a time with a zone; {HINT}"));
+    }
+    text.parse::<prost_types::Timestamp>()
+        .map_err(|_| format!("{text:?} is not a valid time; {HINT}"))
 }
 
 /// The longest deadline gRPC can send: `grpc-timeout` has at most eight
@@ -392,6 +508,126 @@ mod tests {
         assert_eq!(cli.global.keepalive, Duration::from_secs(10));
         assert!(parse_keepalive("0s").is_err());
         assert_eq!(parse_keepalive("1s"), Ok(Duration::from_secs(1)));
+    }
+
+    fn scheduling_of(args: &[&str]) -> Result<SchedulingArgs, clap::Error> {
+        let mut all = vec!["taskctl", "create", "t"];
+        all.extend_from_slice(args);
+        let cli = Cli::try_parse_from(all)?;
+        let Command::Create(create) = cli.command else {
+            panic!("create expected");
+        };
+        Ok(create.scheduling)
+    }
+
+    #[test]
+    fn scheduling_flags_parse_and_bad_values_are_usage_errors() {
+        let scheduling = scheduling_of(&[
+            "--max-attempts",
+            "3",
+            "--backoff",
+            "500ms",
+            "--max-backoff",
+            "1m",
+            "--backoff-multiplier",
+            "1.5",
+            "--priority",
+            "-5",
+            "--queue-timeout",
+            "2m",
+            "--in",
+            "10s",
+        ])
+        .expect("parses");
+        assert_eq!(scheduling.max_attempts, Some(3));
+        assert_eq!(scheduling.backoff, Some(Duration::from_millis(500)));
+        assert_eq!(scheduling.max_backoff, Some(Duration::from_secs(60)));
+        assert_eq!(scheduling.backoff_multiplier, Some(1.5));
+        assert_eq!(scheduling.priority, Some(-5));
+        assert_eq!(scheduling.queue_timeout, Some(Duration::from_secs(120)));
+        assert_eq!(scheduling.in_, Some(Duration::from_secs(10)));
+        assert_eq!(
+            scheduling_of(&["--priority=-100"])
+                .expect("parses")
+                .priority,
+            Some(-100)
+        );
+
+        for (flag, value) in [
+            ("--max-attempts", "0"),
+            ("--max-attempts", "101"),
+            ("--max-attempts", "-1"),
+            ("--priority", "101"),
+            ("--priority", "-101"),
+            ("--priority", "high"),
+            ("--backoff", "soon"),
+            ("--max-backoff", "1 fortnight"),
+            ("--backoff-multiplier", "0.5"),
+            ("--backoff-multiplier", "NaN"),
+            ("--backoff-multiplier", "inf"),
+            ("--backoff-multiplier", "twice"),
+            ("--run-after", "tomorrow"),
+            ("--in", "later"),
+            ("--queue-timeout", "5 parsecs"),
+        ] {
+            let error = scheduling_of(&[flag, value]).expect_err(value);
+            assert_eq!(error.exit_code(), 2, "{flag} {value}");
+            let text = error.to_string();
+            assert!(text.contains(flag), "{flag} named in: {text}");
+        }
+        let both = scheduling_of(&["--in", "1m", "--run-after", "2026-12-03T18:00:00Z"])
+            .expect_err("--in and --run-after conflict");
+        assert_eq!(both.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn run_after_is_rfc_3339_with_a_zone() {
+        let utc = parse_rfc3339("2026-12-03T18:00:00Z").expect("UTC");
+        assert_eq!(utc.seconds, 1_796_320_800);
+        let offset = parse_rfc3339("2026-12-03T19:00:00+01:00").expect("with an offset");
+        assert_eq!(offset, utc);
+        let fraction = parse_rfc3339("2026-12-03t18:00:00.250z").expect("lower case");
+        assert_eq!(
+            (fraction.seconds, fraction.nanos),
+            (utc.seconds, 250_000_000)
+        );
+        for text in [
+            "2026-12-03",
+            "2026-12-03T18:00:00",
+            "2026-12-03 18:00:00Z",
+            "2026-13-03T18:00:00Z",
+            "2026-12-03T18:00Z",
+            "18:00",
+            "",
+        ] {
+            assert!(parse_rfc3339(text).is_err(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn retrying_is_a_status_filter() {
+        for text in ["retrying", "TASK_STATUS_RETRYING"] {
+            let cli = Cli::try_parse_from(["taskctl", "list", "--status", text]).expect(text);
+            let Command::List(list) = cli.command else {
+                panic!("list expected");
+            };
+            assert_eq!(list.statuses, vec![StatusFilter::Retrying]);
+            assert_eq!(
+                pb::TaskStatus::from(list.statuses[0]),
+                pb::TaskStatus::Retrying
+            );
+        }
+    }
+
+    #[test]
+    fn delete_takes_one_id_or_more() {
+        let cli = Cli::try_parse_from(["taskctl", "delete", "a", "b"]).expect("two ids");
+        let Command::Delete(delete) = cli.command else {
+            panic!("delete expected");
+        };
+        assert_eq!(delete.ids, ["a", "b"]);
+        let error = Cli::try_parse_from(["taskctl", "delete"]).expect_err("an id is required");
+        assert_eq!(error.exit_code(), 2);
     }
 
     #[test]

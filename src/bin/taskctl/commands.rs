@@ -6,7 +6,12 @@
 //! since they last as long as the task, but HTTP/2 keepalive (set up in
 //! `connection`) ends one whose server froze or vanished.
 
-use std::{collections::HashMap, future::Future, io::Read, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    io::Read,
+    time::{Duration, SystemTime},
+};
 
 use serde_json::Value as JsonValue;
 use task_processor::{
@@ -19,7 +24,7 @@ use tonic_health::pb::{
 };
 
 use crate::{
-    cli::{Cli, Command, CreateArgs, HealthArgs, ListArgs, OutputFormat},
+    cli::{Cli, Command, CreateArgs, HealthArgs, ListArgs, OutputFormat, SchedulingArgs},
     connection::ServerAddress,
     errors::{CliError, ExitStatus, is_deadline_exceeded},
     output::{self, HealthReport, Printer},
@@ -37,6 +42,12 @@ pub enum Outcome {
     TaskFailed,
     /// A watched task ended `CANCELLED`.
     TaskCancelled,
+    /// A command that acts on several tasks went on past failures, each
+    /// already reported on stderr; `worst` is the highest of their exit
+    /// statuses.
+    ErrorsReported {
+        worst: ExitStatus,
+    },
 }
 
 impl Outcome {
@@ -45,6 +56,7 @@ impl Outcome {
             Self::Success => ExitStatus::Success,
             Self::TaskFailed => ExitStatus::TaskFailed,
             Self::TaskCancelled => ExitStatus::TaskCancelled,
+            Self::ErrorsReported { worst } => worst,
         }
     }
 }
@@ -76,6 +88,7 @@ pub async fn run(cli: Cli) -> Result<Outcome, CliError> {
         Command::List(args) => session.list(args).await,
         Command::Watch(args) => session.watch(&args.id).await,
         Command::Cancel(args) => session.cancel(&args.id).await,
+        Command::Delete(args) => session.delete(&args.ids).await,
         Command::Health(args) => session.health(args).await,
         Command::Completions(args) => print_completions(args.shell),
     }
@@ -124,7 +137,7 @@ impl Session {
     }
 
     async fn create(&self, args: &CreateArgs) -> Result<Outcome, CliError> {
-        let request = create_request(args)?;
+        let request = create_request(args, SystemTime::now())?;
         let mut client = self.tasks().await?;
         let task = self
             .unary(client.create_task(self.request(request)), |status| {
@@ -168,6 +181,34 @@ impl Session {
             .await?;
         self.printer.print_task(&task)?;
         Ok(Outcome::Success)
+    }
+
+    /// Deletes each task in turn. A failure is reported at once and does
+    /// not stop the others; the outcome carries the worst of them.
+    async fn delete(&self, task_ids: &[String]) -> Result<Outcome, CliError> {
+        let mut client = self.tasks().await?;
+        let mut worst: Option<ExitStatus> = None;
+        for task_id in task_ids {
+            let request = self.request(pb::DeleteTaskRequest {
+                id: task_id.clone(),
+            });
+            let deleted = self
+                .unary(client.delete_task(request), |status| {
+                    CliError::from_delete_status(status, task_id)
+                })
+                .await;
+            match deleted {
+                Ok(()) => self.printer.print_deleted(task_id)?,
+                Err(error) => {
+                    error.report();
+                    let status = error.exit_status();
+                    if worst.is_none_or(|worst| status.code() > worst.code()) {
+                        worst = Some(status);
+                    }
+                }
+            }
+        }
+        Ok(worst.map_or(Outcome::Success, |worst| Outcome::ErrorsReported { worst }))
     }
 
     async fn list(&self, args: ListArgs) -> Result<Outcome, CliError> {
@@ -307,24 +348,94 @@ impl Session {
 }
 
 /// The create request from the command line, with `--data` read and
-/// parsed.
-fn create_request(args: &CreateArgs) -> Result<pb::CreateTaskRequest, CliError> {
+/// parsed; `--in` counts from `now`.
+fn create_request(args: &CreateArgs, now: SystemTime) -> Result<pb::CreateTaskRequest, CliError> {
     let data = args.data.as_deref().map(read_data).transpose()?;
-    let timeout_seconds = args
-        .timeout
-        .map(whole_seconds)
-        .transpose()?
-        .unwrap_or_default();
     let labels: HashMap<String, String> = args.labels.iter().cloned().collect();
+    let scheduling = &args.scheduling;
     Ok(pb::CreateTaskRequest {
         name: args.name.clone(),
         description: args.description.clone(),
         kind: args.kind.clone(),
         data: data.as_ref().map(json_to_proto),
-        timeout_seconds,
+        timeout_seconds: optional_whole_seconds("--timeout", args.timeout)?,
         labels,
         request_id: args.request_id.clone().unwrap_or_default(),
-        ..Default::default()
+        retry_policy: retry_policy(scheduling)?,
+        run_after: run_after(scheduling, now)?,
+        priority: scheduling.priority.unwrap_or_default(),
+        queue_timeout_seconds: optional_whole_seconds("--queue-timeout", scheduling.queue_timeout)?,
+    })
+}
+
+/// The retry policy the flags ask for: `None` when no policy flag is
+/// given, else a policy with only the given fields set, so the server
+/// fills in the others from its defaults.
+fn retry_policy(args: &SchedulingArgs) -> Result<Option<pb::RetryPolicy>, CliError> {
+    if args.max_attempts.is_none()
+        && args.backoff.is_none()
+        && args.max_backoff.is_none()
+        && args.backoff_multiplier.is_none()
+    {
+        return Ok(None);
+    }
+    if let (Some(backoff), Some(max_backoff)) = (args.backoff, args.max_backoff)
+        && max_backoff < backoff
+    {
+        return Err(CliError::Usage(format!(
+            "--max-backoff {} is shorter than --backoff {}; it must be at least as long",
+            humantime::format_duration(max_backoff),
+            humantime::format_duration(backoff)
+        )));
+    }
+    Ok(Some(pb::RetryPolicy {
+        max_attempts: args.max_attempts.unwrap_or_default(),
+        initial_backoff: args
+            .backoff
+            .map(|backoff| proto_duration("--backoff", backoff))
+            .transpose()?,
+        max_backoff: args
+            .max_backoff
+            .map(|max_backoff| proto_duration("--max-backoff", max_backoff))
+            .transpose()?,
+        backoff_multiplier: args.backoff_multiplier.unwrap_or_default(),
+    }))
+}
+
+/// `--run-after` as given, or `--in` from `now`; clap lets only one through.
+fn run_after(
+    args: &SchedulingArgs,
+    now: SystemTime,
+) -> Result<Option<prost_types::Timestamp>, CliError> {
+    if let Some(time) = args.run_after {
+        return Ok(Some(time));
+    }
+    let Some(delay) = args.in_ else {
+        return Ok(None);
+    };
+    let too_far = || {
+        CliError::Usage(format!(
+            "--in {} is too far ahead",
+            humantime::format_duration(delay)
+        ))
+    };
+    let time = now.checked_add(delay).ok_or_else(too_far)?;
+    let timestamp = prost_types::Timestamp::from(time);
+    // `From<SystemTime>` saturates instead of failing; a saturated time is
+    // not the one asked for.
+    if SystemTime::try_from(timestamp).ok() != Some(time) {
+        return Err(too_far());
+    }
+    Ok(Some(timestamp))
+}
+
+/// A duration flag as a `google.protobuf.Duration`.
+fn proto_duration(flag: &str, duration: Duration) -> Result<prost_types::Duration, CliError> {
+    prost_types::Duration::try_from(duration).map_err(|_| {
+        CliError::Usage(format!(
+            "{flag} {} is too long",
+            humantime::format_duration(duration)
+        ))
     })
 }
 
@@ -350,11 +461,14 @@ fn read_data(argument: &str) -> Result<JsonValue, CliError> {
         .map_err(|error| CliError::Usage(format!("{source} is not valid JSON: {error}{hint}")))
 }
 
-/// A task timeout in whole seconds, rounded up so that `500ms` is not
-/// silently "the server's default".
-fn whole_seconds(duration: Duration) -> Result<u32, CliError> {
+/// A timeout flag in whole seconds, rounded up so that `500ms` is not
+/// silently "the server's default" (or "no limit"); absent is 0.
+fn optional_whole_seconds(flag: &str, duration: Option<Duration>) -> Result<u32, CliError> {
+    let Some(duration) = duration else {
+        return Ok(0);
+    };
     let seconds = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
-    u32::try_from(seconds).map_err(|_| CliError::Usage(format!("--timeout {seconds}s is too long")))
+    u32::try_from(seconds).map_err(|_| CliError::Usage(format!("{flag} {seconds}s is too long")))
 }
 
 fn print_completions(shell: clap_complete::Shell) -> Result<Outcome, CliError> {
@@ -368,6 +482,10 @@ fn print_completions(shell: clap_complete::Shell) -> Result<Outcome, CliError> {
 mod tests {
     use super::*;
 
+    fn whole_seconds(duration: Duration) -> Result<u32, CliError> {
+        optional_whole_seconds("--queue-timeout", Some(duration))
+    }
+
     #[test]
     fn timeouts_round_up_to_whole_seconds() {
         assert_eq!(whole_seconds(Duration::from_secs(30)).expect("fits"), 30);
@@ -376,7 +494,89 @@ mod tests {
             2
         );
         assert_eq!(whole_seconds(Duration::ZERO).expect("fits"), 0);
-        assert!(whole_seconds(Duration::from_secs(u64::from(u32::MAX) + 1)).is_err());
+        assert_eq!(
+            optional_whole_seconds("--timeout", None).expect("absent"),
+            0
+        );
+        let error =
+            whole_seconds(Duration::from_secs(u64::from(u32::MAX) + 1)).expect_err("too long");
+        assert!(error.to_string().starts_with("--queue-timeout "), "{error}");
+    }
+
+    fn request_of(args: &[&str], now: SystemTime) -> Result<pb::CreateTaskRequest, CliError> {
+        let mut all = vec!["taskctl", "create", "t"];
+        all.extend_from_slice(args);
+        let cli = <crate::cli::Cli as clap::Parser>::try_parse_from(all).expect("parses");
+        let Command::Create(create) = cli.command else {
+            panic!("create expected");
+        };
+        create_request(&create, now)
+    }
+
+    #[test]
+    fn a_policy_flag_sends_a_policy_with_only_what_was_given() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let plain = request_of(&[], now).expect("valid");
+        assert_eq!(plain.retry_policy, None);
+        assert_eq!(plain.run_after, None);
+        assert_eq!((plain.priority, plain.queue_timeout_seconds), (0, 0));
+
+        let attempts = request_of(&["--max-attempts", "4"], now).expect("valid");
+        assert_eq!(
+            attempts.retry_policy,
+            Some(pb::RetryPolicy {
+                max_attempts: 4,
+                ..Default::default()
+            })
+        );
+        let backoff =
+            request_of(&["--backoff", "1500ms", "--backoff-multiplier", "3"], now).expect("valid");
+        assert_eq!(
+            backoff.retry_policy,
+            Some(pb::RetryPolicy {
+                initial_backoff: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 500_000_000
+                }),
+                backoff_multiplier: 3.0,
+                ..Default::default()
+            })
+        );
+        let error = request_of(&["--backoff", "1m", "--max-backoff", "10s"], now)
+            .expect_err("max below initial");
+        assert!(matches!(error, CliError::Usage(_)), "{error}");
+        assert!(
+            error.to_string().starts_with("--max-backoff 10s "),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn start_time_priority_and_queue_timeout_are_sent() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let delayed = request_of(&["--in", "1m 30s", "--priority", "-7"], now).expect("valid");
+        assert_eq!(
+            delayed.run_after,
+            Some(prost_types::Timestamp {
+                seconds: 1_090,
+                nanos: 0
+            })
+        );
+        assert_eq!(delayed.priority, -7);
+        let at = request_of(
+            &[
+                "--run-after",
+                "1970-01-01T01:00:00+01:00",
+                "--queue-timeout",
+                "1.5s",
+            ],
+            now,
+        )
+        .expect("valid");
+        assert_eq!(at.run_after, Some(prost_types::Timestamp::default()));
+        assert_eq!(at.queue_timeout_seconds, 2);
+        let error = request_of(&["--in", "500000000000y"], now).expect_err("too far");
+        assert!(error.to_string().starts_with("--in "), "{error}");
     }
 
     #[test]

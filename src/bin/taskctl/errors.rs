@@ -155,6 +155,15 @@ pub enum CliError {
     #[error("{}", already_finished_text(task_id, message))]
     TaskAlreadyFinished { task_id: String, message: String },
 
+    /// A delete of a task that is still pending, running or retrying
+    /// (`FAILED_PRECONDITION`); the server's message says the same, this
+    /// also says how.
+    #[error(
+        "task {task_id} has not finished, so it cannot be deleted; cancel it first \
+         (taskctl cancel {task_id}) or wait until it ends"
+    )]
+    TaskNotFinished { task_id: String },
+
     /// A create reused an idempotency key with other parameters.
     #[error(
         "--request-id {request_id:?} was already used to create a task with other parameters; \
@@ -209,6 +218,7 @@ impl CliError {
             Self::ServerBusy { .. } => ExitStatus::ServerBusy,
             Self::DeadlineExceeded { .. }
             | Self::TaskAlreadyFinished { .. }
+            | Self::TaskNotFinished { .. }
             | Self::RequestIdReused { .. }
             | Self::Refused { .. }
             | Self::Protocol(_)
@@ -221,6 +231,14 @@ impl CliError {
     /// worth a message.
     pub fn is_broken_pipe(&self) -> bool {
         matches!(self, Self::Io { source, .. } if source.kind() == io::ErrorKind::BrokenPipe)
+    }
+
+    /// Tells the person on stderr, after `taskctl:`; nothing when stdout's
+    /// reader left.
+    pub fn report(&self) {
+        if !self.is_broken_pipe() {
+            eprintln!("taskctl: {self}");
+        }
     }
 
     pub fn io(action: impl Into<String>) -> impl FnOnce(io::Error) -> Self {
@@ -244,6 +262,17 @@ impl CliError {
             },
             _ => Self::from_status(status),
         }
+    }
+
+    /// Turns a status from `DeleteTask` into an error a person can act on:
+    /// `FAILED_PRECONDITION` there means the task has not finished.
+    pub fn from_delete_status(status: Status, task_id: &str) -> Self {
+        if status.code() == Code::FailedPrecondition && connection_lost(&status).is_none() {
+            return Self::TaskNotFinished {
+                task_id: task_id.to_owned(),
+            };
+        }
+        Self::from_task_status(status, Some(task_id))
     }
 
     /// Turns a status from `CreateTask` into an error a person can act on;
@@ -409,21 +438,31 @@ fn field_violations(status: &Status) -> Vec<FieldViolation> {
 /// The flag or argument of `taskctl` that sets a request field, so the
 /// person knows what to change; `None` for fields `taskctl` does not know.
 fn flag_of_field(field: &str) -> Option<&'static str> {
-    // `labels["a b"]` and the like: the field is the part before any index.
-    let field = field.split(['[', '.']).next().unwrap_or(field);
+    // `labels["a b"]` and the like: the field is the part before any index;
+    // of a nested field, the retry policy's are known, else its top field.
+    let field = field.split('[').next().unwrap_or(field);
     Some(match field {
-        "name" => "NAME",
-        "id" => "ID",
-        "description" => "--description",
-        "kind" => "--kind",
-        "data" => "--data",
-        "labels" => "--label",
-        "timeout_seconds" => "--timeout",
-        "request_id" => "--request-id",
-        "page_size" => "--limit",
-        "page_token" => "--page-token",
-        "statuses" => "--status",
-        _ => return None,
+        "retry_policy.max_attempts" => "--max-attempts",
+        "retry_policy.initial_backoff" => "--backoff",
+        "retry_policy.max_backoff" => "--max-backoff",
+        "retry_policy.backoff_multiplier" => "--backoff-multiplier",
+        _ => match field.split('.').next().unwrap_or(field) {
+            "name" => "NAME",
+            "id" => "ID",
+            "description" => "--description",
+            "kind" => "--kind",
+            "data" => "--data",
+            "labels" => "--label",
+            "timeout_seconds" => "--timeout",
+            "request_id" => "--request-id",
+            "run_after" => "--run-after or --in",
+            "priority" => "--priority",
+            "queue_timeout_seconds" => "--queue-timeout",
+            "page_size" => "--limit",
+            "page_token" => "--page-token",
+            "statuses" => "--status",
+            _ => return None,
+        },
     })
 }
 
@@ -537,6 +576,23 @@ mod tests {
             assert_eq!(rows, 1, "exit code {code}");
             assert!(help.contains(&format!("\n  {code}  ")), "{help}");
         }
+    }
+
+    #[test]
+    fn scheduling_fields_name_their_flags() {
+        for (field, flag) in [
+            ("retry_policy.max_attempts", "--max-attempts"),
+            ("retry_policy.initial_backoff", "--backoff"),
+            ("retry_policy.max_backoff", "--max-backoff"),
+            ("retry_policy.backoff_multiplier", "--backoff-multiplier"),
+            ("run_after", "--run-after or --in"),
+            ("priority", "--priority"),
+            ("queue_timeout_seconds", "--queue-timeout"),
+            ("labels[\"a b\"]", "--label"),
+        ] {
+            assert_eq!(flag_of_field(field), Some(flag), "{field}");
+        }
+        assert_eq!(flag_of_field("retry_policy.jitter"), None);
     }
 
     #[test]
@@ -672,6 +728,18 @@ mod tests {
             terse.to_string(),
             "task 42 has already finished and cannot be cancelled"
         );
+        let running = CliError::from_delete_status(
+            Status::failed_precondition("task 42 is running, not finished"),
+            "42",
+        );
+        assert_eq!(
+            running.to_string(),
+            "task 42 has not finished, so it cannot be deleted; cancel it first \
+             (taskctl cancel 42) or wait until it ends"
+        );
+        assert_eq!(running.exit_status(), finished.exit_status());
+        let missing = CliError::from_delete_status(Status::not_found("no"), "42");
+        assert_eq!(missing.exit_status(), ExitStatus::NotFound);
 
         for code in [
             Code::Internal,

@@ -35,10 +35,8 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::run(cli)) {
         Ok(outcome) => outcome.exit_status().into(),
         Err(error) => {
-            // `taskctl list | head`: the reader left; nothing to say.
-            if !error.is_broken_pipe() {
-                eprintln!("taskctl: {error}");
-            }
+            // Silent when the reader left (`taskctl list | head`).
+            error.report();
             error.exit_status().into()
         }
     }

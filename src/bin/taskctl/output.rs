@@ -89,7 +89,7 @@ impl Printer {
             task: Some(task.clone()),
         };
         match self.format {
-            OutputFormat::Table => write_stdout(&(state_line(task) + "\n")),
+            OutputFormat::Table => write_stdout(&(state_line(task, SystemTime::now()) + "\n")),
             OutputFormat::Json => write_stdout(&self.json_line(
                 &message,
                 proto_json::WATCH_TASK_RESPONSE,
@@ -102,6 +102,20 @@ impl Printer {
                 write_stdout(&format!("---\n{document}"))
             }
         }
+    }
+
+    /// That one task was deleted: a line for people, or `DeleteTask`'s
+    /// answer, an empty message, as grpcurl prints it (`{}`), one per line
+    /// (json) or document (yaml), as for several messages of a stream.
+    pub fn print_deleted(&self, task_id: &str) -> Result<(), CliError> {
+        let text = match self.format {
+            OutputFormat::Table => format!("deleted task {task_id}\n"),
+            OutputFormat::Json => self.json_line(&(), proto_json::EMPTY, JsonLayout::Compact)?,
+            OutputFormat::Yaml => {
+                format!("---\n{}", self.proto_json.to_yaml(&(), proto_json::EMPTY)?)
+            }
+        };
+        write_stdout(&text)
     }
 
     pub fn print_health(&self, reports: &[HealthReport]) -> Result<(), CliError> {
@@ -161,7 +175,8 @@ pub fn status_name(status: i32) -> String {
     }
 }
 
-/// Every field of a task, one per line, for `get`, `create` and `cancel`.
+/// Every field of a task, one per line, for `get`, `create` and `cancel`;
+/// the scheduling fields only where they say more than the defaults.
 pub fn task_details(task: &pb::Task, now: SystemTime) -> String {
     let progress = task.progress.clone().unwrap_or_default();
     let labels = if task.labels.is_empty() {
@@ -175,7 +190,7 @@ pub fn task_details(task: &pb::Task, now: SystemTime) -> String {
         pairs.sort();
         pairs.join(", ")
     };
-    let rows: Vec<(&str, String)> = vec![
+    let mut rows: Vec<(&str, String)> = vec![
         ("ID", task.id.clone()),
         ("NAME", task.name.clone()),
         ("DESCRIPTION", or_dash(&task.description)),
@@ -199,6 +214,9 @@ pub fn task_details(task: &pb::Task, now: SystemTime) -> String {
             },
         ),
         ("LABELS", labels),
+    ];
+    rows.extend(scheduling_rows(task, now));
+    rows.extend([
         ("ATTEMPT", task.attempt.to_string()),
         ("NODE", or_dash(&task.node)),
         ("REVISION", task.revision.to_string()),
@@ -209,7 +227,7 @@ pub fn task_details(task: &pb::Task, now: SystemTime) -> String {
             "DURATION",
             run_time(task, now).map_or_else(|| "-".to_owned(), format_duration),
         ),
-    ];
+    ]);
     let width = rows
         .iter()
         .map(|(key, _)| key.len() + 1)
@@ -218,6 +236,56 @@ pub fn task_details(task: &pb::Task, now: SystemTime) -> String {
     rows.into_iter()
         .map(|(key, value)| format!("{:<width$} {value}\n", format!("{key}:")))
         .collect()
+}
+
+/// The rows of `task_details` for the scheduling fields that carry
+/// information: a priority other than 0, a start time, a queue timeout,
+/// and a retry policy that allows a retry.
+fn scheduling_rows(task: &pb::Task, now: SystemTime) -> Vec<(&'static str, String)> {
+    let mut rows = Vec::new();
+    if task.priority != 0 {
+        rows.push(("PRIORITY", task.priority.to_string()));
+    }
+    if let Some(run_after) = task.run_after.as_ref().and_then(system_time) {
+        rows.push((
+            "RUN AFTER",
+            format!(
+                "{} ({})",
+                humantime::format_rfc3339_millis(run_after),
+                relative(run_after, now)
+            ),
+        ));
+    }
+    if task.queue_timeout_seconds != 0 {
+        rows.push(("QUEUE TIMEOUT", format!("{}s", task.queue_timeout_seconds)));
+    }
+    if let Some(policy) = task
+        .retry_policy
+        .as_ref()
+        .filter(|policy| policy.max_attempts > 1)
+    {
+        rows.push(("RETRY POLICY", retry_policy_text(policy)));
+    }
+    rows
+}
+
+/// `3 attempts; back-off 1s, ×2 per retry, at most 5m`.
+fn retry_policy_text(policy: &pb::RetryPolicy) -> String {
+    let shown = |duration: Option<&prost_types::Duration>| {
+        duration
+            .and_then(|duration| Duration::try_from(*duration).ok())
+            .map_or_else(
+                || "-".to_owned(),
+                |duration| humantime::format_duration(duration).to_string(),
+            )
+    };
+    format!(
+        "{} attempts; back-off {}, ×{} per retry, at most {}",
+        policy.max_attempts,
+        shown(policy.initial_backoff.as_ref()),
+        policy.backoff_multiplier,
+        shown(policy.max_backoff.as_ref())
+    )
 }
 
 /// Aligned columns, one task per row, for `list`.
@@ -259,16 +327,63 @@ fn health_table(reports: &[HealthReport]) -> String {
 }
 
 /// One line for one state of a watched task: `RUNNING    40%  step 2`.
-pub fn state_line(task: &pb::Task) -> String {
-    let progress = task.progress.clone().unwrap_or_default();
+pub fn state_line(task: &pb::Task, now: SystemTime) -> String {
     format!(
         "{:<9} {:>3}%  {}",
         status_name(task.status),
         shown_percent(task),
-        progress.message
+        state_message(task, now)
     )
     .trim_end()
     .to_owned()
+}
+
+/// What a watch shows after the status and percent: while `RETRYING`, why
+/// the last run failed and when the next may start; while `PENDING` with a
+/// start time ahead, that time; otherwise the progress message.
+pub fn state_message(task: &pb::Task, now: SystemTime) -> String {
+    let run_after = task.run_after.as_ref().and_then(system_time);
+    match pb::TaskStatus::try_from(task.status) {
+        Ok(pb::TaskStatus::Retrying) => {
+            let next = run_after.map_or_else(
+                || "soon".to_owned(),
+                |time| format!("at {}", clock_time(time, now)),
+            );
+            let until = run_after.map(|time| until(time, now)).unwrap_or_default();
+            format!(
+                "attempt {} failed ({}); next attempt {next}{until}",
+                task.attempt, task.error
+            )
+        }
+        Ok(pb::TaskStatus::Pending) if run_after.is_some_and(|time| time > now) => {
+            let time = run_after.unwrap_or(now);
+            format!("starts at {}{}", clock_time(time, now), until(time, now))
+        }
+        _ => task
+            .progress
+            .as_ref()
+            .map(|progress| progress.message.clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// `16:40:12Z` on the same (UTC) day as `now`, else the whole
+/// `2026-12-03T18:00:00Z`.
+fn clock_time(time: SystemTime, now: SystemTime) -> String {
+    let full = humantime::format_rfc3339_seconds(time).to_string();
+    let today = humantime::format_rfc3339_seconds(now).to_string();
+    match (full.split_once('T'), today.split_once('T')) {
+        (Some((day, clock)), Some((this_day, _))) if day == this_day => clock.to_owned(),
+        _ => full,
+    }
+}
+
+/// ` (in 0.8s)`, or ` (due)` once the time has come.
+fn until(time: SystemTime, now: SystemTime) -> String {
+    match time.duration_since(now) {
+        Ok(ahead) if !ahead.is_zero() => format!(" (in {})", format_duration(ahead)),
+        _ => " (due)".to_owned(),
+    }
 }
 
 /// The closing line of a watch: how the task ended, and its result or
@@ -372,8 +487,13 @@ fn timestamp_text(timestamp: Option<&prost_types::Timestamp>, now: SystemTime) -
     }
 }
 
-/// How long the task ran: until it ended, or until now while it runs.
+/// How long the task ran: until it ended, or until now while it runs;
+/// nothing while it waits to retry, since no run is going on and the
+/// failed run's end is not kept.
 fn run_time(task: &pb::Task, now: SystemTime) -> Option<Duration> {
+    if task.status == i32::from(pb::TaskStatus::Retrying) {
+        return None;
+    }
     let started_at = system_time(task.started_at.as_ref()?)?;
     let until = task
         .completed_at
@@ -387,13 +507,29 @@ fn run_time(task: &pb::Task, now: SystemTime) -> Option<Duration> {
 /// apart) counts as `0s ago`.
 pub fn age(time: SystemTime, now: SystemTime) -> String {
     let seconds = now.duration_since(time).unwrap_or_default().as_secs();
-    let amount = match seconds {
+    format!("{} ago", rough_amount(seconds))
+}
+
+/// [`age`] for a time in the past, `in 5m` for one ahead (a start time),
+/// rounded up so that what is 9m59.9s ahead of `--in 10m` reads `in 10m`.
+fn relative(time: SystemTime, now: SystemTime) -> String {
+    match time.duration_since(now) {
+        Ok(ahead) if !ahead.is_zero() => {
+            let seconds = ahead.as_secs() + u64::from(ahead.subsec_nanos() > 0);
+            format!("in {}", rough_amount(seconds))
+        }
+        _ => age(time, now),
+    }
+}
+
+/// `3s`, `5m`, `2h`, `4d`.
+fn rough_amount(seconds: u64) -> String {
+    match seconds {
         0..60 => format!("{seconds}s"),
         60..3_600 => format!("{}m", seconds / 60),
         3_600..86_400 => format!("{}h", seconds / 3_600),
         _ => format!("{}d", seconds / 86_400),
-    };
-    format!("{amount} ago")
+    }
 }
 
 /// `350ms`, `1.2s`, `2m05s`, `1h04m`.
@@ -483,6 +619,115 @@ mod tests {
         ] {
             assert!(details.contains(key), "{key} in {details}");
         }
+    }
+
+    #[test]
+    fn details_show_scheduling_fields_that_say_something() {
+        let plain = pb::Task {
+            retry_policy: Some(pb::RetryPolicy {
+                max_attempts: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let details = task_details(&plain, time(0));
+        for key in ["PRIORITY:", "RUN AFTER:", "QUEUE TIMEOUT:", "RETRY POLICY:"] {
+            assert!(!details.contains(key), "no {key} in {details}");
+        }
+        let scheduled = pb::Task {
+            priority: -5,
+            run_after: at(1_800),
+            queue_timeout_seconds: 120,
+            retry_policy: Some(pb::RetryPolicy {
+                max_attempts: 3,
+                initial_backoff: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 500_000_000,
+                }),
+                max_backoff: Some(prost_types::Duration {
+                    seconds: 300,
+                    nanos: 0,
+                }),
+                backoff_multiplier: 2.0,
+            }),
+            ..Default::default()
+        };
+        let details = task_details(&scheduled, time(1_500));
+        assert_eq!(detail(&details, "PRIORITY"), "-5");
+        assert_eq!(
+            detail(&details, "RUN AFTER"),
+            "1970-01-01T00:30:00.000Z (in 5m)"
+        );
+        assert_eq!(
+            relative(time(600), time(0) + Duration::from_millis(1)),
+            "in 10m"
+        );
+        assert_eq!(detail(&details, "QUEUE TIMEOUT"), "120s");
+        assert_eq!(
+            detail(&details, "RETRY POLICY"),
+            "3 attempts; back-off 1s 500ms, ×2 per retry, at most 5m"
+        );
+    }
+
+    fn detail<'a>(view: &'a str, key: &str) -> &'a str {
+        view.lines()
+            .find_map(|line| line.strip_prefix(&format!("{key}:")))
+            .map_or("", str::trim)
+    }
+
+    #[test]
+    fn a_retrying_task_says_why_and_when_it_runs_again() {
+        let now = time(86_400 + 3_600);
+        let retrying = pb::Task {
+            status: pb::TaskStatus::Retrying.into(),
+            attempt: 1,
+            error: "flaky failure 1".into(),
+            run_after: Some(prost_types::Timestamp {
+                seconds: 86_400 + 3_612,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            state_line(&retrying, now),
+            "RETRYING    0%  attempt 1 failed (flaky failure 1); next attempt at 01:00:12Z (in 12.0s)"
+        );
+        // Another day: the whole date; a time passed: due.
+        let later = pb::Task {
+            run_after: at(3 * 86_400),
+            ..retrying.clone()
+        };
+        assert!(
+            state_message(&later, now)
+                .ends_with("next attempt at 1970-01-04T00:00:00Z (in 47h00m)"),
+            "{}",
+            state_message(&later, now)
+        );
+        assert!(state_message(&retrying, time(2 * 86_400)).ends_with("(due)"));
+        // Started, but no run is going on: no duration that keeps growing.
+        let waiting = pb::Task {
+            started_at: at(86_400),
+            ..retrying.clone()
+        };
+        assert!(task_table(&[waiting], now).ends_with("  -\n"));
+        let delayed = pb::Task {
+            status: pb::TaskStatus::Pending.into(),
+            run_after: at(86_400 + 3_900),
+            ..Default::default()
+        };
+        assert_eq!(
+            state_message(&delayed, now),
+            "starts at 01:05:00Z (in 5m00s)"
+        );
+        let running = pb::Task {
+            status: pb::TaskStatus::Running.into(),
+            progress: Some(pb::TaskProgress {
+                percent: 10,
+                message: "step 1".into(),
+            }),
+            ..delayed
+        };
+        assert_eq!(state_message(&running, now), "step 1");
     }
 
     #[test]

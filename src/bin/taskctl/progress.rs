@@ -6,7 +6,10 @@
 //! whether stdout is a terminal; the watch loop in `commands` only feeds it
 //! tasks.
 
-use std::{io::IsTerminal, time::Duration};
+use std::{
+    io::IsTerminal,
+    time::{Duration, SystemTime},
+};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use task_processor::pb;
@@ -40,10 +43,9 @@ impl WatchDisplay {
     pub fn show(&self, task: &pb::Task) -> Result<(), CliError> {
         match self {
             Self::Bar(bar) => {
-                let progress = task.progress.clone().unwrap_or_default();
                 bar.set_prefix(output::status_name(task.status));
                 bar.set_position(u64::from(output::shown_percent(task)));
-                bar.set_message(progress.message);
+                bar.set_message(output::state_message(task, SystemTime::now()));
                 Ok(())
             }
             Self::Lines(printer) => printer.print_watch_message(task),

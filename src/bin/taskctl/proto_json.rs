@@ -21,6 +21,8 @@ use crate::{errors::CliError, yaml};
 pub const TASK: &str = "taskprocessor.v1.Task";
 pub const LIST_TASKS_RESPONSE: &str = "taskprocessor.v1.ListTasksResponse";
 pub const WATCH_TASK_RESPONSE: &str = "taskprocessor.v1.WatchTaskResponse";
+/// `DeleteTask`'s answer.
+pub const EMPTY: &str = "google.protobuf.Empty";
 
 /// Integers up to this magnitude are exact in an `f64`.
 const MAX_EXACT_INTEGER: f64 = 9_007_199_254_740_992.0; // 2^53
@@ -189,8 +191,9 @@ fn write_json<F: Formatter>(
 
 /// Writes a whole `f64` (as every number in a `google.protobuf.Value` is)
 /// as an integer, `1` rather than `1.0`, as Go's protojson and so grpcurl
-/// do; everything else goes to the inner formatter. Our messages have no
-/// other floating-point fields, so no field's meaning changes.
+/// do; everything else goes to the inner formatter. The one other `double`
+/// of our messages, `RetryPolicy.backoff_multiplier`, prints as protojson
+/// prints it too: `2`, `1.5`.
 struct IntegralNumbers<F> {
     inner: F,
 }
@@ -305,6 +308,69 @@ mod tests {
             !json.contains("timeoutSeconds"),
             "defaults are left out: {json}"
         );
+    }
+
+    #[test]
+    fn scheduling_fields_and_empty_print_as_grpcurl_does() {
+        let proto_json = ProtoJson::new().expect("descriptors");
+        let task = pb::Task {
+            retry_policy: Some(pb::RetryPolicy {
+                max_attempts: 3,
+                initial_backoff: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 500_000_000,
+                }),
+                max_backoff: Some(prost_types::Duration {
+                    seconds: 300,
+                    nanos: 0,
+                }),
+                backoff_multiplier: 2.0,
+            }),
+            run_after: Some(prost_types::Timestamp {
+                seconds: 1_796_320_800,
+                nanos: 0,
+            }),
+            priority: -5,
+            queue_timeout_seconds: 120,
+            ..sample_task()
+        };
+        let json = proto_json
+            .to_json(&task, TASK, JsonLayout::Compact)
+            .expect("renders");
+        assert!(
+            json.ends_with(
+                r#""retryPolicy":{"maxAttempts":3,"initialBackoff":"1.500s","maxBackoff":"300s","backoffMultiplier":2},"runAfter":"2026-12-03T18:00:00Z","priority":-5,"queueTimeoutSeconds":120}"#
+            ),
+            "{json}"
+        );
+        let multiplier = pb::Task {
+            retry_policy: Some(pb::RetryPolicy {
+                backoff_multiplier: 1.5,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let json = proto_json
+            .to_json(&multiplier, TASK, JsonLayout::Compact)
+            .expect("renders");
+        assert_eq!(json, r#"{"retryPolicy":{"backoffMultiplier":1.5}}"#);
+
+        let yaml = proto_json.to_yaml(&task, TASK).expect("renders");
+        assert!(yaml.contains("  initialBackoff: 1.500s\n"), "{yaml}");
+        let descriptor = proto_json.descriptor(TASK).expect("descriptor");
+        let from_yaml =
+            DynamicMessage::deserialize(descriptor, yaml_serde::Deserializer::from_str(&yaml))
+                .expect("YAML reads back");
+        assert_eq!(from_yaml.transcode_to::<pb::Task>().expect("a task"), task);
+
+        // DeleteTask's answer.
+        assert_eq!(
+            proto_json
+                .to_json(&(), EMPTY, JsonLayout::Pretty)
+                .expect("renders"),
+            "{}"
+        );
+        assert_eq!(proto_json.to_yaml(&(), EMPTY).expect("renders"), "{}\n");
     }
 
     #[test]
