@@ -11,7 +11,7 @@
 //! order.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, SystemTime},
 };
 
@@ -136,7 +136,7 @@ async fn start_in_process(path: &Path, node: &str, max_cut_short_runs: u32) -> T
 
 /// Shuts the in-process server down gracefully and waits until the file
 /// is free for the next one.
-async fn shut_down(mut server: TestServer, path: &PathBuf) {
+async fn shut_down(mut server: TestServer, path: &Path) {
     server.begin_shutdown().await.expect("stopped cleanly");
     drop(server);
     eventually("the server to let go of the file", || async {
