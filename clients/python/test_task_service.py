@@ -11,7 +11,7 @@ import uuid
 
 import grpc
 import pytest
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import duration_pb2, json_format, struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -173,6 +173,36 @@ def test_cancel_a_running_sleep_task(tasks, run_label):
     assert again.revision == cancelled.revision, "and changes nothing"
     fetched = tasks.GetTask(pb.GetTaskRequest(id=created.id), timeout=CALL_TIMEOUT)
     assert fetched.status == pb.TASK_STATUS_CANCELLED
+
+
+def test_a_flaky_task_is_retried_until_it_completes(tasks, run_label):
+    request = pb.CreateTaskRequest(
+        name="python flaky",
+        kind="flaky",
+        labels=run_label,
+        retry_policy=pb.RetryPolicy(
+            max_attempts=2,
+            initial_backoff=duration_pb2.Duration(nanos=200_000_000),
+        ),
+    )
+    request.data.CopyFrom(json_value({"failures": 1}))
+    created = tasks.CreateTask(request, timeout=CALL_TIMEOUT)
+    assert created.retry_policy.max_attempts == 2
+    assert created.retry_policy.initial_backoff.ToMilliseconds() == 200
+
+    # The watch ends with the terminal state; the back-off is 0.2 s at most.
+    states = list(
+        tasks.WatchTask(pb.WatchTaskRequest(id=created.id), timeout=CALL_TIMEOUT)
+    )
+
+    last = states[-1].task
+    assert last.status == pb.TASK_STATUS_COMPLETED, last.error
+    assert last.attempt == 2, "the first run failed, the second completed"
+    assert from_json_value(last.result) == {"attempts": 2}
+    assert last.error == ""
+    fetched = tasks.GetTask(pb.GetTaskRequest(id=created.id), timeout=CALL_TIMEOUT)
+    assert fetched.status == pb.TASK_STATUS_COMPLETED
+    assert fetched.attempt == 2
 
 
 def test_an_empty_name_is_invalid_argument_naming_the_field(tasks):

@@ -10,6 +10,7 @@ mod support;
 
 mod architecture;
 mod cluster;
+mod cluster_retries;
 mod create;
 mod delays;
 mod disk_full;
@@ -25,6 +26,7 @@ mod outage;
 mod process;
 mod proxy;
 mod reflection;
+mod restarts;
 mod retries;
 mod scheduling;
 mod shutdown;

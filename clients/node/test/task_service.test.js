@@ -169,6 +169,30 @@ describe('TaskService from Node', () => {
     assert.equal(fetched.status, 'TASK_STATUS_CANCELLED');
   });
 
+  test('retries a flaky task until it completes', async () => {
+    const created = await call(clients.tasks, 'CreateTask', {
+      name: 'node flaky',
+      kind: 'flaky',
+      labels: runLabel(),
+      data: toValue({ failures: 1 }),
+      retry_policy: { max_attempts: 2, initial_backoff: { seconds: 0, nanos: 200_000_000 } },
+    });
+    assert.equal(created.retry_policy.max_attempts, 2);
+    assert.equal(created.retry_policy.initial_backoff.nanos, 200_000_000);
+
+    // The watch ends with the terminal state; the back-off is 0.2 s at most.
+    const states = await readAll(clients.tasks.WatchTask({ id: created.id }, deadline()));
+
+    const last = states.at(-1).task;
+    assert.equal(last.status, 'TASK_STATUS_COMPLETED', last.error);
+    assert.equal(last.attempt, 2, 'the first run failed, the second completed');
+    assert.deepEqual(fromValue(last.result), { attempts: 2 });
+    assert.equal(last.error, '');
+    const fetched = await call(clients.tasks, 'GetTask', { id: created.id });
+    assert.equal(fetched.status, 'TASK_STATUS_COMPLETED');
+    assert.equal(fetched.attempt, 2);
+  });
+
   test('an empty name is INVALID_ARGUMENT naming the field', async () => {
     await assert.rejects(create('', 'echo'), (error) => {
       assert.equal(error.code, grpc.status.INVALID_ARGUMENT);

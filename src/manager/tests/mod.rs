@@ -27,6 +27,8 @@
 //! - `limits.rs`: FIFO order, `max_concurrent`, `queue_capacity`;
 //! - `retention.rs`: finished tasks forgotten by age and by count;
 //! - `runs.rs`: results, errors, panics and progress of a run;
+//! - `scheduling.rs`: retries and their back-off, `run_after`, priority,
+//!   queue timeouts, and cancelling a retrying task;
 //! - `shutdown.rs`: stop accepting, stop starting, cancel running, idle.
 
 mod cancel;
@@ -34,6 +36,7 @@ mod handle_internals;
 mod limits;
 mod retention;
 mod runs;
+mod scheduling;
 mod script;
 mod shutdown;
 mod timeouts;
@@ -142,11 +145,22 @@ impl Harness {
     /// Spawns a manager with the built-in kinds (`echo`, `sleep`, `fail`,
     /// ...) and the scripted `held` and `stubborn`.
     pub(super) fn new(config: ManagerConfig) -> Self {
+        Self::with_registry(config, |_, _| {})
+    }
+
+    /// Like [`Harness::new`], with the kinds `extend` registers too; it
+    /// gets the harness's origin of time, from which a test processor
+    /// counts the times it records.
+    pub(super) fn with_registry(
+        config: ManagerConfig,
+        extend: impl FnOnce(&mut Registry, Instant),
+    ) -> Self {
         let t0 = Instant::now();
         let script = Script::new(t0);
         let mut registry = Registry::with_builtins(Duration::ZERO);
         registry.register(HELD, script.processor(OnCancel::Stop));
         registry.register(STUBBORN, script.processor(OnCancel::Ignore));
+        extend(&mut registry, t0);
         let manager = ManagerHandle::spawn(config, registry, Metrics::new());
         Self {
             manager,
