@@ -13,6 +13,7 @@ pub mod manager;
 pub mod metrics;
 pub mod pb;
 pub mod processor;
+pub mod schedule;
 pub mod server;
 pub mod store;
 pub mod task;

@@ -1,0 +1,218 @@
+//! The schedule domain: ids, the parsed `cron` and `time_zone` fields
+//! (`spec.rs`), the schedule record, and the rule for missed firings
+//! (`firing.rs`).
+//!
+//! Plain Rust types and pure functions, beside `task` in the layering: it
+//! imports `task` (a firing creates a task) and nothing else of ours, and
+//! knows nothing of protobuf, tonic, the stores or the manager. No function
+//! here reads the clock; callers pass `now`.
+
+mod firing;
+mod spec;
+#[cfg(test)]
+mod tests;
+
+use std::{fmt, str::FromStr, time::SystemTime};
+
+pub use firing::{Firing, due_firing};
+pub use spec::{MAX_EVERY_INTERVAL, MIN_EVERY_INTERVAL, ScheduleError, ScheduleSpec, TimeZone};
+
+use uuid::Uuid;
+
+use crate::task::{NewTask, TaskId, TaskStatus};
+
+/// The label every task a schedule creates carries, with the schedule's id
+/// as its value, so a client can list a schedule's tasks.
+pub const SCHEDULE_ID_LABEL: &str = "schedule-id";
+
+/// A schedule's identity: a UUID v7, so ids sort by creation time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ScheduleId(Uuid);
+
+impl ScheduleId {
+    /// Makes a new id. Ids made in one process sort in the order they were made.
+    pub fn generate() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    pub fn from_uuid(uuid: Uuid) -> Self {
+        Self(uuid)
+    }
+
+    pub fn as_uuid(&self) -> &Uuid {
+        &self.0
+    }
+}
+
+impl fmt::Display for ScheduleId {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.as_hyphenated().fmt(formatter)
+    }
+}
+
+/// The text given as a schedule id was not a UUID.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a UUID")]
+pub struct InvalidScheduleId(String);
+
+impl FromStr for ScheduleId {
+    type Err = InvalidScheduleId;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Uuid::try_parse(text)
+            .map(Self)
+            .map_err(|_| InvalidScheduleId(text.to_owned()))
+    }
+}
+
+/// What a firing does while the task of the previous one has not finished.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Overlap {
+    /// Does not fire: a slow task never piles up copies of itself.
+    #[default]
+    Skip,
+    /// Fires anyway.
+    Allow,
+}
+
+/// A validated request for a new schedule: the fields parsed, the template
+/// checked (it has no `request_id`: each firing is a new task).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewSchedule {
+    pub spec: ScheduleSpec,
+    pub time_zone: TimeZone,
+    pub template: NewTask,
+    pub overlap: Overlap,
+    /// Created paused: it fires only once resumed.
+    pub paused: bool,
+}
+
+/// Everything known about one schedule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Schedule {
+    pub id: ScheduleId,
+    /// The `cron` field, as given and parsed.
+    pub spec: ScheduleSpec,
+    pub time_zone: TimeZone,
+    /// The task each firing creates (plus the [`SCHEDULE_ID_LABEL`] label).
+    pub template: NewTask,
+    pub paused: bool,
+    pub overlap: Overlap,
+    /// When it fires next; `None` while paused, or when no date is left.
+    pub next_fire_at: Option<SystemTime>,
+    /// The time the last firing that created a task was scheduled for (not
+    /// when a server got to it: after downtime that is later).
+    pub last_fire_at: Option<SystemTime>,
+    /// The task the last firing created.
+    pub last_task_id: Option<TaskId>,
+    /// Also the anchor of `@every`: firings are `created_at + k × interval`.
+    pub created_at: SystemTime,
+    /// 1 at creation, one more with each change.
+    pub revision: u64,
+}
+
+impl Schedule {
+    /// A freshly created schedule: revision 1, never fired, due at its first
+    /// firing after `created_at` unless created paused.
+    pub fn new(id: ScheduleId, new_schedule: NewSchedule, created_at: SystemTime) -> Self {
+        let mut schedule = Self {
+            id,
+            spec: new_schedule.spec,
+            time_zone: new_schedule.time_zone,
+            template: new_schedule.template,
+            paused: new_schedule.paused,
+            overlap: new_schedule.overlap,
+            next_fire_at: None,
+            last_fire_at: None,
+            last_task_id: None,
+            created_at,
+            revision: 1,
+        };
+        if !schedule.paused {
+            schedule.next_fire_at = schedule.next_fire_after(created_at);
+        }
+        schedule
+    }
+
+    /// The first firing strictly after `after`, in this schedule's zone and
+    /// from its anchor.
+    pub fn next_fire_after(&self, after: SystemTime) -> Option<SystemTime> {
+        self.spec
+            .next_fire_after(after, &self.time_zone, self.created_at)
+    }
+
+    /// What this schedule does at `now` (see [`due_firing`]).
+    pub fn due_firing(&self, now: SystemTime) -> Firing {
+        due_firing(
+            &self.spec,
+            &self.time_zone,
+            self.created_at,
+            self.next_fire_at,
+            now,
+        )
+    }
+
+    /// Whether a due firing must be skipped because the task of the previous
+    /// one, whose status is `last_task_status` (`None`: none, or forgotten),
+    /// has not finished and the schedule does not allow overlap.
+    pub fn must_skip_firing(&self, last_task_status: Option<TaskStatus>) -> bool {
+        self.overlap == Overlap::Skip
+            && last_task_status.is_some_and(|status| !status.is_terminal())
+    }
+
+    /// The task a firing creates: the template, labelled with this
+    /// schedule's id.
+    pub fn task_for_firing(&self) -> NewTask {
+        let mut task = self.template.clone();
+        task.labels
+            .insert(SCHEDULE_ID_LABEL.to_owned(), self.id.to_string());
+        task
+    }
+
+    /// Records a firing that created `task_id`: `scheduled_for` and
+    /// `next_fire_at` as [`due_firing`] decided them.
+    pub fn record_firing(
+        &mut self,
+        scheduled_for: SystemTime,
+        task_id: TaskId,
+        next_fire_at: Option<SystemTime>,
+    ) {
+        self.last_fire_at = Some(scheduled_for);
+        self.last_task_id = Some(task_id);
+        self.next_fire_at = next_fire_at;
+        self.revision += 1;
+    }
+
+    /// Records a firing that created no task (the previous one still runs
+    /// and overlap is `Skip`): the schedule only moves on to `next_fire_at`.
+    pub fn record_skipped_firing(&mut self, next_fire_at: Option<SystemTime>) {
+        self.next_fire_at = next_fire_at;
+        self.revision += 1;
+    }
+
+    /// Pauses the schedule: it has no next firing until resumed. Returns
+    /// whether anything changed (pausing a paused schedule does not).
+    pub fn pause(&mut self) -> bool {
+        if self.paused {
+            return false;
+        }
+        self.paused = true;
+        self.next_fire_at = None;
+        self.revision += 1;
+        true
+    }
+
+    /// Resumes the schedule at `now`: it next fires at its first firing
+    /// after `now`, so firings that fell while it was paused are not made
+    /// up. Returns whether anything changed (resuming a running schedule
+    /// does not).
+    pub fn resume(&mut self, now: SystemTime) -> bool {
+        if !self.paused {
+            return false;
+        }
+        self.paused = false;
+        self.next_fire_at = self.next_fire_after(now);
+        self.revision += 1;
+        true
+    }
+}
