@@ -64,10 +64,14 @@ struct WordCountProcessor;
 impl Processor for WordCountProcessor {
     async fn process(&self, context: TaskContext) -> Result<JsonValue, ProcessorError> {
         let data = context.data();
+        // Bad input fails the same way every time: a permanent error, so the
+        // task fails at once instead of being retried by its retry policy.
+        // A passing trouble (a service that is down) would be
+        // `ProcessorError::new`, which the policy may retry.
         let text = data
             .get("text")
             .and_then(JsonValue::as_str)
-            .ok_or_else(|| ProcessorError::new("data.text must be a string"))?;
+            .ok_or_else(|| ProcessorError::permanent("data.text must be a string"))?;
         let pause = match data.get("pause_ms") {
             None => Duration::ZERO,
             Some(pause_ms) => pause_ms
@@ -75,7 +79,7 @@ impl Processor for WordCountProcessor {
                 .map(Duration::from_millis)
                 .filter(|pause| *pause <= MAX_PAUSE_PER_LINE)
                 .ok_or_else(|| {
-                    ProcessorError::new(format!(
+                    ProcessorError::permanent(format!(
                         "data.pause_ms must be a whole number from 0 to {}",
                         MAX_PAUSE_PER_LINE.as_millis()
                     ))
@@ -244,7 +248,8 @@ mod tests {
         let outcome = WordCountProcessor.process(context).await;
         assert_eq!(
             outcome,
-            Err(ProcessorError::new("data.text must be a string"))
+            Err(ProcessorError::permanent("data.text must be a string"))
         );
+        assert!(outcome.is_err_and(|error| error.is_permanent()));
     }
 }
