@@ -255,7 +255,7 @@ impl PostgresStore {
     /// task that holds the key. An update is written only while the row still
     /// belongs to this run (running, same attempt, on `origin`).
     pub async fn commit(&self, origin: &str, batch: &Batch) -> Result<BatchOutcome, StoreError> {
-        if batch.is_empty() {
+        if !batch.has_task_writes() {
             return Ok(BatchOutcome::default());
         }
         let mut transaction = self.pool.begin().await?;
