@@ -35,10 +35,12 @@ use super::{
 use crate::task::{Task, TaskEvent, TaskId, TaskStatus};
 
 mod feed;
+mod schedules;
 mod writes;
 
 pub use feed::ChangeFeed;
 use feed::{WORK_WAITING, change_payload, notify};
+pub use schedules::{FIRE_CHUNK, Fired, SchedulePage};
 use writes::{delete_finished, insert_tasks, update_tasks};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");

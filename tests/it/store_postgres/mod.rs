@@ -516,3 +516,4 @@ async fn errors_name_the_store_without_its_password() {
 // Declared last: they use `store_or_skip!`, which must be defined before them.
 mod claims;
 mod feed;
+mod schedules;
