@@ -93,6 +93,7 @@ impl Pending {
             updates: self.updates.values().cloned().collect(),
             deletes: self.deletes.iter().copied().collect(),
             changes: self.changes.clone(),
+            ..Batch::default()
         }
     }
 

@@ -12,7 +12,10 @@ use std::{fmt, sync::Arc, time::Duration};
 use futures_util::future::BoxFuture;
 
 use super::StoreError;
-use crate::task::{Task, TaskId};
+use crate::{
+    schedule::{Schedule, ScheduleId},
+    task::{Task, TaskId},
+};
 
 /// One group commit of a process (on PostgreSQL: of a replica).
 #[derive(Clone, Debug, Default)]
@@ -27,6 +30,14 @@ pub struct Batch {
     /// Every state published since the last batch, in order (a task may
     /// appear several times), for a store that announces changes.
     pub changes: Vec<Arc<Task>>,
+    /// Schedules to store whole, new or changed (the local shape's: on
+    /// SQLite written in the same transaction as the tasks, so a firing's
+    /// task and its schedule's next firing are one commit). Memory keeps
+    /// nothing; PostgreSQL ignores them, since there the table is the truth
+    /// and schedules change through `PostgresStore`'s own calls.
+    pub schedule_upserts: Vec<Arc<Schedule>>,
+    /// Schedules to forget, after the upserts (a schedule in both is gone).
+    pub schedule_deletes: Vec<ScheduleId>,
 }
 
 impl Batch {
@@ -35,6 +46,16 @@ impl Batch {
             && self.updates.is_empty()
             && self.deletes.is_empty()
             && self.changes.is_empty()
+            && self.schedule_upserts.is_empty()
+            && self.schedule_deletes.is_empty()
+    }
+
+    /// Whether the batch has any part besides schedules.
+    pub fn has_task_writes(&self) -> bool {
+        !(self.inserts.is_empty()
+            && self.updates.is_empty()
+            && self.deletes.is_empty()
+            && self.changes.is_empty())
     }
 }
 

@@ -9,11 +9,15 @@ mod batch;
 pub mod postgres;
 #[macro_use]
 mod row;
+mod schedule_row;
 pub mod sqlite;
 
 use std::{collections::BTreeMap, fmt, path::PathBuf, str::FromStr, sync::Arc};
 
-use crate::task::{Task, TaskId, TaskStatus};
+use crate::{
+    schedule::ScheduleId,
+    task::{Task, TaskId, TaskStatus},
+};
 
 pub use batch::{Batch, BatchOutcome, Inserted, MemoryStore, TaskStore};
 pub use postgres::PostgresStore;
@@ -113,6 +117,8 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("task {id} in the database cannot be read: {reason}")]
     Corrupt { id: String, reason: String },
+    #[error("schedule {id} in the database cannot be read: {reason}")]
+    CorruptSchedule { id: ScheduleId, reason: String },
     #[error("the database did not answer within {}", humantime::format_duration(*after))]
     TimedOut { after: std::time::Duration },
 }

@@ -188,7 +188,7 @@ pub(super) fn status_name(status: TaskStatus) -> &'static str {
     }
 }
 
-fn parse_status(name: &str) -> Option<TaskStatus> {
+pub(super) fn parse_status(name: &str) -> Option<TaskStatus> {
     TaskStatus::ALL
         .into_iter()
         .find(|status| status_name(*status) == name)

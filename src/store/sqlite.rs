@@ -28,6 +28,10 @@ use tokio::sync::Mutex;
 use super::{Batch, BatchOutcome, StoreError, Write, refuse_newer_schema, row::TaskRow};
 use crate::task::{PayloadLocation, Task, TaskId};
 
+mod schedules;
+
+use schedules::{ScheduleWrites, write_schedules};
+
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// How long opening waits for another process to let go of the file.
@@ -199,12 +203,23 @@ impl SqliteStore {
     /// `Ok` means every write is in the file; on an error none is, and the
     /// connection is closed (see the module's comment).
     pub async fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
-        if writes.is_empty() {
+        self.commit_with_schedules(writes, &ScheduleWrites::default())
+            .await
+    }
+
+    /// [`SqliteStore::commit`], with schedule writes in the same
+    /// transaction: all of them are in the file, or none.
+    async fn commit_with_schedules(
+        &self,
+        writes: &[Write],
+        schedules: &ScheduleWrites<'_>,
+    ) -> Result<(), StoreError> {
+        if writes.is_empty() && schedules.is_empty() {
             return Ok(());
         }
         let mut slot = self.connection.lock().await;
         let outcome = match self.connected(&mut slot).await {
-            Ok(connection) => write_batch(connection, writes).await,
+            Ok(connection) => write_batch(connection, writes, schedules).await,
             Err(error) => Err(error),
         };
         if outcome.is_err() {
@@ -248,7 +263,7 @@ impl SqliteStore {
 
 impl super::TaskStore for SqliteStore {
     /// Every part but `changes` (nobody else reads this file): inserts
-    /// and updates of tasks whole, and deletes.
+    /// and updates of tasks whole, deletes, and the schedules' writes.
     fn commit<'a>(
         &'a self,
         _origin: &'a str,
@@ -267,7 +282,11 @@ impl super::TaskStore for SqliteStore {
                 )
                 .chain(batch.deletes.iter().map(|id| Write::Delete(*id)))
                 .collect();
-            SqliteStore::commit(self, &writes).await?;
+            let schedules = ScheduleWrites {
+                upserts: &batch.schedule_upserts,
+                deletes: &batch.schedule_deletes,
+            };
+            self.commit_with_schedules(&writes, &schedules).await?;
             Ok(BatchOutcome::all_written(batch))
         })
     }
@@ -323,12 +342,14 @@ async fn probe_write(connection: &mut SqliteConnection) -> Result<(), StoreError
     Ok(())
 }
 
-/// One batch in one transaction.
+/// One batch in one transaction: the schedules first, then the tasks.
 async fn write_batch(
     connection: &mut SqliteConnection,
     writes: &[Write],
+    schedules: &ScheduleWrites<'_>,
 ) -> Result<(), StoreError> {
     let mut transaction = connection.begin().await?;
+    write_schedules(&mut transaction, schedules).await?;
     // Few statements per batch, however many tasks: each statement is a
     // round trip to SQLite's worker thread.
     let mut inserts = Vec::new();
@@ -480,7 +501,7 @@ mod tests {
     use super::*;
     use crate::task::{NewTask, TaskEvent, TaskId};
 
-    fn new_task(name: &str, request_id: Option<&str>) -> Task {
+    pub(super) fn new_task(name: &str, request_id: Option<&str>) -> Task {
         let new_task = NewTask {
             name: name.into(),
             description: String::new(),
@@ -529,11 +550,11 @@ mod tests {
     }
 
     /// A tmpfs of its own, unmounted when dropped.
-    struct Tmpfs(tempfile::TempDir);
+    pub(super) struct Tmpfs(pub(super) tempfile::TempDir);
 
     impl Tmpfs {
         /// `None` where mounting is not allowed (the test needs root).
-        fn mount(size: &str) -> Option<Self> {
+        pub(super) fn mount(size: &str) -> Option<Self> {
             let directory = tempfile::tempdir().expect("temporary directory");
             let mounted = std::process::Command::new("mount")
                 .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])

@@ -35,10 +35,12 @@ use super::{
 use crate::task::{Task, TaskEvent, TaskId, TaskStatus};
 
 mod feed;
+mod schedules;
 mod writes;
 
 pub use feed::ChangeFeed;
 use feed::{WORK_WAITING, change_payload, notify};
+pub use schedules::{FIRE_CHUNK, Fired, SchedulePage};
 use writes::{delete_finished, insert_tasks, update_tasks};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -255,7 +257,7 @@ impl PostgresStore {
     /// task that holds the key. An update is written only while the row still
     /// belongs to this run (running, same attempt, on `origin`).
     pub async fn commit(&self, origin: &str, batch: &Batch) -> Result<BatchOutcome, StoreError> {
-        if batch.is_empty() {
+        if !batch.has_task_writes() {
             return Ok(BatchOutcome::default());
         }
         let mut transaction = self.pool.begin().await?;

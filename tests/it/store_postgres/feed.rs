@@ -58,6 +58,7 @@ async fn the_feed_delivers_every_written_change_in_order() {
         updates: vec![Arc::new(done.clone())],
         deletes: Vec::new(),
         changes: vec![Arc::new(halfway.clone()), Arc::new(done.clone())],
+        ..Batch::default()
     };
     assert_eq!(
         store.commit("n1", &batch).await.expect("commit").updated,

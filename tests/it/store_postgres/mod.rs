@@ -142,6 +142,7 @@ async fn insert(store: &PostgresStore, tasks: &[Task]) -> Vec<Inserted> {
         updates: Vec::new(),
         deletes: Vec::new(),
         changes: tasks,
+        ..Batch::default()
     };
     store.commit("api", &batch).await.expect("commit").inserted
 }
@@ -153,6 +154,7 @@ async fn update(store: &PostgresStore, origin: &str, task: &Task) -> bool {
         updates: vec![Arc::clone(&task)],
         deletes: Vec::new(),
         changes: vec![task],
+        ..Batch::default()
     };
     let outcome = store.commit(origin, &batch).await.expect("commit");
     outcome.updated == [true]
@@ -449,6 +451,7 @@ async fn updates_are_written_only_while_the_run_holds_the_task() {
         updates: vec![Arc::new(late)],
         deletes: Vec::new(),
         changes: Vec::new(),
+        ..Batch::default()
     };
     let outcome = store.commit("n1", &batch).await.expect("commit");
     assert_eq!(outcome.inserted, [Inserted::New]);
@@ -513,3 +516,4 @@ async fn errors_name_the_store_without_its_password() {
 // Declared last: they use `store_or_skip!`, which must be defined before them.
 mod claims;
 mod feed;
+mod schedules;
