@@ -1,5 +1,6 @@
 //! The `task-bench` binary's command line: `--help` prints the flags and
-//! starts nothing; an unknown flag is a usage error.
+//! starts nothing; an unknown flag is a usage error. One short run
+//! (`--delayed --quick`) checks that a figure is printed end to end.
 
 use std::{
     io::Read as _,
@@ -21,6 +22,12 @@ struct Output {
 /// Runs task-bench with `arguments`; fails the test (after killing it) if
 /// it is still running after `QUICK`, as a benchmark would be.
 fn task_bench(arguments: &[&str]) -> Output {
+    task_bench_within(arguments, QUICK)
+}
+
+/// Runs task-bench with `arguments`; fails the test (after killing it) if
+/// it is still running after `limit`.
+fn task_bench_within(arguments: &[&str], limit: Duration) -> Output {
     let mut child = Command::new(TASK_BENCH)
         .args(arguments)
         .stdin(Stdio::null())
@@ -33,15 +40,15 @@ fn task_bench(arguments: &[&str]) -> Output {
         if let Some(status) = child.try_wait().expect("wait for task-bench") {
             break status;
         }
-        if started.elapsed() > QUICK {
+        if started.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("task-bench {arguments:?} still ran after {QUICK:?}: it started a benchmark");
+            panic!("task-bench {arguments:?} still ran after {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    // The output of a command line error or of help fits the pipes, so the
-    // child never blocked writing it.
+    // The output of a command line error, of help or of one short run fits
+    // the pipes, so the child never blocked writing it.
     let mut stdout = String::new();
     let mut stderr = String::new();
     child
@@ -80,6 +87,7 @@ fn help_lists_the_flags_and_runs_nothing() {
             "--only-actor",
             "--stores",
             "--retained-rss",
+            "--delayed",
             "--binary",
             "--tasks",
             "--data-bytes",
@@ -117,4 +125,28 @@ fn two_runs_at_once_are_a_usage_error() {
         error.contains("--stores") && error.contains("--only-actor"),
         "{error}"
     );
+}
+
+#[test]
+fn delayed_quick_prints_its_figures() {
+    // 10 000 tasks per phase in a debug build: a few seconds of creates,
+    // then tasks due over 2 s; the limit is for a loaded machine.
+    let output = task_bench_within(&["--delayed", "--quick"], Duration::from_secs(180));
+    let printed = &output.stdout;
+    assert!(
+        output.status.success(),
+        "{:?}\n{printed}\n{}",
+        output.status,
+        output.stderr
+    );
+    for line in [
+        "queue_capacity 10000",
+        "| delayed: `run_after` 10 to 11 min ahead, pending |",
+        "| baseline: plain pending, no `run_after`, no free slot |",
+        "| baseline: retained finished",
+        "| delayed: `started_at − run_after` | 10000 |",
+        "| baseline, plain: `started_at − created_at` | 2000 |",
+    ] {
+        assert!(printed.contains(line), "no {line:?} in:\n{printed}");
+    }
 }

@@ -9,12 +9,15 @@
 //! side by side, next to the disk's own fsync rate (see `stores.rs`).
 //! `--retained-rss [--binary PATH] [--tasks N] [--data-bytes B]` is one too:
 //! the resident memory of a real binary holding N finished tasks on SQLite,
-//! live and after a restart (see `retained.rs`). `--help` lists the flags;
-//! an unknown one is an error (exit 2), as is asking for two runs at once.
+//! live and after a restart (see `retained.rs`). `--delayed` is one too:
+//! memory per delayed task and how late due tasks start (see `delayed.rs`).
+//! `--help` lists the flags; an unknown one is an error (exit 2), as is
+//! asking for two runs at once.
 //! These machines are noisy: compare ratios taken in the same run, not
 //! absolute figures across runs.
 
 mod bare;
+mod delayed;
 mod load;
 mod memory;
 mod retained;
@@ -192,11 +195,12 @@ Environment:
                        [default: postgres://postgres@127.0.0.1:5432/test]";
 
 /// The command line. At most one of the runs of their own (`--only-create`,
-/// `--only-actor`, `--stores`, `--retained-rss`); without one, everything.
+/// `--only-actor`, `--stores`, `--retained-rss`, `--delayed`); without one,
+/// everything.
 #[derive(Debug, Parser)]
 #[command(name = "task-bench", about = ABOUT, long_about = None, after_help = AFTER_HELP)]
 struct Arguments {
-    /// Shorter phases and fewer tasks: a smoke run (about 15 s; with --stores, about 6 s)
+    /// Shorter phases and fewer tasks: a smoke run (about 15 s; --stores 6 s, --delayed 4 s)
     #[arg(long)]
     quick: bool,
     /// Instead: only CreateTask at 64 in flight against our server, for a profiler
@@ -211,6 +215,12 @@ struct Arguments {
     /// Instead: memory of a real task-processor retaining tasks on SQLite, and restarted
     #[arg(long, group = "run")]
     retained_rss: bool,
+    /// Instead: 100 000 delayed tasks: resident memory per delayed task, and how late they start
+    #[arg(long, group = "run")]
+    delayed: bool,
+    /// Inside --delayed: one memory phase in a fresh process, one line out
+    #[arg(long, value_enum, value_name = "KIND", group = "run", hide = true)]
+    memory_phase: Option<delayed::MemoryPhase>,
     /// With --retained-rss: the binary to measure [default: task-processor beside this]
     #[arg(long, value_name = "PATH", requires = "retained_rss")]
     binary: Option<PathBuf>,
@@ -236,6 +246,8 @@ pub struct Scale {
     /// `--stores`: rounds, each measuring every store once; the median
     /// round is shown.
     pub store_rounds: usize,
+    /// `--delayed`: tasks in each of its memory and lateness phases.
+    pub delayed_tasks: usize,
 }
 
 impl Scale {
@@ -250,6 +262,7 @@ impl Scale {
                 fan_out_rounds: 3,
                 store_phase: Duration::from_millis(400),
                 store_rounds: 3,
+                delayed_tasks: 10_000,
             }
         } else {
             Self {
@@ -261,6 +274,7 @@ impl Scale {
                 fan_out_rounds: 10,
                 store_phase: Duration::from_millis(1500),
                 store_rounds: 5,
+                delayed_tasks: 100_000,
             }
         }
     }
@@ -290,6 +304,12 @@ async fn run(arguments: Arguments, scale: Scale) -> anyhow::Result<()> {
     }
     if arguments.stores {
         return stores::report(scale).await;
+    }
+    if arguments.delayed {
+        return delayed::report(scale, arguments.quick).await;
+    }
+    if let Some(phase) = arguments.memory_phase {
+        return delayed::memory_phase(phase, scale).await;
     }
     if arguments.retained_rss {
         return retained::report(retained::Run::new(
