@@ -49,11 +49,9 @@ impl<S: Shape> Manager<S> {
         let Some(slot) = self.running.remove(&task_id) else {
             return;
         };
+        // A kind's count stays at zero rather than going: kinds are few.
         if let Some(count) = self.running_by_kind.get_mut(&slot.kind) {
-            *count -= 1;
-            if *count == 0 {
-                self.running_by_kind.remove(&slot.kind);
-            }
+            *count = count.saturating_sub(1);
         }
         for timer in [slot.timeout_timer, slot.forced_stop_timer]
             .into_iter()
@@ -177,7 +175,12 @@ impl<S: Shape> Manager<S> {
             self.timers.insert(Timer::Timeout(task_id), timeout)
         });
         info!(task_id = %task_id, kind = %task.kind, attempt = task.attempt, "task started");
-        *self.running_by_kind.entry(task.kind.clone()).or_default() += 1;
+        match self.running_by_kind.get_mut(&task.kind) {
+            Some(count) => *count += 1,
+            None => {
+                self.running_by_kind.insert(task.kind.clone(), 1);
+            }
+        }
         self.running.insert(
             task_id,
             RunSlot {

@@ -48,6 +48,11 @@ impl WaitQueue {
     /// Adds a waiting task: ready now, or when its `run_after` comes; with
     /// a queue timeout, that is armed too (from when it becomes ready).
     pub(super) fn add(&mut self, task: &Task) {
+        if task.run_after().is_none() && task.scheduling.queue_timeout_seconds == 0 {
+            // The common task: ready now, no timer, no clock read.
+            self.make_ready(task);
+            return;
+        }
         let now = SystemTime::now();
         let mut timers = Timers::default();
         let ready_at = task.ready_at();
@@ -70,20 +75,26 @@ impl WaitQueue {
     /// A delayed task whose time has come (see [`WaitEnded::Due`]) joins
     /// the ready ones.
     pub(super) fn make_ready(&mut self, task: &Task) {
-        self.ready
-            .entry(task.kind.clone())
-            .or_default()
-            .insert(ready_key(task));
+        // Looked up before inserting, so the kind is copied only the first
+        // time one of its tasks waits, not for every task.
+        match self.ready.get_mut(&task.kind) {
+            Some(ready) => {
+                ready.insert(ready_key(task));
+            }
+            None => {
+                self.ready
+                    .insert(task.kind.clone(), BTreeSet::from([ready_key(task)]));
+            }
+        }
     }
 
     /// Takes a task out (it started, was cancelled or timed out), with its
     /// timers.
     pub(super) fn remove(&mut self, task: &Task) {
+        // An emptied kind keeps its (empty) set: kinds are few, and its next
+        // task then needs no new key.
         if let Some(ready) = self.ready.get_mut(&task.kind) {
             ready.remove(&ready_key(task));
-            if ready.is_empty() {
-                self.ready.remove(&task.kind);
-            }
         }
         if let Some(timers) = self.keys.remove(&task.id) {
             if let Some(key) = timers.due {
@@ -100,18 +111,13 @@ impl WaitQueue {
     /// the highest priority, then the oldest. It is taken out of the ready
     /// set (its timers stay until [`WaitQueue::remove`]).
     pub(super) fn pop_ready(&mut self, may_start: impl Fn(&str) -> bool) -> Option<TaskId> {
-        let kind = self
+        let (_, ready) = self
             .ready
-            .iter()
+            .iter_mut()
             .filter(|(kind, _)| may_start(kind))
-            .filter_map(|(kind, ready)| Some((ready.first()?, kind)))
-            .min()
-            .map(|(_, kind)| kind.clone())?;
-        let ready = self.ready.get_mut(&kind)?;
+            .filter_map(|(_, ready)| Some((*ready.first()?, ready)))
+            .min_by_key(|(first, _)| *first)?;
         let (_, id) = ready.pop_first()?;
-        if ready.is_empty() {
-            self.ready.remove(&kind);
-        }
         Some(id)
     }
 
