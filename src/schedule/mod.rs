@@ -12,12 +12,10 @@ mod spec;
 #[cfg(test)]
 mod tests;
 
-use std::{fmt, str::FromStr, time::SystemTime};
+use std::time::SystemTime;
 
 pub use firing::{Firing, due_firing};
 pub use spec::{MAX_EVERY_INTERVAL, MIN_EVERY_INTERVAL, ScheduleError, ScheduleSpec, TimeZone};
-
-use uuid::Uuid;
 
 use crate::task::{NewTask, TaskId, TaskStatus};
 
@@ -25,45 +23,12 @@ use crate::task::{NewTask, TaskId, TaskStatus};
 /// as its value, so a client can list a schedule's tasks.
 pub const SCHEDULE_ID_LABEL: &str = "schedule-id";
 
-/// A schedule's identity: a UUID v7, so ids sort by creation time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ScheduleId(Uuid);
-
-impl ScheduleId {
-    /// Makes a new id. Ids made in one process sort in the order they were made.
-    pub fn generate() -> Self {
-        Self(Uuid::now_v7())
-    }
-
-    pub fn from_uuid(uuid: Uuid) -> Self {
-        Self(uuid)
-    }
-
-    pub fn as_uuid(&self) -> &Uuid {
-        &self.0
-    }
-}
-
-impl fmt::Display for ScheduleId {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.as_hyphenated().fmt(formatter)
-    }
-}
-
-/// The text given as a schedule id was not a UUID.
-#[derive(Debug, thiserror::Error)]
-#[error("{0:?} is not a UUID")]
-pub struct InvalidScheduleId(String);
-
-impl FromStr for ScheduleId {
-    type Err = InvalidScheduleId;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        Uuid::try_parse(text)
-            .map(Self)
-            .map_err(|_| InvalidScheduleId(text.to_owned()))
-    }
-}
+crate::task::uuid_v7_id!(
+    /// A schedule's identity: a UUID v7, so ids sort by creation time.
+    ScheduleId,
+    /// The text given as a schedule id was not a UUID.
+    InvalidScheduleId
+);
 
 /// What a firing does while the task of the previous one has not finished.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -12,7 +12,6 @@ mod tests;
 use std::{
     collections::BTreeMap,
     fmt,
-    str::FromStr,
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -21,47 +20,62 @@ pub use machine::{Applied, Failure, IllegalTransition, TaskEvent};
 pub use retry::{InvalidPolicy, MAX_ATTEMPTS_LIMIT, MAX_BACKOFF_LIMIT, RetryPolicy};
 
 use serde_json::Value as JsonValue;
-use uuid::Uuid;
 
-/// A task's identity: a UUID v7, so ids sort by creation time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct TaskId(Uuid);
+/// Declares an identity type: a UUID v7 (ids made in one process sort in
+/// the order they were made), printed hyphenated, parsed from text with
+/// `$invalid` as the error. Tasks and schedules use it.
+macro_rules! uuid_v7_id {
+    ($(#[$meta:meta])* $name:ident, $(#[$invalid_meta:meta])* $invalid:ident) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(uuid::Uuid);
 
-impl TaskId {
-    /// Makes a new id. Ids made in one process sort in the order they were made.
-    pub fn generate() -> Self {
-        Self(Uuid::now_v7())
-    }
+        impl $name {
+            /// Makes a new id. Ids made in one process sort in the order
+            /// they were made.
+            pub fn generate() -> Self {
+                Self(uuid::Uuid::now_v7())
+            }
 
-    pub fn from_uuid(uuid: Uuid) -> Self {
-        Self(uuid)
-    }
+            pub fn from_uuid(uuid: uuid::Uuid) -> Self {
+                Self(uuid)
+            }
 
-    pub fn as_uuid(&self) -> &Uuid {
-        &self.0
-    }
+            pub fn as_uuid(&self) -> &uuid::Uuid {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.as_hyphenated().fmt(formatter)
+            }
+        }
+
+        $(#[$invalid_meta])*
+        #[derive(Debug, thiserror::Error)]
+        #[error("{0:?} is not a UUID")]
+        pub struct $invalid(String);
+
+        impl std::str::FromStr for $name {
+            type Err = $invalid;
+
+            fn from_str(text: &str) -> Result<Self, Self::Err> {
+                uuid::Uuid::try_parse(text)
+                    .map(Self)
+                    .map_err(|_| $invalid(text.to_owned()))
+            }
+        }
+    };
 }
+pub(crate) use uuid_v7_id;
 
-impl fmt::Display for TaskId {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.as_hyphenated().fmt(formatter)
-    }
-}
-
-/// The text given as a task id was not a UUID.
-#[derive(Debug, thiserror::Error)]
-#[error("{0:?} is not a UUID")]
-pub struct InvalidTaskId(String);
-
-impl FromStr for TaskId {
-    type Err = InvalidTaskId;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        Uuid::try_parse(text)
-            .map(Self)
-            .map_err(|_| InvalidTaskId(text.to_owned()))
-    }
-}
+uuid_v7_id!(
+    /// A task's identity: a UUID v7, so ids sort by creation time.
+    TaskId,
+    /// The text given as a task id was not a UUID.
+    InvalidTaskId
+);
 
 /// Where a task is in its lifecycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

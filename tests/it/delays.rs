@@ -33,7 +33,9 @@ async fn create_request(client: &mut Client, request: pb::CreateTaskRequest) -> 
 async fn a_delayed_task_waits_without_a_slot_and_starts_at_its_time() {
     let server = TestServer::with_one_slot().await;
     let mut client = server.client().await;
-    let run_after = SystemTime::now() + Duration::from_millis(1500);
+    // Far enough ahead that the other task has run and been read back by
+    // then, even on a loaded machine.
+    let run_after = SystemTime::now() + Duration::from_secs(3);
     let delayed = create_request(
         &mut client,
         pb::CreateTaskRequest {

@@ -64,7 +64,7 @@ async fn a_flaky_task_is_retried_after_its_backoff_until_it_completes() {
     let mut client = server.client().await;
     let backoff = Duration::from_millis(300);
     // A moment's delay, so the watch starts before the first run fails.
-    let run_after = std::time::SystemTime::now() + Duration::from_millis(500);
+    let run_after = std::time::SystemTime::now() + Duration::from_secs(2);
     let task = client
         .create_task(pb::CreateTaskRequest {
             retry_policy: Some(policy(3, backoff)),
