@@ -62,6 +62,34 @@ struct AcceptLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FiringLabels {
+    outcome: &'static str,
+}
+
+/// What became of a schedule's due firing, for
+/// `task_processor_schedule_firings_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FiringOutcome {
+    /// It created a task.
+    Created,
+    /// Skipped: the previous firing's task had not finished (overlap SKIP).
+    Skipped,
+    /// Held back: the server could not take the task (full queue or memory
+    /// budget, a store that fails); it fires once it can.
+    Refused,
+}
+
+impl FiringOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            FiringOutcome::Created => "created",
+            FiringOutcome::Skipped => "skipped",
+            FiringOutcome::Refused => "refused",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabels {
     method: Cow<'static, str>,
 }
@@ -148,6 +176,7 @@ struct Inner {
     store_commit_writes: Histogram,
     store_commit_failures: Counter,
     grpc_accept_errors: Family<AcceptLabels, Counter>,
+    schedule_firings: Family<FiringLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -280,6 +309,13 @@ impl Metrics {
              backed off; connection: skipped; other)",
             grpc_accept_errors.clone(),
         );
+        let schedule_firings = Family::<FiringLabels, Counter>::default();
+        registry.register(
+            "schedule_firings",
+            "Due firings of schedules, by outcome (created: a task; skipped: the previous \
+             firing's task still ran; refused: the server could not take the task yet)",
+            schedule_firings.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -300,6 +336,7 @@ impl Metrics {
                 store_commit_writes,
                 store_commit_failures,
                 grpc_accept_errors,
+                schedule_firings,
             }),
         }
     }
@@ -347,6 +384,16 @@ impl Metrics {
 
     /// A batch of `writes` task changes was committed (or refused) in
     /// `duration`.
+    /// A schedule's due firing had this outcome.
+    pub fn schedule_fired(&self, outcome: FiringOutcome) {
+        self.inner
+            .schedule_firings
+            .get_or_create(&FiringLabels {
+                outcome: outcome.label(),
+            })
+            .inc();
+    }
+
     pub fn store_committed(&self, writes: usize, duration: Duration, succeeded: bool) {
         if succeeded {
             self.inner

@@ -5,7 +5,8 @@ use prost_types::Timestamp;
 use super::json::json_to_proto;
 use crate::{
     pb,
-    task::{RetryPolicy, Task, TaskStatus},
+    schedule::{Overlap, Schedule},
+    task::{NewTask, RetryPolicy, Task, TaskStatus},
 };
 
 impl From<TaskStatus> for pb::TaskStatus {
@@ -66,5 +67,52 @@ fn retry_policy(policy: &RetryPolicy) -> pb::RetryPolicy {
         initial_backoff: Some(duration(policy.initial_backoff)),
         max_backoff: Some(duration(policy.max_backoff)),
         backoff_multiplier: policy.backoff_multiplier,
+    }
+}
+
+impl From<&Schedule> for pb::Schedule {
+    fn from(schedule: &Schedule) -> Self {
+        pb::Schedule {
+            id: schedule.id.to_string(),
+            cron: schedule.spec.to_string(),
+            time_zone: schedule.time_zone.name().to_owned(),
+            task: Some(template(&schedule.template)),
+            paused: schedule.paused,
+            overlap: match schedule.overlap {
+                Overlap::Skip => pb::OverlapPolicy::Skip,
+                Overlap::Allow => pb::OverlapPolicy::Allow,
+            }
+            .into(),
+            next_fire_at: schedule.next_fire_at.map(Timestamp::from),
+            last_fire_at: schedule.last_fire_at.map(Timestamp::from),
+            last_task_id: schedule
+                .last_task_id
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+            created_at: Some(Timestamp::from(schedule.created_at)),
+            revision: schedule.revision,
+        }
+    }
+}
+
+/// A schedule's template as the request it stands for, with the defaults
+/// the server filled in (kind, timeout, retry policy).
+fn template(task: &NewTask) -> pb::CreateTaskRequest {
+    pb::CreateTaskRequest {
+        name: task.name.clone(),
+        description: task.description.clone(),
+        kind: task.kind.clone(),
+        data: task.data.as_deref().map(json_to_proto),
+        timeout_seconds: task.timeout_seconds,
+        labels: task
+            .labels
+            .iter()
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect(),
+        request_id: String::new(),
+        retry_policy: Some(retry_policy(&task.scheduling.retry_policy)),
+        run_after: None,
+        priority: task.scheduling.priority,
+        queue_timeout_seconds: task.scheduling.queue_timeout_seconds,
     }
 }

@@ -42,7 +42,9 @@ impl From<ApiError> for Status {
                 ErrorDetails::with_bad_request_violation(field, description),
             ),
             ApiError::Manager(manager_error) => match manager_error {
-                ManagerError::NotFound(_) => Status::not_found(message),
+                ManagerError::NotFound(_) | ManagerError::ScheduleNotFound(_) => {
+                    Status::not_found(message)
+                }
                 ManagerError::NotCancellable { .. } | ManagerError::NotFinished { .. } => {
                     Status::failed_precondition(message)
                 }

@@ -5,6 +5,7 @@ mod convert;
 pub mod error;
 pub mod json;
 pub mod page_token;
+mod schedules;
 pub mod validate;
 
 use std::pin::Pin;
@@ -122,6 +123,54 @@ impl TaskService for TaskApi {
         }
         .await;
         respond(result)
+    }
+
+    async fn create_schedule(
+        &self,
+        request: Request<pb::CreateScheduleRequest>,
+    ) -> Result<Response<pb::Schedule>, Status> {
+        respond(self.create_schedule_call(request.into_inner()).await)
+    }
+
+    async fn get_schedule(
+        &self,
+        request: Request<pb::GetScheduleRequest>,
+    ) -> Result<Response<pb::Schedule>, Status> {
+        respond(self.get_schedule_call(&request.get_ref().id).await)
+    }
+
+    async fn list_schedules(
+        &self,
+        request: Request<pb::ListSchedulesRequest>,
+    ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
+        respond(self.list_schedules_call(request.get_ref()).await)
+    }
+
+    async fn pause_schedule(
+        &self,
+        request: Request<pb::PauseScheduleRequest>,
+    ) -> Result<Response<pb::Schedule>, Status> {
+        respond(
+            self.set_schedule_paused_call(&request.get_ref().id, true)
+                .await,
+        )
+    }
+
+    async fn resume_schedule(
+        &self,
+        request: Request<pb::ResumeScheduleRequest>,
+    ) -> Result<Response<pb::Schedule>, Status> {
+        respond(
+            self.set_schedule_paused_call(&request.get_ref().id, false)
+                .await,
+        )
+    }
+
+    async fn delete_schedule(
+        &self,
+        request: Request<pb::DeleteScheduleRequest>,
+    ) -> Result<Response<()>, Status> {
+        respond(self.delete_schedule_call(&request.get_ref().id).await)
     }
 
     type WatchTaskStream = WatchTaskStream;

@@ -1,14 +1,16 @@
-//! Opaque, tamper-evident page tokens for `ListTasks`.
+//! Opaque, tamper-evident page tokens for `ListTasks` and `ListSchedules`.
 //!
-//! A token names the last task a page covered and a fingerprint of the
-//! filters it was issued for, so the next page continues exactly there
-//! (keyset paging on the time-ordered id) and refuses other filters.
+//! A token names the last task (or schedule) a page covered and a
+//! fingerprint of the listing it was issued for (the filters of a task
+//! listing; a fixed mark for schedules), so the next page continues exactly
+//! there (keyset paging on the time-ordered id) and refuses other filters.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use uuid::Uuid;
 
 use crate::{
     manager::ListQuery,
+    schedule::ScheduleId,
     task::{TaskId, TaskStatus},
 };
 
@@ -29,18 +31,43 @@ pub enum PageTokenError {
 
 /// Encodes where the next page of `query`'s listing starts.
 pub fn encode(after: TaskId, query: &ListQuery) -> String {
-    let mut bytes = Vec::with_capacity(TOKEN_LENGTH);
-    bytes.push(VERSION);
-    bytes.extend_from_slice(after.as_uuid().as_bytes());
-    bytes.extend_from_slice(&filter_fingerprint(query).to_be_bytes());
-    let checksum = fnv1a(&bytes);
-    bytes.extend_from_slice(&checksum.to_be_bytes());
-    URL_SAFE_NO_PAD.encode(bytes)
+    encode_uuid(after.as_uuid(), filter_fingerprint(query))
 }
 
 /// Decodes a token, checking it is intact and was issued for `query`'s
 /// filters.
 pub fn decode(token: &str, query: &ListQuery) -> Result<TaskId, PageTokenError> {
+    decode_uuid(token, filter_fingerprint(query)).map(TaskId::from_uuid)
+}
+
+/// Encodes where the next page of schedules starts.
+pub fn encode_schedules(after: ScheduleId) -> String {
+    encode_uuid(after.as_uuid(), schedules_fingerprint())
+}
+
+/// Decodes a token of a schedule listing; a token of a task listing is
+/// refused as `OtherFilters`.
+pub fn decode_schedules(token: &str) -> Result<ScheduleId, PageTokenError> {
+    decode_uuid(token, schedules_fingerprint()).map(ScheduleId::from_uuid)
+}
+
+/// What marks a token of a schedule listing: no task filter hashes to it
+/// (task fingerprints end in a status list and a 0xff byte).
+fn schedules_fingerprint() -> u64 {
+    fnv1a(b"schedules")
+}
+
+fn encode_uuid(after: &Uuid, fingerprint: u64) -> String {
+    let mut bytes = Vec::with_capacity(TOKEN_LENGTH);
+    bytes.push(VERSION);
+    bytes.extend_from_slice(after.as_bytes());
+    bytes.extend_from_slice(&fingerprint.to_be_bytes());
+    let checksum = fnv1a(&bytes);
+    bytes.extend_from_slice(&checksum.to_be_bytes());
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn decode_uuid(token: &str, fingerprint: u64) -> Result<Uuid, PageTokenError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(token)
         .map_err(|_| PageTokenError::Malformed)?;
@@ -52,10 +79,10 @@ pub fn decode(token: &str, query: &ListQuery) -> Result<TaskId, PageTokenError> 
         return Err(PageTokenError::Malformed);
     }
     let uuid = Uuid::from_slice(&body[1..17]).map_err(|_| PageTokenError::Malformed)?;
-    if body[17..25] != filter_fingerprint(query).to_be_bytes() {
+    if body[17..25] != fingerprint.to_be_bytes() {
         return Err(PageTokenError::OtherFilters);
     }
-    Ok(TaskId::from_uuid(uuid))
+    Ok(uuid)
 }
 
 /// A stable fingerprint of the filters (not of the position or page size,
@@ -137,6 +164,22 @@ mod tests {
         );
         assert_eq!(
             decode(&token, &query(vec![TaskStatus::Failed], &[("team", "a")])),
+            Err(PageTokenError::OtherFilters)
+        );
+    }
+
+    #[test]
+    fn schedule_and_task_tokens_are_not_interchangeable() {
+        let schedule = ScheduleId::generate();
+        let token = encode_schedules(schedule);
+        assert_eq!(decode_schedules(&token), Ok(schedule));
+        assert_eq!(
+            decode(&token, &query(vec![], &[])),
+            Err(PageTokenError::OtherFilters)
+        );
+        let task_token = encode(TaskId::generate(), &query(vec![], &[]));
+        assert_eq!(
+            decode_schedules(&task_token),
             Err(PageTokenError::OtherFilters)
         );
     }

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     metrics::{Metrics, Occupancy},
     processor::Registry,
+    schedule::{NewSchedule, Schedule, ScheduleId},
     store::{
         MemoryStore, PostgresStore, SqliteStore, StoreError, StoreUrl, TaskStore,
         postgres::ChangeFeed, within,
@@ -28,7 +29,7 @@ use crate::{
 
 use actor::json_bytes as held_json_bytes;
 
-pub use crate::store::{LIST_PAGE_BYTES, ListPage, ListQuery};
+pub use crate::store::{LIST_PAGE_BYTES, ListPage, ListQuery, SchedulePage};
 pub use watch::TaskWatch;
 
 /// How long a processor may keep running after it was told to stop
@@ -108,6 +109,8 @@ pub const DEFAULT_MAX_CUT_SHORT_RUNS: u32 = 5;
 pub enum ManagerError {
     #[error("task {0} not found")]
     NotFound(TaskId),
+    #[error("schedule {0} not found")]
+    ScheduleNotFound(ScheduleId),
     #[error("task {id} is already {status} and cannot be cancelled")]
     NotCancellable { id: TaskId, status: TaskStatus },
     #[error(
@@ -157,6 +160,8 @@ pub struct ManagerStats {
     /// Bytes of tasks' data and results held in memory (compact JSON),
     /// what `max_held_bytes` bounds.
     pub held_bytes: u64,
+    /// Schedules held here (memory and SQLite; PostgreSQL holds none).
+    pub schedules: usize,
 }
 
 impl ManagerStats {
@@ -188,6 +193,8 @@ struct Opened {
     shared_store: Option<(PostgresStore, ChangeFeed)>,
     /// SQLite: what the file held at start.
     stored: Vec<Task>,
+    /// SQLite: the schedules the file held at start.
+    stored_schedules: Vec<Schedule>,
 }
 
 impl Opened {
@@ -197,6 +204,7 @@ impl Opened {
             payload_store: None,
             shared_store: None,
             stored: Vec::new(),
+            stored_schedules: Vec::new(),
         }
     }
 }
@@ -247,7 +255,39 @@ enum Command {
     Stats {
         respond_to: Reply<ManagerStats>,
     },
+    Schedule(ScheduleCommand),
     Flush {
+        respond_to: Reply<()>,
+    },
+}
+
+/// A request about schedules, for the shape to serve: the local shape holds
+/// them (and a SQLite file keeps a copy), the cluster shape asks the shared
+/// table.
+#[derive(Debug)]
+enum ScheduleCommand {
+    Create {
+        /// Boxed: the other requests are small.
+        new_schedule: Box<NewSchedule>,
+        respond_to: Reply<Arc<Schedule>>,
+    },
+    Get {
+        id: ScheduleId,
+        respond_to: Reply<Arc<Schedule>>,
+    },
+    List {
+        after: Option<ScheduleId>,
+        limit: usize,
+        respond_to: Reply<SchedulePage>,
+    },
+    /// Pause (`paused`) or resume.
+    SetPaused {
+        id: ScheduleId,
+        paused: bool,
+        respond_to: Reply<Arc<Schedule>>,
+    },
+    Delete {
+        id: ScheduleId,
         respond_to: Reply<()>,
     },
 }
@@ -289,11 +329,13 @@ impl ManagerHandle {
             StoreUrl::Sqlite(path) => {
                 let store = Arc::new(SqliteStore::open(path).await?);
                 let stored = store.load().await?;
+                let stored_schedules = store.load_schedules().await?;
                 Opened {
                     commits: Arc::clone(&store) as Arc<dyn TaskStore>,
                     payload_store: Some(Arc::downgrade(&store)),
                     shared_store: None,
                     stored,
+                    stored_schedules,
                 }
             }
             StoreUrl::Postgres(url) => {
@@ -304,6 +346,7 @@ impl ManagerHandle {
                     payload_store: None,
                     shared_store: Some((store, feed)),
                     stored: Vec::new(),
+                    stored_schedules: Vec::new(),
                 }
             }
         };
@@ -322,6 +365,7 @@ impl ManagerHandle {
             payload_store,
             shared_store,
             stored,
+            stored_schedules,
         } = opened;
         let (health_sender, store_health) = tokio::sync::watch::channel(StoreHealth::Writable);
         // The one place that asks which store this is: it picks the shape.
@@ -335,7 +379,7 @@ impl ManagerHandle {
                 Some(store)
             }
             None => {
-                let shape = actor::Local::new(config.max_held_bytes);
+                let shape = actor::Local::new(config.max_held_bytes, stored_schedules);
                 let mut actor =
                     actor::Manager::new(config, registry, metrics, commits, health_sender, shape);
                 if !stored.is_empty() {
@@ -437,6 +481,63 @@ impl ManagerHandle {
     /// Forgets a finished task and its data at once, on every store.
     pub async fn delete_task(&self, id: TaskId) -> Result<(), ManagerError> {
         self.call(|respond_to| Command::Delete { id, respond_to })
+            .await
+    }
+
+    /// Stores a new schedule; it fires from now on (unless created paused).
+    pub async fn create_schedule(
+        &self,
+        new_schedule: NewSchedule,
+    ) -> Result<Arc<Schedule>, ManagerError> {
+        self.call(|respond_to| {
+            Command::Schedule(ScheduleCommand::Create {
+                new_schedule: Box::new(new_schedule),
+                respond_to,
+            })
+        })
+        .await
+    }
+
+    pub async fn get_schedule(&self, id: ScheduleId) -> Result<Arc<Schedule>, ManagerError> {
+        self.call(|respond_to| Command::Schedule(ScheduleCommand::Get { id, respond_to }))
+            .await
+    }
+
+    /// Up to `limit` schedules in creation order, after `after`.
+    pub async fn list_schedules(
+        &self,
+        after: Option<ScheduleId>,
+        limit: usize,
+    ) -> Result<SchedulePage, ManagerError> {
+        self.call(|respond_to| {
+            Command::Schedule(ScheduleCommand::List {
+                after,
+                limit,
+                respond_to,
+            })
+        })
+        .await
+    }
+
+    /// Pauses (`paused`) or resumes a schedule; returns it as it now is.
+    pub async fn set_schedule_paused(
+        &self,
+        id: ScheduleId,
+        paused: bool,
+    ) -> Result<Arc<Schedule>, ManagerError> {
+        self.call(|respond_to| {
+            Command::Schedule(ScheduleCommand::SetPaused {
+                id,
+                paused,
+                respond_to,
+            })
+        })
+        .await
+    }
+
+    /// Deletes a schedule; the tasks it created stay.
+    pub async fn delete_schedule(&self, id: ScheduleId) -> Result<(), ManagerError> {
+        self.call(|respond_to| Command::Schedule(ScheduleCommand::Delete { id, respond_to }))
             .await
     }
 

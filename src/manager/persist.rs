@@ -21,6 +21,7 @@ use tokio::{sync::watch, task::JoinHandle, time::Instant};
 use super::{ManagerError, Reply, StoreHealth};
 use crate::{
     metrics::Metrics,
+    schedule::{Schedule, ScheduleId},
     store::{Batch, BatchOutcome, StoreError, TaskStore, within},
     task::{Task, TaskId},
 };
@@ -48,6 +49,17 @@ pub(super) enum Deferred {
     /// A change that succeeds once durable (a delete), or fails with the
     /// batch.
     Done(Reply<()>),
+    /// A new schedule: answered once durable; taken back if its batch
+    /// fails.
+    ScheduleCreated {
+        schedule: Arc<Schedule>,
+        respond_to: Reply<Arc<Schedule>>,
+    },
+    /// A schedule's change (pause, resume), answered once durable.
+    ScheduleAnswer {
+        schedule: Arc<Schedule>,
+        respond_to: Reply<Arc<Schedule>>,
+    },
 }
 
 /// What one commit carries, folded so that each task is written once.
@@ -67,6 +79,12 @@ pub(super) struct Pending {
     pub changes: Vec<Arc<Task>>,
     /// Where each task's latest entry in `changes` is.
     last_change: HashMap<TaskId, usize>,
+    /// Schedules to store whole, new or changed (SQLite: in the same
+    /// transaction as the tasks, so a firing's task and its schedule's next
+    /// firing are one commit).
+    pub schedule_upserts: BTreeMap<ScheduleId, Arc<Schedule>>,
+    /// Schedules to forget.
+    pub schedule_deletes: BTreeSet<ScheduleId>,
     pub replies: Vec<Deferred>,
     /// Nothing to write: check that the store takes writes (or answers).
     pub probe: bool,
@@ -78,6 +96,8 @@ impl Pending {
             && self.updates.is_empty()
             && self.deletes.is_empty()
             && self.changes.is_empty()
+            && self.schedule_upserts.is_empty()
+            && self.schedule_deletes.is_empty()
             && self.replies.is_empty()
     }
 
@@ -93,7 +113,8 @@ impl Pending {
             updates: self.updates.values().cloned().collect(),
             deletes: self.deletes.iter().copied().collect(),
             changes: self.changes.clone(),
-            ..Batch::default()
+            schedule_upserts: self.schedule_upserts.values().cloned().collect(),
+            schedule_deletes: self.schedule_deletes.iter().copied().collect(),
         }
     }
 
@@ -142,7 +163,11 @@ impl Pending {
             .into_iter()
             .partition(|reply| match reply {
                 Deferred::Created { id, .. } => created_ids.contains(id),
-                Deferred::Answer { .. } | Deferred::Flushed(_) | Deferred::Done(_) => false,
+                Deferred::Answer { .. }
+                | Deferred::Flushed(_)
+                | Deferred::Done(_)
+                | Deferred::ScheduleCreated { .. }
+                | Deferred::ScheduleAnswer { .. } => false,
             });
         self.replies = kept;
         (created, taken)
@@ -166,9 +191,23 @@ impl Pending {
             .collect();
     }
 
-    /// How many task writes the batch carries.
+    /// How many writes the batch carries.
     fn write_count(&self) -> usize {
-        self.inserts.len() + self.updates.len() + self.deletes.len()
+        self.inserts.len()
+            + self.updates.len()
+            + self.deletes.len()
+            + self.schedule_upserts.len()
+            + self.schedule_deletes.len()
+    }
+
+    fn upsert_schedule(&mut self, schedule: Arc<Schedule>) {
+        self.schedule_deletes.remove(&schedule.id);
+        self.schedule_upserts.insert(schedule.id, schedule);
+    }
+
+    fn delete_schedule(&mut self, id: ScheduleId) {
+        self.schedule_upserts.remove(&id);
+        self.schedule_deletes.insert(id);
     }
 
     /// Records a change to announce, merging progress-only ones.
@@ -272,6 +311,20 @@ impl Persister {
     pub fn delete(&mut self, id: TaskId) {
         if self.durable {
             self.next.delete(id);
+        }
+    }
+
+    /// A schedule to store whole (new or changed).
+    pub fn upsert_schedule(&mut self, schedule: Arc<Schedule>) {
+        if self.durable {
+            self.next.upsert_schedule(schedule);
+        }
+    }
+
+    /// A schedule to forget.
+    pub fn delete_schedule(&mut self, id: ScheduleId) {
+        if self.durable {
+            self.next.delete_schedule(id);
         }
     }
 
@@ -380,6 +433,16 @@ impl Persister {
         }
         for id in failed.deletes {
             self.next.deletes.insert(id);
+        }
+        for (id, schedule) in failed.schedule_upserts {
+            if !self.next.schedule_deletes.contains(&id) {
+                self.next.schedule_upserts.entry(id).or_insert(schedule);
+            }
+        }
+        for id in failed.schedule_deletes {
+            if !self.next.schedule_upserts.contains_key(&id) {
+                self.next.schedule_deletes.insert(id);
+            }
         }
         let mut changes = failed.changes;
         changes.retain(|task| !failed.insert_at.contains_key(&task.id));

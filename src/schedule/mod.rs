@@ -52,6 +52,26 @@ pub struct NewSchedule {
     pub paused: bool,
 }
 
+/// What [`Schedule::fire_if_due`] did.
+#[derive(Clone, Debug, PartialEq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per due firing, consumed at once; a box would only add an allocation"
+)]
+pub enum FireOutcome {
+    /// No firing is due (or the schedule is paused).
+    NotDue,
+    /// A firing was due, but the previous one's task still runs.
+    Skipped,
+    /// A firing is due: create this task.
+    Fired {
+        task: NewTask,
+        /// The firing time it stands for (after downtime, the latest
+        /// missed one).
+        scheduled_for: SystemTime,
+    },
+}
+
 /// Everything known about one schedule.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Schedule {
@@ -132,6 +152,34 @@ impl Schedule {
         task.labels
             .insert(SCHEDULE_ID_LABEL.to_owned(), self.id.to_string());
         task
+    }
+
+    /// Fires at `now` if a firing is due, as the contract's rules say: once
+    /// however many were missed ([`due_firing`]), or not at all while the
+    /// task of the previous firing (whose status is `last_task_status`) has
+    /// not finished and overlap is [`Overlap::Skip`]. The schedule records
+    /// what it did (a skipped firing moves it on too). A firing that fires
+    /// hands back the task to create under `task_id`.
+    pub fn fire_if_due(
+        &mut self,
+        now: SystemTime,
+        last_task_status: Option<TaskStatus>,
+        task_id: TaskId,
+    ) -> FireOutcome {
+        let firing = self.due_firing(now);
+        let Some(scheduled_for) = firing.scheduled_for else {
+            return FireOutcome::NotDue;
+        };
+        if self.must_skip_firing(last_task_status) {
+            self.record_skipped_firing(firing.next_fire_at);
+            return FireOutcome::Skipped;
+        }
+        let task = self.task_for_firing();
+        self.record_firing(scheduled_for, task_id, firing.next_fire_at);
+        FireOutcome::Fired {
+            task,
+            scheduled_for,
+        }
     }
 
     /// Records a firing that created `task_id`: `scheduled_for` and

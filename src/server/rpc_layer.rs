@@ -101,6 +101,7 @@ where
             peer = %peer,
             request_id = request_id.to_str().unwrap_or_default(),
             task_id = tracing::field::Empty,
+            schedule_id = tracing::field::Empty,
         );
         let call = Call {
             method,

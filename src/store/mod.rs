@@ -15,7 +15,7 @@ pub mod sqlite;
 use std::{collections::BTreeMap, fmt, path::PathBuf, str::FromStr, sync::Arc};
 
 use crate::{
-    schedule::ScheduleId,
+    schedule::{Schedule, ScheduleId},
     task::{Task, TaskId, TaskStatus},
 };
 
@@ -186,6 +186,14 @@ pub struct ListPage {
     pub tasks: Vec<Arc<Task>>,
     /// Where the next page starts; `None` on the last page.
     pub next_after: Option<TaskId>,
+}
+
+/// One page of schedules in id (creation) order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SchedulePage {
+    pub schedules: Vec<Arc<Schedule>>,
+    /// Where the next page starts; `None` on the last page.
+    pub next_after: Option<ScheduleId>,
 }
 
 /// The highest migration version this binary carries.

@@ -1,6 +1,7 @@
 //! Parsing of requests into domain values, enforcing the contract's
 //! "Limits on input" (docs/api.md). Each broken rule names its field.
 
+mod schedule;
 mod scheduling;
 
 use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
@@ -15,6 +16,7 @@ use crate::{
     task::{NewTask, RetryPolicy, TaskId, TaskStatus},
 };
 
+pub use schedule::{new_schedule, schedule_id, schedule_page};
 pub use scheduling::MAX_SCHEDULING_HORIZON;
 
 pub const MAX_NAME_CHARS: usize = 200;
@@ -225,16 +227,7 @@ pub fn task_id(id: &str) -> Result<TaskId, ApiError> {
 
 /// Validates a list request into a manager query.
 pub fn list_query(request: pb::ListTasksRequest) -> Result<ListQuery, ApiError> {
-    let limit = match request.page_size {
-        size if size < 0 => {
-            return Err(ApiError::invalid(
-                "page_size",
-                format!("must not be negative, got {size}"),
-            ));
-        }
-        0 => DEFAULT_PAGE_SIZE,
-        size => (size as usize).min(MAX_PAGE_SIZE),
-    };
+    let limit = page_size(request.page_size)?;
     let statuses = request
         .statuses
         .iter()
@@ -253,6 +246,21 @@ pub fn list_query(request: pb::ListTasksRequest) -> Result<ListQuery, ApiError> 
         query.after = Some(after);
     }
     Ok(query)
+}
+
+/// A listing's `page_size`: 0 means the default, more than the maximum
+/// means the maximum, negative is refused.
+fn page_size(size: i32) -> Result<usize, ApiError> {
+    match size {
+        size if size < 0 => Err(ApiError::invalid(
+            "page_size",
+            format!("must not be negative, got {size}"),
+        )),
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        size => Ok(usize::try_from(size)
+            .unwrap_or(MAX_PAGE_SIZE)
+            .min(MAX_PAGE_SIZE)),
+    }
 }
 
 fn status_filter(number: i32) -> Result<TaskStatus, ApiError> {

@@ -65,6 +65,48 @@ impl TaskService for BareService {
         Err(Status::unimplemented("bare server"))
     }
 
+    async fn create_schedule(
+        &self,
+        _request: Request<pb::CreateScheduleRequest>,
+    ) -> Result<Response<pb::Schedule>, Status> {
+        Err(Status::unimplemented("bare server"))
+    }
+
+    async fn get_schedule(
+        &self,
+        _request: Request<pb::GetScheduleRequest>,
+    ) -> Result<Response<pb::Schedule>, Status> {
+        Err(Status::unimplemented("bare server"))
+    }
+
+    async fn list_schedules(
+        &self,
+        _request: Request<pb::ListSchedulesRequest>,
+    ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
+        Err(Status::unimplemented("bare server"))
+    }
+
+    async fn pause_schedule(
+        &self,
+        _request: Request<pb::PauseScheduleRequest>,
+    ) -> Result<Response<pb::Schedule>, Status> {
+        Err(Status::unimplemented("bare server"))
+    }
+
+    async fn resume_schedule(
+        &self,
+        _request: Request<pb::ResumeScheduleRequest>,
+    ) -> Result<Response<pb::Schedule>, Status> {
+        Err(Status::unimplemented("bare server"))
+    }
+
+    async fn delete_schedule(
+        &self,
+        _request: Request<pb::DeleteScheduleRequest>,
+    ) -> Result<Response<()>, Status> {
+        Err(Status::unimplemented("bare server"))
+    }
+
     type WatchTaskStream = tokio_stream::Empty<Result<pb::WatchTaskResponse, Status>>;
 
     async fn watch_task(

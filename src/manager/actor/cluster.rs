@@ -18,15 +18,20 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use super::{Manager, Shape, now};
+use super::{
+    Manager, Shape,
+    cluster_schedules::{ClusterSchedules, ScheduleEvent},
+    now,
+};
 use crate::{
     errors::error_chain,
     manager::{
         ManagerError, ManagerStats, Reply, STORE_CALL_TIMEOUT, STORE_HOUSEKEEPING_TIMEOUT,
-        STORE_READ_TIMEOUT,
+        STORE_READ_TIMEOUT, ScheduleCommand,
         persist::Pending,
         watch::{TaskWatch, WatchState},
     },
+    schedule::ScheduleId,
     store::{
         BatchOutcome, PostgresStore, StoreError,
         postgres::{Cancelled, Change, ChangeFeed, Claimed, Deleted, FeedEvent, KindRoom},
@@ -86,6 +91,9 @@ pub(in crate::manager) enum ClusterEvent {
     /// The cluster's pending and retrying tasks.
     Counted(Result<(u64, u64), StoreError>),
     Retained(Result<u64, StoreError>),
+    Schedules(ScheduleEvent),
+    /// The earliest schedule is due.
+    SchedulesDue,
 }
 
 /// Watches waiting for their first read, and the changes that arrived
@@ -98,11 +106,11 @@ struct PendingWatch {
 
 #[derive(Debug)]
 pub(in crate::manager) struct Cluster {
-    store: PostgresStore,
-    calls: JoinSet<ClusterEvent>,
+    pub(super) store: PostgresStore,
+    pub(super) calls: JoinSet<ClusterEvent>,
     feed: mpsc::Receiver<FeedEvent>,
     /// Work may be waiting: claim when a slot is free.
-    claim_wanted: bool,
+    pub(super) claim_wanted: bool,
     claiming: bool,
     renewing: bool,
     expiring: bool,
@@ -115,7 +123,7 @@ pub(in crate::manager) struct Cluster {
     ending: HashMap<TaskId, String>,
     /// Pending tasks in the whole cluster, as last counted plus what this
     /// replica created since: what counts against `queue_capacity`.
-    pending_estimate: usize,
+    pub(super) pending_estimate: usize,
     /// Retrying tasks in the whole cluster, as last counted (metrics).
     retrying: usize,
     pending_watches: HashMap<TaskId, PendingWatch>,
@@ -123,6 +131,8 @@ pub(in crate::manager) struct Cluster {
     kinds: Arc<[String]>,
     last_renewal: Instant,
     last_retention: Option<Instant>,
+    /// The firing loop of the schedules.
+    pub(super) schedules: ClusterSchedules,
 }
 
 impl Cluster {
@@ -152,6 +162,7 @@ impl Cluster {
             kinds: kinds.into(),
             last_renewal: Instant::now(),
             last_retention: None,
+            schedules: ClusterSchedules::default(),
         }
     }
 }
@@ -549,6 +560,8 @@ impl Manager<Cluster> {
                 }
                 Err(error) => warn!(error = %error_chain(&error), "counting pending tasks failed"),
             },
+            ClusterEvent::Schedules(event) => self.handle_schedule_event(event),
+            ClusterEvent::SchedulesDue => self.schedule_time_came(),
             ClusterEvent::Retained(result) => match result {
                 Ok(0) => {}
                 Ok(deleted) => debug!(deleted, "finished tasks deleted by retention"),
@@ -726,7 +739,7 @@ impl Shape for Cluster {
         // `Deferred::Created`); any replica may claim the task once it is in.
         let task = Arc::new(Task::new(TaskId::generate(), new_task, now()));
         manager.shape.pending_estimate += 1;
-        manager.admit(task, respond_to);
+        manager.admit(task, Some(respond_to));
     }
 
     fn cancel(manager: &mut Manager<Self>, id: TaskId, respond_to: Reply<Arc<Task>>) {
@@ -775,10 +788,20 @@ impl Shape for Cluster {
 
     fn start_due(manager: &mut Manager<Self>) {
         manager.claim_due();
+        manager.fire_schedules_if_wanted();
     }
 
     fn housekeeping(manager: &mut Manager<Self>) {
         manager.renew_and_retain();
+        manager.want_firing_round();
+    }
+
+    fn schedule_command(manager: &mut Manager<Self>, command: ScheduleCommand) {
+        manager.serve_schedule_command(command);
+    }
+
+    fn schedule_create_not_stored(_manager: &mut Manager<Self>, _id: ScheduleId) {
+        // Schedules are created in the table directly, never in a batch.
     }
 
     fn committed(manager: &mut Manager<Self>, batch: &Pending, outcome: &BatchOutcome) {
@@ -798,18 +821,16 @@ impl Shape for Cluster {
     }
 
     async fn next_event(&mut self) -> Option<ClusterEvent> {
-        let due = self.next_due.map(|due| {
-            let ahead = due
-                .duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO);
-            tokio::time::Instant::now() + ahead
-        });
+        let due = self.next_due.map(instant_of);
+        let schedules_due = self.schedules.wake_at().map(instant_of);
         tokio::select! {
             Some(event) = self.feed.recv() => Some(ClusterEvent::Feed(event)),
             Some(joined) = self.calls.join_next() => joined.ok(),
             () = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
                 Some(ClusterEvent::Due)
             }
+            () = tokio::time::sleep_until(schedules_due.unwrap_or_else(tokio::time::Instant::now)),
+                if schedules_due.is_some() => Some(ClusterEvent::SchedulesDue),
             else => std::future::pending().await,
         }
     }
@@ -817,4 +838,12 @@ impl Shape for Cluster {
     fn handle_event(manager: &mut Manager<Self>, event: ClusterEvent) {
         manager.handle_cluster_event(event);
     }
+}
+
+/// The tokio instant of a wall-clock time (now, if it is past).
+fn instant_of(at: SystemTime) -> tokio::time::Instant {
+    let ahead = at
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    tokio::time::Instant::now() + ahead
 }

@@ -88,6 +88,19 @@ impl<S: Shape> Manager<S> {
                         Deferred::Done(respond_to) => {
                             let _ = respond_to.send(Err(ManagerError::Storage(reason.clone())));
                         }
+                        Deferred::ScheduleCreated {
+                            schedule,
+                            respond_to,
+                        } => {
+                            // Never stored: it is forgotten, not tried again,
+                            // so a client that retries gets one schedule.
+                            batch.schedule_upserts.remove(&schedule.id);
+                            S::schedule_create_not_stored(self, schedule.id);
+                            let _ = respond_to.send(Err(ManagerError::Storage(reason.clone())));
+                        }
+                        Deferred::ScheduleAnswer { respond_to, .. } => {
+                            let _ = respond_to.send(Err(ManagerError::Storage(reason.clone())));
+                        }
                         Deferred::Flushed(_) => kept.push(reply),
                     }
                 }
@@ -112,6 +125,16 @@ impl<S: Shape> Manager<S> {
             }
             Deferred::Flushed(respond_to) | Deferred::Done(respond_to) => {
                 let _ = respond_to.send(Ok(()));
+            }
+            Deferred::ScheduleCreated {
+                schedule,
+                respond_to,
+            }
+            | Deferred::ScheduleAnswer {
+                schedule,
+                respond_to,
+            } => {
+                let _ = respond_to.send(Ok(schedule));
             }
         }
     }

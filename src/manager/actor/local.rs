@@ -7,6 +7,7 @@
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     sync::Arc,
+    time::Duration,
 };
 
 use tokio::{sync::watch, time::Instant};
@@ -15,15 +16,17 @@ use tracing::{debug, info};
 use super::{
     Manager, Shape,
     held::Held,
+    local_schedules::LocalSchedules,
     now,
     wait_queue::{WaitEnded, WaitQueue},
 };
 use crate::{
     manager::{
-        ManagerError, ManagerStats, Reply,
+        ManagerError, ManagerStats, Reply, ScheduleCommand,
         persist::{Deferred, Pending},
         watch::{TaskWatch, WatchState},
     },
+    schedule::{Schedule, ScheduleId},
     store::BatchOutcome,
     task::{NewTask, Task, TaskEvent, TaskId, TaskStatus},
 };
@@ -47,10 +50,22 @@ pub(in crate::manager) struct Local {
     pub(super) held: Held,
     /// Created tasks whose insert is not durable yet (SQLite).
     pub(super) uncommitted: HashSet<TaskId>,
+    /// Every schedule, and the timer of the next firing.
+    pub(super) schedules: LocalSchedules,
+}
+
+/// What the local shape's own timers report to the loop.
+#[derive(Debug)]
+pub(in crate::manager) enum LocalEvent {
+    /// A waiting task became ready, or waited too long.
+    Wait(WaitEnded),
+    /// A schedule is due to fire.
+    SchedulesDue,
 }
 
 impl Local {
-    pub(in crate::manager) fn new(max_held_bytes: u64) -> Self {
+    /// `schedules`: what a SQLite file held at start.
+    pub(in crate::manager) fn new(max_held_bytes: u64, schedules: Vec<Schedule>) -> Self {
         Self {
             request_ids: HashMap::new(),
             waiting: WaitQueue::default(),
@@ -60,12 +75,13 @@ impl Local {
             finished: VecDeque::new(),
             held: Held::new(max_held_bytes),
             uncommitted: HashSet::new(),
+            schedules: LocalSchedules::new(schedules),
         }
     }
 }
 
 impl Shape for Local {
-    type Event = WaitEnded;
+    type Event = LocalEvent;
 
     /// Accepts a task. With a durable store it is queued, and the client
     /// answered, only once its insert is committed.
@@ -104,30 +120,12 @@ impl Shape for Local {
             }
             return;
         }
-        if manager.queue_is_full() {
-            let _ = respond_to.send(Err(manager.queue_full()));
-            return;
+        match manager.accept_new_task(TaskId::generate(), new_task, data_bytes) {
+            Ok(task) => manager.admit(task, Some(respond_to)),
+            Err(refused) => {
+                let _ = respond_to.send(Err(refused));
+            }
         }
-        if !manager.make_room(data_bytes) {
-            let _ = respond_to.send(Err(manager.memory_full()));
-            return;
-        }
-        let id = TaskId::generate();
-        let task = Arc::new(Task::new(id, new_task, now()));
-        let shape = &mut manager.shape;
-        shape.held.add(id, data_bytes);
-        if let Some(request_id) = &task.request_id {
-            shape.request_ids.insert(request_id.clone(), id);
-        }
-        shape.pending += 1;
-        if manager.persister.is_durable() {
-            // Queued once durable (see `committed`).
-            shape.uncommitted.insert(id);
-        } else {
-            shape.waiting.add(&task);
-        }
-        manager.tasks.insert(id, Arc::clone(&task));
-        manager.admit(task, respond_to);
     }
 
     fn cancel(manager: &mut Manager<Self>, id: TaskId, respond_to: Reply<Arc<Task>>) {
@@ -181,10 +179,19 @@ impl Shape for Local {
         manager.forget_expired_tasks();
     }
 
+    fn schedule_command(manager: &mut Manager<Self>, command: ScheduleCommand) {
+        manager.serve_schedule_command(command);
+    }
+
+    fn schedule_create_not_stored(manager: &mut Manager<Self>, id: ScheduleId) {
+        manager.schedule_create_not_stored(id);
+    }
+
     fn committed(manager: &mut Manager<Self>, batch: &Pending, _outcome: &BatchOutcome) {
         // Durable now, so they may run.
         for task in &batch.inserts {
             manager.shape.uncommitted.remove(&task.id);
+            manager.firing_stored(task.id);
             if let Some(task) = manager.tasks.get(&task.id)
                 && task.status == TaskStatus::Pending
             {
@@ -196,6 +203,7 @@ impl Shape for Local {
 
     fn roll_back_create(manager: &mut Manager<Self>, id: TaskId) {
         manager.shape.uncommitted.remove(&id);
+        manager.firing_not_stored(id);
         let Some(task) = manager.tasks.remove(&id) else {
             return;
         };
@@ -221,13 +229,31 @@ impl Shape for Local {
         stats.retrying = manager.shape.retrying;
         stats.finished = manager.shape.finished.len();
         stats.held_bytes = manager.shape.held.total();
+        stats.schedules = manager.shape.schedules.len();
     }
 
-    async fn next_event(&mut self) -> Option<WaitEnded> {
-        Some(self.waiting.next_ended().await)
+    async fn next_event(&mut self) -> Option<LocalEvent> {
+        let schedules_due = self.schedules.wake_at().map(|due| {
+            let ahead = due
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            Instant::now() + ahead
+        });
+        tokio::select! {
+            ended = self.waiting.next_ended() => Some(LocalEvent::Wait(ended)),
+            () = tokio::time::sleep_until(schedules_due.unwrap_or_else(Instant::now)),
+                if schedules_due.is_some() => Some(LocalEvent::SchedulesDue),
+        }
     }
 
-    fn handle_event(manager: &mut Manager<Self>, ended: WaitEnded) {
+    fn handle_event(manager: &mut Manager<Self>, event: LocalEvent) {
+        let ended = match event {
+            LocalEvent::Wait(ended) => ended,
+            LocalEvent::SchedulesDue => {
+                manager.fire_due_schedules();
+                return;
+            }
+        };
         let Some(task) = manager.tasks.get(&ended.task_id()) else {
             return;
         };
@@ -262,6 +288,38 @@ impl Shape for Local {
 }
 
 impl Manager<Local> {
+    /// Takes a new task in under `id`, unless the queue or the memory
+    /// budget is full: held, counted, and queued (at once, or on a durable
+    /// store once its insert is committed). The caller then admits it.
+    pub(super) fn accept_new_task(
+        &mut self,
+        id: TaskId,
+        new_task: NewTask,
+        data_bytes: u64,
+    ) -> Result<Arc<Task>, ManagerError> {
+        if self.queue_is_full() {
+            return Err(self.queue_full());
+        }
+        if !self.make_room(data_bytes) {
+            return Err(self.memory_full());
+        }
+        let task = Arc::new(Task::new(id, new_task, now()));
+        let shape = &mut self.shape;
+        shape.held.add(id, data_bytes);
+        if let Some(request_id) = &task.request_id {
+            shape.request_ids.insert(request_id.clone(), id);
+        }
+        shape.pending += 1;
+        if self.persister.is_durable() {
+            // Queued once durable (see `committed`).
+            shape.uncommitted.insert(id);
+        } else {
+            shape.waiting.add(&task);
+        }
+        self.tasks.insert(id, Arc::clone(&task));
+        Ok(task)
+    }
+
     fn cancel(&mut self, id: TaskId) -> Result<Arc<Task>, ManagerError> {
         let task = self.get(id)?;
         match task.status {

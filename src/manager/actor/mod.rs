@@ -19,10 +19,12 @@
 //! client, a watcher or a processor.
 
 mod cluster;
+mod cluster_schedules;
 mod commits;
 mod door;
 mod held;
 mod local;
+mod local_schedules;
 mod recover;
 mod runs;
 mod wait_queue;
@@ -51,13 +53,14 @@ use tracing::{debug, error};
 
 use super::{
     Command, ListPage, ListQuery, ManagerConfig, ManagerError, ManagerStats, PROGRESS_BUFFER,
-    Reply, StoreHealth,
+    Reply, ScheduleCommand, StoreHealth,
     persist::{Deferred, Pending, Persister},
     watch::{TaskWatch, WatchState},
 };
 use crate::{
     metrics::{KindMetrics, Metrics},
     processor::{ProcessorError, ProgressUpdate, Registry},
+    schedule::ScheduleId,
     store::{BatchOutcome, TaskStore},
     task::{NewTask, Task, TaskId, TaskStatus},
 };
@@ -138,6 +141,10 @@ pub(super) trait Shape: Sized + Send + 'static {
     /// Starts what is due while slots are free.
     fn start_due(manager: &mut Manager<Self>);
     fn housekeeping(manager: &mut Manager<Self>);
+    /// A request about schedules.
+    fn schedule_command(manager: &mut Manager<Self>, command: ScheduleCommand);
+    /// A schedule created here could not be stored: as if it never was.
+    fn schedule_create_not_stored(manager: &mut Manager<Self>, id: ScheduleId);
     /// A batch is durable (before its replies go out).
     fn committed(manager: &mut Manager<Self>, batch: &Pending, outcome: &BatchOutcome);
     /// A create whose insert failed: as if it never happened.
@@ -323,6 +330,7 @@ impl<S: Shape> Manager<S> {
             Command::Stats { respond_to } => {
                 let _ = respond_to.send(Ok(self.stats()));
             }
+            Command::Schedule(command) => S::schedule_command(self, command),
         }
     }
 
@@ -349,15 +357,18 @@ impl<S: Shape> Manager<S> {
     }
 
     /// A new task is in: counted, logged, recorded for the store, and
-    /// answered now (memory) or once its insert is durable.
-    fn admit(&mut self, task: Arc<Task>, respond_to: Reply<Arc<Task>>) {
+    /// answered (if a client waits: a schedule's firing has none) now
+    /// (memory) or once its insert is durable.
+    fn admit(&mut self, task: Arc<Task>, respond_to: Option<Reply<Arc<Task>>>) {
         self.metrics_of(&task.kind).task_created();
         tracing::info!(task_id = %task.id, kind = %task.kind, "task created");
         if self.persister.is_durable() {
             let id = task.id;
             self.persister.insert(task);
-            self.persister.defer(Deferred::Created { id, respond_to });
-        } else {
+            if let Some(respond_to) = respond_to {
+                self.persister.defer(Deferred::Created { id, respond_to });
+            }
+        } else if let Some(respond_to) = respond_to {
             let _ = respond_to.send(Ok(task));
         }
     }

@@ -133,6 +133,7 @@ async fn payloads_come_back_from_the_file_and_a_forgotten_task_is_left_out() {
             payload_store: Some(Arc::downgrade(&store)),
             shared_store: None,
             stored: Vec::new(),
+            stored_schedules: Vec::new(),
         },
     );
 

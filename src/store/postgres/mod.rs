@@ -37,7 +37,7 @@ pub use claims::{Claimed, KindRoom};
 
 pub use feed::ChangeFeed;
 use feed::{WORK_WAITING, change_payload, notify};
-pub use schedules::{FIRE_CHUNK, Fired, SchedulePage};
+pub use schedules::{FIRE_CHUNK, Fired, FiringRound};
 use writes::{delete_finished, insert_tasks, update_tasks};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");

@@ -14,9 +14,9 @@ use uuid::Uuid;
 
 use super::{PostgresStore, change_payload, insert_tasks, notify};
 use crate::{
-    schedule::{Overlap, Schedule, ScheduleId},
+    schedule::{FireOutcome, Overlap, Schedule, ScheduleId},
     store::{
-        Inserted, StoreError,
+        Inserted, SchedulePage, StoreError,
         row::{from_micros, micros, parse_status},
         schedule_row::{ScheduleRow, schedule_columns},
     },
@@ -38,12 +38,13 @@ pub struct Fired {
     pub scheduled_for: SystemTime,
 }
 
-/// One page of schedules in id (creation) order.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SchedulePage {
-    pub schedules: Vec<Schedule>,
-    /// Where the next page starts; `None` on the last page.
-    pub next_after: Option<ScheduleId>,
+/// What one call of [`PostgresStore::fire_due_schedules`] did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FiringRound {
+    /// The firings that created a task.
+    pub fired: Vec<Fired>,
+    /// Due firings skipped because the previous firing's task still runs.
+    pub skipped: usize,
 }
 
 impl PostgresStore {
@@ -127,7 +128,7 @@ impl PostgresStore {
         let schedules = rows
             .into_iter()
             .take(limit)
-            .map(ScheduleRow::into_schedule)
+            .map(|row| row.into_schedule().map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         let next_after = more
             .then(|| schedules.last().map(|schedule| schedule.id))
@@ -213,7 +214,7 @@ impl PostgresStore {
     /// ([`Schedule::due_firing`]), or, with [`Overlap::Skip`] while the task
     /// of its last firing has not finished, skips; either way it moves on
     /// to its next firing after `now`. Each new task is inserted and
-    /// announced like any other. Returns the firings that created a task.
+    /// announced like any other. Returns the firings that created a task, and how many were skipped.
     ///
     /// Schedules another replica is firing are passed by, not waited for.
     /// A schedule whose row does not read back is logged and left alone,
@@ -222,7 +223,7 @@ impl PostgresStore {
         &self,
         origin: &str,
         now: SystemTime,
-    ) -> Result<Vec<Fired>, StoreError> {
+    ) -> Result<FiringRound, StoreError> {
         let mut transaction = self.pool.begin().await?;
         let rows: Vec<ScheduleRow> = sqlx::query_as(concat!(
             "SELECT ",
@@ -237,7 +238,7 @@ impl PostgresStore {
         .await?;
         if rows.is_empty() {
             transaction.rollback().await?;
-            return Ok(Vec::new());
+            return Ok(FiringRound::default());
         }
         let mut schedules = Vec::with_capacity(rows.len());
         for row in rows {
@@ -254,25 +255,24 @@ impl PostgresStore {
         // equals what is stored.
         let created_at = from_micros(micros(now));
         let mut fired = Vec::new();
+        let mut skipped = 0;
         for schedule in &mut schedules {
-            let firing = schedule.due_firing(now);
-            let Some(scheduled_for) = firing.scheduled_for else {
-                continue;
-            };
             let last_status = schedule
                 .last_task_id
                 .and_then(|id| last_statuses.get(&id).copied());
-            if schedule.must_skip_firing(last_status) {
-                schedule.record_skipped_firing(firing.next_fire_at);
-                continue;
+            let task_id = TaskId::generate();
+            match schedule.fire_if_due(now, last_status, task_id) {
+                FireOutcome::NotDue => {}
+                FireOutcome::Skipped => skipped += 1,
+                FireOutcome::Fired {
+                    task,
+                    scheduled_for,
+                } => fired.push(Fired {
+                    schedule_id: schedule.id,
+                    task: Task::new(task_id, task, created_at),
+                    scheduled_for,
+                }),
             }
-            let task = Task::new(TaskId::generate(), schedule.task_for_firing(), created_at);
-            schedule.record_firing(scheduled_for, task.id, firing.next_fire_at);
-            fired.push(Fired {
-                schedule_id: schedule.id,
-                task,
-                scheduled_for,
-            });
         }
         let tasks: Vec<Arc<Task>> = fired
             .iter()
@@ -297,7 +297,7 @@ impl PostgresStore {
             .collect();
         notify(&mut transaction, &self.channel, &payloads).await?;
         transaction.commit().await?;
-        Ok(fired)
+        Ok(FiringRound { fired, skipped })
     }
 }
 

@@ -213,6 +213,47 @@ impl TaskService for ScriptedService {
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
         self.answer().await
     }
+    async fn create_schedule(
+        &self,
+        _request: Request<pb::CreateScheduleRequest>,
+    ) -> Result<Response<pb::Schedule>, Status> {
+        self.answer().await
+    }
+
+    async fn get_schedule(
+        &self,
+        _request: Request<pb::GetScheduleRequest>,
+    ) -> Result<Response<pb::Schedule>, Status> {
+        self.answer().await
+    }
+
+    async fn list_schedules(
+        &self,
+        _request: Request<pb::ListSchedulesRequest>,
+    ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
+        self.answer().await
+    }
+
+    async fn pause_schedule(
+        &self,
+        _request: Request<pb::PauseScheduleRequest>,
+    ) -> Result<Response<pb::Schedule>, Status> {
+        self.answer().await
+    }
+
+    async fn resume_schedule(
+        &self,
+        _request: Request<pb::ResumeScheduleRequest>,
+    ) -> Result<Response<pb::Schedule>, Status> {
+        self.answer().await
+    }
+
+    async fn delete_schedule(
+        &self,
+        _request: Request<pb::DeleteScheduleRequest>,
+    ) -> Result<Response<()>, Status> {
+        self.answer().await
+    }
 }
 
 /// Serves a [`ScriptedService`] that answers at once on 127.0.0.1:0;
