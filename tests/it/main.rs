@@ -28,6 +28,7 @@ mod proxy;
 mod reflection;
 mod restarts;
 mod retries;
+mod schedules;
 mod scheduling;
 mod shutdown;
 mod soak;
