@@ -29,6 +29,7 @@ mod reflection;
 mod restarts;
 mod retries;
 mod schedules;
+mod schedules_durable;
 mod scheduling;
 mod shutdown;
 mod soak;
