@@ -1,7 +1,8 @@
 //! The SQLite store when the disk fills up: creates answer `UNAVAILABLE`
 //! (never OK for a task that is not in the file), health and `/readyz` say
 //! so, the server recovers by itself once there is room again, and every
-//! create it answered OK is in the file after `kill -9`.
+//! create it answered OK is in the file after `kill -9`. A schedule's
+//! firings are held back meanwhile and go on after.
 //!
 //! Two ways to fill the disk: a file size limit (`RLIMIT_FSIZE`, with
 //! `SIGXFSZ` ignored so a write past it fails with `EFBIG`), which works
@@ -14,11 +15,12 @@ use std::{
 };
 
 use serde_json::json;
-use task_processor::pb::task_service_client::TaskServiceClient;
+use task_processor::{pb, pb::task_service_client::TaskServiceClient};
 use tonic::{Code, transport::Channel};
 
 use crate::{
     process::{Process, start_binary, start_binary_under},
+    schedules::{create_schedule, get_schedule, schedule_request, tasks_of, wait_for_tasks},
     support::{missing_tasks, request},
 };
 
@@ -228,4 +230,97 @@ async fn create_big(
         Ok(Err(status)) => Err(status.code()),
         Err(_) => panic!("a create got no answer within {CREATE_PATIENCE:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_schedule_is_held_back_while_the_disk_is_full_and_fires_again_after() {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let fault = FileSizeLimit {
+        limit_bytes: 1024 * 1024,
+    };
+    let path = directory.path().join("tasks.db");
+    let store = format!("sqlite://{}", path.display());
+    let arguments = ["--store", store.as_str(), "--max-concurrent", "1"];
+    let mut process = fault.start(&arguments);
+    let mut client = process.client().await;
+    let schedule = create_schedule(
+        &mut client,
+        schedule_request(
+            "@every 1s",
+            pb::OverlapPolicy::Allow,
+            request(
+                "tick",
+                "echo",
+                Some(json!({"padding": "x".repeat(DATA_BYTES)})),
+            ),
+        ),
+    )
+    .await;
+    wait_for_tasks(&client, &schedule.id, 1).await;
+
+    // Fills the file with large creates, one at a time, until one does not
+    // fit: less room is left than a firing's task needs (it is as large).
+    let mut number = 0;
+    while create_big(&mut client, number).await.is_ok() {
+        number += 1;
+        assert!(number < MOST_CREATES, "the disk never filled up");
+    }
+    // The next firing fails with its batch. Throughout, no firing is half
+    // done: the schedule never names a task that is not there.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !process.logged_message("a firing's task could not be stored") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no firing met the full disk"
+        );
+        let read = get_schedule(&mut client, &schedule.id).await;
+        let named = client
+            .get_task(pb::GetTaskRequest {
+                id: read.last_task_id.clone(),
+            })
+            .await;
+        if named.is_err() {
+            // Its firing failed between the two reads: the schedule must
+            // have been taken back since.
+            let again = get_schedule(&mut client, &schedule.id).await;
+            assert_ne!(
+                again.last_task_id, read.last_task_id,
+                "the schedule names task {}, which is not there: {named:?}",
+                read.last_task_id
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Taken back: the schedule names a task that is there.
+    let read = get_schedule(&mut client, &schedule.id).await;
+    let named = client
+        .get_task(pb::GetTaskRequest {
+            id: read.last_task_id.clone(),
+        })
+        .await;
+    assert!(
+        named.is_ok(),
+        "after its firing failed, the schedule names task {}, which is not there: {named:?}",
+        read.last_task_id
+    );
+    let before = tasks_of(&mut client, &schedule.id).await.len();
+
+    fault.free(&process);
+    wait_for_tasks(&client, &schedule.id, before + 1).await;
+
+    // What the file holds is consistent: the schedule's last firing names a
+    // task that is stored.
+    let flushed = create_big(&mut client, number).await;
+    assert!(flushed.is_ok(), "{flushed:?}");
+    process.kill_hard();
+    let restarted = start_binary(&arguments, &[]);
+    let mut client = restarted.client().await;
+    let stored = get_schedule(&mut client, &schedule.id).await;
+    assert!(!stored.last_task_id.is_empty(), "{stored:?}");
+    let missing = missing_tasks(&mut client, &[stored.last_task_id.clone()]).await;
+    assert!(
+        missing.is_empty(),
+        "the schedule's last task {} is not in the file",
+        stored.last_task_id
+    );
 }

@@ -51,6 +51,15 @@ impl Process {
             .any(|entry| entry["message"] == message && entry["task_id"] == task_id)
     }
 
+    /// Whether the server logged a line whose message starts with `prefix`.
+    pub fn logged_message(&self, prefix: &str) -> bool {
+        self.log.lock().expect("not poisoned").iter().any(|entry| {
+            entry["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(prefix))
+        })
+    }
+
     /// Waits until the server says its store cannot be written: the task
     /// service's health `NOT_SERVING` and `/readyz` 503, while the process's
     /// own health and `/healthz` stay up.

@@ -68,7 +68,10 @@ impl<S: Shape> Manager<S> {
                 let (gathered, gathered_replies) = self.persister.take_creates();
                 let failed_creates: Vec<TaskId> =
                     batch.inserts.iter().map(|task| task.id).collect();
-                for id in failed_creates.into_iter().chain(gathered) {
+                // Newest first: a schedule that fired more than once in
+                // these batches goes back, firing by firing, to its state
+                // before the oldest.
+                for id in failed_creates.into_iter().chain(gathered).rev() {
                     S::roll_back_create(self, id);
                 }
                 let mut kept = Vec::new();

@@ -315,6 +315,11 @@ impl Manager<Local> {
         let Some(current) = self.shape.schedules.schedules.get(&before.id) else {
             return; // deleted meanwhile
         };
+        warn!(
+            schedule_id = %before.id,
+            task_id = %task_id,
+            "a firing's task could not be stored; the schedule fires again when the store takes writes"
+        );
         let mut restored = (*before).clone();
         restored.revision = current.revision + 1;
         let restored = Arc::new(restored);
