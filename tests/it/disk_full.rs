@@ -317,7 +317,7 @@ async fn a_schedule_is_held_back_while_the_disk_is_full_and_fires_again_after() 
     let mut client = restarted.client().await;
     let stored = get_schedule(&mut client, &schedule.id).await;
     assert!(!stored.last_task_id.is_empty(), "{stored:?}");
-    let missing = missing_tasks(&mut client, &[stored.last_task_id.clone()]).await;
+    let missing = missing_tasks(&mut client, std::slice::from_ref(&stored.last_task_id)).await;
     assert!(
         missing.is_empty(),
         "the schedule's last task {} is not in the file",
