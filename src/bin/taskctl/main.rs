@@ -3,14 +3,16 @@
 //! exit code (see `errors::EXIT_CODES`, also printed by `--help`).
 //!
 //! Everything else lives in the modules: `cli` (flags), `commands` (what
-//! each subcommand does), `connection`, `output`, `proto_json` and `yaml`
-//! (how answers are printed), `progress` (the live bar), `errors`.
+//! each subcommand does), `paging` (`--all`), `connection`, `output`,
+//! `proto_json` and `yaml` (how answers are printed), `progress` (the live
+//! bar), `errors`.
 
 mod cli;
 mod commands;
 mod connection;
 mod errors;
 mod output;
+mod paging;
 mod progress;
 mod proto_json;
 mod yaml;
