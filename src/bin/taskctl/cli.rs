@@ -9,7 +9,12 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use task_processor::pb;
 
-use crate::{connection::DEFAULT_KEEPALIVE, errors::exit_codes_help, paging::Pages};
+use crate::{
+    connection::DEFAULT_KEEPALIVE,
+    errors::exit_codes_help,
+    paging::Pages,
+    schedules::{SCHEDULE_EXAMPLES, ScheduleCommand},
+};
 
 /// The address used when neither --addr nor TASKCTL_ADDR is given.
 pub const DEFAULT_ADDRESS: &str = "http://127.0.0.1:50051";
@@ -19,9 +24,11 @@ Examples:
   taskctl create report --kind sleep --data '{\"seconds\": 2}' --wait
   taskctl list --status running --status pending
   taskctl get 0190b4a4-5d3e-7f00-8000-000000000000 -o yaml
+  taskctl schedule create nightly --cron '0 2 * * *' --tz Europe/Berlin --kind echo
   taskctl --addr tasks.internal:50051 health";
 
-/// taskctl: create, follow and manage tasks of a task-processor server.
+/// taskctl: create, follow and manage the tasks and schedules of a
+/// task-processor server.
 ///
 /// Talks gRPC to the server at --addr (or TASKCTL_ADDR). Every command
 /// prints a table for people by default; -o json prints proto3 JSON
@@ -190,6 +197,11 @@ not finished is refused (exit 1): cancel it first. With several ids,
 each is deleted in turn, a failure does not stop the others, and the exit
 code is the highest of the failures' codes (0 when all were deleted).")]
     Delete(TaskIdsArgs),
+
+    /// Create and manage schedules: tasks created again and again on a
+    /// calendar.
+    #[command(subcommand, after_help = SCHEDULE_EXAMPLES)]
+    Schedule(ScheduleCommand),
 
     /// Ask the server whether it is serving (grpc.health.v1).
     #[command(after_help = "\

@@ -33,6 +33,7 @@ use crate::{
     output::{self, HealthReport, Printer},
     paging,
     progress::WatchDisplay,
+    schedules,
 };
 
 /// The health services checked when `--service` is not given.
@@ -95,6 +96,7 @@ pub async fn run(cli: Cli) -> Result<Outcome, CliError> {
         Command::Cancel(args) => session.cancel(&args.id).await,
         Command::Delete(args) => session.delete(&args.ids).await,
         Command::Health(args) => session.health(args).await,
+        Command::Schedule(command) => schedules::run(&session, command).await,
         Command::Completions(args) => print_completions(args.shell),
     }
 }

@@ -3,7 +3,8 @@
 //! exit code (see `errors::EXIT_CODES`, also printed by `--help`).
 //!
 //! Everything else lives in the modules: `cli` (flags), `commands` (what
-//! each subcommand does), `paging` (`--all`), `connection`, `output`,
+//! each subcommand does), `schedules` (the `schedule` subcommands, from
+//! flags to printing), `paging` (`--all`), `connection`, `output`,
 //! `proto_json` and `yaml` (how answers are printed), `progress` (the live
 //! bar), `errors`.
 
@@ -15,6 +16,7 @@ mod output;
 mod paging;
 mod progress;
 mod proto_json;
+mod schedules;
 mod yaml;
 
 use std::process::ExitCode;
