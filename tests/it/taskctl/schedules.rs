@@ -3,7 +3,7 @@
 //! (paged like `list`), `pause`, `resume` and `delete`; JSON and YAML read
 //! back to the schedule the server holds; and refusals: a bad cron
 //! expression or time zone names its flag and exits 6, an unknown id
-//! exits 5, and what a template may not have is not offered (2).
+//! exits 5, and what a template may not have is refused, saying why (2).
 //!
 //! Firings are awaited by polling with a deadline; that a paused schedule
 //! does not fire is shown against a second schedule of the same interval
@@ -421,23 +421,24 @@ async fn refusals_name_the_flag_and_exit_with_their_code() {
         assert_eq!(refused.stderr.lines().count(), 1, "{}", refused.stderr);
     }
 
-    // What a template may not have is not offered: a usage error.
+    // What a template may not have is refused before anything is sent,
+    // as a usage error that says why.
     for flags in [
         &["--request-id", "k"][..],
         &["--run-after", "2026-12-03T18:00:00Z"],
         &["--in", "10m"],
+        &["--wait"],
     ] {
         let mut args = vec!["schedule", "create", "x", "--cron", "0 2 * * *"];
         args.extend_from_slice(flags);
         let usage = taskctl(&server, &args).await;
         usage.expect_code(2);
-        assert!(
-            usage
-                .stderr
-                .contains(&format!("unexpected argument '{}'", flags[0])),
-            "{}",
-            usage.stderr
+        let expected = format!(
+            "taskctl: {} cannot be used with schedule create: ",
+            flags[0]
         );
+        assert!(usage.stderr.starts_with(&expected), "{}", usage.stderr);
+        assert_eq!(usage.stderr.lines().count(), 1, "{}", usage.stderr);
     }
     let no_cron = taskctl(&server, &["schedule", "create", "x"]).await;
     no_cron.expect_code(2);

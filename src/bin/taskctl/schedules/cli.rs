@@ -32,9 +32,9 @@ Examples:
 
 Each firing creates one task, with the label schedule-id=<the schedule's
 id> added: `taskctl list --label schedule-id=<id>` lists them. The task
-flags are those of `taskctl create`, but for --run-after, --in and
---request-id: a schedule's task is due when the schedule fires, and each
-firing creates a new task. A cron expression or time zone the server
+flags are those of `taskctl create`, but for --run-after, --in,
+--request-id and --wait: a schedule's task is due when the schedule
+fires, and each firing creates a new task. A cron expression or time zone the server
 refuses exits 6, naming the flag.")]
     // Boxed: the template's flags make it far larger than the others.
     Create(Box<CreateScheduleArgs>),
@@ -102,6 +102,56 @@ pub struct CreateScheduleArgs {
     /// The task each firing creates.
     #[command(flatten, next_help_heading = "Task each firing creates")]
     pub task: TaskArgs,
+
+    #[command(flatten)]
+    pub refused: RefusedCreateFlags,
+}
+
+/// Flags of `create` that a schedule's task may not have, taken only to
+/// be refused with the reason: unknown to clap, they would draw its
+/// suggestion of an unrelated flag (`--in`: "a similar argument exists:
+/// '--kind'"). Hidden from help and completions.
+#[derive(Debug, Args)]
+pub struct RefusedCreateFlags {
+    #[arg(long, hide = true, value_name = "KEY")]
+    pub request_id: Option<String>,
+
+    #[arg(long, hide = true, value_name = "TIME")]
+    pub run_after: Option<String>,
+
+    #[arg(id = "in", long = "in", hide = true, value_name = "DURATION")]
+    pub in_: Option<String>,
+
+    #[arg(long, hide = true)]
+    pub wait: bool,
+}
+
+impl RefusedCreateFlags {
+    /// The first refused flag given, and why a schedule's task cannot
+    /// have it.
+    pub fn first_given(&self) -> Option<(&'static str, &'static str)> {
+        const NO_START_TIME: &str = "a schedule's task is due when the schedule fires; \
+                                     to start later, give another --cron, or create it \
+                                     --paused and resume it";
+        if self.request_id.is_some() {
+            Some((
+                "--request-id",
+                "each firing creates a new task, so a schedule's task has no idempotency key",
+            ))
+        } else if self.run_after.is_some() {
+            Some(("--run-after", NO_START_TIME))
+        } else if self.in_.is_some() {
+            Some(("--in", NO_START_TIME))
+        } else if self.wait {
+            Some((
+                "--wait",
+                "the tasks are created later, one per firing; follow one with taskctl watch, \
+                 after taskctl list --label schedule-id=<the schedule's id>",
+            ))
+        } else {
+            None
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -183,7 +233,7 @@ mod tests {
     }
 
     #[test]
-    fn what_a_template_may_not_have_is_not_offered() {
+    fn what_a_template_may_not_have_is_taken_only_to_be_refused() {
         for flags in [
             &["--request-id", "k"][..],
             &["--run-after", "2026-12-03T18:00:00Z"],
@@ -192,9 +242,28 @@ mod tests {
         ] {
             let mut args = vec!["create", "x", "--cron", "@every 1m"];
             args.extend_from_slice(flags);
-            let error = schedule_command(&args).expect_err("not a schedule flag");
-            assert_eq!(error.kind(), clap::error::ErrorKind::UnknownArgument);
-            assert_eq!(error.exit_code(), 2);
+            let ScheduleCommand::Create(create) = schedule_command(&args).expect("parses") else {
+                panic!("create expected");
+            };
+            let (flag, _reason) = create.refused.first_given().expect("refused");
+            assert_eq!(flag, flags[0]);
+        }
+        let plain = schedule_command(&["create", "x", "--cron", "@every 1m"]).expect("parses");
+        let ScheduleCommand::Create(plain) = plain else {
+            panic!("create expected");
+        };
+        assert_eq!(plain.refused.first_given(), None);
+        let mut root = crate::cli::command();
+        let create = root
+            .find_subcommand_mut("schedule")
+            .and_then(|schedule| schedule.find_subcommand_mut("create"))
+            .expect("schedule create");
+        for id in ["request_id", "run_after", "in", "wait"] {
+            let argument = create
+                .get_arguments()
+                .find(|argument| argument.get_id() == id)
+                .unwrap_or_else(|| panic!("{id} taken"));
+            assert!(argument.is_hide_set(), "{id} hidden from help");
         }
         let error = schedule_command(&["create", "x"]).expect_err("--cron is required");
         assert_eq!(error.exit_code(), 2);

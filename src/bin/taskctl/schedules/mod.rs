@@ -128,6 +128,11 @@ fn about(schedule_id: &str) -> impl FnOnce(Status) -> CliError + '_ {
 /// not sent (an empty time zone is UTC, an unspecified overlap is skip),
 /// so the server's defaults apply, as for `create`.
 fn create_request(args: &CreateScheduleArgs) -> Result<pb::CreateScheduleRequest, CliError> {
+    if let Some((flag, reason)) = args.refused.first_given() {
+        return Err(CliError::Usage(format!(
+            "{flag} cannot be used with schedule create: {reason}"
+        )));
+    }
     Ok(pb::CreateScheduleRequest {
         cron: args.cron.clone(),
         time_zone: args.time_zone.clone().unwrap_or_default(),
@@ -236,5 +241,13 @@ mod tests {
 
         let error = request_of(&["t", "--cron", "@every 1m", "--data", "{"]).expect_err("bad JSON");
         assert!(matches!(error, CliError::Usage(_)), "{error}");
+        let error = request_of(&["t", "--cron", "@every 1m", "--in", "1m"]).expect_err("no --in");
+        assert!(matches!(error, CliError::Usage(_)), "{error}");
+        assert!(
+            error
+                .to_string()
+                .starts_with("--in cannot be used with schedule create: "),
+            "{error}"
+        );
     }
 }
