@@ -117,7 +117,8 @@ pub struct GlobalArgs {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
-    /// Aligned columns, or a key/value view for one task.
+    /// Aligned columns, or a key/value view for one task or
+    /// schedule.
     Table,
     /// proto3 JSON: one object per answer; streams print one object per
     /// line.
