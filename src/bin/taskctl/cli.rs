@@ -9,7 +9,12 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use task_processor::pb;
 
-use crate::{connection::DEFAULT_KEEPALIVE, errors::exit_codes_help};
+use crate::{
+    connection::DEFAULT_KEEPALIVE,
+    errors::exit_codes_help,
+    paging::Pages,
+    schedules::{SCHEDULE_EXAMPLES, ScheduleCommand},
+};
 
 /// The address used when neither --addr nor TASKCTL_ADDR is given.
 pub const DEFAULT_ADDRESS: &str = "http://127.0.0.1:50051";
@@ -19,9 +24,11 @@ Examples:
   taskctl create report --kind sleep --data '{\"seconds\": 2}' --wait
   taskctl list --status running --status pending
   taskctl get 0190b4a4-5d3e-7f00-8000-000000000000 -o yaml
+  taskctl schedule create nightly --cron '0 2 * * *' --tz Europe/Berlin --kind echo
   taskctl --addr tasks.internal:50051 health";
 
-/// taskctl: create, follow and manage tasks of a task-processor server.
+/// taskctl: create, follow and manage the tasks and schedules of a
+/// task-processor server.
 ///
 /// Talks gRPC to the server at --addr (or TASKCTL_ADDR). Every command
 /// prints a table for people by default; -o json prints proto3 JSON
@@ -110,7 +117,8 @@ pub struct GlobalArgs {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
-    /// Aligned columns, or a key/value view for one task.
+    /// Aligned columns, or a key/value view for one task or
+    /// schedule.
     Table,
     /// proto3 JSON: one object per answer; streams print one object per
     /// line.
@@ -191,6 +199,11 @@ each is deleted in turn, a failure does not stop the others, and the exit
 code is the highest of the failures' codes (0 when all were deleted).")]
     Delete(TaskIdsArgs),
 
+    /// Create and manage schedules: tasks created again and again on a
+    /// calendar.
+    #[command(subcommand, after_help = SCHEDULE_EXAMPLES)]
+    Schedule(ScheduleCommand),
+
     /// Ask the server whether it is serving (grpc.health.v1).
     #[command(after_help = "\
 Examples:
@@ -213,6 +226,30 @@ Examples:
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
+    #[command(flatten)]
+    pub task: TaskArgs,
+
+    // The two below reset the help heading, which the scheduling flags
+    // of `task` leave set (clap does not restore it after a flatten).
+    /// Idempotency key: repeating the create with the same key and
+    /// parameters returns the same task.
+    #[arg(long, value_name = "KEY", help_heading = None::<&str>)]
+    pub request_id: Option<String>,
+
+    /// Follow the task until it ends; the exit code tells how it ended.
+    #[arg(long, help_heading = None::<&str>)]
+    pub wait: bool,
+
+    #[command(flatten)]
+    pub start: StartTimeArgs,
+}
+
+/// What a task is and how it is run: the flags `create` and `schedule
+/// create` share, since a schedule's template is a create request. Not
+/// here: the start time and the idempotency key, which a template may not
+/// have (each firing is a new task, due when the schedule fires).
+#[derive(Debug, Args)]
+pub struct TaskArgs {
     /// Human name of the task (1–200 characters).
     pub name: String,
 
@@ -239,22 +276,12 @@ pub struct CreateArgs {
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
 
-    /// Idempotency key: repeating the create with the same key and
-    /// parameters returns the same task.
-    #[arg(long, value_name = "KEY")]
-    pub request_id: Option<String>,
-
-    /// Follow the task until it ends; the exit code tells how it ended.
-    #[arg(long)]
-    pub wait: bool,
-
     #[command(flatten)]
     pub scheduling: SchedulingArgs,
 }
 
-/// When and how often the task runs: its retry policy, start time,
-/// priority and queue timeout. Flags left out are not sent, so the
-/// server's defaults apply.
+/// How the task is run once due: its retry policy, priority and queue
+/// timeout. Flags left out are not sent, so the server's defaults apply.
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Scheduling")]
 pub struct SchedulingArgs {
@@ -285,15 +312,6 @@ pub struct SchedulingArgs {
     #[arg(long, value_parser = parse_backoff_multiplier, value_name = "FACTOR")]
     pub backoff_multiplier: Option<f64>,
 
-    /// Do not start before this time, in RFC 3339 with a zone:
-    /// 2026-12-03T18:00:00Z or 2026-12-03T19:00:00+01:00.
-    #[arg(long, value_parser = parse_rfc3339, value_name = "TIME", conflicts_with = "in")]
-    pub run_after: Option<prost_types::Timestamp>,
-
-    /// Do not start before this long from now, e.g. 10m, 1h 30m.
-    #[arg(id = "in", long = "in", value_parser = parse_duration, value_name = "DURATION")]
-    pub in_: Option<Duration>,
-
     /// From -100 to 100 (default 0): among tasks ready to start, higher
     /// starts first, then oldest first.
     #[arg(
@@ -308,6 +326,20 @@ pub struct SchedulingArgs {
     /// e.g. 5m; rounded up to whole seconds. 0s or absent: no limit.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub queue_timeout: Option<Duration>,
+}
+
+/// When the task may start (`create` only). Absent: at once.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Scheduling")]
+pub struct StartTimeArgs {
+    /// Do not start before this time, in RFC 3339 with a zone:
+    /// 2026-12-03T18:00:00Z or 2026-12-03T19:00:00+01:00.
+    #[arg(long, value_parser = parse_rfc3339, value_name = "TIME", conflicts_with = "in")]
+    pub run_after: Option<prost_types::Timestamp>,
+
+    /// Do not start before this long from now, e.g. 10m, 1h 30m.
+    #[arg(id = "in", long = "in", value_parser = parse_duration, value_name = "DURATION")]
+    pub in_: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -333,7 +365,15 @@ pub struct ListArgs {
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
 
-    /// Tasks per page (the server caps it at 1000; its default is 50).
+    #[command(flatten)]
+    pub page: PageArgs,
+}
+
+/// Which page of a list to show: the flags `list` and `schedule list`
+/// share.
+#[derive(Debug, Args)]
+pub struct PageArgs {
+    /// How many per page (the server caps it at 1000; its default is 50).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..))]
     pub limit: Option<i32>,
 
@@ -341,9 +381,16 @@ pub struct ListArgs {
     #[arg(long, value_name = "TOKEN", conflicts_with = "all")]
     pub page_token: Option<String>,
 
-    /// Fetch every page and print all tasks together.
+    /// Fetch every page (of --limit each) and print them as one list.
     #[arg(long)]
     pub all: bool,
+}
+
+impl PageArgs {
+    /// What `--all` asks for.
+    pub fn pages(&self) -> Pages {
+        if self.all { Pages::All } else { Pages::One }
+    }
 }
 
 /// A task status as a filter; `running`, `RUNNING` and
@@ -510,19 +557,23 @@ mod tests {
         assert_eq!(parse_keepalive("1s"), Ok(Duration::from_secs(1)));
     }
 
-    fn scheduling_of(args: &[&str]) -> Result<SchedulingArgs, clap::Error> {
+    fn create_of(args: &[&str]) -> Result<CreateArgs, clap::Error> {
         let mut all = vec!["taskctl", "create", "t"];
         all.extend_from_slice(args);
         let cli = Cli::try_parse_from(all)?;
         let Command::Create(create) = cli.command else {
             panic!("create expected");
         };
-        Ok(create.scheduling)
+        Ok(create)
+    }
+
+    fn scheduling_of(args: &[&str]) -> Result<SchedulingArgs, clap::Error> {
+        create_of(args).map(|create| create.task.scheduling)
     }
 
     #[test]
     fn scheduling_flags_parse_and_bad_values_are_usage_errors() {
-        let scheduling = scheduling_of(&[
+        let create = create_of(&[
             "--max-attempts",
             "3",
             "--backoff",
@@ -539,13 +590,14 @@ mod tests {
             "10s",
         ])
         .expect("parses");
+        assert_eq!(create.start.in_, Some(Duration::from_secs(10)));
+        let scheduling = create.task.scheduling;
         assert_eq!(scheduling.max_attempts, Some(3));
         assert_eq!(scheduling.backoff, Some(Duration::from_millis(500)));
         assert_eq!(scheduling.max_backoff, Some(Duration::from_secs(60)));
         assert_eq!(scheduling.backoff_multiplier, Some(1.5));
         assert_eq!(scheduling.priority, Some(-5));
         assert_eq!(scheduling.queue_timeout, Some(Duration::from_secs(120)));
-        assert_eq!(scheduling.in_, Some(Duration::from_secs(10)));
         assert_eq!(
             scheduling_of(&["--priority=-100"])
                 .expect("parses")
@@ -570,12 +622,12 @@ mod tests {
             ("--in", "later"),
             ("--queue-timeout", "5 parsecs"),
         ] {
-            let error = scheduling_of(&[flag, value]).expect_err(value);
+            let error = create_of(&[flag, value]).expect_err(value);
             assert_eq!(error.exit_code(), 2, "{flag} {value}");
             let text = error.to_string();
             assert!(text.contains(flag), "{flag} named in: {text}");
         }
-        let both = scheduling_of(&["--in", "1m", "--run-after", "2026-12-03T18:00:00Z"])
+        let both = create_of(&["--in", "1m", "--run-after", "2026-12-03T18:00:00Z"])
             .expect_err("--in and --run-after conflict");
         assert_eq!(both.kind(), clap::error::ErrorKind::ArgumentConflict);
     }

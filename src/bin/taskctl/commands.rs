@@ -24,11 +24,16 @@ use tonic_health::pb::{
 };
 
 use crate::{
-    cli::{Cli, Command, CreateArgs, HealthArgs, ListArgs, OutputFormat, SchedulingArgs},
+    cli::{
+        Cli, Command, CreateArgs, HealthArgs, ListArgs, OutputFormat, SchedulingArgs,
+        StartTimeArgs, TaskArgs,
+    },
     connection::ServerAddress,
     errors::{CliError, ExitStatus, is_deadline_exceeded},
     output::{self, HealthReport, Printer},
+    paging,
     progress::WatchDisplay,
+    schedules,
 };
 
 /// The health services checked when `--service` is not given.
@@ -61,13 +66,14 @@ impl Outcome {
     }
 }
 
-/// Where the server is and what every call needs.
-struct Session {
+/// Where the server is and what every call needs; the commands of other
+/// modules (`schedules`) call through it too.
+pub struct Session {
     address: ServerAddress,
     call_timeout: Duration,
     /// The HTTP/2 keepalive interval and ping timeout (hidden flag).
     keepalive: Duration,
-    printer: Printer,
+    pub printer: Printer,
 }
 
 /// Runs the command the command line names.
@@ -90,6 +96,7 @@ pub async fn run(cli: Cli) -> Result<Outcome, CliError> {
         Command::Cancel(args) => session.cancel(&args.id).await,
         Command::Delete(args) => session.delete(&args.ids).await,
         Command::Health(args) => session.health(args).await,
+        Command::Schedule(command) => schedules::run(&session, command).await,
         Command::Completions(args) => print_completions(args.shell),
     }
 }
@@ -103,12 +110,12 @@ impl Session {
             .await
     }
 
-    async fn tasks(&self) -> Result<TaskServiceClient<Channel>, CliError> {
+    pub async fn tasks(&self) -> Result<TaskServiceClient<Channel>, CliError> {
         Ok(TaskServiceClient::new(self.connect().await?))
     }
 
     /// A request that tells the server our deadline too.
-    fn request<T>(&self, message: T) -> Request<T> {
+    pub fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         request.set_timeout(self.call_timeout);
         request
@@ -117,7 +124,7 @@ impl Session {
     /// Awaits one call within `--call-timeout`; `map_status` turns a
     /// refusal into an error a person can act on. The deadline is ours
     /// whether our timer, tonic's client or the server noticed it first.
-    async fn unary<T>(
+    pub async fn unary<T>(
         &self,
         call: impl Future<Output = Result<Response<T>, Status>>,
         map_status: impl FnOnce(Status) -> CliError,
@@ -212,10 +219,11 @@ impl Session {
     }
 
     async fn list(&self, args: ListArgs) -> Result<Outcome, CliError> {
-        let mut client = self.tasks().await?;
-        let mut request = pb::ListTasksRequest {
-            page_size: args.limit.unwrap_or(0),
-            page_token: args.page_token.unwrap_or_default(),
+        let client = self.tasks().await?;
+        // Every page's request but for its token.
+        let filters = pb::ListTasksRequest {
+            page_size: args.page.limit.unwrap_or(0),
+            page_token: String::new(),
             statuses: args
                 .statuses
                 .into_iter()
@@ -223,30 +231,22 @@ impl Session {
                 .collect(),
             labels: args.labels.into_iter().collect(),
         };
-        let mut page = self
-            .unary(client.list_tasks(self.request(request.clone())), |status| {
-                CliError::from_task_status(status, None)
-            })
-            .await?;
-        if args.all {
-            let mut tasks = std::mem::take(&mut page.tasks);
-            while !page.next_page_token.is_empty() {
-                if page.next_page_token == request.page_token {
-                    return Err(CliError::Protocol("the same page token twice".into()));
-                }
-                request.page_token = std::mem::take(&mut page.next_page_token);
-                page = self
-                    .unary(client.list_tasks(self.request(request.clone())), |status| {
-                        CliError::from_task_status(status, None)
-                    })
-                    .await?;
-                tasks.append(&mut page.tasks);
+        let pages = args.page.pages();
+        let first_token = args.page.page_token.unwrap_or_default();
+        let page = paging::fetch(first_token, pages, |page_token| {
+            let mut client = client.clone();
+            let request = self.request(pb::ListTasksRequest {
+                page_token,
+                ..filters.clone()
+            });
+            async move {
+                self.unary(client.list_tasks(request), |status| {
+                    CliError::from_task_status(status, None)
+                })
+                .await
             }
-            page = pb::ListTasksResponse {
-                tasks,
-                next_page_token: String::new(),
-            };
-        }
+        })
+        .await?;
         self.printer.print_task_list(&page)?;
         Ok(Outcome::Success)
     }
@@ -350,6 +350,18 @@ impl Session {
 /// The create request from the command line, with `--data` read and
 /// parsed; `--in` counts from `now`.
 fn create_request(args: &CreateArgs, now: SystemTime) -> Result<pb::CreateTaskRequest, CliError> {
+    let task = task_request(&args.task)?;
+    Ok(pb::CreateTaskRequest {
+        request_id: args.request_id.clone().unwrap_or_default(),
+        run_after: run_after(&args.start, now)?,
+        ..task
+    })
+}
+
+/// The request the task flags describe, with `--data` read and parsed:
+/// a whole create but for its start time and idempotency key, and so
+/// also the template of a schedule.
+pub fn task_request(args: &TaskArgs) -> Result<pb::CreateTaskRequest, CliError> {
     let data = args.data.as_deref().map(read_data).transpose()?;
     let labels: HashMap<String, String> = args.labels.iter().cloned().collect();
     let scheduling = &args.scheduling;
@@ -360,9 +372,9 @@ fn create_request(args: &CreateArgs, now: SystemTime) -> Result<pb::CreateTaskRe
         data: data.as_ref().map(json_to_proto),
         timeout_seconds: optional_whole_seconds("--timeout", args.timeout)?,
         labels,
-        request_id: args.request_id.clone().unwrap_or_default(),
+        request_id: String::new(),
         retry_policy: retry_policy(scheduling)?,
-        run_after: run_after(scheduling, now)?,
+        run_after: None,
         priority: scheduling.priority.unwrap_or_default(),
         queue_timeout_seconds: optional_whole_seconds("--queue-timeout", scheduling.queue_timeout)?,
     })
@@ -404,7 +416,7 @@ fn retry_policy(args: &SchedulingArgs) -> Result<Option<pb::RetryPolicy>, CliErr
 
 /// `--run-after` as given, or `--in` from `now`; clap lets only one through.
 fn run_after(
-    args: &SchedulingArgs,
+    args: &StartTimeArgs,
     now: SystemTime,
 ) -> Result<Option<prost_types::Timestamp>, CliError> {
     if let Some(time) = args.run_after {

@@ -27,7 +27,7 @@ pub enum ExitStatus {
     TaskFailed = 3,
     /// The task ended `CANCELLED` (`watch`, `create --wait`).
     TaskCancelled = 4,
-    /// No task (or health service) has that id or name.
+    /// No task or schedule (or health service) has that id or name.
     NotFound = 5,
     /// The server refused the request as invalid.
     InvalidArgument = 6,
@@ -60,7 +60,7 @@ pub const EXIT_CODES: &[(ExitStatus, &str)] = &[
     ),
     (
         ExitStatus::NotFound,
-        "not found: no such task, or health service unknown",
+        "not found: no such task or schedule, or health service unknown",
     ),
     (
         ExitStatus::InvalidArgument,
@@ -123,6 +123,9 @@ pub enum CliError {
 
     #[error("task {task_id} not found")]
     TaskNotFound { task_id: String },
+
+    #[error("schedule {schedule_id} not found")]
+    ScheduleNotFound { schedule_id: String },
 
     #[error("health service {service:?} is not known to the server")]
     HealthServiceNotFound { service: String },
@@ -208,7 +211,9 @@ impl CliError {
     pub fn exit_status(&self) -> ExitStatus {
         match self {
             Self::Usage(_) => ExitStatus::Usage,
-            Self::TaskNotFound { .. } | Self::HealthServiceNotFound { .. } => ExitStatus::NotFound,
+            Self::TaskNotFound { .. }
+            | Self::ScheduleNotFound { .. }
+            | Self::HealthServiceNotFound { .. } => ExitStatus::NotFound,
             Self::InvalidArgument { .. } => ExitStatus::InvalidArgument,
             Self::ConnectionRefused { .. }
             | Self::CannotConnect { .. }
@@ -259,6 +264,20 @@ impl CliError {
             (Code::FailedPrecondition, Some(task_id)) => Self::TaskAlreadyFinished {
                 task_id: task_id.to_owned(),
                 message: status.message().to_owned(),
+            },
+            _ => Self::from_status(status),
+        }
+    }
+
+    /// Turns a status from a schedule RPC into an error a person can act
+    /// on; `schedule_id` is the id the call was about, if any.
+    pub fn from_schedule_status(status: Status, schedule_id: Option<&str>) -> Self {
+        if let Some(lost) = connection_lost(&status) {
+            return lost;
+        }
+        match (status.code(), schedule_id) {
+            (Code::NotFound, Some(schedule_id)) => Self::ScheduleNotFound {
+                schedule_id: schedule_id.to_owned(),
             },
             _ => Self::from_status(status),
         }
@@ -441,6 +460,11 @@ fn flag_of_field(field: &str) -> Option<&'static str> {
     // `labels["a b"]` and the like: the field is the part before any index;
     // of a nested field, the retry policy's are known, else its top field.
     let field = field.split('[').next().unwrap_or(field);
+    // A schedule's template is a create request: its fields are set by
+    // the flags of `create`, which `schedule create` shares.
+    if let Some(template_field) = field.strip_prefix("task.") {
+        return flag_of_field(template_field);
+    }
     Some(match field {
         "retry_policy.max_attempts" => "--max-attempts",
         "retry_policy.initial_backoff" => "--backoff",
@@ -461,6 +485,9 @@ fn flag_of_field(field: &str) -> Option<&'static str> {
             "page_size" => "--limit",
             "page_token" => "--page-token",
             "statuses" => "--status",
+            "cron" => "--cron",
+            "time_zone" => "--time-zone",
+            "overlap" => "--overlap",
             _ => return None,
         },
     })
@@ -593,6 +620,27 @@ mod tests {
             assert_eq!(flag_of_field(field), Some(flag), "{field}");
         }
         assert_eq!(flag_of_field("retry_policy.jitter"), None);
+    }
+
+    #[test]
+    fn schedule_fields_and_their_templates_name_their_flags() {
+        for (field, flag) in [
+            ("cron", "--cron"),
+            ("time_zone", "--time-zone"),
+            ("overlap", "--overlap"),
+            ("task.name", "NAME"),
+            ("task.kind", "--kind"),
+            ("task.labels[\"a b\"]", "--label"),
+            ("task.retry_policy.max_backoff", "--max-backoff"),
+        ] {
+            assert_eq!(flag_of_field(field), Some(flag), "{field}");
+        }
+        assert_eq!(flag_of_field("task"), None);
+        let missing = CliError::from_schedule_status(Status::not_found("gone"), Some("42"));
+        assert_eq!(missing.to_string(), "schedule 42 not found");
+        assert_eq!(missing.exit_status(), ExitStatus::NotFound);
+        let listed = CliError::from_schedule_status(Status::not_found("gone"), None);
+        assert_eq!(listed.exit_status(), ExitStatus::OtherError);
     }
 
     #[test]

@@ -3,16 +3,20 @@
 //! exit code (see `errors::EXIT_CODES`, also printed by `--help`).
 //!
 //! Everything else lives in the modules: `cli` (flags), `commands` (what
-//! each subcommand does), `connection`, `output`, `proto_json` and `yaml`
-//! (how answers are printed), `progress` (the live bar), `errors`.
+//! each subcommand does), `schedules` (the `schedule` subcommands, from
+//! flags to printing), `paging` (`--all`), `connection`, `output`,
+//! `proto_json` and `yaml` (how answers are printed), `progress` (the live
+//! bar), `errors`.
 
 mod cli;
 mod commands;
 mod connection;
 mod errors;
 mod output;
+mod paging;
 mod progress;
 mod proto_json;
+mod schedules;
 mod yaml;
 
 use std::process::ExitCode;

@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// Names longer than this are cut in tables (never in `get`).
-const MAX_NAME_COLUMN: usize = 40;
+pub const MAX_NAME_COLUMN: usize = 40;
 
 /// Writes answers to stdout in one output format.
 #[derive(Debug, Clone)]
@@ -46,10 +46,23 @@ impl Printer {
 
     /// One task: a key/value view, or one JSON/YAML object.
     pub fn print_task(&self, task: &pb::Task) -> Result<(), CliError> {
+        self.print_message(task, proto_json::TASK, || {
+            task_details(task, SystemTime::now())
+        })
+    }
+
+    /// One answer: `table()` for people, else the message (whose full
+    /// protobuf name is `full_name`) as one JSON object or YAML document.
+    pub fn print_message(
+        &self,
+        message: &impl prost::Message,
+        full_name: &str,
+        table: impl FnOnce() -> String,
+    ) -> Result<(), CliError> {
         let text = match self.format {
-            OutputFormat::Table => task_details(task, SystemTime::now()),
-            OutputFormat::Json => self.json_line(task, proto_json::TASK, JsonLayout::Pretty)?,
-            OutputFormat::Yaml => self.proto_json.to_yaml(task, proto_json::TASK)?,
+            OutputFormat::Table => table(),
+            OutputFormat::Json => self.json_line(message, full_name, JsonLayout::Pretty)?,
+            OutputFormat::Yaml => self.proto_json.to_yaml(message, full_name)?,
         };
         write_stdout(&text)
     }
@@ -108,8 +121,14 @@ impl Printer {
     /// answer, an empty message, as grpcurl prints it (`{}`), one per line
     /// (json) or document (yaml), as for several messages of a stream.
     pub fn print_deleted(&self, task_id: &str) -> Result<(), CliError> {
+        self.print_empty(&format!("deleted task {task_id}\n"))
+    }
+
+    /// An empty answer (`google.protobuf.Empty`): `line` for people, else
+    /// `{}` on a line of its own (json) or a `{}` document (yaml).
+    pub fn print_empty(&self, line: &str) -> Result<(), CliError> {
         let text = match self.format {
-            OutputFormat::Table => format!("deleted task {task_id}\n"),
+            OutputFormat::Table => line.to_owned(),
             OutputFormat::Json => self.json_line(&(), proto_json::EMPTY, JsonLayout::Compact)?,
             OutputFormat::Yaml => {
                 format!("---\n{}", self.proto_json.to_yaml(&(), proto_json::EMPTY)?)
@@ -179,17 +198,6 @@ pub fn status_name(status: i32) -> String {
 /// the scheduling fields only where they say more than the defaults.
 pub fn task_details(task: &pb::Task, now: SystemTime) -> String {
     let progress = task.progress.clone().unwrap_or_default();
-    let labels = if task.labels.is_empty() {
-        "-".to_owned()
-    } else {
-        let mut pairs: Vec<String> = task
-            .labels
-            .iter()
-            .map(|(key, value)| format!("{key}={value}"))
-            .collect();
-        pairs.sort();
-        pairs.join(", ")
-    };
     let mut rows: Vec<(&str, String)> = vec![
         ("ID", task.id.clone()),
         ("NAME", task.name.clone()),
@@ -205,15 +213,8 @@ pub fn task_details(task: &pb::Task, now: SystemTime) -> String {
         ("DATA", json_text(task.data.as_ref())),
         ("RESULT", json_text(task.result.as_ref())),
         ("ERROR", or_dash(&task.error)),
-        (
-            "TIMEOUT",
-            if task.timeout_seconds == 0 {
-                "none".to_owned()
-            } else {
-                format!("{}s", task.timeout_seconds)
-            },
-        ),
-        ("LABELS", labels),
+        ("TIMEOUT", timeout_text(task.timeout_seconds)),
+        ("LABELS", labels_text(&task.labels)),
     ];
     rows.extend(scheduling_rows(task, now));
     rows.extend([
@@ -228,20 +229,48 @@ pub fn task_details(task: &pb::Task, now: SystemTime) -> String {
             run_time(task, now).map_or_else(|| "-".to_owned(), format_duration),
         ),
     ]);
+    key_value_view(&rows)
+}
+
+/// `KEY:   value` lines, the values aligned.
+pub fn key_value_view(rows: &[(impl AsRef<str>, String)]) -> String {
     let width = rows
         .iter()
-        .map(|(key, _)| key.len() + 1)
+        .map(|(key, _)| key.as_ref().len() + 1)
         .max()
         .unwrap_or_default();
-    rows.into_iter()
-        .map(|(key, value)| format!("{:<width$} {value}\n", format!("{key}:")))
+    rows.iter()
+        .map(|(key, value)| format!("{:<width$} {value}\n", format!("{}:", key.as_ref())))
         .collect()
+}
+
+/// `env=dev, team=media`, sorted so the same labels print the same; `-`
+/// for none.
+pub fn labels_text(labels: &std::collections::HashMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "-".to_owned();
+    }
+    let mut pairs: Vec<String> = labels
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    pairs.sort();
+    pairs.join(", ")
+}
+
+/// A task's timeout as `get` shows it: `60s`, or `none` for 0.
+pub fn timeout_text(timeout_seconds: u32) -> String {
+    if timeout_seconds == 0 {
+        "none".to_owned()
+    } else {
+        format!("{timeout_seconds}s")
+    }
 }
 
 /// The rows of `task_details` for the scheduling fields that carry
 /// information: a priority other than 0, a start time, a queue timeout,
 /// and a retry policy that allows a retry.
-fn scheduling_rows(task: &pb::Task, now: SystemTime) -> Vec<(&'static str, String)> {
+pub fn scheduling_rows(task: &pb::Task, now: SystemTime) -> Vec<(&'static str, String)> {
     let mut rows = Vec::new();
     if task.priority != 0 {
         rows.push(("PRIORITY", task.priority.to_string()));
@@ -416,7 +445,7 @@ pub fn shown_percent(task: &pb::Task) -> u32 {
 }
 
 /// Pads every column to its widest cell; the last column is not padded.
-fn columns(rows: &[Vec<String>]) -> String {
+pub fn columns(rows: &[Vec<String>]) -> String {
     let column_count = rows.iter().map(Vec::len).max().unwrap_or_default();
     let widths: Vec<usize> = (0..column_count)
         .map(|column| {
@@ -445,7 +474,7 @@ fn columns(rows: &[Vec<String>]) -> String {
     text
 }
 
-fn shorten(text: &str, most: usize) -> String {
+pub fn shorten(text: &str, most: usize) -> String {
     if text.chars().count() <= most {
         return text.to_owned();
     }
@@ -454,7 +483,7 @@ fn shorten(text: &str, most: usize) -> String {
     short
 }
 
-fn or_dash(text: &str) -> String {
+pub fn or_dash(text: &str) -> String {
     if text.is_empty() {
         "-".to_owned()
     } else {
@@ -463,7 +492,7 @@ fn or_dash(text: &str) -> String {
 }
 
 /// Compact JSON of `data` or `result`; `-` when unset.
-fn json_text(value: Option<&prost_types::Value>) -> String {
+pub fn json_text(value: Option<&prost_types::Value>) -> String {
     match value.map(json_from_proto) {
         None => "-".to_owned(),
         Some(Ok(json)) => json.to_string(),
@@ -471,12 +500,12 @@ fn json_text(value: Option<&prost_types::Value>) -> String {
     }
 }
 
-fn system_time(timestamp: &prost_types::Timestamp) -> Option<SystemTime> {
+pub fn system_time(timestamp: &prost_types::Timestamp) -> Option<SystemTime> {
     SystemTime::try_from(*timestamp).ok()
 }
 
 /// `2024-06-01T12:00:00.123Z (3s ago)`, or `-` when unset.
-fn timestamp_text(timestamp: Option<&prost_types::Timestamp>, now: SystemTime) -> String {
+pub fn timestamp_text(timestamp: Option<&prost_types::Timestamp>, now: SystemTime) -> String {
     match timestamp.and_then(system_time) {
         None => "-".to_owned(),
         Some(time) => format!(
@@ -512,7 +541,7 @@ pub fn age(time: SystemTime, now: SystemTime) -> String {
 
 /// [`age`] for a time in the past, `in 5m` for one ahead (a start time),
 /// rounded up so that what is 9m59.9s ahead of `--in 10m` reads `in 10m`.
-fn relative(time: SystemTime, now: SystemTime) -> String {
+pub fn relative(time: SystemTime, now: SystemTime) -> String {
     match time.duration_since(now) {
         Ok(ahead) if !ahead.is_zero() => {
             let seconds = ahead.as_secs() + u64::from(ahead.subsec_nanos() > 0);

@@ -21,7 +21,9 @@ use crate::{errors::CliError, yaml};
 pub const TASK: &str = "taskprocessor.v1.Task";
 pub const LIST_TASKS_RESPONSE: &str = "taskprocessor.v1.ListTasksResponse";
 pub const WATCH_TASK_RESPONSE: &str = "taskprocessor.v1.WatchTaskResponse";
-/// `DeleteTask`'s answer.
+pub const SCHEDULE: &str = "taskprocessor.v1.Schedule";
+pub const LIST_SCHEDULES_RESPONSE: &str = "taskprocessor.v1.ListSchedulesResponse";
+/// The answer of `DeleteTask` and `DeleteSchedule`.
 pub const EMPTY: &str = "google.protobuf.Empty";
 
 /// Integers up to this magnitude are exact in an `f64`.

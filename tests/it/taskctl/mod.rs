@@ -10,9 +10,9 @@
 //! Here are the helpers every part shares (running taskctl, reading its
 //! JSON and YAML back, the scripted service); the tests are by subject:
 //! formats in `output`, the task commands in `commands`, the scheduling
-//! flags of `create`, retries and `delete` in `scheduling`, errors and exit
-//! codes in `exit_codes`, and `health`, completions and help in
-//! `health_and_help`. taskctl when its connection fails is in
+//! flags of `create`, retries and `delete` in `scheduling`, the `schedule`
+//! subcommands in `schedules`, errors and exit codes in `exit_codes`, and
+//! `health`, completions and help in `health_and_help`. taskctl when its connection fails is in
 //! `taskctl_connection`.
 
 use std::{process::Stdio, time::Duration};
@@ -295,4 +295,5 @@ mod commands;
 mod exit_codes;
 mod health_and_help;
 mod output;
+mod schedules;
 mod scheduling;
