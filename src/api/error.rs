@@ -23,6 +23,18 @@ impl ApiError {
         }
     }
 
+    /// The error of a message nested in a request, at `path`: its field is
+    /// named `path.field` (`task.name`, `requests[3].data`).
+    pub fn within(self, path: &str) -> Self {
+        match self {
+            Self::InvalidArgument { field, description } => Self::InvalidArgument {
+                field: format!("{path}.{field}"),
+                description,
+            },
+            other => other,
+        }
+    }
+
     /// The field a refused request broke, if that is why it was refused.
     pub fn field(&self) -> Option<&str> {
         match self {

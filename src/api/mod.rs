@@ -70,6 +70,22 @@ impl TaskService for TaskApi {
         respond(result)
     }
 
+    async fn batch_create_tasks(
+        &self,
+        request: Request<pb::BatchCreateTasksRequest>,
+    ) -> Result<Response<pb::BatchCreateTasksResponse>, Status> {
+        let result = async {
+            let new_tasks =
+                validate::new_tasks(request.into_inner(), &self.limits, &self.registry)?;
+            let tasks = self.manager.create_tasks(new_tasks).await?;
+            Ok(pb::BatchCreateTasksResponse {
+                tasks: tasks.iter().map(|task| pb::Task::from(&**task)).collect(),
+            })
+        }
+        .await;
+        respond(result)
+    }
+
     async fn get_task(
         &self,
         request: Request<pb::GetTaskRequest>,

@@ -219,6 +219,12 @@ enum Command {
         data_bytes: u64,
         respond_to: Reply<Arc<Task>>,
     },
+    /// `BatchCreateTasks`: all or nothing, in order.
+    CreateBatch {
+        /// Each task with the size of its data, measured by the caller.
+        new_tasks: Vec<(NewTask, u64)>,
+        respond_to: Reply<Vec<Arc<Task>>>,
+    },
     Get {
         id: TaskId,
         respond_to: Reply<Arc<Task>>,
@@ -441,6 +447,57 @@ impl ManagerHandle {
         Err(ManagerError::Storage(
             "the task with this request_id was being forgotten; try again".into(),
         ))
+    }
+
+    /// Validated tasks in, stored tasks out, in the same order, all or
+    /// nothing: each `PENDING`, or for a repeated `request_id` with the
+    /// same parameters the task created first.
+    pub async fn create_tasks(
+        &self,
+        new_tasks: Vec<NewTask>,
+    ) -> Result<Vec<Arc<Task>>, ManagerError> {
+        // Kept to compare with what a repeated request_id finds, once its
+        // payload is read back (a finished task's may be in the file only).
+        let asked: Vec<Option<NewTask>> = new_tasks
+            .iter()
+            .map(|new_task| new_task.request_id.is_some().then(|| new_task.clone()))
+            .collect();
+        let new_tasks = new_tasks
+            .into_iter()
+            .map(|new_task| {
+                let data_bytes = new_task.data.as_deref().map_or(0, held_json_bytes);
+                (new_task, data_bytes)
+            })
+            .collect();
+        let tasks = self
+            .call(|respond_to| Command::CreateBatch {
+                new_tasks,
+                respond_to,
+            })
+            .await?;
+        if tasks
+            .iter()
+            .all(|task| task.payload == PayloadLocation::InTask)
+        {
+            return Ok(tasks);
+        }
+        let count = tasks.len();
+        let tasks = self.with_payloads(tasks).await?;
+        if tasks.len() != count {
+            return Err(ManagerError::Storage(
+                "a task with one of the request_ids was being forgotten; try again".into(),
+            ));
+        }
+        for (task, asked) in tasks.iter().zip(&asked) {
+            if let Some(asked) = asked
+                && !task.was_created_from(asked)
+            {
+                return Err(ManagerError::RequestIdConflict {
+                    request_id: asked.request_id.clone().unwrap_or_default(),
+                });
+            }
+        }
+        Ok(tasks)
     }
 
     pub async fn get_task(&self, id: TaskId) -> Result<Arc<Task>, ManagerError> {

@@ -39,6 +39,12 @@ pub(super) enum Deferred {
         id: TaskId,
         respond_to: Reply<Arc<Task>>,
     },
+    /// A batch of creates: answered with these tasks, in order, once
+    /// durable (an id may name a task an earlier batch stores).
+    BatchCreated {
+        ids: Vec<TaskId>,
+        respond_to: Reply<Vec<Arc<Task>>>,
+    },
     /// An answer already decided (a cancel, a repeated create).
     Answer {
         answer: Result<Arc<Task>, ManagerError>,
@@ -164,6 +170,7 @@ impl Pending {
             .partition(|reply| match reply {
                 Deferred::Created { id, .. } => created_ids.contains(id),
                 Deferred::Answer { .. }
+                | Deferred::BatchCreated { .. }
                 | Deferred::Flushed(_)
                 | Deferred::Done(_)
                 | Deferred::ScheduleCreated { .. }

@@ -9,6 +9,7 @@ mod stores;
 mod support;
 
 mod architecture;
+mod batch;
 mod cluster;
 mod cluster_retries;
 mod create;

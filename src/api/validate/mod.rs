@@ -174,6 +174,35 @@ pub fn new_task(
     })
 }
 
+/// The most requests one `BatchCreateTasks` may carry.
+pub const MAX_BATCH_REQUESTS: usize = 1000;
+
+/// Validates a `BatchCreateTasks` request: every request, in order, under
+/// the rules of `CreateTask`; the first broken rule names its field as
+/// `requests[i].<field>`.
+pub fn new_tasks(
+    request: pb::BatchCreateTasksRequest,
+    limits: &Limits,
+    registry: &Registry,
+) -> Result<Vec<NewTask>, ApiError> {
+    let count = request.requests.len();
+    if count == 0 || count > MAX_BATCH_REQUESTS {
+        return Err(ApiError::invalid(
+            "requests",
+            format!("must hold 1 to {MAX_BATCH_REQUESTS} requests, got {count}"),
+        ));
+    }
+    request
+        .requests
+        .into_iter()
+        .enumerate()
+        .map(|(index, request)| {
+            new_task(request, limits, registry)
+                .map_err(|error| error.within(&format!("requests[{index}]")))
+        })
+        .collect()
+}
+
 /// Validates a label map (of a task or of a filter).
 fn labels(
     field: &str,

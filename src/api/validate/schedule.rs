@@ -98,13 +98,7 @@ fn template(
             ),
         ));
     }
-    new_task(task, limits, registry).map_err(|error| match error {
-        ApiError::InvalidArgument { field, description } => ApiError::InvalidArgument {
-            field: format!("task.{field}"),
-            description,
-        },
-        other => other,
-    })
+    new_task(task, limits, registry).map_err(|error| error.within("task"))
 }
 
 /// Parses the `id` of Get, Pause, Resume and Delete of a schedule.

@@ -65,6 +65,13 @@ impl TaskService for BareService {
         Err(Status::unimplemented("bare server"))
     }
 
+    async fn batch_create_tasks(
+        &self,
+        _request: Request<pb::BatchCreateTasksRequest>,
+    ) -> Result<Response<pb::BatchCreateTasksResponse>, Status> {
+        Err(Status::unimplemented("bare server"))
+    }
+
     async fn create_schedule(
         &self,
         _request: Request<pb::CreateScheduleRequest>,

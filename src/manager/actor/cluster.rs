@@ -92,6 +92,12 @@ pub(in crate::manager) enum ClusterEvent {
     Counted(Result<(u64, u64), StoreError>),
     Retained(Result<u64, StoreError>),
     Schedules(ScheduleEvent),
+    /// A `BatchCreateTasks` batch was answered: how many tasks it asked
+    /// for, and the kinds of those it created.
+    BatchInserted {
+        asked: usize,
+        created: Vec<String>,
+    },
     /// The earliest schedule is due.
     SchedulesDue,
 }
@@ -561,6 +567,7 @@ impl Manager<Cluster> {
                 Err(error) => warn!(error = %error_chain(&error), "counting pending tasks failed"),
             },
             ClusterEvent::Schedules(event) => self.handle_schedule_event(event),
+            ClusterEvent::BatchInserted { asked, created } => self.batch_inserted(asked, created),
             ClusterEvent::SchedulesDue => self.schedule_time_came(),
             ClusterEvent::Retained(result) => match result {
                 Ok(0) => {}
@@ -740,6 +747,14 @@ impl Shape for Cluster {
         let task = Arc::new(Task::new(TaskId::generate(), new_task, now()));
         manager.shape.pending_estimate += 1;
         manager.admit(task, Some(respond_to));
+    }
+
+    fn create_batch(
+        manager: &mut Manager<Self>,
+        new_tasks: Vec<(NewTask, u64)>,
+        respond_to: Reply<Vec<Arc<Task>>>,
+    ) {
+        manager.create_cluster_batch(new_tasks, respond_to);
     }
 
     fn cancel(manager: &mut Manager<Self>, id: TaskId, respond_to: Reply<Arc<Task>>) {

@@ -91,6 +91,9 @@ impl<S: Shape> Manager<S> {
                         Deferred::Done(respond_to) => {
                             let _ = respond_to.send(Err(ManagerError::Storage(reason.clone())));
                         }
+                        Deferred::BatchCreated { respond_to, .. } => {
+                            let _ = respond_to.send(Err(ManagerError::Storage(reason.clone())));
+                        }
                         Deferred::ScheduleCreated {
                             schedule,
                             respond_to,
@@ -125,6 +128,15 @@ impl<S: Shape> Manager<S> {
             }
             Deferred::Answer { answer, respond_to } => {
                 let _ = respond_to.send(answer);
+            }
+            Deferred::BatchCreated { ids, respond_to } => {
+                // A task of the batch is missing only if an earlier batch
+                // that held its request_id failed: nothing may be answered.
+                let tasks: Option<Vec<Arc<Task>>> =
+                    ids.iter().map(|id| self.tasks.get(id).cloned()).collect();
+                let _ = respond_to.send(tasks.ok_or_else(|| {
+                    ManagerError::Storage("a task of the batch could not be stored".into())
+                }));
             }
             Deferred::Flushed(respond_to) | Deferred::Done(respond_to) => {
                 let _ = respond_to.send(Ok(()));

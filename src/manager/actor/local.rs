@@ -128,6 +128,14 @@ impl Shape for Local {
         }
     }
 
+    fn create_batch(
+        manager: &mut Manager<Self>,
+        new_tasks: Vec<(NewTask, u64)>,
+        respond_to: Reply<Vec<Arc<Task>>>,
+    ) {
+        manager.create_local_batch(new_tasks, respond_to);
+    }
+
     fn cancel(manager: &mut Manager<Self>, id: TaskId, respond_to: Reply<Arc<Task>>) {
         let answer = manager.cancel(id);
         manager.answer_when_durable(answer, respond_to);
@@ -303,6 +311,17 @@ impl Manager<Local> {
         if !self.make_room(data_bytes) {
             return Err(self.memory_full());
         }
+        Ok(self.insert_new_task(id, new_task, data_bytes))
+    }
+
+    /// Takes a new task in, the queue and the memory budget already
+    /// checked.
+    pub(super) fn insert_new_task(
+        &mut self,
+        id: TaskId,
+        new_task: NewTask,
+        data_bytes: u64,
+    ) -> Arc<Task> {
         let task = Arc::new(Task::new(id, new_task, now()));
         let shape = &mut self.shape;
         shape.held.add(id, data_bytes);
@@ -317,7 +336,7 @@ impl Manager<Local> {
             shape.waiting.add(&task);
         }
         self.tasks.insert(id, Arc::clone(&task));
-        Ok(task)
+        task
     }
 
     fn cancel(&mut self, id: TaskId) -> Result<Arc<Task>, ManagerError> {

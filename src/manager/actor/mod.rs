@@ -19,11 +19,13 @@
 //! client, a watcher or a processor.
 
 mod cluster;
+mod cluster_batch;
 mod cluster_schedules;
 mod commits;
 mod door;
 mod held;
 mod local;
+mod local_batch;
 mod local_schedules;
 mod recover;
 mod runs;
@@ -121,6 +123,13 @@ pub(super) trait Shape: Sized + Send + 'static {
         new_task: NewTask,
         data_bytes: u64,
         respond_to: Reply<Arc<Task>>,
+    );
+    /// `BatchCreateTasks`: every task or none, answered in order once
+    /// durable.
+    fn create_batch(
+        manager: &mut Manager<Self>,
+        new_tasks: Vec<(NewTask, u64)>,
+        respond_to: Reply<Vec<Arc<Task>>>,
     );
     fn cancel(manager: &mut Manager<Self>, id: TaskId, respond_to: Reply<Arc<Task>>);
     /// Forgets a finished task; answers once that is durable.
@@ -298,6 +307,10 @@ impl<S: Shape> Manager<S> {
                 data_bytes,
                 respond_to,
             } => S::create(self, new_task, data_bytes, respond_to),
+            Command::CreateBatch {
+                new_tasks,
+                respond_to,
+            } => S::create_batch(self, new_tasks, respond_to),
             Command::Get { id, respond_to } => {
                 let _ = respond_to.send(self.get(id));
             }

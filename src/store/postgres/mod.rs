@@ -38,6 +38,7 @@ pub use claims::{Claimed, KindRoom};
 pub use feed::ChangeFeed;
 use feed::{WORK_WAITING, change_payload, notify};
 pub use schedules::{FIRE_CHUNK, Fired, FiringRound};
+pub use writes::BatchInserted;
 use writes::{delete_finished, insert_tasks, update_tasks};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");

@@ -463,3 +463,55 @@ pub(super) async fn delete_finished(
         .await?;
     Ok(())
 }
+
+/// What became of an all-or-nothing batch of inserts.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BatchInserted {
+    /// Stored, in order: each new task as stored, or for a `request_id`
+    /// used before with the same parameters, the task that holds it.
+    Stored(Vec<Task>),
+    /// A `request_id` was taken by a task with other parameters: nothing
+    /// was stored.
+    Conflict { request_id: String },
+}
+
+impl PostgresStore {
+    /// Inserts `tasks` as `origin` in one transaction, all or nothing, and
+    /// announces the new ones: the store side of `BatchCreateTasks`. Its
+    /// own commit rather than a replica's group commit, so a conflict found
+    /// in the table can take back the whole batch.
+    pub async fn insert_batch(
+        &self,
+        origin: &str,
+        tasks: &[Arc<Task>],
+    ) -> Result<BatchInserted, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let inserted = insert_tasks(&mut transaction, tasks).await?;
+        let mut answers = Vec::with_capacity(tasks.len());
+        let mut new_tasks = Vec::with_capacity(tasks.len());
+        for (task, outcome) in tasks.iter().zip(inserted) {
+            match outcome {
+                Inserted::New => {
+                    new_tasks.push(Arc::clone(task));
+                    answers.push((**task).clone());
+                }
+                Inserted::Existing(existing) if existing.has_parameters_of(task) => {
+                    answers.push(existing);
+                }
+                Inserted::Existing(_) => {
+                    transaction.rollback().await?;
+                    return Ok(BatchInserted::Conflict {
+                        request_id: task.request_id.clone().unwrap_or_default(),
+                    });
+                }
+            }
+        }
+        let payloads: Vec<String> = new_tasks
+            .iter()
+            .filter_map(|task| change_payload(origin, task))
+            .collect();
+        notify(&mut transaction, &self.channel, &payloads).await?;
+        transaction.commit().await?;
+        Ok(BatchInserted::Stored(answers))
+    }
+}

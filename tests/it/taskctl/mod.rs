@@ -213,6 +213,13 @@ impl TaskService for ScriptedService {
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
         self.answer().await
     }
+    async fn batch_create_tasks(
+        &self,
+        _request: Request<pb::BatchCreateTasksRequest>,
+    ) -> Result<Response<pb::BatchCreateTasksResponse>, Status> {
+        self.answer().await
+    }
+
     async fn create_schedule(
         &self,
         _request: Request<pb::CreateScheduleRequest>,
