@@ -39,11 +39,22 @@ use tonic::transport::Channel;
 
 use crate::{
     CONNECTIONS, RunningServer, Scale, bench_config,
-    load::{Measured, create, drive, millis},
+    load::{Measured, create, create_request, drive, millis},
 };
 
 /// Creates in flight against each store, and the server's `max_concurrent`.
 const IN_FLIGHT: usize = 64;
+
+/// Tasks per `BatchCreateTasks` call, as issue 15's targets are stated.
+const BATCH_SIZE: usize = 100;
+
+/// `BatchCreateTasks` calls in flight against each store: two per
+/// connection, so one batch commits while the next arrives.
+const BATCHES_IN_FLIGHT: usize = 8;
+
+/// Issue 15's end-to-end targets for batches of 100 `echo` tasks, in tasks
+/// per second, by store (memory, SQLite, PostgreSQL).
+const BATCH_TARGETS: [f64; 3] = [150_000.0, 60_000.0, 30_000.0];
 
 /// Where the PostgreSQL figures run; unset, the local test database.
 const POSTGRES_VARIABLE: &str = "TASK_BENCH_POSTGRES";
@@ -74,6 +85,9 @@ struct StoreFigures {
 struct Round {
     /// In the order of the contenders; memory first.
     stores: Vec<StoreFigures>,
+    /// The same, with `BatchCreateTasks` of [`BATCH_SIZE`]; `create` counts
+    /// calls.
+    batches: Vec<StoreFigures>,
     disk_fsyncs: f64,
     single_commits: f64,
 }
@@ -167,13 +181,16 @@ async fn measure(
     // up in a short phase that is not counted.
     for contender in &contenders {
         measure_store(contender, scale.store_phase / 4).await?;
+        measure_batches(contender, scale.store_phase / 4).await?;
     }
     let probe_phase = scale.store_phase / 2;
     let mut rounds = Vec::with_capacity(scale.store_rounds);
     for round in 1..=scale.store_rounds {
         let mut stores = Vec::with_capacity(contenders.len());
+        let mut batches = Vec::with_capacity(contenders.len());
         for contender in &contenders {
             stores.push(measure_store(contender, scale.store_phase).await?);
+            batches.push(measure_batches(contender, scale.store_phase).await?);
         }
         let probe_directory = directory.to_owned();
         let disk_fsyncs = tokio::task::spawn_blocking(move || {
@@ -185,6 +202,7 @@ async fn measure(
                 .await?;
         rounds.push(Round {
             stores,
+            batches,
             disk_fsyncs,
             single_commits,
         });
@@ -200,10 +218,42 @@ async fn measure(
 /// One phase against one store: creates at [`IN_FLIGHT`] for `phase`, then
 /// waits until all of them completed and are durable.
 async fn measure_store(contender: &Contender, phase: Duration) -> anyhow::Result<StoreFigures> {
+    measure_phase(contender, phase, IN_FLIGHT, create, 1).await
+}
+
+/// The same with `BatchCreateTasks` of [`BATCH_SIZE`] `echo` tasks, at
+/// [`BATCHES_IN_FLIGHT`].
+async fn measure_batches(contender: &Contender, phase: Duration) -> anyhow::Result<StoreFigures> {
+    measure_phase(contender, phase, BATCHES_IN_FLIGHT, create_batch, BATCH_SIZE).await
+}
+
+async fn create_batch(mut client: TaskServiceClient<Channel>) {
+    let requests = vec![create_request(); BATCH_SIZE];
+    if let Err(status) = client
+        .batch_create_tasks(task_processor::pb::BatchCreateTasksRequest { requests })
+        .await
+    {
+        eprintln!("batch create failed: {status}");
+    }
+}
+
+/// One phase of `call` (which creates `tasks_per_call` tasks) at
+/// `in_flight`, then the wait until all of them completed and are durable.
+async fn measure_phase<F, Fut>(
+    contender: &Contender,
+    phase: Duration,
+    in_flight: usize,
+    call: F,
+    tasks_per_call: usize,
+) -> anyhow::Result<StoreFigures>
+where
+    F: Fn(TaskServiceClient<Channel>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
     let (metrics, manager) = parts_of(&contender.server)?;
     let before = task_counts(metrics)?;
     let started = Instant::now();
-    let create = drive(&contender.clients, IN_FLIGHT, phase, create).await;
+    let create = drive(&contender.clients, in_flight, phase, call).await;
     let created = task_counts(metrics)?.created - before.created;
     anyhow::ensure!(
         created > 0,
@@ -211,12 +261,12 @@ async fn measure_store(contender: &Contender, phase: Duration) -> anyhow::Result
          was renamed)",
         contender.name
     );
-    if created != create.calls as u64 {
+    let asked = (create.calls * tasks_per_call) as u64;
+    if created != asked {
         eprintln!(
-            "{}: {} of {} creates failed",
+            "{}: {} of {asked} creates failed",
             contender.name,
-            create.calls as u64 - created.min(create.calls as u64),
-            create.calls
+            asked - created.min(asked),
         );
     }
     let deadline = Instant::now() + COMPLETION_WAIT;
@@ -384,6 +434,31 @@ fn print_report(scale: Scale, rounds: &[Round]) {
             }))),
             of(|figures| figures.end_to_end),
             ratio(|figures| figures.end_to_end),
+        );
+    }
+
+    println!(
+        "\n## BatchCreateTasks ({BATCH_SIZE} `echo` tasks a call, {BATCHES_IN_FLIGHT} calls in \
+         flight over {CONNECTIONS} connections, same servers and rounds, median of {})\n",
+        rounds.len()
+    );
+    println!(
+        "| store | tasks created/s | ratio to single creates | end-to-end tasks/s | target | reached |"
+    );
+    println!("|---|---:|---:|---:|---:|---|");
+    for (index, name) in names.iter().enumerate().take(stores) {
+        let created = median(rounds.iter().map(|round| {
+            round.batches[index].create.per_second * BATCH_SIZE as f64
+        }));
+        let ratio = median(rounds.iter().map(|round| {
+            round.batches[index].create.per_second * BATCH_SIZE as f64
+                / round.stores[index].create.per_second
+        }));
+        let end_to_end = median(rounds.iter().map(|round| round.batches[index].end_to_end));
+        let target = BATCH_TARGETS[index];
+        println!(
+            "| {name} | {created:.0} | {ratio:.1}x | {end_to_end:.0} | {target:.0} | {} |",
+            if end_to_end >= target { "yes" } else { "no" }
         );
     }
 
