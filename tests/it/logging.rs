@@ -1,15 +1,23 @@
 //! What the real binary logs as shipped, and at `debug`: a successful call
 //! or task writes no line by default, a call the server turned away and a
-//! failed task do; `LOG_LEVEL=debug` brings every call's line back.
+//! failed task do; `LOG_LEVEL=debug` brings every call's line back; and
+//! lines the writer cannot keep up with are dropped and counted, never
+//! waited for.
+
+use std::time::Duration;
 
 use serde_json::{Value as JsonValue, json};
-use task_processor::pb;
+use task_processor::pb::{self, task_service_client::TaskServiceClient};
 use tonic::Code;
 
 use crate::{
-    process::{Process, start_binary},
-    support::{eventually, request, wait_for_status},
+    operations::{sample, scrape},
+    process::{Process, start_binary, start_binary_with_stdout_unread},
+    support::{eventually, http_get, request, wait_for_status},
 };
+
+/// The name the dropped-lines counter is exposed under.
+const DROPPED: &str = "task_processor_log_lines_dropped_total";
 
 /// Every line the process logged so far, for the lines matching `keep`.
 fn lines(process: &Process, keep: impl Fn(&JsonValue) -> bool) -> Vec<JsonValue> {
@@ -21,6 +29,12 @@ fn lines(process: &Process, keep: impl Fn(&JsonValue) -> bool) -> Vec<JsonValue>
         .filter(|entry| keep(entry))
         .cloned()
         .collect()
+}
+
+async fn dropped_lines(process: &Process) -> f64 {
+    let (status, body) = http_get(&process.admin_address, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    sample(&scrape(&body), DROPPED, &[]).unwrap_or_else(|| panic!("{DROPPED} in\n{body}"))
 }
 
 #[tokio::test]
@@ -111,6 +125,11 @@ async fn by_default_only_refused_calls_and_failed_tasks_write_a_line() {
     assert_eq!(failure[0]["status"], "failed");
     let debug = lines(&process, |entry| entry["level"] == "DEBUG");
     assert!(debug.is_empty(), "nothing at debug by default: {debug:#?}");
+    assert_eq!(
+        dropped_lines(&process).await,
+        0.0,
+        "the counter is exported"
+    );
 }
 
 #[tokio::test]
@@ -143,4 +162,35 @@ async fn at_debug_every_call_writes_its_line_naming_its_task() {
         async move { seen.then_some(()) }
     })
     .await;
+}
+
+#[tokio::test]
+async fn lines_nobody_reads_are_dropped_and_counted_and_calls_never_wait_for_them() {
+    // At debug each create writes about six lines; nothing reads them, so
+    // the pipe (64 KiB) and then the writer's buffer (8192 lines) fill.
+    let (process, _unread) = start_binary_with_stdout_unread(&[], &[("LOG_LEVEL", "debug")]);
+    let creates = 3_000;
+    let mut workers = Vec::new();
+    for worker in 0..8 {
+        let mut client = TaskServiceClient::new(process.channel().await);
+        workers.push(tokio::spawn(async move {
+            for index in (worker..creates).step_by(8) {
+                client
+                    .create_task(request(&format!("t{index}"), "echo", None))
+                    .await
+                    .expect("created while the log is stuck");
+            }
+        }));
+    }
+    let all_created = async {
+        for worker in workers {
+            worker.await.expect("worker");
+        }
+    };
+    // A logger that waited for the pipe would hang here for good.
+    tokio::time::timeout(Duration::from_secs(120), all_created)
+        .await
+        .expect("every create answered while nothing read the log");
+    let dropped = dropped_lines(&process).await;
+    assert!(dropped > 0.0, "{DROPPED} = {dropped}");
 }

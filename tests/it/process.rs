@@ -103,6 +103,42 @@ pub fn start_binary_with_nofile(nofile: u32, arguments: &[&str]) -> Process {
 /// the binary path and arguments that follow it, such as `sh -c '…; exec
 /// "$0" "$@"'`).
 pub fn start_binary_under(wrapper: &[&str], arguments: &[&str], env: &[(&str, &str)]) -> Process {
+    let (mut process, lines) = spawn_until_serving(wrapper, arguments, env);
+    // Keep reading the log so the process never blocks on a full pipe.
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let collected = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if let Ok(entry) = serde_json::from_str(&line) {
+                collected.lock().expect("not poisoned").push(entry);
+            }
+        }
+    });
+    process.log = log;
+    process
+}
+
+/// The read end of a server's stdout, held open and never read.
+pub type UnreadStdout = std::io::Lines<BufReader<std::process::ChildStdout>>;
+
+/// Like [`start_binary`], but nothing reads the log after the "serving"
+/// line: the pipe fills as with a stalled log collector. Keep the
+/// [`UnreadStdout`] as long as the process: closing it would make writes
+/// fail instead of wait. [`Process::log`] stays empty.
+pub fn start_binary_with_stdout_unread(
+    arguments: &[&str],
+    env: &[(&str, &str)],
+) -> (Process, UnreadStdout) {
+    spawn_until_serving(&[], arguments, env)
+}
+
+/// Starts the binary (see [`start_binary_under`]) and reads its log up to
+/// its JSON "serving" line, for its addresses; returns the rest unread.
+fn spawn_until_serving(
+    wrapper: &[&str],
+    arguments: &[&str],
+    env: &[(&str, &str)],
+) -> (Process, UnreadStdout) {
     let store_given = arguments.contains(&"--store")
         || env.iter().any(|(name, _)| *name == "TASK_PROCESSOR_STORE");
     let default_store: &[&str] = if store_given {
@@ -145,23 +181,14 @@ pub fn start_binary_under(wrapper: &[&str], arguments: &[&str], env: &[(&str, &s
             break entry;
         }
     };
-    // Keep reading the log so the process never blocks on a full pipe.
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let collected = Arc::clone(&log);
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            if let Ok(entry) = serde_json::from_str(&line) {
-                collected.lock().expect("not poisoned").push(entry);
-            }
-        }
-    });
     let field = |name: &str| serving[name].as_str().expect("an address").to_owned();
-    Process {
+    let process = Process {
         child,
         grpc_url: format!("http://{}", field("address")),
         admin_address: field("admin_address"),
-        log,
-    }
+        log: Arc::default(),
+    };
+    (process, lines)
 }
 
 pub fn send_sigterm(child: &Child) {
