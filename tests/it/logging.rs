@@ -167,7 +167,7 @@ async fn at_debug_every_call_writes_its_line_naming_its_task() {
 #[tokio::test]
 async fn lines_nobody_reads_are_dropped_and_counted_and_calls_never_wait_for_them() {
     // At debug each create writes about six lines; nothing reads them, so
-    // the pipe (64 KiB) and then the writer's buffer (8192 lines) fill.
+    // the pipe (64 KiB) and then the writer's buffer (2048 lines) fill.
     let (process, _unread) = start_binary_with_stdout_unread(&[], &[("LOG_LEVEL", "debug")]);
     let creates = 3_000;
     let mut workers = Vec::new();
