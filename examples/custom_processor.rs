@@ -38,6 +38,7 @@ use clap::Parser;
 use serde_json::{Value as JsonValue, json};
 use task_processor::{
     config::{Config, Flags},
+    metrics::Metrics,
     processor::{Processor, ProcessorError, Registry, TaskContext},
     server::{self, Listeners},
     telemetry,
@@ -155,14 +156,17 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", config.to_yaml());
         return Ok(());
     }
-    telemetry::init_logging(&config, flags.verbose);
+    // Kept until main ends: dropping it writes out the lines still waiting.
+    let logging = telemetry::init_logging(&config, flags.verbose);
     telemetry::log_panics();
 
     let mut registry = Registry::with_builtins(config.demo_duration);
     registry.register(WORDCOUNT_KIND, WordCountProcessor);
 
+    let metrics = Metrics::with_dropped_log_lines(logging.dropped_lines());
     let listeners = Listeners::bind(&config).await?;
-    server::run(listeners, config, registry, shutdown_signal()).await?;
+    server::run(listeners, config, registry, metrics, shutdown_signal()).await?;
+    drop(logging);
     Ok(())
 }
 

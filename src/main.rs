@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::Parser;
 use task_processor::{
     config::{Config, Flags},
+    metrics::Metrics,
     processor::Registry,
     server::{self, Listeners},
     telemetry,
@@ -27,19 +28,24 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", config.to_yaml());
         return Ok(());
     }
-    telemetry::init_logging(&config, flags.verbose);
+    // Lives to the end of main, also when it returns an error: dropping it
+    // writes out the lines still waiting, the last of a shutdown among them.
+    let logging = telemetry::init_logging(&config, flags.verbose);
     telemetry::log_panics();
     let signals = ShutdownSignals::install()?;
 
     let registry = Registry::with_builtins(config.demo_duration);
+    let metrics = Metrics::with_dropped_log_lines(logging.dropped_lines());
     let listeners = Listeners::bind(&config).await?;
     server::run(
         listeners,
         config,
         registry,
+        metrics,
         signals.first_then_exit_on_second(),
     )
     .await?;
+    drop(logging);
     Ok(())
 }
 

@@ -8,9 +8,10 @@
 use std::{borrow::Cow, sync::Arc, time::Duration};
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
     metrics::{
-        counter::Counter,
+        counter::{ConstCounter, Counter},
         family::{Family, MetricConstructor},
         gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
@@ -151,6 +152,36 @@ impl KindMetrics {
     }
 }
 
+/// Reads a count that something else keeps, at each scrape.
+type CountReader = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// `log_lines_dropped`: the log writer counts the lines it drops itself
+/// (see `telemetry`), so the counter is read from it when scraped; without
+/// a writer (a server in a test, a bench) it stays 0 but is still there.
+struct DroppedLogLines {
+    read: Option<CountReader>,
+}
+
+impl std::fmt::Debug for DroppedLogLines {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("DroppedLogLines")
+    }
+}
+
+impl Collector for DroppedLogLines {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counter = ConstCounter::new(self.read.as_ref().map_or(0, |read| read()));
+        let metric = encoder.encode_descriptor(
+            "log_lines_dropped",
+            "Log lines dropped because the log writer had too many waiting (stdout read too \
+             slowly); logging never makes a call or the manager wait",
+            None,
+            counter.metric_type(),
+        )?;
+        counter.encode(metric)
+    }
+}
+
 /// Every metric of the process. Cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -193,6 +224,18 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::build(None)
+    }
+
+    /// Like [`new`](Self::new), with the count of log lines the log writer
+    /// dropped, read from `dropped_log_lines` at each scrape.
+    pub fn with_dropped_log_lines(
+        dropped_log_lines: impl Fn() -> u64 + Send + Sync + 'static,
+    ) -> Self {
+        Self::build(Some(Arc::new(dropped_log_lines)))
+    }
+
+    fn build(dropped_log_lines: Option<CountReader>) -> Self {
         let mut registry = Registry::with_prefix("task_processor");
         let tasks_created = Family::<KindLabels, Counter>::default();
         registry.register(
@@ -316,6 +359,9 @@ impl Metrics {
              firing's task still ran; refused: the server could not take the task yet)",
             schedule_firings.clone(),
         );
+        registry.register_collector(Box::new(DroppedLogLines {
+            read: dropped_log_lines,
+        }));
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -456,5 +502,39 @@ fn code_name(code: tonic::Code) -> &'static str {
         Code::Unavailable => "Unavailable",
         Code::DataLoss => "DataLoss",
         Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropped_log_lines_are_read_at_each_scrape_and_zero_without_a_writer() {
+        let dropped = Arc::new(std::sync::atomic::AtomicU64::new(3));
+        let source = Arc::clone(&dropped);
+        let metrics = Metrics::with_dropped_log_lines(move || {
+            source.load(std::sync::atomic::Ordering::Relaxed)
+        });
+        let text = metrics.render(&Occupancy::default());
+        assert!(
+            text.contains("\ntask_processor_log_lines_dropped_total 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE task_processor_log_lines_dropped counter"),
+            "{text}"
+        );
+        dropped.store(5, std::sync::atomic::Ordering::Relaxed);
+        let text = metrics.render(&Occupancy::default());
+        assert!(
+            text.contains("\ntask_processor_log_lines_dropped_total 5\n"),
+            "{text}"
+        );
+        let text = Metrics::new().render(&Occupancy::default());
+        assert!(
+            text.contains("\ntask_processor_log_lines_dropped_total 0\n"),
+            "{text}"
+        );
     }
 }

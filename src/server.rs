@@ -127,15 +127,17 @@ fn check_kinds(config: &Config, registry: &Registry) -> Result<(), ServerError> 
 }
 
 /// Runs the service until `shutdown` completes, then stops in order (see
-/// [`run_with`]).
+/// [`run_with`]). `metrics` come from the caller, which may have given them
+/// the log writer's count of dropped lines
+/// ([`Metrics::with_dropped_log_lines`]).
 pub async fn run(
     listeners: Listeners,
     config: Config,
     registry: Registry,
+    metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     check_kinds(&config, &registry)?;
-    let metrics = Metrics::new();
     let manager = ManagerHandle::start(
         config.manager_config(),
         registry.clone(),

@@ -1,17 +1,57 @@
 //! Logs: the subscriber setup (format and verbosity from the
-//! configuration) and the panic hook. The per-RPC observation lives in the
-//! server edge (`server::rpc_layer`).
+//! configuration), the writer that keeps them off the request path, and
+//! the panic hook. The per-RPC observation lives in the server edge
+//! (`server::rpc_layer`), which decides what is worth a line by default.
 
-use std::io::IsTerminal;
+use std::io::{BufWriter, IsTerminal};
 
 use tracing::{error, warn};
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, LogFormat};
 
+/// Lines that may wait for the writer thread; past this, new lines are
+/// dropped and counted rather than making the caller wait. At `info` lines
+/// are rare, so this only has to absorb a burst (an incident that fails
+/// many calls at once); at `debug` under full load it holds a few
+/// milliseconds of lines. Each waiting line holds its text (a few hundred
+/// bytes), so at most about 1 MiB waits. The channel's slots (32 bytes
+/// each) are allocated up front: 8192 of them (256 KiB, one large
+/// allocation) cost 3 MiB of idle resident memory with mimalloc, which
+/// gave the block a huge page of its own; 2048 (64 KiB) cost nothing.
+pub const LOG_BUFFER_LINES: usize = 2048;
+
+/// The writer thread batches what waits into one `write` to stdout, up to
+/// this many bytes, and flushes as soon as nothing more waits.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// The log writer `init_logging` started. Keep it until the process ends:
+/// dropping it writes out the lines still waiting (waiting at most a
+/// second), and lines logged after that are lost.
+#[must_use = "dropping it stops the log writer; keep it until the end of main"]
+pub struct Logging {
+    _writer: WorkerGuard,
+    dropped: ErrorCounter,
+}
+
+impl Logging {
+    /// Reads how many lines were dropped so far because the writer had
+    /// [`LOG_BUFFER_LINES`] waiting: for the metrics, which read it at each
+    /// scrape.
+    pub fn dropped_lines(&self) -> impl Fn() -> u64 + Send + Sync + 'static {
+        let dropped = self.dropped.clone();
+        move || dropped.dropped_lines() as u64
+    }
+}
+
 /// Installs the global subscriber: `LOG_FORMAT` json or text, verbosity
-/// from `LOG_LEVEL` raised by `-v`, and `RUST_LOG` for fine control.
-pub fn init_logging(config: &Config, verbose: u8) {
+/// from `LOG_LEVEL` raised by `-v`, and `RUST_LOG` for fine control. Lines
+/// are formatted where they are logged, then handed to a thread that
+/// writes them to stdout, so a slow reader of stdout (a full pipe, a
+/// stalled log collector) never holds a call or the manager: lines beyond
+/// [`LOG_BUFFER_LINES`] are dropped and counted instead.
+pub fn init_logging(config: &Config, verbose: u8) -> Logging {
     let level = raise_level(&config.log_level, verbose);
     // Transport crates are chatty at debug, and sqlx logs every statement
     // there (and PostgreSQL's notices at info); keep them quiet unless asked
@@ -25,7 +65,18 @@ pub fn init_logging(config: &Config, verbose: u8) {
         }),
         Err(_) => EnvFilter::new(&default_filter),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .thread_name("log-writer")
+        .finish(BufWriter::with_capacity(
+            WRITE_BUFFER_BYTES,
+            std::io::stdout(),
+        ));
+    let dropped = writer.error_counter();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
     match config.log_format {
         LogFormat::Json => builder
             .json()
@@ -37,6 +88,10 @@ pub fn init_logging(config: &Config, verbose: u8) {
     }
     if let Some((directives, error)) = rejected_rust_log {
         warn!(rust_log = %directives, %error, "RUST_LOG is not a valid filter; using LOG_LEVEL");
+    }
+    Logging {
+        _writer: guard,
+        dropped,
     }
 }
 

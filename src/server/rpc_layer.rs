@@ -1,7 +1,9 @@
 //! Per-RPC observation: a tower layer that gives every call a span (method,
 //! peer, request id), catches panics as `INTERNAL`, turns tonic's "message
 //! too large" `OUT_OF_RANGE` into `RESOURCE_EXHAUSTED`, and records the
-//! final code and latency in one log line and in the metrics.
+//! final code and latency in the metrics and in one log line, whose level
+//! says whether an operator needs it (see [`interest`]): a routine call is
+//! logged at `debug` only, so by default a successful call costs no line.
 
 use std::{
     borrow::Cow,
@@ -18,7 +20,7 @@ use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::Frame;
 use tonic::{Code, Status, transport::server::TcpConnectInfo};
 use tower::{Layer, Service};
-use tracing::{Instrument, Span, error, info_span};
+use tracing::{Instrument, Span, debug_span, error};
 
 use crate::metrics::Metrics;
 
@@ -31,6 +33,23 @@ const MAX_REQUEST_ID_LENGTH: usize = 128;
 /// How tonic's decoder words a message over the limit (tonic 0.14,
 /// `codec/decode.rs`), up to the length it found.
 const TOO_LARGE_PREFIX: &str = "Error, decoded message length too large: found ";
+
+/// A unary call that takes at least this long is logged at `info` even
+/// when it succeeds. Healthy calls take well under a millisecond on memory
+/// and a few on SQLite or PostgreSQL (a group commit); a second is far
+/// beyond that, and below the store deadlines (1.5 s for a commit, 3 s for
+/// a read), so a call that nearly ran into one is seen. Streams are never
+/// slow: they last as long as their client wants.
+pub const SLOW_CALL_THRESHOLD: Duration = Duration::from_secs(1);
+
+/// The server-streaming and bidirectional methods we serve, whose latency
+/// is their client's choice. (Unknown methods are answered
+/// `UNIMPLEMENTED` at once, so they never come near the threshold.)
+const STREAMING_METHODS: &[&str] = &[
+    "TaskService/WatchTask",
+    "Health/Watch",
+    "ServerReflection/ServerReflectionInfo",
+];
 
 /// The layer that observes every gRPC call.
 #[derive(Clone, Debug)]
@@ -95,7 +114,12 @@ where
             .insert(REQUEST_ID_HEADER, request_id.clone());
         // `task_id` is filled in by the handler once it knows the task, so
         // the call's line names the task it created, read or cancelled.
-        let span = info_span!(
+        // The span is at debug: at info, making it (its fields formatted,
+        // entered at every poll) cost about a fifth of a GetTask's server
+        // CPU, for every call, though by default only calls that failed or
+        // were slow write a line. Those lines carry the span's fields
+        // themselves, all but `task_id`.
+        let span = debug_span!(
             "rpc",
             method = %method,
             peer = %peer,
@@ -123,7 +147,12 @@ where
                 Ok(Err(error)) => return Err(error),
                 Err(_) => {
                     // The panic hook has logged it with a backtrace.
-                    error!(parent: &call.span, "handler panicked; answering INTERNAL");
+                    error!(
+                        parent: &call.span,
+                        method = %call.method,
+                        request_id = call.request_id.to_str().unwrap_or_default(),
+                        "handler panicked; answering INTERNAL"
+                    );
                     Status::internal("internal error; the server logged the details").into_http()
                 }
             };
@@ -275,6 +304,7 @@ struct Call {
 impl Call {
     fn finish(self, code: Code) {
         let latency = self.started.elapsed();
+        let stream = STREAMING_METHODS.contains(&self.method.as_ref());
         macro_rules! log_call {
             ($level:ident) => {
                 tracing::$level!(
@@ -288,14 +318,65 @@ impl Call {
                 )
             };
         }
-        // Probes and tools call health and reflection every few seconds;
-        // their lines would bury the calls that matter.
-        if self.method.starts_with("Health/") || self.method.contains("ServerReflection/") {
-            log_call!(debug);
-        } else {
-            log_call!(info);
+        match interest(code, latency, stream) {
+            Interest::Routine => log_call!(debug),
+            Interest::Notable => log_call!(info),
+            Interest::Trouble => log_call!(warn),
         }
         self.metrics.rpc_finished(self.method, code, latency);
+    }
+}
+
+/// How much a finished call matters to an operator reading the log; its
+/// line is written at `debug`, `info` or `warn`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Interest {
+    /// The call went as the protocol intends, whatever its code: the
+    /// client got its answer (an error names the field or the state that
+    /// refused it), and the metrics count it by method and code.
+    Routine,
+    /// The server turned the call away or took too long: it is
+    /// unavailable (its store cannot be written, or it is shutting down),
+    /// out of room (queue, memory budget, request size), past a deadline,
+    /// or asked for a method it does not serve (a client built for another
+    /// version).
+    Notable,
+    /// The server failed at its job: a bug (a panic is `INTERNAL`), or
+    /// data it cannot read.
+    Trouble,
+}
+
+/// The rule for a call's line: by its code, raised to `Notable` when a
+/// unary call took [`SLOW_CALL_THRESHOLD`] or more.
+///
+/// Client errors (`INVALID_ARGUMENT`, `NOT_FOUND`, `ALREADY_EXISTS`,
+/// `FAILED_PRECONDITION`, …) and `CANCELLED` (the client left, or its
+/// deadline passed) are routine: a misbehaving client would otherwise
+/// write a line per call, at the cost this rule exists to avoid, and the
+/// client already has the reason; `task_processor_rpc_requests_total`
+/// shows their rate by code.
+fn interest(code: Code, latency: Duration, stream: bool) -> Interest {
+    let by_code = match code {
+        Code::Internal | Code::Unknown | Code::DataLoss => Interest::Trouble,
+        Code::Unavailable
+        | Code::ResourceExhausted
+        | Code::DeadlineExceeded
+        | Code::Unimplemented => Interest::Notable,
+        Code::Ok
+        | Code::Cancelled
+        | Code::InvalidArgument
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::PermissionDenied
+        | Code::FailedPrecondition
+        | Code::Aborted
+        | Code::OutOfRange
+        | Code::Unauthenticated => Interest::Routine,
+    };
+    if !stream && latency >= SLOW_CALL_THRESHOLD {
+        by_code.max(Interest::Notable)
+    } else {
+        by_code
     }
 }
 
@@ -502,6 +583,56 @@ mod tests {
                     r#"rpc_requests_total{method="WorkerService/Work",code="ResourceExhausted"} 1"#
                 ),
                 "{exposition}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_failures_of_the_server_and_slow_calls_are_above_debug() {
+        let fast = Duration::from_millis(2);
+        for code in [
+            Code::Ok,
+            Code::Cancelled,
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::AlreadyExists,
+            Code::FailedPrecondition,
+        ] {
+            assert_eq!(interest(code, fast, false), Interest::Routine, "{code:?}");
+        }
+        for code in [
+            Code::Unavailable,
+            Code::ResourceExhausted,
+            Code::DeadlineExceeded,
+            Code::Unimplemented,
+        ] {
+            assert_eq!(interest(code, fast, false), Interest::Notable, "{code:?}");
+        }
+        for code in [Code::Internal, Code::Unknown, Code::DataLoss] {
+            assert_eq!(interest(code, fast, false), Interest::Trouble, "{code:?}");
+        }
+        let slow = SLOW_CALL_THRESHOLD;
+        assert_eq!(interest(Code::Ok, slow, false), Interest::Notable);
+        assert_eq!(interest(Code::NotFound, slow, false), Interest::Notable);
+        assert_eq!(interest(Code::Internal, slow, false), Interest::Trouble);
+        assert_eq!(
+            interest(Code::Ok, SLOW_CALL_THRESHOLD * 600, true),
+            Interest::Routine,
+            "a stream lasts as long as its client wants"
+        );
+    }
+
+    #[test]
+    fn the_streaming_methods_are_named_as_the_layer_names_them() {
+        for path in [
+            "/taskprocessor.v1.TaskService/WatchTask",
+            "/grpc.health.v1.Health/Watch",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert!(
+                STREAMING_METHODS.contains(&short_method(path).as_ref()),
+                "{path}"
             );
         }
     }

@@ -21,6 +21,7 @@ mod edge;
 mod kinds;
 mod lifecycle;
 mod list;
+mod logging;
 mod memory_budget;
 pub mod operations;
 mod outage;

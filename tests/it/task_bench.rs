@@ -88,6 +88,7 @@ fn help_lists_the_flags_and_runs_nothing() {
             "--stores",
             "--retained-rss",
             "--delayed",
+            "--default-logging",
             "--binary",
             "--tasks",
             "--data-bytes",

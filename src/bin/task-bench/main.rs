@@ -11,12 +11,16 @@
 //! the resident memory of a real binary holding N finished tasks on SQLite,
 //! live and after a restart (see `retained.rs`). `--delayed` is one too:
 //! memory per delayed task and how late due tasks start (see `delayed.rs`).
+//! `--default-logging [--binary PATH]` is one too: the real binary with its
+//! shipped defaults, logging included, against a bare echo, each in a
+//! process of its own (see `default_logging.rs`).
 //! `--help` lists the flags; an unknown one is an error (exit 2), as is
 //! asking for two runs at once.
 //! These machines are noisy: compare ratios taken in the same run, not
 //! absolute figures across runs.
 
 mod bare;
+mod default_logging;
 mod delayed;
 mod load;
 mod memory;
@@ -195,8 +199,8 @@ Environment:
                        [default: postgres://postgres@127.0.0.1:5432/test]";
 
 /// The command line. At most one of the runs of their own (`--only-create`,
-/// `--only-actor`, `--stores`, `--retained-rss`, `--delayed`); without one,
-/// everything.
+/// `--only-actor`, `--stores`, `--retained-rss`, `--delayed`,
+/// `--default-logging`); without one, everything.
 #[derive(Debug, Parser)]
 #[command(name = "task-bench", about = ABOUT, long_about = None, after_help = AFTER_HELP)]
 struct Arguments {
@@ -213,16 +217,22 @@ struct Arguments {
     #[arg(long, group = "run")]
     stores: bool,
     /// Instead: memory of a real task-processor retaining tasks on SQLite, and restarted
-    #[arg(long, group = "run")]
+    #[arg(long, groups = ["run", "real_binary"])]
     retained_rss: bool,
     /// Instead: 100 000 delayed tasks: resident memory per delayed task, and how late they start
     #[arg(long, group = "run")]
     delayed: bool,
+    /// Instead: the real task-processor with its shipped defaults (logging on) against a bare echo, each a process of its own
+    #[arg(long, groups = ["run", "real_binary"])]
+    default_logging: bool,
     /// Inside --delayed: one memory phase in a fresh process, one line out
     #[arg(long, value_enum, value_name = "KIND", group = "run", hide = true)]
     memory_phase: Option<delayed::MemoryPhase>,
-    /// With --retained-rss: the binary to measure [default: task-processor beside this]
-    #[arg(long, value_name = "PATH", requires = "retained_rss")]
+    /// Inside --default-logging: the bare echo in a process of its own
+    #[arg(long, group = "run", hide = true)]
+    bare_server: bool,
+    /// With --retained-rss or --default-logging: the binary to measure [default: task-processor beside this]
+    #[arg(long, value_name = "PATH", requires = "real_binary")]
     binary: Option<PathBuf>,
     /// With --retained-rss: tasks to create and retain [default: 100000]
     #[arg(long, value_name = "N", requires = "retained_rss")]
@@ -310,6 +320,12 @@ async fn run(arguments: Arguments, scale: Scale) -> anyhow::Result<()> {
     }
     if let Some(phase) = arguments.memory_phase {
         return delayed::memory_phase(phase, scale).await;
+    }
+    if arguments.default_logging {
+        return default_logging::report(default_logging::Run::new(arguments.binary)?, scale).await;
+    }
+    if arguments.bare_server {
+        return default_logging::serve_bare().await;
     }
     if arguments.retained_rss {
         return retained::report(retained::Run::new(

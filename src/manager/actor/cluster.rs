@@ -447,7 +447,7 @@ impl Manager<Cluster> {
                         self.shape.next_due = next_due;
                         for task in tasks {
                             let task = Arc::new(task);
-                            info!(task_id = %task.id, kind = %task.kind, attempt = task.attempt, "task claimed");
+                            debug!(task_id = %task.id, kind = %task.kind, attempt = task.attempt, "task claimed");
                             self.tasks.insert(task.id, Arc::clone(&task));
                             self.start_run(task);
                         }

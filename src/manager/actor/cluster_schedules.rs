@@ -7,7 +7,7 @@
 
 use std::{sync::Arc, time::SystemTime};
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Cluster, Manager, cluster::ClusterEvent, now};
 use crate::{
@@ -183,14 +183,14 @@ impl Manager<Cluster> {
             self.metrics.schedule_fired(FiringOutcome::Skipped);
         }
         if round.skipped > 0 {
-            info!(
+            debug!(
                 skipped = round.skipped,
                 "schedule firings skipped: the previous tasks have not finished"
             );
         }
         let full = round.fired.len() + round.skipped >= crate::store::postgres::FIRE_CHUNK;
         for fired in &round.fired {
-            info!(schedule_id = %fired.schedule_id, task_id = %fired.task.id, "schedule fired");
+            debug!(schedule_id = %fired.schedule_id, task_id = %fired.task.id, "schedule fired");
             self.metrics.schedule_fired(FiringOutcome::Created);
             self.metrics_of(&fired.task.kind).task_created();
         }

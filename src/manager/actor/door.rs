@@ -52,15 +52,27 @@ impl<S: Shape> Manager<S> {
             .and_then(|(started, completed)| completed.duration_since(started).ok());
         self.metrics_of(&task.kind)
             .task_finished(task.status, run_time);
-        info!(
-            task_id = %task.id,
-            kind = %task.kind,
-            status = %task.status,
-            attempt = task.attempt,
-            run_ms = run_time.map(|run_time| run_time.as_millis() as u64),
-            error = %task.error,
-            "task finished"
-        );
+        macro_rules! log_finished {
+            ($level:ident) => {
+                $level!(
+                    task_id = %task.id,
+                    kind = %task.kind,
+                    status = %task.status,
+                    attempt = task.attempt,
+                    run_ms = run_time.map(|run_time| run_time.as_millis() as u64),
+                    error = %task.error,
+                    "task finished"
+                )
+            };
+        }
+        // Completed and cancelled (by a client, or by the shutdown, which
+        // logs how many) are the expected ends, counted in the metrics: a
+        // line each only at debug. A failure is worth a line by default.
+        if task.status == TaskStatus::Failed {
+            log_finished!(info);
+        } else {
+            log_finished!(debug);
+        }
     }
 
     /// Counts and logs a failed run after which the task runs again.

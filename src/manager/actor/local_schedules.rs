@@ -12,7 +12,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Local, Manager, held::json_bytes, now};
 use crate::{
@@ -256,7 +256,7 @@ impl Manager<Local> {
             match next.fire_if_due(now, last_status, task_id) {
                 FireOutcome::NotDue => {}
                 FireOutcome::Skipped => {
-                    info!(schedule_id = %id, "firing skipped: the previous task has not finished");
+                    debug!(schedule_id = %id, "firing skipped: the previous task has not finished");
                     self.metrics.schedule_fired(FiringOutcome::Skipped);
                     let next = Arc::new(next);
                     self.shape.schedules.put(Arc::clone(&next));
@@ -276,7 +276,7 @@ impl Manager<Local> {
                             return;
                         }
                         Ok(task) => {
-                            info!(schedule_id = %id, task_id = %task_id, "schedule fired");
+                            debug!(schedule_id = %id, task_id = %task_id, "schedule fired");
                             self.metrics.schedule_fired(FiringOutcome::Created);
                             let next = Arc::new(next);
                             self.shape.schedules.put(Arc::clone(&next));

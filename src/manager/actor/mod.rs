@@ -374,7 +374,7 @@ impl<S: Shape> Manager<S> {
     /// (memory) or once its insert is durable.
     fn admit(&mut self, task: Arc<Task>, respond_to: Option<Reply<Arc<Task>>>) {
         self.metrics_of(&task.kind).task_created();
-        tracing::info!(task_id = %task.id, kind = %task.kind, "task created");
+        tracing::debug!(task_id = %task.id, kind = %task.kind, "task created");
         if self.persister.is_durable() {
             let id = task.id;
             self.persister.insert(task);

@@ -174,7 +174,7 @@ impl<S: Shape> Manager<S> {
             let timeout = Duration::from_secs(u64::from(task.timeout_seconds));
             self.timers.insert(Timer::Timeout(task_id), timeout)
         });
-        info!(task_id = %task_id, kind = %task.kind, attempt = task.attempt, "task started");
+        debug!(task_id = %task_id, kind = %task.kind, attempt = task.attempt, "task started");
         match self.running_by_kind.get_mut(&task.kind) {
             Some(count) => *count += 1,
             None => {
