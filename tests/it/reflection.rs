@@ -30,13 +30,20 @@ use crate::support::{TestServer, eventually};
 
 const TASK_SERVICE: &str = "taskprocessor.v1.TaskService";
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
-const TASK_METHODS: [&str; 6] = [
+const TASK_METHODS: [&str; 13] = [
     "CreateTask",
+    "BatchCreateTasks",
     "GetTask",
     "ListTasks",
     "CancelTask",
     "WatchTask",
     "DeleteTask",
+    "CreateSchedule",
+    "GetSchedule",
+    "ListSchedules",
+    "PauseSchedule",
+    "ResumeSchedule",
+    "DeleteSchedule",
 ];
 
 /// The create request a grpcurl user would type.
