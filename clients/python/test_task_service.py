@@ -205,15 +205,8 @@ def test_a_flaky_task_is_retried_until_it_completes(tasks, run_label):
     assert fetched.attempt == 2
 
 
-def test_an_empty_name_is_invalid_argument_naming_the_field(tasks):
-    with pytest.raises(grpc.RpcError) as raised:
-        tasks.CreateTask(
-            pb.CreateTaskRequest(name="", kind="echo"), timeout=CALL_TIMEOUT
-        )
-    error = raised.value
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "name" in error.details()
-
+def violated_fields(error: grpc.RpcError) -> list:
+    """The fields named by the google.rpc.BadRequest detail of an error."""
     status = rpc_status.from_call(error)
     assert status is not None, "the error carries google.rpc.Status details"
     violations = []
@@ -222,7 +215,82 @@ def test_an_empty_name_is_invalid_argument_naming_the_field(tasks):
             bad_request = error_details_pb2.BadRequest()
             detail.Unpack(bad_request)
             violations.extend(bad_request.field_violations)
-    assert [violation.field for violation in violations] == ["name"]
+    return [violation.field for violation in violations]
+
+
+def test_an_empty_name_is_invalid_argument_naming_the_field(tasks):
+    with pytest.raises(grpc.RpcError) as raised:
+        tasks.CreateTask(
+            pb.CreateTaskRequest(name="", kind="echo"), timeout=CALL_TIMEOUT
+        )
+    error = raised.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "name" in error.details()
+    assert violated_fields(error) == ["name"]
+
+
+def list_ids(tasks, labels) -> list:
+    """The ids of every task carrying the labels, oldest first."""
+    ids = []
+    page_token = ""
+    while True:
+        page = tasks.ListTasks(
+            pb.ListTasksRequest(page_token=page_token, labels=labels),
+            timeout=CALL_TIMEOUT,
+        )
+        ids.extend(task.id for task in page.tasks)
+        page_token = page.next_page_token
+        if not page_token:
+            return ids
+
+
+def test_batch_create_answers_the_tasks_in_request_order(tasks, run_label):
+    data = [{"n": number, "text": f"item {number}"} for number in range(3)]
+    requests = [
+        pb.CreateTaskRequest(
+            name=f"python batch {number}",
+            kind="echo",
+            labels=run_label,
+            data=json_value(item),
+        )
+        for number, item in enumerate(data)
+    ]
+
+    response = tasks.BatchCreateTasks(
+        pb.BatchCreateTasksRequest(requests=requests), timeout=CALL_TIMEOUT
+    )
+
+    names = [task.name for task in response.tasks]
+    assert names == ["python batch 0", "python batch 1", "python batch 2"]
+    assert len({task.id for task in response.tasks}) == 3
+    assert list_ids(tasks, run_label) == [task.id for task in response.tasks]
+    for task, item in zip(response.tasks, data):
+        assert task.kind == "echo"
+        assert from_json_value(task.data) == item
+        states = list(
+            tasks.WatchTask(pb.WatchTaskRequest(id=task.id), timeout=CALL_TIMEOUT)
+        )
+        last = states[-1].task
+        assert last.status == pb.TASK_STATUS_COMPLETED, last.error
+        assert from_json_value(last.result) == item, "echo returns data unchanged"
+
+
+def test_batch_create_with_a_bad_item_creates_nothing_and_names_it(tasks, run_label):
+    requests = [
+        pb.CreateTaskRequest(name=name, kind="echo", labels=run_label)
+        for name in ("python fine", "", "python fine too")
+    ]
+
+    with pytest.raises(grpc.RpcError) as raised:
+        tasks.BatchCreateTasks(
+            pb.BatchCreateTasksRequest(requests=requests), timeout=CALL_TIMEOUT
+        )
+
+    error = raised.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "requests[1].name" in error.details()
+    assert violated_fields(error) == ["requests[1].name"]
+    assert list_ids(tasks, run_label) == [], "all or nothing"
 
 
 def test_an_unknown_id_is_not_found(tasks):

@@ -206,6 +206,67 @@ describe('TaskService from Node', () => {
     });
   });
 
+  /** Every task carrying the labels, oldest first, page after page. */
+  async function listIds(labels) {
+    const ids = [];
+    let pageToken = '';
+    do {
+      const page = await call(clients.tasks, 'ListTasks', { page_token: pageToken, labels });
+      ids.push(...page.tasks.map((task) => task.id));
+      pageToken = page.next_page_token;
+    } while (pageToken);
+    return ids;
+  }
+
+  test('BatchCreateTasks answers the tasks in request order, and they complete', async () => {
+    const labels = runLabel();
+    const data = [0, 1, 2].map((number) => ({ n: number, text: `item ${number}` }));
+    const requests = data.map((item, number) => ({
+      name: `node batch ${number}`,
+      kind: 'echo',
+      labels,
+      data: toValue(item),
+    }));
+
+    const { tasks } = await call(clients.tasks, 'BatchCreateTasks', { requests });
+
+    assert.deepEqual(
+      tasks.map((task) => task.name),
+      ['node batch 0', 'node batch 1', 'node batch 2'],
+    );
+    assert.equal(new Set(tasks.map((task) => task.id)).size, 3);
+    assert.deepEqual(await listIds(labels), tasks.map((task) => task.id));
+    for (const [index, task] of tasks.entries()) {
+      assert.equal(task.kind, 'echo');
+      assert.deepEqual(fromValue(task.data), data[index]);
+      const states = await readAll(clients.tasks.WatchTask({ id: task.id }, deadline()));
+      const last = states.at(-1).task;
+      assert.equal(last.status, 'TASK_STATUS_COMPLETED', last.error);
+      assert.deepEqual(fromValue(last.result), data[index], 'echo returns data unchanged');
+    }
+  });
+
+  test('BatchCreateTasks with a bad item creates nothing and names it', async () => {
+    const labels = runLabel();
+    const requests = ['node fine', '', 'node fine too'].map((name) => ({
+      name,
+      kind: 'echo',
+      labels,
+    }));
+
+    await assert.rejects(call(clients.tasks, 'BatchCreateTasks', { requests }), (error) => {
+      assert.equal(error.code, grpc.status.INVALID_ARGUMENT);
+      assert.match(error.details, /requests\[1\]\.name/);
+      assert.equal(
+        error.metadata.get('grpc-status-details-bin').length,
+        1,
+        'a google.rpc.Status with a BadRequest detail rides along',
+      );
+      return true;
+    });
+    assert.deepEqual(await listIds(labels), [], 'all or nothing');
+  });
+
   test('an unknown id is NOT_FOUND', async () => {
     await assert.rejects(call(clients.tasks, 'GetTask', { id: randomUUID() }), (error) => {
       assert.equal(error.code, grpc.status.NOT_FOUND);

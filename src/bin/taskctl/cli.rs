@@ -129,10 +129,12 @@ pub enum OutputFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create a task; with --wait, follow it to its end.
+    /// Create a task, or one per line of a file; with --wait, follow it to
+    /// its end.
     #[command(after_help = "\
 Examples:
   taskctl create hello
+  taskctl create --from-file tasks.jsonl   # one CreateTaskRequest in JSON a line
   taskctl create report --kind sleep --data '{\"seconds\": 1.5}' --timeout 30s --wait
   taskctl create import --data @input.json --label team=data --label env=dev
   echo '[1, 2, 3]' | taskctl create sum --kind echo --data - -o json
@@ -142,7 +144,8 @@ Examples:
   taskctl create reminder --in 10m --queue-timeout 5m
 
 Exit code with --wait: 0 completed, 3 failed, 4 cancelled.")]
-    Create(CreateArgs),
+    // Boxed: its flags make it far larger than the other commands.
+    Create(Box<CreateArgs>),
 
     /// Show one task with all its fields.
     #[command(after_help = "\
@@ -229,6 +232,25 @@ pub struct CreateArgs {
     #[command(flatten)]
     pub task: TaskArgs,
 
+    /// Create one task per line of a JSON Lines file instead (- reads
+    /// stdin); not with NAME or the flags of one task.
+    ///
+    /// Each line is a CreateTaskRequest in proto3 JSON, e.g. {"name": "a",
+    /// "kind": "echo", "data": {"n": 1}}; blank lines are skipped. Every
+    /// line is checked before anything is sent. The tasks go in calls of
+    /// up to 1000 (BatchCreateTasks), each all or nothing; when one fails,
+    /// the error says which lines it held, and those of the calls before
+    /// it were created (and are printed).
+    // Every flag that describes one task conflicts: the lines say it all.
+    // A conflicting flag present also lifts NAME's requirement (clap).
+    #[arg(
+        long,
+        value_name = "FILE|-",
+        help_heading = None::<&str>,
+        conflicts_with_all = FLAGS_OF_ONE_TASK
+    )]
+    pub from_file: Option<PathBuf>,
+
     // The two below reset the help heading, which the scheduling flags
     // of `task` leave set (clap does not restore it after a flatten).
     /// Idempotency key: repeating the create with the same key and
@@ -244,6 +266,27 @@ pub struct CreateArgs {
     pub start: StartTimeArgs,
 }
 
+/// The arguments of `create` that describe the one task it creates, by
+/// their clap ids; `--from-file` takes none of them.
+const FLAGS_OF_ONE_TASK: [&str; 16] = [
+    "name",
+    "kind",
+    "description",
+    "data",
+    "labels",
+    "timeout",
+    "max_attempts",
+    "backoff",
+    "max_backoff",
+    "backoff_multiplier",
+    "priority",
+    "queue_timeout",
+    "request_id",
+    "wait",
+    "run_after",
+    "in",
+];
+
 /// What a task is and how it is run: the flags `create` and `schedule
 /// create` share, since a schedule's template is a create request. Not
 /// here: the start time and the idempotency key, which a template may not
@@ -251,7 +294,10 @@ pub struct CreateArgs {
 #[derive(Debug, Args)]
 pub struct TaskArgs {
     /// Human name of the task (1–200 characters).
-    pub name: String,
+    // Optional in type only: required, but for `create --from-file`, whose
+    // conflict with it clap lets stand in for it.
+    #[arg(required = true)]
+    pub name: Option<String>,
 
     /// Processor that runs it (demo, echo, sleep, fail, …); the server's
     /// default kind when absent.
@@ -564,7 +610,7 @@ mod tests {
         let Command::Create(create) = cli.command else {
             panic!("create expected");
         };
-        Ok(create)
+        Ok(*create)
     }
 
     fn scheduling_of(args: &[&str]) -> Result<SchedulingArgs, clap::Error> {

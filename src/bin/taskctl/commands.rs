@@ -30,6 +30,7 @@ use crate::{
     },
     connection::ServerAddress,
     errors::{CliError, ExitStatus, is_deadline_exceeded},
+    from_file,
     output::{self, HealthReport, Printer},
     paging,
     progress::WatchDisplay,
@@ -144,6 +145,9 @@ impl Session {
     }
 
     async fn create(&self, args: &CreateArgs) -> Result<Outcome, CliError> {
+        if let Some(path) = &args.from_file {
+            return from_file::create_tasks(self, path).await;
+        }
         let request = create_request(args, SystemTime::now())?;
         let mut client = self.tasks().await?;
         let task = self
@@ -362,11 +366,17 @@ fn create_request(args: &CreateArgs, now: SystemTime) -> Result<pb::CreateTaskRe
 /// a whole create but for its start time and idempotency key, and so
 /// also the template of a schedule.
 pub fn task_request(args: &TaskArgs) -> Result<pb::CreateTaskRequest, CliError> {
+    // clap requires NAME but with `create --from-file`, which is not built
+    // here; said as a usage error all the same.
+    let name = args
+        .name
+        .clone()
+        .ok_or_else(|| CliError::Usage("the task's NAME is required".to_owned()))?;
     let data = args.data.as_deref().map(read_data).transpose()?;
     let labels: HashMap<String, String> = args.labels.iter().cloned().collect();
     let scheduling = &args.scheduling;
     Ok(pb::CreateTaskRequest {
-        name: args.name.clone(),
+        name,
         description: args.description.clone(),
         kind: args.kind.clone(),
         data: data.as_ref().map(json_to_proto),

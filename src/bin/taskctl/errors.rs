@@ -21,7 +21,8 @@ pub enum ExitStatus {
     Success = 0,
     /// Anything not listed below.
     OtherError = 1,
-    /// The command line was wrong (clap's own code for usage errors).
+    /// The command line was wrong (clap's own code for usage errors), or
+    /// the input it names (`--data`, a line of `--from-file`).
     Usage = 2,
     /// The task ended `FAILED` (`watch`, `create --wait`).
     TaskFailed = 3,
@@ -48,7 +49,7 @@ pub const EXIT_CODES: &[(ExitStatus, &str)] = &[
     (ExitStatus::OtherError, "any other error"),
     (
         ExitStatus::Usage,
-        "usage error: bad flags, arguments or --data",
+        "usage error: bad flags, arguments, --data or a line of --from-file",
     ),
     (
         ExitStatus::TaskFailed,
@@ -190,6 +191,11 @@ pub enum CliError {
         message: String,
     },
 
+    /// A call of `create --from-file` failed: said in the file's lines,
+    /// with what the calls before it created. Exits as its cause.
+    #[error("{0}")]
+    BatchFailed(Box<crate::from_file::BatchFailure>),
+
     /// The server answered something that breaks the contract.
     #[error("unexpected answer from the server: {0}")]
     Protocol(String),
@@ -221,6 +227,7 @@ impl CliError {
             | Self::ConnectionLost { .. }
             | Self::NotServing { .. } => ExitStatus::Unavailable,
             Self::ServerBusy { .. } => ExitStatus::ServerBusy,
+            Self::BatchFailed(failure) => failure.cause().exit_status(),
             Self::DeadlineExceeded { .. }
             | Self::TaskAlreadyFinished { .. }
             | Self::TaskNotFinished { .. }

@@ -3,8 +3,9 @@
 //! exit code (see `errors::EXIT_CODES`, also printed by `--help`).
 //!
 //! Everything else lives in the modules: `cli` (flags), `commands` (what
-//! each subcommand does), `schedules` (the `schedule` subcommands, from
-//! flags to printing), `paging` (`--all`), `connection`, `output`,
+//! each subcommand does), `from_file` (`create --from-file`, many tasks in
+//! batches), `schedules` (the `schedule` subcommands, from flags to
+//! printing), `paging` (`--all`), `connection`, `output`,
 //! `proto_json` and `yaml` (how answers are printed), `progress` (the live
 //! bar), `errors`.
 
@@ -12,6 +13,7 @@ mod cli;
 mod commands;
 mod connection;
 mod errors;
+mod from_file;
 mod output;
 mod paging;
 mod progress;

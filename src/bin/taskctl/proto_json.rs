@@ -6,6 +6,8 @@
 //!
 //! prost's types know no JSON; the message is re-read through its
 //! descriptor (`prost-reflect`) from the descriptor set the build embeds.
+//! The same descriptors read a message from proto3 JSON
+//! (`create --from-file`).
 
 use std::{cmp::Ordering, io};
 
@@ -20,6 +22,9 @@ use crate::{errors::CliError, yaml};
 /// Full names of the messages `taskctl` prints.
 pub const TASK: &str = "taskprocessor.v1.Task";
 pub const LIST_TASKS_RESPONSE: &str = "taskprocessor.v1.ListTasksResponse";
+pub const BATCH_CREATE_TASKS_RESPONSE: &str = "taskprocessor.v1.BatchCreateTasksResponse";
+/// What each line of `create --from-file` holds.
+pub const CREATE_TASK_REQUEST: &str = "taskprocessor.v1.CreateTaskRequest";
 pub const WATCH_TASK_RESPONSE: &str = "taskprocessor.v1.WatchTaskResponse";
 pub const SCHEDULE: &str = "taskprocessor.v1.Schedule";
 pub const LIST_SCHEDULES_RESPONSE: &str = "taskprocessor.v1.ListSchedulesResponse";
@@ -86,6 +91,27 @@ impl ProtoJson {
         written.map_err(|error| CliError::Render(format!("{full_name}: {error}")))?;
         String::from_utf8(bytes)
             .map_err(|error| CliError::Render(format!("{full_name}: JSON is not UTF-8: {error}")))
+    }
+
+    /// The message written as one proto3 JSON value in `text`, read as
+    /// protojson reads it: lowerCamelCase or the proto's own field names,
+    /// unknown fields refused. The error says what is wrong and at which
+    /// column of `text`, which is one line of a file.
+    pub fn read_json<M: Message + Default>(
+        &self,
+        text: &str,
+        full_name: &str,
+    ) -> Result<M, String> {
+        let descriptor = self
+            .descriptor(full_name)
+            .map_err(|error| error.to_string())?;
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let message = DynamicMessage::deserialize(descriptor, &mut deserializer)
+            .and_then(|message| deserializer.end().map(|()| message))
+            .map_err(|error| at_column(&error))?;
+        message
+            .transcode_to()
+            .map_err(|error| format!("{full_name}: {error}"))
     }
 
     /// The same value as [`Self::to_json`], as YAML (ending in a newline).
@@ -178,6 +204,17 @@ fn compare_keys(left: &Tree, right: &Tree) -> Ordering {
     match (left.parse::<i128>(), right.parse::<i128>()) {
         (Ok(left_number), Ok(right_number)) => left_number.cmp(&right_number),
         _ => left.cmp(right),
+    }
+}
+
+/// serde_json's error with its place as a column: the text read is one
+/// line, so its "at line 1 column 9" would mislead next to a file's line.
+fn at_column(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    let place = format!(" at line {} column {}", error.line(), error.column());
+    match text.strip_suffix(&place) {
+        Some(problem) => format!("{problem} (column {})", error.column()),
+        None => text,
     }
 }
 

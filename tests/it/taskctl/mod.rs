@@ -9,7 +9,8 @@
 //!
 //! Here are the helpers every part shares (running taskctl, reading its
 //! JSON and YAML back, the scripted service); the tests are by subject:
-//! formats in `output`, the task commands in `commands`, the scheduling
+//! formats in `output`, the task commands in `commands`, many tasks from
+//! a JSON Lines file (`create --from-file`) in `from_file`, the scheduling
 //! flags of `create`, retries and `delete` in `scheduling`, the `schedule`
 //! subcommands in `schedules`, errors and exit codes in `exit_codes`, and
 //! `health`, completions and help in `health_and_help`. taskctl when its connection fails is in
@@ -300,6 +301,7 @@ async fn closed_port_address() -> String {
 
 mod commands;
 mod exit_codes;
+mod from_file;
 mod health_and_help;
 mod output;
 mod schedules;

@@ -226,7 +226,7 @@ mod tests {
         assert_eq!(create.time_zone.as_deref(), Some("Europe/Berlin"));
         assert_eq!(create.overlap, Some(OverlapArg::Allow));
         assert!(create.paused);
-        assert_eq!(create.task.name, "nightly");
+        assert_eq!(create.task.name.as_deref(), Some("nightly"));
         assert_eq!(create.task.kind, "echo");
         assert_eq!(create.task.scheduling.max_attempts, Some(3));
         assert_eq!(create.task.scheduling.priority, Some(-5));
