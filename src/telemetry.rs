@@ -125,9 +125,9 @@ pub fn init_logging(config: &Config, verbose: u8) -> Result<Logging, TracingErro
     if let Some((directives, error)) = rejected_rust_log {
         warn!(rust_log = %directives, %error, "RUST_LOG is not a valid filter; using LOG_LEVEL");
     }
-    if tracing.is_some() {
+    if let Some(tracing) = &tracing {
         info!(
-            endpoint = std::env::var(ENDPOINT_VARIABLE).unwrap_or_default(),
+            endpoint = tracing.endpoint(),
             "exporting traces over OTLP/gRPC"
         );
     }

@@ -53,6 +53,8 @@ pub enum TracingError {
 /// call [`Tracing::shutdown`] there, so the last spans are exported.
 pub struct Tracing {
     provider: SdkTracerProvider,
+    /// Where spans go, for the start line.
+    endpoint: String,
 }
 
 impl Tracing {
@@ -64,12 +66,15 @@ impl Tracing {
     /// Must be called on the tokio runtime: the batch processor is a task
     /// on it.
     pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, TracingError> {
-        let set = |name: &str| env(name).is_some_and(|value| !value.trim().is_empty());
         let disabled = env(SDK_DISABLED_VARIABLE)
             .is_some_and(|value| value.trim().eq_ignore_ascii_case("true"));
-        if disabled || !(set(ENDPOINT_VARIABLE) || set(TRACES_ENDPOINT_VARIABLE)) {
+        // The traces-only variable wins, as in the exporter.
+        let endpoint = [TRACES_ENDPOINT_VARIABLE, ENDPOINT_VARIABLE]
+            .into_iter()
+            .find_map(|name| env(name).filter(|value| !value.trim().is_empty()));
+        let Some(endpoint) = endpoint.filter(|_| !disabled) else {
             return Ok(None);
-        }
+        };
         let exporter = SpanExporter::builder().with_tonic().build()?;
         let processor = BatchSpanProcessor::builder(exporter, runtime::Tokio).build();
         let provider = SdkTracerProvider::builder()
@@ -77,7 +82,12 @@ impl Tracing {
             .with_resource(resource())
             .build();
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-        Ok(Some(Self { provider }))
+        Ok(Some(Self { provider, endpoint }))
+    }
+
+    /// The collector spans are exported to.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
     }
 
     /// The layer that makes OTel spans of our spans (see [`exported`]).
