@@ -157,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     // Kept until main ends: dropping it writes out the lines still waiting.
-    let logging = telemetry::init_logging(&config, flags.verbose);
+    let logging = telemetry::init_logging(&config, flags.verbose)?;
     telemetry::log_panics();
 
     let mut registry = Registry::with_builtins(config.demo_duration);
@@ -166,7 +166,7 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Metrics::with_dropped_log_lines(logging.dropped_lines());
     let listeners = Listeners::bind(&config).await?;
     server::run(listeners, config, registry, metrics, shutdown_signal()).await?;
-    drop(logging);
+    logging.shutdown().await;
     Ok(())
 }
 

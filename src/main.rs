@@ -30,7 +30,7 @@ async fn main() -> anyhow::Result<()> {
     }
     // Lives to the end of main, also when it returns an error: dropping it
     // writes out the lines still waiting, the last of a shutdown among them.
-    let logging = telemetry::init_logging(&config, flags.verbose);
+    let logging = telemetry::init_logging(&config, flags.verbose)?;
     telemetry::log_panics();
     let signals = ShutdownSignals::install()?;
 
@@ -45,7 +45,9 @@ async fn main() -> anyhow::Result<()> {
         signals.first_then_exit_on_second(),
     )
     .await?;
-    drop(logging);
+    // After the server stopped, so the spans of its last calls and runs
+    // are exported too.
+    logging.shutdown().await;
     Ok(())
 }
 

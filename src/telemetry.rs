@@ -1,14 +1,25 @@
-//! Logs: the subscriber setup (format and verbosity from the
-//! configuration), the writer that keeps them off the request path, and
-//! the panic hook. The per-RPC observation lives in the server edge
+//! Logs and traces: the subscriber setup (format and verbosity from the
+//! configuration, and OpenTelemetry tracing when an OTLP endpoint is set,
+//! in `otel`), the writer that keeps lines off the request path, and the
+//! panic hook. The per-RPC observation lives in the server edge
 //! (`server::rpc_layer`), which decides what is worth a line by default.
+
+mod otel;
 
 use std::io::{BufWriter, IsTerminal};
 
-use tracing::{error, warn};
-use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::EnvFilter;
+use tracing::{Subscriber, error, info, warn};
+use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::{
+    EnvFilter, Layer,
+    filter::{FilterExt, filter_fn},
+    layer::SubscriberExt,
+    registry::LookupSpan,
+    util::SubscriberInitExt,
+};
 
+use self::otel::Tracing;
+pub use self::otel::{DEFAULT_SERVICE_NAME, ENDPOINT_VARIABLE, TracingError, join_caller_trace};
 use crate::config::{Config, LogFormat};
 
 /// Lines that may wait for the writer thread; past this, new lines are
@@ -26,11 +37,15 @@ pub const LOG_BUFFER_LINES: usize = 2048;
 /// this many bytes, and flushes as soon as nothing more waits.
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
-/// The log writer `init_logging` started. Keep it until the process ends:
-/// dropping it writes out the lines still waiting (waiting at most a
-/// second), and lines logged after that are lost.
+/// The log writer `init_logging` started, and the tracer provider when
+/// tracing is on. Keep it until the process ends and call
+/// [`Logging::shutdown`]: it exports the spans still batched, then writes
+/// out the lines still waiting (waiting at most a second); lines logged
+/// after that are lost. Dropped without it (main returning an error), the
+/// lines are still written.
 #[must_use = "dropping it stops the log writer; keep it until the end of main"]
 pub struct Logging {
+    tracing: Option<Tracing>,
     _writer: WorkerGuard,
     dropped: ErrorCounter,
 }
@@ -43,6 +58,13 @@ impl Logging {
         let dropped = self.dropped.clone();
         move || dropped.dropped_lines() as u64
     }
+
+    /// Exports the last spans, then stops the log writer (see [`Logging`]).
+    pub async fn shutdown(mut self) {
+        if let Some(tracing) = self.tracing.take() {
+            tracing.shutdown().await;
+        }
+    }
 }
 
 /// Installs the global subscriber: `LOG_FORMAT` json or text, verbosity
@@ -51,7 +73,14 @@ impl Logging {
 /// writes them to stdout, so a slow reader of stdout (a full pipe, a
 /// stalled log collector) never holds a call or the manager: lines beyond
 /// [`LOG_BUFFER_LINES`] are dropped and counted instead.
-pub fn init_logging(config: &Config, verbose: u8) -> Logging {
+///
+/// When `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans are also exported over
+/// OTLP/gRPC (see `otel`), and the `rpc` span of each call, with its
+/// `trace_id`, shows in the lines logged within it whatever the level.
+/// Without it no OpenTelemetry layer is installed at all. Call it on the
+/// tokio runtime.
+pub fn init_logging(config: &Config, verbose: u8) -> Result<Logging, TracingError> {
+    let tracing = Tracing::from_env(|name| std::env::var(name).ok())?;
     let level = raise_level(&config.log_level, verbose);
     // Transport crates are chatty at debug, and sqlx logs every statement
     // there (and PostgreSQL's notices at info); keep them quiet unless asked
@@ -74,24 +103,55 @@ pub fn init_logging(config: &Config, verbose: u8) -> Logging {
             std::io::stdout(),
         ));
     let dropped = writer.error_counter();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    match config.log_format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+    match &tracing {
+        // The filter decides for every layer, as it always has: a span or
+        // line it turns down is never made.
+        None => tracing_subscriber::registry()
+            .with(filter)
+            .with(log_layer(config.log_format, writer))
             .init(),
-        LogFormat::Text => builder.with_ansi(std::io::stdout().is_terminal()).init(),
+        // Each layer filters for itself: the exporter wants our spans even
+        // where the level leaves them out of the log, and the log shows the
+        // `rpc` span (so its `trace_id`) in the lines of the call.
+        Some(tracing) => tracing_subscriber::registry()
+            .with(
+                log_layer(config.log_format, writer).with_filter(filter.or(filter_fn(
+                    |metadata| metadata.is_span() && metadata.name() == "rpc",
+                ))),
+            )
+            .with(tracing.layer())
+            .init(),
     }
     if let Some((directives, error)) = rejected_rust_log {
         warn!(rust_log = %directives, %error, "RUST_LOG is not a valid filter; using LOG_LEVEL");
     }
-    Logging {
+    if let Some(tracing) = &tracing {
+        info!(
+            endpoint = tracing.endpoint(),
+            "exporting traces over OTLP/gRPC"
+        );
+    }
+    Ok(Logging {
+        tracing,
         _writer: guard,
         dropped,
+    })
+}
+
+/// The layer that formats lines (JSON or text) for the writer.
+fn log_layer<S>(format: LogFormat, writer: NonBlocking) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: Subscriber + for<'span> LookupSpan<'span>,
+{
+    let layer = tracing_subscriber::fmt::layer().with_writer(writer);
+    match format {
+        LogFormat::Json => layer
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
+        LogFormat::Text => layer.with_ansi(std::io::stdout().is_terminal()).boxed(),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Per-RPC observation: a tower layer that gives every call a span (method,
-//! peer, request id), catches panics as `INTERNAL`, turns tonic's "message
+//! peer, request id; with tracing on, the client's trace as its parent and
+//! its trace id), catches panics as `INTERNAL`, turns tonic's "message
 //! too large" `OUT_OF_RANGE` into `RESOURCE_EXHAUSTED`, and records the
 //! final code and latency in the metrics and in one log line, whose level
 //! says whether an operator needs it (see [`interest`]): a routine call is
@@ -22,7 +23,7 @@ use tonic::{Code, Status, transport::server::TcpConnectInfo};
 use tower::{Layer, Service};
 use tracing::{Instrument, Span, debug_span, error};
 
-use crate::metrics::Metrics;
+use crate::{metrics::Metrics, telemetry};
 
 /// The metadata key carrying a call's request id, both ways.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -126,7 +127,14 @@ where
             request_id = request_id.to_str().unwrap_or_default(),
             task_id = tracing::field::Empty,
             schedule_id = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
         );
+        // With tracing on, the span joins the client's trace (W3C
+        // `traceparent`), is exported as the call's span, and its
+        // `trace_id` is in the call's lines. Otherwise this is a check.
+        telemetry::join_caller_trace(&span, request.headers(), &method);
         let call = Call {
             method,
             peer,

@@ -39,4 +39,5 @@ mod store_postgres;
 mod task_bench;
 mod taskctl;
 mod taskctl_connection;
+mod tracing;
 mod watch;

@@ -173,6 +173,10 @@ fn spawn_until_serving(
         .env_remove("RUST_LOG")
         .env_remove("LOG_LEVEL")
         .env_remove("LOG_FORMAT")
+        // Nor does it export traces unless a case asks for it.
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .env_remove("OTEL_SDK_DISABLED")
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -224,7 +224,14 @@ async fn measure_store(contender: &Contender, phase: Duration) -> anyhow::Result
 /// The same with `BatchCreateTasks` of [`BATCH_SIZE`] `echo` tasks, at
 /// [`BATCHES_IN_FLIGHT`].
 async fn measure_batches(contender: &Contender, phase: Duration) -> anyhow::Result<StoreFigures> {
-    measure_phase(contender, phase, BATCHES_IN_FLIGHT, create_batch, BATCH_SIZE).await
+    measure_phase(
+        contender,
+        phase,
+        BATCHES_IN_FLIGHT,
+        create_batch,
+        BATCH_SIZE,
+    )
+    .await
 }
 
 async fn create_batch(mut client: TaskServiceClient<Channel>) {
@@ -447,9 +454,11 @@ fn print_report(scale: Scale, rounds: &[Round]) {
     );
     println!("|---|---:|---:|---:|---:|---|");
     for (index, name) in names.iter().enumerate().take(stores) {
-        let created = median(rounds.iter().map(|round| {
-            round.batches[index].create.per_second * BATCH_SIZE as f64
-        }));
+        let created = median(
+            rounds
+                .iter()
+                .map(|round| round.batches[index].create.per_second * BATCH_SIZE as f64),
+        );
         let ratio = median(rounds.iter().map(|round| {
             round.batches[index].create.per_second * BATCH_SIZE as f64
                 / round.stores[index].create.per_second
