@@ -27,10 +27,21 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// The longest request id the RPC layer keeps from a client.
 const MAX_REQUEST_ID_LENGTH: usize = 128;
 
+/// The headers a REST request hands on to its RPC as metadata: the request
+/// id, the W3C trace context, credentials. Nothing else (cookies, hop
+/// headers) becomes metadata.
+const FORWARDED_HEADERS: [&str; 4] = [
+    REQUEST_ID_HEADER,
+    "traceparent",
+    "tracestate",
+    "authorization",
+];
+
 /// The parts of a REST request that its RPC carries on.
 #[derive(Clone, Debug, Default)]
 pub struct CallContext {
-    request_id: Option<HeaderValue>,
+    /// The [`FORWARDED_HEADERS`] the client sent.
+    forwarded: HeaderMap,
     connect_info: Option<TcpConnectInfo>,
 }
 
@@ -38,23 +49,26 @@ impl<S: Send + Sync> FromRequestParts<S> for CallContext {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let mut forwarded = HeaderMap::new();
+        for name in FORWARDED_HEADERS {
+            if let Some(value) = parts.headers.get(name) {
+                forwarded.insert(name, value.clone());
+            }
+        }
         Ok(Self {
-            request_id: parts.headers.get(REQUEST_ID_HEADER).cloned(),
+            forwarded,
             connect_info: parts.extensions.get::<TcpConnectInfo>().cloned(),
         })
     }
 }
 
 impl CallContext {
-    /// The RPC's request: `message`, with the client's request id (the RPC
-    /// layer keeps it when usable, else makes one) and the peer.
+    /// The RPC's request: `message`, with the forwarded headers as
+    /// metadata (the RPC layer keeps the client's request id when usable,
+    /// else makes one) and the peer.
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut headers = HeaderMap::new();
-        if let Some(request_id) = &self.request_id {
-            headers.insert(REQUEST_ID_HEADER, request_id.clone());
-        }
         let mut request = tonic::Request::from_parts(
-            MetadataMap::from_headers(headers),
+            MetadataMap::from_headers(self.forwarded.clone()),
             tonic::Extensions::default(),
             message,
         );
@@ -68,7 +82,7 @@ impl CallContext {
     /// when the RPC layer would keep it (1 to 128 visible characters), or a
     /// new UUID v7 as it makes.
     pub fn request_id_or_new(&self) -> HeaderValue {
-        let usable = self.request_id.as_ref().filter(|value| {
+        let usable = self.forwarded.get(REQUEST_ID_HEADER).filter(|value| {
             !value.is_empty() && value.len() <= MAX_REQUEST_ID_LENGTH && value.to_str().is_ok()
         });
         if let Some(request_id) = usable {

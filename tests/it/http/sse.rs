@@ -21,6 +21,12 @@ struct Event {
     data: String,
 }
 
+/// One block of the stream: an event, or a comment line.
+enum Block {
+    Event(Event),
+    Comment(String),
+}
+
 /// The events of one response body, as they arrive.
 struct Events {
     body: Incoming,
@@ -53,8 +59,21 @@ impl Events {
     /// The next event (comments skipped), or `None` when the stream ends.
     async fn next(&mut self) -> Option<Event> {
         loop {
+            match self.next_block().await? {
+                Block::Event(event) => return Some(event),
+                Block::Comment(_) => continue,
+            }
+        }
+    }
+
+    /// The next event or comment, or `None` when the stream ends.
+    async fn next_block(&mut self) -> Option<Block> {
+        loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
+                if let Some(comment) = block.strip_prefix(':') {
+                    return Some(Block::Comment(comment.trim().to_owned()));
+                }
                 let mut event = Event {
                     name: None,
                     data: String::new(),
@@ -68,11 +87,8 @@ impl Events {
                         event.name = Some(name.to_owned());
                     }
                 }
-                if data_lines == 0 {
-                    continue; // A comment (keep-alive).
-                }
                 assert_eq!(data_lines, 1, "one data line per message: {block:?}");
-                return Some(event);
+                return Some(Block::Event(event));
             }
             let frame = tokio::time::timeout(DEADLINE, self.body.frame())
                 .await
@@ -191,4 +207,32 @@ async fn a_watch_open_at_shutdown_ends_with_an_unavailable_error_event() {
     assert_eq!(body["code"], Code::Unavailable as i32, "{body}");
     assert!(events.next().await.is_none(), "the stream ends after it");
     stopped.await.expect("stopped");
+}
+
+#[tokio::test]
+async fn a_quiet_watch_gets_a_keep_alive_comment_every_15_seconds() {
+    let server = TestServer::start().await;
+    let http = Http::new(server.address);
+    let client = server.client().await;
+    let id = id_of(&http.create(r#"{"name": "quiet", "kind": "gate"}"#).await);
+    wait_for_status(&client, &id, pb::TaskStatus::Running).await;
+    let mut events = Events::open(&http, &id).await;
+    events.next().await.expect("the current state");
+
+    let started = tokio::time::Instant::now();
+    match events.next_block().await.expect("the stream goes on") {
+        Block::Comment(text) => assert_eq!(text, "keep-alive"),
+        Block::Event(event) => panic!("nothing happened, yet {event:?}"),
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_secs(14),
+        "a keep-alive after {waited:?} of quiet, not 15 s"
+    );
+    server.gate.release(1);
+    let tasks = events.tasks_until_the_end().await;
+    assert_eq!(
+        tasks.last().expect("the end")["status"],
+        "TASK_STATUS_COMPLETED"
+    );
 }
