@@ -1,14 +1,15 @@
 //! task-processor: a gRPC service that runs tasks with bounded workers,
 //! timeouts and cancellation, and streams their states to watchers.
 //!
-//! Layers, from the wire down: `server` → `api` → `manager` →
-//! `processor` → `task`. Nothing below `api` knows about protobuf or tonic.
+//! Layers, from the wire down: `server` (and its HTTP `gateway`) → `api` →
+//! `manager` → `processor` → `task`. Nothing below `api` knows about protobuf or tonic.
 
 pub mod admin;
 pub mod api;
 pub mod codec;
 pub mod config;
 pub mod errors;
+pub mod gateway;
 pub mod manager;
 pub mod metrics;
 pub mod pb;

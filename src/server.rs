@@ -1,6 +1,7 @@
 //! The server: `TaskService`, gRPC health and reflection on the gRPC
-//! listener, the admin endpoints on their own, and the order in which
-//! things stop.
+//! listener, with gRPC-Web and the HTTP gateway (REST, `/health`) beside
+//! them on the same port; the admin endpoints on their own; and the order
+//! in which things stop.
 
 mod incoming;
 pub mod rpc_layer;
@@ -9,13 +10,16 @@ use std::{future::Future, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
 use tonic_health::ServingStatus;
+use tower::{Layer, util::BoxCloneSyncService};
 use tracing::{error, info, warn};
 
 use crate::{
     admin,
-    api::TaskApi,
+    api::{TaskApi, proto_json::ProtoJsonError},
     config::Config,
+    gateway::{self, Gateway},
     manager::{FORCED_STOP_AFTER, ManagerHandle, StoreHealth},
     metrics::Metrics,
     pb::{self, task_service_server::TaskServiceServer},
@@ -28,6 +32,13 @@ use rpc_layer::RpcLayer;
 
 /// Room in a request for everything besides `data`.
 const REQUEST_OVERHEAD_BYTES: usize = 1024 * 1024;
+
+/// How much larger than its protobuf encoding a request's JSON may be: a
+/// REST body may take this many times the gRPC request limit, and the
+/// request it becomes is held to that limit. (`data` as JSON text is
+/// larger than encoded: a `\u0000` is six bytes for one, a field name is
+/// spelt out.)
+const JSON_BODY_EXPANSION: usize = 4;
 
 /// How long open connections (a health Watch, say) may delay the exit once
 /// everything of ours has stopped.
@@ -100,6 +111,8 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error("the reflection service could not be built")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("the HTTP gateway could not be built")]
+    Gateway(#[from] ProtoJsonError),
     #[error("the gRPC server task panicked or was cancelled")]
     Join(#[from] tokio::task::JoinError),
     #[error("the task manager stopped unexpectedly")]
@@ -197,21 +210,39 @@ pub async fn run_with(
         config.limits(),
         watches_end.clone(),
     );
-    let task_service = TaskServiceServer::new(api)
-        .max_decoding_message_size(config.max_data_bytes + REQUEST_OVERHEAD_BYTES);
+    let request_limit = config.max_data_bytes + REQUEST_OVERHEAD_BYTES;
+    let task_service = TaskServiceServer::new(api).max_decoding_message_size(request_limit);
+
+    // Every call, gRPC, gRPC-Web or REST, passes the RPC layer once: gRPC
+    // and gRPC-Web (translated to gRPC first) on their way to tonic's
+    // routes, REST inside the gateway, which calls the task service behind
+    // the same layer in process.
+    let rpc_layer = RpcLayer::new(metrics.clone());
+    let grpc_routes = Routes::new(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(task_service.clone())
+        .prepare();
+    let grpc = tonic_web::GrpcWebLayer::new().layer(rpc_layer.layer(grpc_routes));
+    let gateway = Gateway::new(
+        BoxCloneSyncService::new(rpc_layer.layer(task_service)),
+        BoxCloneSyncService::new(grpc),
+        draining.clone(),
+        JSON_BODY_EXPANSION * request_limit,
+    )?;
+    let port = gateway::router(gateway, &config.cors_origins);
 
     let grpc_address = address_of(&listeners.grpc);
     let stop_serving = CancellationToken::new();
-    let router = tonic::transport::Server::builder()
+    // HTTP/1.1 too, for curl, browsers and gRPC-Web; HTTP/2 connections
+    // keep every bound below.
+    let server = tonic::transport::Server::builder()
+        .accept_http1(true)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
-        .layer(RpcLayer::new(metrics.clone()))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(task_service);
-    let mut serving = tokio::spawn(router.serve_with_incoming_shutdown(
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT));
+    let mut serving = tokio::spawn(server.serve_with_incoming_shutdown(
+        port,
         Incoming::new(listeners.grpc, metrics.clone()),
         stop_serving.clone().cancelled_owned(),
     ));

@@ -5,6 +5,7 @@ mod convert;
 pub mod error;
 pub mod json;
 pub mod page_token;
+pub mod proto_json;
 mod schedules;
 pub mod validate;
 

@@ -125,6 +125,13 @@ pub struct Flags {
     #[arg(long, value_name = "DURATION")]
     pub lease: Option<String>,
 
+    /// A browser origin (https://host[:port]) whose pages may call the REST
+    /// routes and gRPC-Web; repeat the flag or separate origins with commas;
+    /// none means no CORS at all
+    /// [env: TASK_PROCESSOR_CORS_ORIGINS] [default: none]
+    #[arg(long = "cors-origin", value_name = "ORIGIN", action = clap::ArgAction::Append)]
+    pub cors_origins: Vec<String>,
+
     /// error, warn, info, debug or trace; RUST_LOG, when set, overrides it
     /// [env: LOG_LEVEL] [default: info]
     #[arg(long, value_name = "LEVEL")]
@@ -172,9 +179,14 @@ impl Flags {
             ("log_level", &self.log_level, "--log-level"),
             ("log_format", &self.log_format, "--log-format"),
         ];
-        flags
+        let mut values: Vec<_> = flags
             .into_iter()
             .filter_map(|(key, value, flag)| value.clone().map(|value| (key, value, flag)))
-            .collect()
+            .collect();
+        // Repeated flags are one list, as a comma list is.
+        if !self.cors_origins.is_empty() {
+            values.push(("cors_origins", self.cors_origins.join(","), "--cors-origin"));
+        }
+        values
     }
 }

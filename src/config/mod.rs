@@ -113,6 +113,11 @@ pub const SETTINGS: &[Setting] = &[
     setting("kinds", "TASK_PROCESSOR_KINDS", "--kinds"),
     setting("store", "TASK_PROCESSOR_STORE", "--store"),
     setting("lease", "TASK_PROCESSOR_LEASE", "--lease"),
+    setting(
+        "cors_origins",
+        "TASK_PROCESSOR_CORS_ORIGINS",
+        "--cors-origin",
+    ),
     setting("log_level", "LOG_LEVEL", "--log-level"),
     setting("log_format", "LOG_FORMAT", "--log-format"),
 ];
@@ -218,6 +223,10 @@ pub struct Config {
     /// renewed.
     #[serde(serialize_with = "parse::serialize_duration")]
     pub lease: Duration,
+    /// The browser origins (`https://host[:port]`) whose pages may call the
+    /// REST routes and gRPC-Web of the gRPC port; none by default, so no
+    /// page of another origin can.
+    pub cors_origins: Vec<String>,
     pub log_level: String,
     pub log_format: LogFormat,
 }
@@ -246,6 +255,7 @@ impl Default for Config {
             kinds: Kinds::new(),
             store: StoreUrl::Sqlite(DEFAULT_SQLITE_PATH.into()),
             lease: Duration::from_secs(30),
+            cors_origins: Vec::new(),
             log_level: "info".into(),
             log_format: LogFormat::Json,
         }
@@ -343,6 +353,8 @@ impl Config {
         let (kinds, _) = layers.resolve("kinds", kinds::parse, defaults.kinds)?;
         let (store, _) = layers.resolve("store", parse::store, defaults.store)?;
         let (lease, lease_source) = layers.resolve("lease", duration, defaults.lease)?;
+        let (cors_origins, _) =
+            layers.resolve("cors_origins", parse::origins, defaults.cors_origins)?;
         let (log_level, _) = layers.resolve("log_level", log_level, defaults.log_level)?;
         let (log_format, _) = layers.resolve("log_format", log_format, defaults.log_format)?;
 
@@ -410,6 +422,7 @@ impl Config {
             kinds,
             store,
             lease,
+            cors_origins,
             log_level,
             log_format,
         })
@@ -502,6 +515,11 @@ fn read_file(path: &Path) -> Result<Vec<(&'static str, String)>, ConfigError> {
             yaml_serde::Value::Null => continue,
             // The one setting whose value is a mapping.
             yaml_serde::Value::Mapping(_) if setting.key == "kinds" => kinds::to_text(&value),
+            // The one whose value may be a list: as JSON, which
+            // `parse::origins` reads back as a list.
+            yaml_serde::Value::Sequence(_) if setting.key == "cors_origins" => {
+                serde_json::to_string(&value).unwrap_or_default()
+            }
             yaml_serde::Value::Bool(flag) => flag.to_string(),
             yaml_serde::Value::Number(number) => number.to_string(),
             yaml_serde::Value::String(text) => text,

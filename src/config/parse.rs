@@ -139,6 +139,53 @@ pub fn store(text: &str) -> Result<StoreUrl, String> {
     text.parse()
 }
 
+/// Browser origins for CORS: a comma-separated list, or a YAML or JSON list
+/// (as the file gives it); `none` (or nothing, or `[]`) is none. Each is
+/// what a browser sends in `Origin`: `http` or `https`, a host, maybe a
+/// port, and nothing else.
+pub fn origins(text: &str) -> Result<Vec<String>, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(Vec::new());
+    }
+    let items: Vec<String> = if text.starts_with('[') {
+        yaml_serde::from_str(text)
+            .map_err(|error| format!("{text:?} is not a list of origins: {error}"))?
+    } else {
+        text.split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    items.iter().map(|item| origin(item.trim())).collect()
+}
+
+fn origin(text: &str) -> Result<String, String> {
+    if text == "*" {
+        return Err(
+            "\"*\" is not accepted: list the origins whose pages may call the server".into(),
+        );
+    }
+    let refused = || {
+        format!(
+            "{text:?} is not an origin: write the scheme, host and port only, as a browser \
+             sends it, e.g. https://tasks.example.com or http://localhost:8080"
+        )
+    };
+    let uri: http::Uri = text.parse().map_err(|_| refused())?;
+    let scheme_is_web = matches!(uri.scheme_str(), Some("http" | "https"));
+    let host_only = uri
+        .authority()
+        .is_some_and(|authority| !authority.as_str().contains('@') && !authority.host().is_empty());
+    let no_path = uri.path() == "/" && uri.query().is_none() && !text.ends_with('/');
+    if !(scheme_is_web && host_only && no_path) {
+        return Err(refused());
+    }
+    // Browsers send scheme and host in lower case.
+    Ok(text.to_ascii_lowercase())
+}
+
 /// Values that print themselves safely (a store URL hides its password).
 pub fn serialize_display<T: std::fmt::Display, S: Serializer>(
     value: &T,

@@ -159,6 +159,10 @@ fn every_setting_is_read_from_its_environment_variable() {
         ),
         ("TASK_PROCESSOR_STORE", "postgres://app:secret@db/tasks"),
         ("TASK_PROCESSOR_LEASE", "13s"),
+        (
+            "TASK_PROCESSOR_CORS_ORIGINS",
+            "https://tasks.example.com, http://localhost:8080",
+        ),
         ("LOG_LEVEL", "DEBUG"),
         ("LOG_FORMAT", "text"),
     ];
@@ -189,6 +193,10 @@ fn every_setting_is_read_from_its_environment_variable() {
         StoreUrl::Postgres("postgres://app:secret@db/tasks".into())
     );
     assert_eq!(config.lease, Duration::from_secs(13));
+    assert_eq!(
+        config.cors_origins,
+        ["https://tasks.example.com", "http://localhost:8080"]
+    );
     assert_eq!(
         (config.log_level.as_str(), config.log_format),
         ("debug", LogFormat::Text)
@@ -430,4 +438,57 @@ fn the_example_file_documents_every_key_and_loads() {
         );
     }
     load(&["--config", example], &[]).expect("the example is valid");
+}
+
+#[test]
+fn cors_origins_come_as_repeated_flags_comma_lists_or_yaml_lists() {
+    assert!(load(&[], &[]).expect("valid").cors_origins.is_empty());
+    let config = load(
+        &[
+            "--cors-origin",
+            "https://A.example.com",
+            "--cors-origin",
+            "http://localhost:8080,http://[::1]:3000",
+        ],
+        &[],
+    )
+    .expect("valid");
+    assert_eq!(
+        config.cors_origins,
+        [
+            "https://a.example.com",
+            "http://localhost:8080",
+            "http://[::1]:3000"
+        ]
+    );
+    let file = yaml_file("cors_origins:\n  - https://tasks.example.com\n");
+    let path = file.path().to_str().expect("utf-8 path");
+    let config = load(&["--config", path], &[]).expect("a YAML list");
+    assert_eq!(config.cors_origins, ["https://tasks.example.com"]);
+    let yaml = config.to_yaml();
+    let printed = yaml_file(&yaml);
+    let path = printed.path().to_str().expect("utf-8 path");
+    let again = load(&["--config", path], &[]).expect("prints as it loads");
+    assert_eq!(again.cors_origins, config.cors_origins);
+    for none in ["none", "[]", ""] {
+        let config = load(&["--cors-origin", none], &[]).expect(none);
+        assert!(config.cors_origins.is_empty(), "{none}");
+    }
+
+    for refused in [
+        "*",
+        "tasks.example.com",
+        "https://tasks.example.com/",
+        "https://tasks.example.com/app",
+        "ftp://tasks.example.com",
+        "https://user@tasks.example.com",
+        "https://tasks.example.com?x=1",
+    ] {
+        let error = load(&["--cors-origin", refused], &[]).expect_err(refused);
+        let message = error.to_string();
+        assert!(
+            message.contains("cors_origins") && message.contains("--cors-origin"),
+            "{refused}: {message}"
+        );
+    }
 }

@@ -12,13 +12,14 @@ use std::{
 const FORBIDDEN: &[(&str, &[&str])] = &[
     (
         "manager",
-        &["api", "server", "config", "telemetry", "admin"],
+        &["api", "server", "gateway", "config", "telemetry", "admin"],
     ),
     (
         "store",
         &[
             "api",
             "server",
+            "gateway",
             "config",
             "telemetry",
             "admin",
@@ -31,6 +32,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         &[
             "api",
             "server",
+            "gateway",
             "config",
             "telemetry",
             "admin",
@@ -43,6 +45,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         &[
             "api",
             "server",
+            "gateway",
             "config",
             "telemetry",
             "admin",
@@ -59,6 +62,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         &[
             "api",
             "server",
+            "gateway",
             "config",
             "telemetry",
             "admin",
@@ -76,6 +80,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         &[
             "api",
             "server",
+            "gateway",
             "config",
             "telemetry",
             "admin",
@@ -88,6 +93,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         &[
             "api",
             "server",
+            "gateway",
             "config",
             "telemetry",
             "admin",

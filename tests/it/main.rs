@@ -18,6 +18,7 @@ mod disk_full;
 mod docs;
 mod durability;
 mod edge;
+mod http;
 mod kinds;
 mod lifecycle;
 mod list;
