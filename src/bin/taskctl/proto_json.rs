@@ -59,17 +59,12 @@ impl ProtoJson {
         text: &str,
         full_name: &str,
     ) -> Result<M, String> {
-        let descriptor = self
-            .inner
-            .descriptor(full_name)
-            .map_err(|error| error.to_string())?;
-        let mut deserializer = serde_json::Deserializer::from_str(text);
-        let message = prost_reflect::DynamicMessage::deserialize(descriptor, &mut deserializer)
-            .and_then(|message| deserializer.end().map(|()| message))
-            .map_err(|error| at_column(&error))?;
-        message
-            .transcode_to()
-            .map_err(|error| format!("{full_name}: {error}"))
+        self.inner
+            .from_json(text.as_bytes(), full_name)
+            .map_err(|error| match error {
+                ProtoJsonError::Parse { reason, .. } => at_column(&reason),
+                other => other.to_string(),
+            })
     }
 
     /// The same value as [`Self::to_json`], as YAML (ending in a newline).
@@ -88,12 +83,13 @@ fn render_error(error: ProtoJsonError) -> CliError {
 
 /// serde_json's error with its place as a column: the text read is one
 /// line, so its "at line 1 column 9" would mislead next to a file's line.
-fn at_column(error: &serde_json::Error) -> String {
-    let text = error.to_string();
-    let place = format!(" at line {} column {}", error.line(), error.column());
-    match text.strip_suffix(&place) {
-        Some(problem) => format!("{problem} (column {})", error.column()),
-        None => text,
+fn at_column(reason: &str) -> String {
+    let Some((problem, place)) = reason.rsplit_once(" at line ") else {
+        return reason.to_owned();
+    };
+    match place.split_once(" column ") {
+        Some((_, column)) => format!("{problem} (column {column})"),
+        None => reason.to_owned(),
     }
 }
 
