@@ -34,7 +34,9 @@ use crate::{
     schedule::ScheduleId,
     store::{
         BatchOutcome, PostgresStore, StoreError,
-        postgres::{Cancelled, Change, ChangeFeed, Claimed, Deleted, FeedEvent, KindRoom},
+        postgres::{
+            Cancelled, Change, ChangeFeed, ClaimRequest, Claimed, Deleted, FeedEvent, KindRoom,
+        },
         within,
     },
     task::{NewTask, Task, TaskId, TaskStatus},
@@ -117,6 +119,10 @@ pub(in crate::manager) struct Cluster {
     feed: mpsc::Receiver<FeedEvent>,
     /// Work may be waiting: claim when a slot is free.
     pub(super) claim_wanted: bool,
+    /// The next claim also takes over runs whose lease ran out: set at
+    /// start and on every housekeeping tick, since that walk costs more
+    /// than a claim of ready tasks.
+    take_over_wanted: bool,
     claiming: bool,
     renewing: bool,
     expiring: bool,
@@ -157,6 +163,7 @@ impl Cluster {
             calls: JoinSet::new(),
             feed,
             claim_wanted: true,
+            take_over_wanted: true,
             claiming: false,
             renewing: false,
             expiring: false,
@@ -285,13 +292,18 @@ impl Manager<Cluster> {
         let cluster = &mut self.shape;
         cluster.claim_wanted = false;
         cluster.claiming = true;
+        let take_over = std::mem::take(&mut cluster.take_over_wanted);
         let store = cluster.store.clone();
         cluster.calls.spawn(async move {
-            let result = within(
-                STORE_CALL_TIMEOUT,
-                store.claim_due(&node, free, lease, &rooms, SystemTime::now()),
-            )
-            .await;
+            let request = ClaimRequest {
+                node: &node,
+                limit: free,
+                lease,
+                rooms: &rooms,
+                now: SystemTime::now(),
+                take_over,
+            };
+            let result = within(STORE_CALL_TIMEOUT, store.claim_due(request)).await;
             ClusterEvent::Claimed {
                 limit: free,
                 result,
@@ -312,6 +324,7 @@ impl Manager<Cluster> {
         // Lease expiries of dead replicas and missed notifications are
         // found by trying now and then.
         cluster.claim_wanted = true;
+        cluster.take_over_wanted = true;
         let store = cluster.store.clone();
         cluster.calls.spawn(async move {
             let counts =

@@ -35,49 +35,75 @@ pub struct KindRoom {
     pub room: usize,
 }
 
+/// What one claim asks the table for.
+#[derive(Clone, Copy, Debug)]
+pub struct ClaimRequest<'a> {
+    /// The claiming replica: the tasks' new `node`.
+    pub node: &'a str,
+    /// How many tasks at most, whatever their kind.
+    pub limit: usize,
+    /// How long the claimed runs' leases last before they must be renewed.
+    pub lease: Duration,
+    /// The kinds this replica may take now, each with its room.
+    pub rooms: &'a [KindRoom],
+    /// The caller's clock, the one its timer uses: delayed tasks due by
+    /// then are made ready.
+    pub now: SystemTime,
+    /// Also take over running tasks whose lease ran out (their replica
+    /// died) or that never had one. That walk passes every row that ran
+    /// since the table was last vacuumed, as a bitmap scan would at every
+    /// claim; so the actor asks for it once per housekeeping tick, not at
+    /// every claim.
+    pub take_over: bool,
+}
+
 impl PostgresStore {
-    /// Takes up to `limit` tasks for `node`: ready ones (pending or
-    /// retrying, whose `run_after` or back-off has passed), highest priority
-    /// first, then FIFO, and running ones whose lease ran out (their replica
-    /// died) or that never had one (stored running by an insert, so no
-    /// replica renews it), which count one more run cut short. Each becomes
-    /// running with the next attempt and a lease of `lease`, and is
-    /// announced. Also says when the next delayed task becomes due, so the
-    /// caller can claim again then.
+    /// Takes up to `request.limit` tasks for `request.node`: ready ones
+    /// (pending or retrying, whose `run_after` or back-off has passed),
+    /// highest priority first, then FIFO, and, with `take_over`, running
+    /// ones whose lease ran out (their replica died) or that never had one
+    /// (stored running by an insert, so no replica renews it), which count
+    /// one more run cut short. Each becomes running with the next attempt
+    /// and a lease of `lease`, and is announced. Also says when the next
+    /// delayed task becomes due, so the caller can claim again then.
     ///
     /// Delayed tasks wait outside the ready index: first, those whose time
-    /// has come by `now` (the caller's clock, the one its timer uses) are
-    /// made ready, so thousands of delayed tasks cost an index range, not a
-    /// scan. `SKIP LOCKED` lets replicas claim at once without waiting on
-    /// each other or taking the same task twice. Only tasks of the kinds in
-    /// `rooms` are taken, at most each kind's room: a replica leaves alone
-    /// what it cannot run (a kind that only newer replicas know, during a
-    /// rolling update), and keeps each kind within its own limit.
-    pub async fn claim_due(
-        &self,
-        node: &str,
-        limit: usize,
-        lease: Duration,
-        rooms: &[KindRoom],
-        now: SystemTime,
-    ) -> Result<Claimed, StoreError> {
+    /// has come by `now` are made ready, so thousands of delayed tasks cost
+    /// an index range, not a scan. `SKIP LOCKED` lets replicas claim at once
+    /// without waiting on each other or taking the same task twice. Only
+    /// tasks of the kinds in `rooms` are taken, at most each kind's room: a
+    /// replica leaves alone what it cannot run (a kind that only newer
+    /// replicas know, during a rolling update), and keeps each kind within
+    /// its own limit.
+    pub async fn claim_due(&self, request: ClaimRequest<'_>) -> Result<Claimed, StoreError> {
+        let ClaimRequest {
+            node,
+            limit,
+            lease,
+            rooms,
+            now,
+            take_over,
+        } = request;
         let mut transaction = self.pool.begin().await?;
-        sqlx::query(
-            "UPDATE tasks SET due_at = NULL WHERE id IN ( \
-                 SELECT id FROM tasks \
-                 WHERE status IN ('pending', 'retrying') AND due_at IS NOT NULL \
-                     AND due_at <= $1 \
-                 ORDER BY due_at LIMIT $2 \
-                 FOR UPDATE SKIP LOCKED)",
+        // One round trip: what is due becomes ready, and what is not yet
+        // due says when to look again. The statement's snapshot still shows
+        // the rows it makes ready as delayed, hence `due_at > $1`; a full
+        // chunk means more may be due at once.
+        let next_due: Option<i64> = sqlx::query_scalar(
+            "WITH made_ready AS ( \
+                 UPDATE tasks SET due_at = NULL WHERE id IN ( \
+                     SELECT id FROM tasks \
+                     WHERE status IN ('pending', 'retrying') AND due_at IS NOT NULL \
+                         AND due_at <= $1 \
+                     ORDER BY due_at LIMIT $2 \
+                     FOR UPDATE SKIP LOCKED) \
+                 RETURNING id) \
+             SELECT CASE WHEN (SELECT count(*) FROM made_ready) >= $2 THEN $1 \
+                 ELSE (SELECT min(due_at) FROM tasks \
+                       WHERE status IN ('pending', 'retrying') AND due_at > $1) END",
         )
         .bind(micros(now))
         .bind(DUE_CHUNK)
-        .execute(&mut *transaction)
-        .await?;
-        let next_due: Option<i64> = sqlx::query_scalar(
-            "SELECT min(due_at) FROM tasks \
-             WHERE status IN ('pending', 'retrying') AND due_at IS NOT NULL",
-        )
         .fetch_one(&mut *transaction)
         .await?;
         let next_due = next_due.map(from_micros);
@@ -93,23 +119,31 @@ impl PostgresStore {
             .iter()
             .map(|room| i64::try_from(room.room.min(limit)).unwrap_or(i64::MAX))
             .collect();
-        // For each kind, its expired and its ready tasks are looked up
-        // apart, each through its partial index, at most its room of each;
-        // then the best of each kind up to its room, and the best of all up
-        // to `limit`. One filter over both statuses would walk the primary
-        // key past every finished task. Rows locked but not taken are let
-        // go at commit, untouched. One start time for the whole claim, so
-        // start times never contradict the order.
+        // The ready tasks of each kind are looked up apart, through the
+        // partial index `tasks_ready`, at most its room of each; expired
+        // ones (only with `take_over`, `$6`: a false one-time filter skips
+        // those scans) through `tasks_running_lease`, in lease order, and
+        // the never-leased by their NULL lease. Then the best of each kind
+        // up to its room, and the best of all up to `limit`. One filter over
+        // both statuses would walk the primary key past every finished
+        // task. Rows locked but not taken are let go at commit, untouched.
+        // One start time for the whole claim, so start times never
+        // contradict the order.
         let rows: Vec<TaskRow> = sqlx::query_as(concat!(
             "WITH rooms AS (SELECT * FROM UNNEST($4::text[], $5::bigint[]) AS rooms(kind, room)), \
-             expired AS MATERIALIZED ( \
-                 SELECT found.* FROM rooms CROSS JOIN LATERAL ( \
-                     SELECT id, priority, kind FROM tasks \
-                     WHERE status = 'running' \
-                         AND (lease_until IS NULL OR lease_until < clock_timestamp()) \
-                         AND kind = rooms.kind \
-                     ORDER BY id LIMIT rooms.room \
-                     FOR UPDATE SKIP LOCKED) AS found \
+             lease_ran_out AS MATERIALIZED ( \
+                 SELECT id, priority, kind FROM tasks \
+                 WHERE $6 AND status = 'running' AND lease_until < clock_timestamp() \
+                     AND kind = ANY($4) \
+                 ORDER BY lease_until LIMIT $2 \
+                 FOR UPDATE SKIP LOCKED \
+             ), \
+             never_leased AS MATERIALIZED ( \
+                 SELECT id, priority, kind FROM tasks \
+                 WHERE $6 AND status = 'running' AND lease_until IS NULL \
+                     AND kind = ANY($4) \
+                 ORDER BY id LIMIT $2 \
+                 FOR UPDATE SKIP LOCKED \
              ), \
              ready AS MATERIALIZED ( \
                  SELECT found.* FROM rooms CROSS JOIN LATERAL ( \
@@ -122,7 +156,8 @@ impl PostgresStore {
              ranked AS ( \
                  SELECT id, priority, kind, \
                      row_number() OVER (PARTITION BY kind ORDER BY priority DESC, id) AS place \
-                 FROM (SELECT * FROM expired UNION ALL SELECT * FROM ready) AS both_kinds \
+                 FROM (SELECT * FROM lease_ran_out UNION ALL SELECT * FROM never_leased \
+                       UNION ALL SELECT * FROM ready) AS every_kind \
              ), \
              candidates AS ( \
                  SELECT ranked.id FROM ranked JOIN rooms ON rooms.kind = ranked.kind \
@@ -149,6 +184,7 @@ impl PostgresStore {
         .bind(duration_micros(lease))
         .bind(kinds)
         .bind(room_counts)
+        .bind(take_over)
         .fetch_all(&mut *transaction)
         .await?;
         let mut tasks = rows
@@ -167,8 +203,9 @@ impl PostgresStore {
     }
 
     /// [`PostgresStore::claim_due`] at this moment, of `kinds` (`None`:
-    /// of every kind that has waiting tasks), without limits by kind and
-    /// without the next due time: the tasks claimed.
+    /// of every kind that has waiting tasks), taking over expired runs too,
+    /// without limits by kind and without the next due time: the tasks
+    /// claimed.
     pub async fn claim(
         &self,
         node: &str,
@@ -192,7 +229,14 @@ impl PostgresStore {
             .map(|kind| KindRoom { kind, room: limit })
             .collect();
         let claimed = self
-            .claim_due(node, limit, lease, &rooms, SystemTime::now())
+            .claim_due(ClaimRequest {
+                node,
+                limit,
+                lease,
+                rooms: &rooms,
+                now: SystemTime::now(),
+                take_over: true,
+            })
             .await?;
         Ok(claimed.tasks)
     }

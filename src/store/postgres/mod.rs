@@ -33,7 +33,7 @@ mod feed;
 mod schedules;
 mod writes;
 
-pub use claims::{Claimed, KindRoom};
+pub use claims::{ClaimRequest, Claimed, KindRoom};
 
 pub use feed::ChangeFeed;
 use feed::{WORK_WAITING, change_payload, notify};

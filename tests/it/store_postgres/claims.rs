@@ -311,3 +311,38 @@ async fn retention_deletes_old_and_excess_finished_tasks_only() {
     assert_eq!(finished_left, newest);
     assert_eq!(store.count_pending().await.expect("count"), 1);
 }
+
+/// The walk over expired leases passes every row that ran since the last
+/// vacuum, so only claims that ask for a take-over make it; an ordinary
+/// claim takes ready tasks and leaves an expired run for the next one that
+/// does, which then takes it before younger ready tasks (FIFO).
+#[tokio::test]
+async fn only_a_claim_that_takes_over_takes_an_expired_run() {
+    let (_schema, store) = store_or_skip!("only_a_claim_that_takes_over_takes_an_expired_run");
+    let expired = task("expired");
+    insert(&store, std::slice::from_ref(&expired)).await;
+    let first = store
+        .claim("gone", 1, Duration::ZERO, None)
+        .await
+        .expect("claim");
+    assert_eq!(ids(&first), [expired.id]);
+    let ready = task("ready");
+    insert(&store, std::slice::from_ref(&ready)).await;
+    let rooms = [KindRoom {
+        kind: "echo".to_owned(),
+        room: 10,
+    }];
+    let claim = |take_over| ClaimRequest {
+        node: "n2",
+        limit: 10,
+        lease: HOUR,
+        rooms: &rooms,
+        now: SystemTime::now(),
+        take_over,
+    };
+    let ordinary = store.claim_due(claim(false)).await.expect("claim");
+    assert_eq!(ids(&ordinary.tasks), [ready.id]);
+    let taking_over = store.claim_due(claim(true)).await.expect("claim");
+    assert_eq!(ids(&taking_over.tasks), [expired.id]);
+    assert_eq!(taking_over.tasks[0].attempt, 2);
+}

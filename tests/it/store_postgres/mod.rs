@@ -16,7 +16,9 @@ use sqlx::{PgPool, postgres::PgPoolOptions};
 use task_processor::{
     store::{
         ListPage, ListQuery, PostgresStore, StoreError,
-        postgres::{Batch, Cancelled, Change, ChangeFeed, FeedEvent, Inserted},
+        postgres::{
+            Batch, Cancelled, Change, ChangeFeed, ClaimRequest, FeedEvent, Inserted, KindRoom,
+        },
     },
     task::{Failure, NewTask, Progress, Task, TaskEvent, TaskId, TaskStatus},
 };
