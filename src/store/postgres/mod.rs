@@ -484,11 +484,15 @@ impl PostgresStore {
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
-    /// How many tasks wait to be claimed, by any replica.
+    /// How many tasks wait to be claimed, by any replica: the ready ones
+    /// and the delayed ones, each counted through its own partial index.
     pub async fn count_pending(&self) -> Result<u64, StoreError> {
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks WHERE status = 'pending'")
-            .fetch_one(&self.pool)
-            .await?;
+        let count: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM tasks WHERE status = 'pending' AND due_at IS NULL) \
+                 + (SELECT count(*) FROM tasks WHERE status = 'pending' AND due_at IS NOT NULL)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
