@@ -26,3 +26,16 @@ CREATE INDEX tasks_lease_expiry ON tasks (lease_until)
 -- Running rows that never had a lease (stored running by an insert).
 CREATE INDEX tasks_never_leased ON tasks (id)
     WHERE status = 'running' AND lease_until IS NULL;
+
+-- A queue table churns: every task leaves two or three dead row versions
+-- and their index entries, which claims walk past until a vacuum removes
+-- them. By default autovacuum waits for 20 % of the table to be dead, which
+-- for a table keeping a million finished tasks is 600 000 versions; here it
+-- vacuums after 10 000 whatever the size (it still looks at most once per
+-- autovacuum_naptime), and analyzes as often, so plans see today's rows.
+ALTER TABLE tasks SET (
+    autovacuum_vacuum_scale_factor = 0,
+    autovacuum_vacuum_threshold = 10000,
+    autovacuum_analyze_scale_factor = 0,
+    autovacuum_analyze_threshold = 10000
+);
