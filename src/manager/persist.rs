@@ -22,7 +22,7 @@ use super::{ManagerError, Reply, StoreHealth};
 use crate::{
     metrics::Metrics,
     schedule::{Schedule, ScheduleId},
-    store::{Batch, BatchOutcome, StoreError, TaskStore, within},
+    store::{Batch, BatchOutcome, ClaimAsk, StoreError, TaskStore, within},
     task::{Task, TaskId},
 };
 
@@ -94,6 +94,9 @@ pub(super) struct Pending {
     pub replies: Vec<Deferred>,
     /// Nothing to write: check that the store takes writes (or answers).
     pub probe: bool,
+    /// A claim to make in the same transaction (PostgreSQL), attached just
+    /// before the batch is committed; never tried again with a failed one.
+    pub claim: Option<ClaimAsk>,
 }
 
 impl Pending {
@@ -121,6 +124,7 @@ impl Pending {
             changes: self.changes.clone(),
             schedule_upserts: self.schedule_upserts.values().cloned().collect(),
             schedule_deletes: self.schedule_deletes.iter().copied().collect(),
+            claim: self.claim.clone(),
         }
     }
 
@@ -341,6 +345,14 @@ impl Persister {
 
     pub fn is_committing(&self) -> bool {
         self.in_flight.is_some()
+    }
+
+    /// The batch the next [`Persister::flush`] commits, if it commits one
+    /// with task writes now (no commit in flight, no back-off after a
+    /// failure): the moment to attach a claim to it.
+    pub fn batch_about_to_commit(&mut self) -> Option<&mut Pending> {
+        let writes_tasks = !(self.next.inserts.is_empty() && self.next.updates.is_empty());
+        (self.in_flight.is_none() && self.failures == 0 && writes_tasks).then_some(&mut self.next)
     }
 
     /// Writes not yet durable (in flight or gathering).

@@ -11,7 +11,10 @@ use std::{fmt, sync::Arc, time::Duration};
 
 use futures_util::future::BoxFuture;
 
-use super::StoreError;
+use super::{
+    StoreError,
+    postgres::{Claimed, KindRoom},
+};
 use crate::{
     schedule::{Schedule, ScheduleId},
     task::{Task, TaskId},
@@ -38,6 +41,22 @@ pub struct Batch {
     pub schedule_upserts: Vec<Arc<Schedule>>,
     /// Schedules to forget, after the upserts (a schedule in both is gone).
     pub schedule_deletes: Vec<ScheduleId>,
+    /// A claim to make in the same transaction, after the writes: the
+    /// slots this batch frees (runs it ends) are filled at once, and tasks
+    /// it inserts can be taken straight away, one transaction instead of
+    /// two. Only PostgreSQL claims; the other stores never get one.
+    pub claim: Option<ClaimAsk>,
+}
+
+/// What a claim that rides on a commit asks for (see
+/// [`crate::store::postgres::ClaimRequest`]; the claiming replica is the
+/// commit's origin, and the time the commit's).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClaimAsk {
+    pub limit: usize,
+    pub lease: Duration,
+    pub rooms: Vec<KindRoom>,
+    pub take_over: bool,
 }
 
 impl Batch {
@@ -83,6 +102,8 @@ pub struct BatchOutcome {
     /// (PostgreSQL: cancelled elsewhere, or taken over after its lease ran
     /// out).
     pub updated: Vec<bool>,
+    /// What the batch's claim took, when it had one.
+    pub claimed: Option<Claimed>,
 }
 
 impl BatchOutcome {
@@ -91,6 +112,7 @@ impl BatchOutcome {
         Self {
             inserted: vec![Inserted::New; batch.inserts.len()],
             updated: vec![true; batch.updates.len()],
+            claimed: None,
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::{
     task::{Task, TaskId, TaskStatus},
 };
 
-pub use batch::{Batch, BatchOutcome, Inserted, MemoryStore, TaskStore};
+pub use batch::{Batch, BatchOutcome, ClaimAsk, Inserted, MemoryStore, TaskStore};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 

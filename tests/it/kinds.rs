@@ -60,6 +60,39 @@ async fn a_kind_never_runs_more_tasks_than_its_own_limit_while_others_start() {
     assert_eq!(server.gate.most_running(), 2, "the kind's limit held");
 }
 
+/// The global limit holds as slots free one run at a time: each end frees
+/// one slot and exactly one waiting task takes it. (On PostgreSQL the claim
+/// rides on the commit that ends the run, or inserts the tasks, and must
+/// count only the slots that commit frees.)
+async fn runs_never_exceed_max_concurrent_as_slots_free_one_at_a_time() {
+    let server = TestServer::start_with(Config {
+        max_concurrent: 3,
+        ..test_config()
+    })
+    .await;
+    let mut client = server.client().await;
+    let mut gated = Vec::new();
+    for index in 0..7 {
+        gated.push(create(&mut client, &format!("gate {index}"), "gate", None).await);
+    }
+    for released in 1..=gated.len() {
+        server.gate.release(1);
+        eventually("the released run ended", || {
+            let mut client = client.clone();
+            async move {
+                let completed = list_all(&mut client)
+                    .await
+                    .iter()
+                    .filter(|task| status_of(task) == pb::TaskStatus::Completed)
+                    .count();
+                (completed >= released).then_some(())
+            }
+        })
+        .await;
+    }
+    assert_eq!(server.gate.most_running(), 3, "max_concurrent held");
+}
+
 async fn a_kind_without_a_policy_of_its_own_request_gets_the_kinds_default() {
     let server = TestServer::start_with(Config {
         kinds: BTreeMap::from([(
@@ -96,5 +129,6 @@ async fn a_kind_without_a_policy_of_its_own_request_gets_the_kinds_default() {
 
 contract_tests!(
     a_kind_never_runs_more_tasks_than_its_own_limit_while_others_start,
+    runs_never_exceed_max_concurrent_as_slots_free_one_at_a_time,
     a_kind_without_a_policy_of_its_own_request_gets_the_kinds_default,
 );

@@ -7,7 +7,7 @@
 //! store call runs in a spawned task whose result comes back as an event.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -33,7 +33,7 @@ use crate::{
     },
     schedule::ScheduleId,
     store::{
-        BatchOutcome, PostgresStore, StoreError,
+        BatchOutcome, ClaimAsk, PostgresStore, StoreError,
         postgres::{
             Cancelled, Change, ChangeFeed, ClaimRequest, Claimed, Deleted, FeedEvent, KindRoom,
         },
@@ -258,19 +258,45 @@ impl Manager<Cluster> {
         }
     }
 
-    /// Starts a claim when slots are free and work may be waiting.
+    /// Starts a claim when slots are free and work may be waiting: inside
+    /// the commit about to start, when there is one (one transaction
+    /// instead of two; the slots its ends of runs free are filled by it, and
+    /// the tasks it inserts can be taken at once), else on its own.
     fn claim_due(&mut self) {
+        if self.shape.claiming {
+            return;
+        }
+        // The runs whose end the commit about to start writes, and whether
+        // it inserts tasks.
+        let riding = self.persister.batch_about_to_commit().map(|batch| {
+            let freed: HashSet<TaskId> = batch
+                .updates
+                .values()
+                .filter(|task| task.status != TaskStatus::Running)
+                .map(|task| task.id)
+                .collect();
+            (freed, !batch.inserts.is_empty())
+        });
+        let frees_or_adds = riding
+            .as_ref()
+            .is_some_and(|(freed, inserts)| !freed.is_empty() || *inserts);
+        if !self.shape.claim_wanted && !frees_or_adds {
+            return;
+        }
+        let no_freed = HashSet::new();
+        let freed = riding.as_ref().map_or(&no_freed, |(freed, _)| freed);
         // Runs that ended here but whose end is not committed: the table
-        // still shows them running, so they still take their slots.
+        // still shows them running, so they still take their slots (unless
+        // the claim rides on the commit that ends them).
         let running = &self.running;
         let mut ending_elsewhere: HashMap<&str, usize> = HashMap::new();
         for (id, kind) in &self.shape.ending {
-            if !running.contains_key(id) {
+            if !running.contains_key(id) && !freed.contains(id) {
                 *ending_elsewhere.entry(kind.as_str()).or_default() += 1;
             }
         }
         let free = self.free_slots(ending_elsewhere.values().sum());
-        if free == 0 || self.shape.claiming || !self.shape.claim_wanted {
+        if free == 0 {
             return;
         }
         let rooms: Vec<KindRoom> = self
@@ -293,6 +319,17 @@ impl Manager<Cluster> {
         cluster.claim_wanted = false;
         cluster.claiming = true;
         let take_over = std::mem::take(&mut cluster.take_over_wanted);
+        if riding.is_some() {
+            if let Some(batch) = self.persister.batch_about_to_commit() {
+                batch.claim = Some(ClaimAsk {
+                    limit: free,
+                    lease,
+                    rooms,
+                    take_over,
+                });
+            }
+            return;
+        }
         let store = cluster.store.clone();
         cluster.calls.spawn(async move {
             let request = ClaimRequest {
@@ -375,17 +412,24 @@ impl Manager<Cluster> {
         }
     }
 
-    /// A batch committed: runs whose row was taken from them stop.
+    /// A batch committed: runs whose row was taken from them stop, and
+    /// what a claim made inside it took starts.
     fn stop_runs_that_lost_their_rows(&mut self, batch: &Pending, outcome: &BatchOutcome) {
         {
+            // A claim inside the commit saw its inserts and its freed slots
+            // already; without one, they call for a claim.
+            let claimed_inside = batch.claim.is_some();
             let cluster = &mut self.shape;
-            if !batch.inserts.is_empty() {
+            if !batch.inserts.is_empty() && !claimed_inside {
                 cluster.claim_wanted = true;
             }
             // Written or refused (the row is no longer this run's), the
             // table no longer shows these runs as ours.
             for task in batch.updates.values() {
-                if task.status != TaskStatus::Running && cluster.ending.remove(&task.id).is_some() {
+                if task.status != TaskStatus::Running
+                    && cluster.ending.remove(&task.id).is_some()
+                    && !claimed_inside
+                {
                     cluster.claim_wanted = true;
                 }
             }
@@ -395,6 +439,22 @@ impl Manager<Cluster> {
                 debug!(task_id = %task.id, "this run lost its task (cancelled elsewhere or taken over)");
                 self.lose_run(task.id);
             }
+        }
+    }
+
+    /// What a claim (on its own, or inside a commit) took: each task starts
+    /// here; a full claim means more may wait.
+    fn start_claimed(&mut self, limit: usize, claimed: Claimed) {
+        let Claimed { tasks, next_due } = claimed;
+        if tasks.len() >= limit {
+            self.shape.claim_wanted = true;
+        }
+        self.shape.next_due = next_due;
+        for task in tasks {
+            let task = Arc::new(task);
+            debug!(task_id = %task.id, kind = %task.kind, attempt = task.attempt, "task claimed");
+            self.tasks.insert(task.id, Arc::clone(&task));
+            self.start_run(task);
         }
     }
 
@@ -452,19 +512,7 @@ impl Manager<Cluster> {
             ClusterEvent::Claimed { limit, result } => {
                 self.shape.claiming = false;
                 match result {
-                    Ok(Claimed { tasks, next_due }) => {
-                        if tasks.len() >= limit {
-                            // The claim was full: more may be waiting.
-                            self.shape.claim_wanted = true;
-                        }
-                        self.shape.next_due = next_due;
-                        for task in tasks {
-                            let task = Arc::new(task);
-                            debug!(task_id = %task.id, kind = %task.kind, attempt = task.attempt, "task claimed");
-                            self.tasks.insert(task.id, Arc::clone(&task));
-                            self.start_run(task);
-                        }
-                    }
+                    Ok(claimed) => self.start_claimed(limit, claimed),
                     Err(error) => {
                         warn!(error = %error_chain(&error), "claiming tasks failed; trying again");
                     }
@@ -834,6 +882,22 @@ impl Shape for Cluster {
 
     fn committed(manager: &mut Manager<Self>, batch: &Pending, outcome: &BatchOutcome) {
         manager.stop_runs_that_lost_their_rows(batch, outcome);
+        if let Some(ask) = &batch.claim {
+            manager.shape.claiming = false;
+            match &outcome.claimed {
+                Some(claimed) => manager.start_claimed(ask.limit, claimed.clone()),
+                // Not run (the store had nothing to write): claim again.
+                None => manager.shape.claim_wanted = true,
+            }
+        }
+    }
+
+    fn commit_failed(manager: &mut Manager<Self>, batch: &Pending) {
+        if batch.claim.is_some() {
+            // The claim went with the commit: nothing was taken.
+            manager.shape.claiming = false;
+            manager.shape.claim_wanted = true;
+        }
     }
 
     fn roll_back_create(manager: &mut Manager<Self>, _id: TaskId) {

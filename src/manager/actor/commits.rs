@@ -54,6 +54,7 @@ impl<S: Shape> Manager<S> {
                 }
             }
             Err(failure) => {
+                S::commit_failed(self, &batch);
                 if batch.probe {
                     debug!(error = %error_chain(&failure), "the task store still fails");
                 } else {

@@ -195,6 +195,11 @@ impl Shape for Local {
         manager.schedule_create_not_stored(id);
     }
 
+    fn commit_failed(_manager: &mut Manager<Self>, _batch: &Pending) {
+        // Nothing rides on a local commit: its failure is handled in full
+        // by the shared core.
+    }
+
     fn committed(manager: &mut Manager<Self>, batch: &Pending, _outcome: &BatchOutcome) {
         // Durable now, so they may run.
         for task in &batch.inserts {

@@ -156,6 +156,8 @@ pub(super) trait Shape: Sized + Send + 'static {
     fn schedule_create_not_stored(manager: &mut Manager<Self>, id: ScheduleId);
     /// A batch is durable (before its replies go out).
     fn committed(manager: &mut Manager<Self>, batch: &Pending, outcome: &BatchOutcome);
+    /// A batch could not be stored (before its writes are tried again).
+    fn commit_failed(manager: &mut Manager<Self>, batch: &Pending);
     /// A create whose insert failed: as if it never happened.
     fn roll_back_create(manager: &mut Manager<Self>, id: TaskId);
     /// Tasks waiting to start, as far as this process knows.

@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use uuid::Uuid;
 
+use sqlx::{Postgres, Transaction};
+
 use super::{PostgresStore, change_payload, notify};
 use crate::store::{
     StoreError,
@@ -76,130 +78,11 @@ impl PostgresStore {
     /// replicas know, during a rolling update), and keeps each kind within
     /// its own limit.
     pub async fn claim_due(&self, request: ClaimRequest<'_>) -> Result<Claimed, StoreError> {
-        let ClaimRequest {
-            node,
-            limit,
-            lease,
-            rooms,
-            now,
-            take_over,
-        } = request;
         let mut transaction = self.pool.begin().await?;
-        // One round trip: what is due becomes ready, and what is not yet
-        // due says when to look again. The statement's snapshot still shows
-        // the rows it makes ready as delayed, hence `due_at > $1`; a full
-        // chunk means more may be due at once.
-        let next_due: Option<i64> = sqlx::query_scalar(
-            "WITH made_ready AS ( \
-                 UPDATE tasks SET due_at = NULL WHERE id IN ( \
-                     SELECT id FROM tasks \
-                     WHERE status IN ('pending', 'retrying') AND due_at IS NOT NULL \
-                         AND due_at <= $1 \
-                     ORDER BY due_at LIMIT $2 \
-                     FOR UPDATE SKIP LOCKED) \
-                 RETURNING id) \
-             SELECT CASE WHEN (SELECT count(*) FROM made_ready) >= $2 THEN $1 \
-                 ELSE (SELECT min(due_at) FROM tasks \
-                       WHERE status IN ('pending', 'retrying') AND due_at > $1) END",
-        )
-        .bind(micros(now))
-        .bind(DUE_CHUNK)
-        .fetch_one(&mut *transaction)
-        .await?;
-        let next_due = next_due.map(from_micros);
-        if limit == 0 || rooms.is_empty() {
-            transaction.commit().await?;
-            return Ok(Claimed {
-                tasks: Vec::new(),
-                next_due,
-            });
-        }
-        let kinds: Vec<&str> = rooms.iter().map(|room| room.kind.as_str()).collect();
-        let room_counts: Vec<i64> = rooms
-            .iter()
-            .map(|room| i64::try_from(room.room.min(limit)).unwrap_or(i64::MAX))
-            .collect();
-        // The ready tasks of each kind are looked up apart, through the
-        // partial index `tasks_ready`, at most its room of each; expired
-        // ones (only with `take_over`, `$6`: a false one-time filter skips
-        // those scans) through `tasks_running_lease`, in lease order, and
-        // the never-leased by their NULL lease. Then the best of each kind
-        // up to its room, and the best of all up to `limit`. One filter over
-        // both statuses would walk the primary key past every finished
-        // task. Rows locked but not taken are let go at commit, untouched.
-        // One start time for the whole claim, so start times never
-        // contradict the order.
-        let rows: Vec<TaskRow> = sqlx::query_as(concat!(
-            "WITH rooms AS (SELECT * FROM UNNEST($4::text[], $5::bigint[]) AS rooms(kind, room)), \
-             lease_ran_out AS MATERIALIZED ( \
-                 SELECT id, priority, kind FROM tasks \
-                 WHERE $6 AND status = 'running' AND lease_until < clock_timestamp() \
-                     AND kind = ANY($4) \
-                 ORDER BY lease_until LIMIT $2 \
-                 FOR UPDATE SKIP LOCKED \
-             ), \
-             never_leased AS MATERIALIZED ( \
-                 SELECT id, priority, kind FROM tasks \
-                 WHERE $6 AND status = 'running' AND lease_until IS NULL \
-                     AND kind = ANY($4) \
-                 ORDER BY id LIMIT $2 \
-                 FOR UPDATE SKIP LOCKED \
-             ), \
-             ready AS MATERIALIZED ( \
-                 SELECT found.* FROM rooms CROSS JOIN LATERAL ( \
-                     SELECT id, priority, kind FROM tasks \
-                     WHERE status IN ('pending', 'retrying') AND due_at IS NULL \
-                         AND kind = rooms.kind \
-                     ORDER BY priority DESC, id LIMIT rooms.room \
-                     FOR UPDATE SKIP LOCKED) AS found \
-             ), \
-             ranked AS ( \
-                 SELECT id, priority, kind, \
-                     row_number() OVER (PARTITION BY kind ORDER BY priority DESC, id) AS place \
-                 FROM (SELECT * FROM lease_ran_out UNION ALL SELECT * FROM never_leased \
-                       UNION ALL SELECT * FROM ready) AS every_kind \
-             ), \
-             candidates AS ( \
-                 SELECT ranked.id FROM ranked JOIN rooms ON rooms.kind = ranked.kind \
-                 WHERE ranked.place <= rooms.room \
-                 ORDER BY ranked.priority DESC, ranked.id LIMIT $2 \
-             ), \
-             started AS MATERIALIZED (SELECT ",
-            database_micros!(),
-            " AS at) \
-             UPDATE tasks SET status = 'running', attempt = attempt + 1, node = $1, \
-                 cut_short_runs = cut_short_runs \
-                     + CASE WHEN status = 'running' THEN 1 ELSE 0 END, \
-                 error = CASE WHEN status = 'running' THEN error ELSE '' END, \
-                 started_at = (SELECT at FROM started), \
-                 progress_percent = NULL, progress_message = NULL, \
-                 revision = revision + 1, due_at = NULL, queue_deadline = NULL, \
-                 lease_until = clock_timestamp() + $3 * interval '1 microsecond' \
-             WHERE id IN (SELECT id FROM candidates) \
-             RETURNING ",
-            task_columns!()
-        ))
-        .bind(node)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .bind(duration_micros(lease))
-        .bind(kinds)
-        .bind(room_counts)
-        .bind(take_over)
-        .fetch_all(&mut *transaction)
-        .await?;
-        let mut tasks = rows
-            .into_iter()
-            .map(TaskRow::into_task)
-            .collect::<Result<Vec<_>, _>>()?;
-        // RETURNING does not keep the order of the candidates.
-        tasks.sort_by_key(|task| (std::cmp::Reverse(task.scheduling.priority), task.id));
-        let payloads: Vec<String> = tasks
-            .iter()
-            .filter_map(|task| change_payload(node, task))
-            .collect();
+        let (claimed, payloads) = claim_within(&mut transaction, request).await?;
         notify(&mut transaction, &self.channel, &payloads).await?;
         transaction.commit().await?;
-        Ok(Claimed { tasks, next_due })
+        Ok(claimed)
     }
 
     /// [`PostgresStore::claim_due`] at this moment, of `kinds` (`None`:
@@ -307,4 +190,137 @@ impl PostgresStore {
         transaction.commit().await?;
         Ok(expired)
     }
+}
+
+/// [`PostgresStore::claim_due`]'s work inside `transaction`, which may
+/// hold a replica's commit too (a claim that rides on the commit that ends
+/// runs): the tasks claimed, and the payloads announcing them, for the
+/// caller to send before it commits.
+pub(super) async fn claim_within(
+    transaction: &mut Transaction<'static, Postgres>,
+    request: ClaimRequest<'_>,
+) -> Result<(Claimed, Vec<String>), StoreError> {
+    let ClaimRequest {
+        node,
+        limit,
+        lease,
+        rooms,
+        now,
+        take_over,
+    } = request;
+    // One round trip: what is due becomes ready, and what is not yet
+    // due says when to look again. The statement's snapshot still shows
+    // the rows it makes ready as delayed, hence `due_at > $1`; a full
+    // chunk means more may be due at once.
+    let next_due: Option<i64> = sqlx::query_scalar(
+        "WITH made_ready AS ( \
+             UPDATE tasks SET due_at = NULL WHERE id IN ( \
+                 SELECT id FROM tasks \
+                 WHERE status IN ('pending', 'retrying') AND due_at IS NOT NULL \
+                     AND due_at <= $1 \
+                 ORDER BY due_at LIMIT $2 \
+                 FOR UPDATE SKIP LOCKED) \
+             RETURNING id) \
+         SELECT CASE WHEN (SELECT count(*) FROM made_ready) >= $2 THEN $1 \
+             ELSE (SELECT min(due_at) FROM tasks \
+                   WHERE status IN ('pending', 'retrying') AND due_at > $1) END",
+    )
+    .bind(micros(now))
+    .bind(DUE_CHUNK)
+    .fetch_one(&mut **transaction)
+    .await?;
+    let next_due = next_due.map(from_micros);
+    if limit == 0 || rooms.is_empty() {
+        return Ok((
+            Claimed {
+                tasks: Vec::new(),
+                next_due,
+            },
+            Vec::new(),
+        ));
+    }
+    let kinds: Vec<&str> = rooms.iter().map(|room| room.kind.as_str()).collect();
+    let room_counts: Vec<i64> = rooms
+        .iter()
+        .map(|room| i64::try_from(room.room.min(limit)).unwrap_or(i64::MAX))
+        .collect();
+    // The ready tasks of each kind are looked up apart, through the
+    // partial index `tasks_ready`, at most its room of each; expired
+    // ones (only with `take_over`, `$6`: a false one-time filter skips
+    // those scans) through `tasks_running_lease`, in lease order, and
+    // the never-leased by their NULL lease. Then the best of each kind
+    // up to its room, and the best of all up to `limit`. One filter over
+    // both statuses would walk the primary key past every finished
+    // task. Rows locked but not taken are let go at commit, untouched.
+    // One start time for the whole claim, so start times never
+    // contradict the order.
+    let rows: Vec<TaskRow> = sqlx::query_as(concat!(
+        "WITH rooms AS (SELECT * FROM UNNEST($4::text[], $5::bigint[]) AS rooms(kind, room)), \
+         lease_ran_out AS MATERIALIZED ( \
+             SELECT id, priority, kind FROM tasks \
+             WHERE $6 AND status = 'running' AND lease_until < clock_timestamp() \
+                 AND kind = ANY($4) \
+             ORDER BY lease_until LIMIT $2 \
+             FOR UPDATE SKIP LOCKED \
+         ), \
+         never_leased AS MATERIALIZED ( \
+             SELECT id, priority, kind FROM tasks \
+             WHERE $6 AND status = 'running' AND lease_until IS NULL \
+                 AND kind = ANY($4) \
+             ORDER BY id LIMIT $2 \
+             FOR UPDATE SKIP LOCKED \
+         ), \
+         ready AS MATERIALIZED ( \
+             SELECT found.* FROM rooms CROSS JOIN LATERAL ( \
+                 SELECT id, priority, kind FROM tasks \
+                 WHERE status IN ('pending', 'retrying') AND due_at IS NULL \
+                     AND kind = rooms.kind \
+                 ORDER BY priority DESC, id LIMIT rooms.room \
+                 FOR UPDATE SKIP LOCKED) AS found \
+         ), \
+         ranked AS ( \
+             SELECT id, priority, kind, \
+                 row_number() OVER (PARTITION BY kind ORDER BY priority DESC, id) AS place \
+             FROM (SELECT * FROM lease_ran_out UNION ALL SELECT * FROM never_leased \
+                   UNION ALL SELECT * FROM ready) AS every_kind \
+         ), \
+         candidates AS ( \
+             SELECT ranked.id FROM ranked JOIN rooms ON rooms.kind = ranked.kind \
+             WHERE ranked.place <= rooms.room \
+             ORDER BY ranked.priority DESC, ranked.id LIMIT $2 \
+         ), \
+         started AS MATERIALIZED (SELECT ",
+        database_micros!(),
+        " AS at) \
+         UPDATE tasks SET status = 'running', attempt = attempt + 1, node = $1, \
+             cut_short_runs = cut_short_runs \
+                 + CASE WHEN status = 'running' THEN 1 ELSE 0 END, \
+             error = CASE WHEN status = 'running' THEN error ELSE '' END, \
+             started_at = (SELECT at FROM started), \
+             progress_percent = NULL, progress_message = NULL, \
+             revision = revision + 1, due_at = NULL, queue_deadline = NULL, \
+             lease_until = clock_timestamp() + $3 * interval '1 microsecond' \
+         WHERE id IN (SELECT id FROM candidates) \
+         RETURNING ",
+        task_columns!()
+    ))
+    .bind(node)
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .bind(duration_micros(lease))
+    .bind(kinds)
+    .bind(room_counts)
+    .bind(take_over)
+    .fetch_all(&mut **transaction)
+    .await?;
+    let mut tasks = rows
+        .into_iter()
+        .map(TaskRow::into_task)
+        .collect::<Result<Vec<_>, _>>()?;
+    // RETURNING does not keep the order of the candidates.
+    tasks.sort_by_key(|task| (std::cmp::Reverse(task.scheduling.priority), task.id));
+    let payloads: Vec<String> = tasks
+        .iter()
+        .filter_map(|task| change_payload(node, task))
+        .collect();
+    Ok((Claimed { tasks, next_due }, payloads))
 }

@@ -13,7 +13,12 @@
 //! renewals and cancels of several replicas never deadlock one another.
 //! Nothing here knows about the actor or about gRPC.
 
-use std::{collections::HashSet, str::FromStr, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    str::FromStr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use sqlx::{
     PgPool,
@@ -259,15 +264,38 @@ impl PostgresStore {
                 not_written.insert(task.id);
             }
         }
-        let payloads: Vec<String> = batch
+        let mut payloads: Vec<String> = batch
             .changes
             .iter()
             .filter(|task| !not_written.contains(&task.id))
             .filter_map(|task| change_payload(origin, task))
             .collect();
+        let claimed = match &batch.claim {
+            Some(ask) => {
+                let request = ClaimRequest {
+                    node: origin,
+                    limit: ask.limit,
+                    lease: ask.lease,
+                    rooms: &ask.rooms,
+                    now: SystemTime::now(),
+                    take_over: ask.take_over,
+                };
+                let (claimed, claim_payloads) =
+                    claims::claim_within(&mut transaction, request).await?;
+                // After the batch's own changes: a task inserted here is
+                // announced pending, then running.
+                payloads.extend(claim_payloads);
+                Some(claimed)
+            }
+            None => None,
+        };
         notify(&mut transaction, &self.channel, &payloads).await?;
         transaction.commit().await?;
-        Ok(BatchOutcome { inserted, updated })
+        Ok(BatchOutcome {
+            inserted,
+            updated,
+            claimed,
+        })
     }
 
     /// Deletes a finished task. `Ok(None)` when no task has this id; the
