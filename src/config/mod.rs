@@ -449,6 +449,7 @@ impl Config {
                 .iter()
                 .filter_map(|(kind, settings)| Some((kind.clone(), settings.max_concurrent?)))
                 .collect(),
+            watch_journal_capacity: crate::manager::DEFAULT_JOURNAL_CAPACITY,
         }
     }
 

@@ -90,6 +90,7 @@ pub(super) fn config(max_concurrent: usize, queue_capacity: usize) -> ManagerCon
         max_held_bytes: 1 << 30,
         max_cut_short_runs: 5,
         kind_limits: Default::default(),
+        watch_journal_capacity: crate::manager::DEFAULT_JOURNAL_CAPACITY,
     }
 }
 
