@@ -172,6 +172,7 @@ impl ScriptedService {
 #[tonic::async_trait]
 impl TaskService for ScriptedService {
     type WatchTaskStream = tokio_stream::Empty<Result<pb::WatchTaskResponse, Status>>;
+    type WatchTasksStream = tokio_stream::Empty<Result<pb::WatchTasksResponse, Status>>;
 
     async fn create_task(
         &self,
@@ -212,6 +213,12 @@ impl TaskService for ScriptedService {
         &self,
         _request: Request<pb::WatchTaskRequest>,
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
+        self.answer().await
+    }
+    async fn watch_tasks(
+        &self,
+        _request: Request<pb::WatchTasksRequest>,
+    ) -> Result<Response<Self::WatchTasksStream>, Status> {
         self.answer().await
     }
     async fn batch_create_tasks(
