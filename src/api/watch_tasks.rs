@@ -43,6 +43,13 @@ pub(super) fn watch_tasks_stream(
                     ));
                     break;
                 }
+                Err(TasksWatchEnd::StoreFailed) => {
+                    yield Err(Status::unavailable(
+                        "the task store could not be read; call WatchTasks again with the \
+                         resume_token of the last message received",
+                    ));
+                    break;
+                }
                 Err(TasksWatchEnd::Closed) => {
                     yield Err(Status::unavailable(
                         "the server is shutting down; call WatchTasks again with the \

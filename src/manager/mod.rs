@@ -298,7 +298,7 @@ enum Command {
 #[derive(Debug)]
 struct WatchTasksStart {
     subscription: journal::Subscription,
-    snapshot: Option<(Option<TaskId>, Vec<Arc<Task>>)>,
+    snapshot: Option<(Option<TaskId>, Option<Vec<Arc<Task>>>)>,
 }
 
 /// A request about schedules, for the shape to serve: the local shape holds

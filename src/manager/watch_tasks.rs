@@ -15,12 +15,16 @@
 //! continues the list after that task, preceded by the changes after `P` to
 //! the tasks already listed.
 
-use std::{collections::BTreeMap, collections::VecDeque, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::{sync::broadcast, time::Instant};
 
 use super::{
-    ManagerHandle,
+    ListQuery, ManagerHandle,
     journal::{Before, Change, Subscription},
 };
 use crate::{
@@ -58,7 +62,7 @@ impl TaskFilter {
     /// change).
     fn matches_in(&self, task: &Task, status: TaskStatus) -> bool {
         status_and_labels_match(&self.statuses, &self.labels, status, &task.labels)
-            && (self.kinds.is_empty() || self.kinds.iter().any(|kind| *kind == task.kind))
+            && (self.kinds.is_empty() || self.kinds.contains(&task.kind))
     }
 
     /// Whether a stream with this filter sends `change`: the task matches
@@ -126,6 +130,9 @@ pub enum TasksWatchEnd {
     /// The manager stopped.
     #[error("the server is shutting down")]
     Closed,
+    /// The initial list could not be read from the store.
+    #[error("the task store could not be read")]
+    StoreFailed,
 }
 
 /// A stream of the changes to the tasks that match a filter.
@@ -142,6 +149,10 @@ pub struct TasksWatch {
     /// there is none (or no more).
     listing: Option<Listing>,
     live: broadcast::Receiver<Arc<Change>>,
+    /// PostgreSQL: the revision each task was listed at. The table may be
+    /// ahead of the change feed, so a change the list already showed can
+    /// still arrive; it is not sent again.
+    listed_revisions: HashMap<TaskId, u64>,
     /// When the last message went out, for bookmarks.
     last_sent: Instant,
     /// To read back payloads the actor let go (SQLite).
@@ -156,13 +167,20 @@ struct Listing {
     listed_through: Option<TaskId>,
     /// Listed tasks still to send, in id order.
     tasks: VecDeque<Arc<Task>>,
+    /// PostgreSQL: the list is read from the table a page at a time; the
+    /// next page starts after this task. `None` once the table is read (or
+    /// on the local shape, whose actor took the whole list).
+    store_cursor: Option<Option<TaskId>>,
 }
+
+/// How many tasks one page of a list read from the store holds.
+const STORE_PAGE: usize = 500;
 
 impl TasksWatch {
     pub(super) fn new(
         filter: TaskFilter,
         subscription: Subscription,
-        snapshot: Option<(Option<TaskId>, Vec<Arc<Task>>)>,
+        snapshot: Option<(Option<TaskId>, Option<Vec<Arc<Task>>>)>,
         manager: ManagerHandle,
     ) -> Self {
         let Subscription {
@@ -180,8 +198,10 @@ impl TasksWatch {
             backlog: backlog.into(),
             listing: snapshot.map(|(listed_through, tasks)| Listing {
                 listed_through,
-                tasks: tasks.into(),
+                store_cursor: tasks.is_none().then_some(listed_through),
+                tasks: tasks.unwrap_or_default().into(),
             }),
+            listed_revisions: HashMap::new(),
             live,
             last_sent: Instant::now(),
             manager,
@@ -198,11 +218,33 @@ impl TasksWatch {
                 None => true,
                 Some(listed_through) => listed_through.is_some_and(|last| change.task.id <= last),
             };
-            if already_listed && self.filter.concerns(&change) {
+            if already_listed && self.filter.concerns(&change) && !self.shown_by_list(&change) {
                 return Ok(self.sent(Arc::clone(&change.task)));
             }
         }
         while let Some(listing) = &mut self.listing {
+            if listing.tasks.is_empty()
+                && let Some(after) = listing.store_cursor
+            {
+                let page = self
+                    .manager
+                    .list_tasks(ListQuery {
+                        statuses: self.filter.statuses.clone(),
+                        labels: self.filter.labels.clone(),
+                        after,
+                        limit: STORE_PAGE,
+                    })
+                    .await
+                    .map_err(|_| TasksWatchEnd::StoreFailed)?;
+                listing.store_cursor = page.next_after.map(Some);
+                for task in page.tasks {
+                    if self.filter.matches(&task) {
+                        self.listed_revisions.insert(task.id, task.revision);
+                        listing.tasks.push_back(task);
+                    }
+                }
+                continue;
+            }
             let Some(first) = listing.tasks.front() else {
                 self.listing = None;
                 self.last_sent = Instant::now();
@@ -250,10 +292,20 @@ impl TasksWatch {
                 continue;
             }
             self.seq = change.seq;
-            if self.filter.concerns(&change) {
+            if self.filter.concerns(&change) && !self.shown_by_list(&change) {
                 return Ok(self.sent(Arc::clone(&change.task)));
             }
         }
+    }
+
+    /// Whether the list read from the store already showed this change
+    /// (or a later one) of its task. A delete is always news.
+    fn shown_by_list(&self, change: &Change) -> bool {
+        change.before != Before::Deleted
+            && self
+                .listed_revisions
+                .get(&change.task.id)
+                .is_some_and(|listed| change.task.revision <= *listed)
     }
 
     /// A message about `task`, at the current position.

@@ -43,13 +43,9 @@ impl<S: Shape> Manager<S> {
                 }
             }
         })?;
-        let snapshot = match listing {
-            None => None,
-            Some(after) => Some((
-                after,
-                S::watch_tasks_snapshot(self, filter, after).unwrap_or_default(),
-            )),
-        };
+        // `None` inside: this shape holds no snapshot, the stream reads
+        // the list from the store.
+        let snapshot = listing.map(|after| (after, S::watch_tasks_snapshot(self, filter, after)));
         Ok(WatchTasksStart {
             subscription,
             snapshot,
