@@ -298,7 +298,7 @@ enum Command {
 #[derive(Debug)]
 struct WatchTasksStart {
     subscription: journal::Subscription,
-    snapshot: Option<(Option<TaskId>, Option<Vec<Arc<Task>>>)>,
+    initial_list: Option<watch_tasks::InitialList>,
 }
 
 /// A request about schedules, for the shape to serve: the local shape holds
@@ -657,7 +657,7 @@ impl ManagerHandle {
     ) -> Result<TasksWatch, ManagerError> {
         let WatchTasksStart {
             subscription,
-            snapshot,
+            initial_list,
         } = self
             .call(|respond_to| Command::WatchTasks {
                 filter: filter.clone(),
@@ -668,7 +668,7 @@ impl ManagerHandle {
         Ok(TasksWatch::new(
             filter,
             subscription,
-            snapshot,
+            initial_list,
             self.clone(),
         ))
     }

@@ -96,6 +96,17 @@ pub struct WatchPosition {
     pub listing: Option<Option<TaskId>>,
 }
 
+/// The initial list (or its rest) a new stream is to send, as the actor
+/// hands it over.
+#[derive(Debug)]
+pub(super) struct InitialList {
+    /// The list goes on after this task (`None`: from the first).
+    pub(super) after: Option<TaskId>,
+    /// The matching tasks after it, as of the subscription; `None` when the
+    /// shape holds no snapshot (PostgreSQL): the stream reads the table.
+    pub(super) tasks: Option<Vec<Arc<Task>>>,
+}
+
 /// Where a new stream starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WatchStart {
@@ -180,7 +191,7 @@ impl TasksWatch {
     pub(super) fn new(
         filter: TaskFilter,
         subscription: Subscription,
-        snapshot: Option<(Option<TaskId>, Option<Vec<Arc<Task>>>)>,
+        initial_list: Option<InitialList>,
         manager: ManagerHandle,
     ) -> Self {
         let Subscription {
@@ -196,9 +207,9 @@ impl TasksWatch {
             // Resumed: the position asked for, just before the backlog.
             seq: first_backlog_seq.map_or(position, |seq| seq - 1),
             backlog: backlog.into(),
-            listing: snapshot.map(|(listed_through, tasks)| Listing {
-                listed_through,
-                store_cursor: tasks.is_none().then_some(listed_through),
+            listing: initial_list.map(|InitialList { after, tasks }| Listing {
+                listed_through: after,
+                store_cursor: tasks.is_none().then_some(after),
                 tasks: tasks.unwrap_or_default().into(),
             }),
             listed_revisions: HashMap::new(),

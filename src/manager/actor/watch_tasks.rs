@@ -9,7 +9,7 @@ use crate::{
     manager::{
         ManagerError, WatchTasksStart,
         journal::{Before, ResumeRefused},
-        watch_tasks::{TaskFilter, WatchStart},
+        watch_tasks::{InitialList, TaskFilter, WatchStart},
     },
     task::Task,
 };
@@ -45,10 +45,13 @@ impl<S: Shape> Manager<S> {
         })?;
         // `None` inside: this shape holds no snapshot, the stream reads
         // the list from the store.
-        let snapshot = listing.map(|after| (after, S::watch_tasks_snapshot(self, filter, after)));
+        let initial_list = listing.map(|after| InitialList {
+            after,
+            tasks: S::watch_tasks_snapshot(self, filter, after),
+        });
         Ok(WatchTasksStart {
             subscription,
-            snapshot,
+            initial_list,
         })
     }
 }
