@@ -175,6 +175,11 @@ impl Journal {
             .collect())
     }
 
+    /// How many streams follow the live changes.
+    pub(crate) fn streams(&self) -> usize {
+        self.live.receiver_count()
+    }
+
     /// How many changes are kept.
     #[cfg(test)]
     fn len(&self) -> usize {

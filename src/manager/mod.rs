@@ -171,6 +171,8 @@ pub struct ManagerStats {
     pub watched_tasks: usize,
     /// Open watch streams over all tasks.
     pub watchers: usize,
+    /// Open `WatchTasks` streams.
+    pub task_streams: usize,
     pub request_ids: usize,
     /// Finished tasks still retained.
     pub finished: usize,

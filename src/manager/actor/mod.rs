@@ -456,6 +456,7 @@ impl<S: Shape> Manager<S> {
             pending: S::pending_count(self),
             running: self.running.len(),
             watched_tasks: self.watchers.len(),
+            task_streams: self.journal.streams(),
             watchers: self
                 .watchers
                 .values()
