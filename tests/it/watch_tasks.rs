@@ -2,7 +2,8 @@
 //! `initial_done`; filters by status, label and kind, with a task that leaves
 //! its filter sent once more; a delete sent once with the last state;
 //! resuming with a token, nothing lost and nothing repeated; the tokens that
-//! are refused and how; and a client too slow to keep up, ended `ABORTED`
+//! are refused and how (other filters, garbage, another process, older than
+//! what the journal keeps); and a client too slow to keep up, ended `ABORTED`
 //! while another one keeps receiving. On memory and SQLite. (Bookmarks after
 //! ten quiet seconds are tested in paused time, in the manager's tests.)
 
@@ -452,6 +453,38 @@ async fn a_token_from_another_process_is_failed_precondition() {
     );
 }
 
+async fn a_token_older_than_what_the_journal_keeps_is_failed_precondition() {
+    let server = TestServer::start_with(Config {
+        watch_journal_capacity: 4,
+        ..test_config()
+    })
+    .await;
+    let mut client = server.client().await;
+    let mut stream = watch_tasks(&mut client, team("a")).await;
+    let first = create(&mut client, labelled("first", "echo", "a")).await;
+    let (_, kept_token) = next_task(&mut stream).await;
+    until(&mut stream, &first.id, Completed).await;
+    // Three changes after the token: still kept.
+    let resumed = client
+        .watch_tasks(pb::WatchTasksRequest {
+            resume_token: kept_token.clone(),
+            ..team("a")
+        })
+        .await;
+    assert!(resumed.is_ok(), "{resumed:?}");
+    // Three more push the token's successors out of a journal of four.
+    let second = create(&mut client, labelled("second", "echo", "a")).await;
+    until(&mut stream, &second.id, Completed).await;
+    let refused = client
+        .watch_tasks(pb::WatchTasksRequest {
+            resume_token: kept_token,
+            ..team("a")
+        })
+        .await
+        .expect_err("expired");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+}
+
 async fn a_client_too_slow_is_aborted_while_another_keeps_receiving() {
     let server = TestServer::start_with(Config {
         max_concurrent: 50,
@@ -606,6 +639,7 @@ local_store_tests!(
     a_token_from_the_initial_list_resumes_the_list_where_it_was,
     a_token_with_other_filters_or_garbage_is_invalid_argument,
     a_token_from_another_process_is_failed_precondition,
+    a_token_older_than_what_the_journal_keeps_is_failed_precondition,
     a_client_too_slow_is_aborted_while_another_keeps_receiving,
     shutdown_ends_streams_with_unavailable,
 );
