@@ -108,7 +108,7 @@ pub struct Flags {
 
     /// WatchTasks: at most this many task changes are kept (each at most
     /// ten minutes) for streams to resume from
-    /// [env: TASK_PROCESSOR_WATCH_JOURNAL_CAPACITY] [default: 100000]
+    /// [env: TASK_PROCESSOR_WATCH_JOURNAL_CAPACITY] [default: 10000]
     #[arg(long, value_name = "N")]
     pub watch_journal_capacity: Option<String>,
 

@@ -19,7 +19,7 @@ use crate::task::{Task, TaskStatus};
 /// bounded amount the server buffers for a slow client. The buffer is
 /// shared by every stream (one ring), so it costs the same for one stream
 /// or a thousand.
-pub(crate) const LIVE_BUFFER: usize = 4096;
+pub(crate) const LIVE_BUFFER: usize = 1024;
 
 /// How long a change stays in the journal at least (unless the cap pushes
 /// it out first): resume tokens must work for 5 minutes after they were
@@ -27,9 +27,10 @@ pub(crate) const LIVE_BUFFER: usize = 4096;
 pub(crate) const KEPT_FOR: Duration = Duration::from_secs(10 * 60);
 
 /// The default cap on the journal's length (the `watch_journal_capacity`
-/// setting). Each entry holds a task state, whose payload it shares with the
-/// task while the task lives.
-pub const DEFAULT_JOURNAL_CAPACITY: usize = 100_000;
+/// setting). Each entry holds a task's state without its payload, about
+/// half a kilobyte, so the default costs about 5 MB: five minutes of 2000
+/// changes a minute.
+pub const DEFAULT_JOURNAL_CAPACITY: usize = 10_000;
 
 /// What a task was before a change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,17 +109,25 @@ impl Journal {
     /// waits.
     pub(crate) fn record(&mut self, task: Arc<Task>, before: Before) {
         self.last_seq += 1;
-        let change = Arc::new(Change {
+        // Kept without its payload: a kept change must not hold the data
+        // of a task that retention forgot, or that SQLite let go of, for
+        // minutes. A resumed stream reads the payload back.
+        let kept = Arc::new(Change {
             seq: self.last_seq,
-            task,
+            task: Arc::new(task.without_payload()),
             before,
         });
         if self.kept.len() == self.capacity {
             self.kept.pop_front();
         }
-        self.kept.push_back((Instant::now(), Arc::clone(&change)));
-        // No stream listening is not an error.
-        let _ = self.live.send(change);
+        self.kept.push_back((Instant::now(), kept));
+        // No stream listening is not an error. Live changes carry the
+        // payload (shared with the task), for at most LIVE_BUFFER changes.
+        let _ = self.live.send(Arc::new(Change {
+            seq: self.last_seq,
+            task,
+            before,
+        }));
     }
 
     /// Lets go of the changes older than [`KEPT_FOR`].

@@ -230,7 +230,8 @@ impl TasksWatch {
                 Some(listed_through) => listed_through.is_some_and(|last| change.task.id <= last),
             };
             if already_listed && self.filter.concerns(&change) && !self.shown_by_list(&change) {
-                return Ok(self.sent(Arc::clone(&change.task)));
+                let task = self.with_payload(&change.task).await;
+                return Ok(self.sent(task));
             }
         }
         while let Some(listing) = &mut self.listing {
@@ -307,6 +308,26 @@ impl TasksWatch {
                 return Ok(self.sent(Arc::clone(&change.task)));
             }
         }
+    }
+
+    /// A kept change's task with its payload, which the journal does not
+    /// keep: `data` never changes after create, and `result` is set once,
+    /// at completion, so the task as it is now has both. A task forgotten
+    /// (or deleted) since goes without them.
+    async fn with_payload(&self, task: &Arc<Task>) -> Arc<Task> {
+        let Ok(now) = self.manager.get_task(task.id).await else {
+            return Arc::clone(task);
+        };
+        Arc::new(Task {
+            data: now.data.clone(),
+            result: if task.status == TaskStatus::Completed {
+                now.result.clone()
+            } else {
+                None
+            },
+            payload: now.payload,
+            ..(**task).clone()
+        })
     }
 
     /// Whether the list read from the store already showed this change

@@ -76,11 +76,20 @@ async fn until(
     id: &str,
     status: pb::TaskStatus,
 ) -> Vec<(String, pb::TaskStatus)> {
+    until_tasks(stream, id, status)
+        .await
+        .iter()
+        .map(|task| (task.name.clone(), status_of(task)))
+        .collect()
+}
+
+/// The tasks of the messages until task `id` is in `status`.
+async fn until_tasks(stream: &mut Stream, id: &str, status: pb::TaskStatus) -> Vec<pb::Task> {
     let mut seen = Vec::new();
     loop {
         let (task, _) = next_task(stream).await;
         let done = task.id == id && status_of(&task) == status;
-        seen.push((task.name.clone(), status_of(&task)));
+        seen.push(task);
         if done {
             return seen;
         }
@@ -278,7 +287,22 @@ async fn a_resumed_stream_continues_after_its_token_with_nothing_lost_or_repeate
         },
     )
     .await;
-    let seen = until(&mut resumed, &third.id, Cancelled).await;
+    let resumed_tasks = until_tasks(&mut resumed, &third.id, Cancelled).await;
+    // The journal keeps no payloads; a resumed stream reads them back, each
+    // as it was at that change.
+    for task in &resumed_tasks {
+        assert_eq!(
+            crate::support::json(&task.data),
+            Some(json!({"name": task.name})),
+            "{task:?}"
+        );
+        let completed = status_of(task) == Completed;
+        assert_eq!(task.result.is_some(), completed, "{task:?}");
+    }
+    let seen: Vec<(String, pb::TaskStatus)> = resumed_tasks
+        .iter()
+        .map(|task| (task.name.clone(), status_of(task)))
+        .collect();
     assert_eq!(
         seen,
         [
