@@ -57,9 +57,9 @@ impl From<ApiError> for Status {
                 ManagerError::NotFound(_) | ManagerError::ScheduleNotFound(_) => {
                     Status::not_found(message)
                 }
-                ManagerError::NotCancellable { .. } | ManagerError::NotFinished { .. } => {
-                    Status::failed_precondition(message)
-                }
+                ManagerError::NotCancellable { .. }
+                | ManagerError::NotFinished { .. }
+                | ManagerError::WatchPositionLost => Status::failed_precondition(message),
                 ManagerError::RequestIdConflict { .. } => Status::already_exists(message),
                 ManagerError::QueueFull { retry_after, .. }
                 | ManagerError::MemoryFull { retry_after, .. } => Status::with_error_details(

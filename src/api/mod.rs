@@ -6,8 +6,10 @@ pub mod error;
 pub mod json;
 pub mod page_token;
 pub mod proto_json;
+pub mod resume_token;
 mod schedules;
 pub mod validate;
+mod watch_tasks;
 
 use std::pin::Pin;
 
@@ -24,6 +26,7 @@ use crate::{
 
 pub use error::ApiError;
 pub use validate::Limits;
+pub use watch_tasks::WatchTasksStream;
 
 /// The stream type of `WatchTask`.
 pub type WatchTaskStream =
@@ -201,6 +204,25 @@ impl TaskService for TaskApi {
             record_task_id(&id);
             let watch = self.manager.watch_task(id).await?;
             Ok(watch_stream(watch, self.shutdown.clone()))
+        }
+        .await;
+        respond(result)
+    }
+
+    type WatchTasksStream = WatchTasksStream;
+
+    async fn watch_tasks(
+        &self,
+        request: Request<pb::WatchTasksRequest>,
+    ) -> Result<Response<Self::WatchTasksStream>, Status> {
+        let result = async {
+            let (filter, start) = validate::watch_tasks_request(request.into_inner())?;
+            let watch = self.manager.watch_tasks(filter.clone(), start).await?;
+            Ok(watch_tasks::watch_tasks_stream(
+                watch,
+                filter,
+                self.shutdown.clone(),
+            ))
         }
         .await;
         respond(result)

@@ -88,23 +88,28 @@ fn decode_uuid(token: &str, fingerprint: u64) -> Result<Uuid, PageTokenError> {
 /// A stable fingerprint of the filters (not of the position or page size,
 /// which may change between pages).
 fn filter_fingerprint(query: &ListQuery) -> u64 {
-    let mut statuses: Vec<u8> = query
-        .statuses
-        .iter()
-        .map(|status| status_code(*status))
-        .collect();
+    fnv1a(&canonical_filters(&query.statuses, &query.labels))
+}
+
+/// The statuses (as a set) and labels of a filter as bytes, the same
+/// whatever order they were given in.
+pub(super) fn canonical_filters(
+    statuses: &[TaskStatus],
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Vec<u8> {
+    let mut statuses: Vec<u8> = statuses.iter().map(|status| status_code(*status)).collect();
     statuses.sort_unstable();
     statuses.dedup();
     let mut canonical = statuses;
     canonical.push(0xff);
-    for (key, value) in &query.labels {
+    for (key, value) in labels {
         // Lengths keep ("a","bc") apart from ("ab","c").
         canonical.extend_from_slice(&(key.len() as u64).to_be_bytes());
         canonical.extend_from_slice(key.as_bytes());
         canonical.extend_from_slice(&(value.len() as u64).to_be_bytes());
         canonical.extend_from_slice(value.as_bytes());
     }
-    fnv1a(&canonical)
+    canonical
 }
 
 fn status_code(status: TaskStatus) -> u8 {
@@ -119,7 +124,7 @@ fn status_code(status: TaskStatus) -> u8 {
 }
 
 /// FNV-1a, 64 bits: stable across builds and replicas, unlike std's hasher.
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(super) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
     })

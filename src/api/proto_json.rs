@@ -29,6 +29,7 @@ pub const TASK: &str = "taskprocessor.v1.Task";
 pub const CREATE_TASK_REQUEST: &str = "taskprocessor.v1.CreateTaskRequest";
 pub const LIST_TASKS_RESPONSE: &str = "taskprocessor.v1.ListTasksResponse";
 pub const WATCH_TASK_RESPONSE: &str = "taskprocessor.v1.WatchTaskResponse";
+pub const WATCH_TASKS_RESPONSE: &str = "taskprocessor.v1.WatchTasksResponse";
 pub const SCHEDULE: &str = "taskprocessor.v1.Schedule";
 pub const CREATE_SCHEDULE_REQUEST: &str = "taskprocessor.v1.CreateScheduleRequest";
 pub const LIST_SCHEDULES_RESPONSE: &str = "taskprocessor.v1.ListSchedulesResponse";

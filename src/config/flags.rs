@@ -106,6 +106,12 @@ pub struct Flags {
     #[arg(long, value_name = "N")]
     pub max_cut_short_runs: Option<String>,
 
+    /// WatchTasks: at most this many task changes are kept (each at most
+    /// ten minutes) for streams to resume from
+    /// [env: TASK_PROCESSOR_WATCH_JOURNAL_CAPACITY] [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub watch_journal_capacity: Option<String>,
+
     /// Per-kind rules as YAML or JSON: max_concurrent (within the global
     /// limit, per replica) and the default retry_policy, e.g.
     /// '{email: {max_concurrent: 5, retry_policy: {max_attempts: 3}}}'
@@ -172,6 +178,11 @@ impl Flags {
                 "max_cut_short_runs",
                 &self.max_cut_short_runs,
                 "--max-cut-short-runs",
+            ),
+            (
+                "watch_journal_capacity",
+                &self.watch_journal_capacity,
+                "--watch-journal-capacity",
             ),
             ("kinds", &self.kinds, "--kinds"),
             ("store", &self.store, "--store"),

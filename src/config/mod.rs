@@ -110,6 +110,11 @@ pub const SETTINGS: &[Setting] = &[
         "TASK_PROCESSOR_MAX_CUT_SHORT_RUNS",
         "--max-cut-short-runs",
     ),
+    setting(
+        "watch_journal_capacity",
+        "TASK_PROCESSOR_WATCH_JOURNAL_CAPACITY",
+        "--watch-journal-capacity",
+    ),
     setting("kinds", "TASK_PROCESSOR_KINDS", "--kinds"),
     setting("store", "TASK_PROCESSOR_STORE", "--store"),
     setting("lease", "TASK_PROCESSOR_LEASE", "--lease"),
@@ -214,6 +219,9 @@ pub struct Config {
     /// A task whose runs were cut short this many times in a row (its
     /// server died or handed it over) fails instead of running again.
     pub max_cut_short_runs: u32,
+    /// `WatchTasks`: at most this many changes are kept for streams to
+    /// resume from (each at most ten minutes).
+    pub watch_journal_capacity: usize,
     /// Per-kind rules: a kind's `max_concurrent` and default retry policy.
     pub kinds: Kinds,
     /// Where tasks live (printed without its password).
@@ -252,6 +260,7 @@ impl Default for Config {
             // their text, which fits a modest container.
             max_held_bytes: 512 * 1024 * 1024,
             max_cut_short_runs: crate::manager::DEFAULT_MAX_CUT_SHORT_RUNS,
+            watch_journal_capacity: crate::manager::DEFAULT_JOURNAL_CAPACITY,
             kinds: Kinds::new(),
             store: StoreUrl::Sqlite(DEFAULT_SQLITE_PATH.into()),
             lease: Duration::from_secs(30),
@@ -350,6 +359,11 @@ impl Config {
             parse::positive_u32,
             defaults.max_cut_short_runs,
         )?;
+        let (watch_journal_capacity, _) = layers.resolve(
+            "watch_journal_capacity",
+            positive,
+            defaults.watch_journal_capacity,
+        )?;
         let (kinds, _) = layers.resolve("kinds", kinds::parse, defaults.kinds)?;
         let (store, _) = layers.resolve("store", parse::store, defaults.store)?;
         let (lease, lease_source) = layers.resolve("lease", duration, defaults.lease)?;
@@ -419,6 +433,7 @@ impl Config {
             max_finished_tasks,
             max_held_bytes,
             max_cut_short_runs,
+            watch_journal_capacity,
             kinds,
             store,
             lease,
@@ -449,6 +464,7 @@ impl Config {
                 .iter()
                 .filter_map(|(kind, settings)| Some((kind.clone(), settings.max_concurrent?)))
                 .collect(),
+            watch_journal_capacity: self.watch_journal_capacity,
         }
     }
 

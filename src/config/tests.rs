@@ -153,6 +153,7 @@ fn every_setting_is_read_from_its_environment_variable() {
         ("TASK_PROCESSOR_MAX_FINISHED_TASKS", "12"),
         ("TASK_PROCESSOR_MAX_HELD_BYTES", "64KiB"),
         ("TASK_PROCESSOR_MAX_CUT_SHORT_RUNS", "14"),
+        ("TASK_PROCESSOR_WATCH_JOURNAL_CAPACITY", "15"),
         (
             "TASK_PROCESSOR_KINDS",
             r#"{"echo": {"max_concurrent": 3, "retry_policy": {"max_attempts": 2}}}"#,
@@ -181,6 +182,8 @@ fn every_setting_is_read_from_its_environment_variable() {
     assert_eq!(config.max_finished_tasks, 12);
     assert_eq!(config.max_held_bytes, 64 * 1024);
     assert_eq!(config.max_cut_short_runs, 14);
+    assert_eq!(config.watch_journal_capacity, 15);
+    assert_eq!(config.manager_config().watch_journal_capacity, 15);
     assert_eq!(config.kinds["echo"].max_concurrent, Some(3));
     assert_eq!(config.manager_config().kind_limits["echo"], 3);
     assert_eq!(config.limits().default_retry_policy("echo").max_attempts, 2);
@@ -326,6 +329,12 @@ fn every_validation_error_names_setting_source_and_reason() {
             vec!["--max-finished-tasks", "0"],
             vec![],
             "max_finished_tasks",
+            "at least 1",
+        ),
+        (
+            vec!["--watch-journal-capacity", "0"],
+            vec![],
+            "watch_journal_capacity",
             "at least 1",
         ),
         (

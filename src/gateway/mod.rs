@@ -112,6 +112,7 @@ pub fn router(gateway: Gateway, cors_origins: &[String]) -> Router {
         )
         .route("/api/v1/tasks/{id}/cancel", post(tasks::cancel_task))
         .route("/api/v1/tasks/{id}/watch", get(watch::watch_task))
+        .route("/api/v1/watch", get(watch::watch_tasks))
         .route(
             "/api/v1/schedules",
             post(schedules::create_schedule).get(schedules::list_schedules),

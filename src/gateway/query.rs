@@ -19,21 +19,7 @@ pub fn list_tasks_request(query: &str) -> Result<pb::ListTasksRequest, GatewayEr
             "pageSize" | "page_size" => request.page_size = page_size(&name, &value)?,
             "pageToken" | "page_token" => request.page_token = value.into_owned(),
             "status" | "statuses" => request.statuses.push(status(&name, &value)?),
-            "label" | "labels" => {
-                let Some((key, label_value)) = value.split_once('=') else {
-                    return Err(GatewayError::bad_request(format!(
-                        "{name}: expected key=value, got {value:?}"
-                    )));
-                };
-                if labels
-                    .insert(key.to_owned(), label_value.to_owned())
-                    .is_some()
-                {
-                    return Err(GatewayError::bad_request(format!(
-                        "{name}: the key {key:?} is given twice"
-                    )));
-                }
-            }
+            "label" | "labels" => add_label(&mut labels, &name, &value)?,
             _ => {
                 return Err(unknown_parameter(
                     &name,
@@ -44,6 +30,65 @@ pub fn list_tasks_request(query: &str) -> Result<pb::ListTasksRequest, GatewayEr
     }
     request.labels = labels;
     Ok(request)
+}
+
+/// `status` and `label` as for the list, `kind` (repeatable),
+/// `sendInitial` (`true` or `false`) and `resumeToken`. The proto's own
+/// names (`statuses`, `kinds`, `send_initial`, `resume_token`…) are taken
+/// too.
+pub fn watch_tasks_request(query: &str) -> Result<pb::WatchTasksRequest, GatewayError> {
+    let mut request = pb::WatchTasksRequest::default();
+    let mut labels = HashMap::new();
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*name {
+            "status" | "statuses" => request.statuses.push(status(&name, &value)?),
+            "label" | "labels" => add_label(&mut labels, &name, &value)?,
+            "kind" | "kinds" => request.kinds.push(value.into_owned()),
+            "sendInitial" | "send_initial" => {
+                request.send_initial = match &*value {
+                    "true" | "" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(GatewayError::bad_request(format!(
+                            "{name}: expected true or false, got {value:?}"
+                        )));
+                    }
+                };
+            }
+            "resumeToken" | "resume_token" => request.resume_token = value.into_owned(),
+            _ => {
+                return Err(unknown_parameter(
+                    &name,
+                    "status, label, kind, sendInitial, resumeToken",
+                ));
+            }
+        }
+    }
+    request.labels = labels;
+    Ok(request)
+}
+
+/// A `label=key=value` parameter, into `labels`; a key given twice is
+/// refused rather than one of them silently kept.
+fn add_label(
+    labels: &mut HashMap<String, String>,
+    name: &str,
+    value: &str,
+) -> Result<(), GatewayError> {
+    let Some((key, label_value)) = value.split_once('=') else {
+        return Err(GatewayError::bad_request(format!(
+            "{name}: expected key=value, got {value:?}"
+        )));
+    };
+    if labels
+        .insert(key.to_owned(), label_value.to_owned())
+        .is_some()
+    {
+        return Err(GatewayError::bad_request(format!(
+            "{name}: the key {key:?} is given twice"
+        )));
+    }
+    Ok(())
 }
 
 /// `pageSize` and `pageToken`.
@@ -120,6 +165,27 @@ mod tests {
     }
 
     #[test]
+    fn every_watch_parameter_is_read_and_repeats_add_up() {
+        let request = watch_tasks_request(
+            "status=pending&status=2&label=team%3Ddata&kind=echo&kinds=sleep&sendInitial=true\
+             &resumeToken=abc%2B",
+        )
+        .expect("valid");
+        assert_eq!(
+            request.statuses,
+            [
+                pb::TaskStatus::Pending as i32,
+                pb::TaskStatus::Running as i32
+            ]
+        );
+        assert_eq!(request.labels["team"], "data");
+        assert_eq!(request.kinds, ["echo", "sleep"]);
+        assert!(request.send_initial);
+        assert_eq!(request.resume_token, "abc+");
+        assert_eq!(watch_tasks_request("").expect("empty"), Default::default());
+    }
+
+    #[test]
     fn a_malformed_parameter_is_refused_by_name() {
         for (query, named) in [
             ("pageSize=ten", "pageSize"),
@@ -132,6 +198,14 @@ mod tests {
             assert!(error.to_string().contains(named), "{query}: {error}");
         }
         assert!(list_schedules_request("status=1").is_err());
+        for (query, named) in [
+            ("sendInitial=yes", "sendInitial"),
+            ("label=team", "label"),
+            ("pageSize=1", "\"pageSize\""),
+        ] {
+            let error = watch_tasks_request(query).expect_err(query);
+            assert!(error.to_string().contains(named), "{query}: {error}");
+        }
         assert_eq!(
             list_schedules_request("page_size=3")
                 .expect("valid")

@@ -1,11 +1,14 @@
-//! `GET /api/v1/tasks/{id}/watch`: `WatchTask` as Server-Sent Events. Each
-//! `WatchTaskResponse` is one event with one `data:` line of JSON, under
-//! the RPC's rules (the current state first, every status change in order,
-//! the stream ends after a terminal state). An error before the first
-//! message (a bad or unknown id) is an ordinary JSON error answer; one
-//! after it (the server shutting down: `UNAVAILABLE`) is a last event named
-//! `error` carrying the same JSON as an error answer. A comment goes out
-//! every [`SSE_KEEP_ALIVE`] of quiet.
+//! `GET /api/v1/tasks/{id}/watch` and `GET /api/v1/watch`: `WatchTask` and
+//! `WatchTasks` as Server-Sent Events. Each response message is one event
+//! with one `data:` line of JSON, under the RPC's rules (for `WatchTask`:
+//! the current state first, every status change in order, the stream ends
+//! after a terminal state; for `WatchTasks`: the initial list if asked for,
+//! then changes, each with its `resumeToken`). An error before the first
+//! message (a bad or unknown id, a bad filter or token) is an ordinary JSON
+//! error answer; one after it (the server shutting down: `UNAVAILABLE`; a
+//! client too slow: `ABORTED`) is a last event named `error` carrying the
+//! same JSON as an error answer. A comment goes out every
+//! [`SSE_KEEP_ALIVE`] of quiet.
 //!
 //! The RPC's response stream lives inside the event stream: when the
 //! client goes away, hyper drops the body, which drops the RPC's stream,
@@ -14,7 +17,7 @@
 use std::convert::Infallible;
 
 use axum::{
-    extract::{Path, State},
+    extract::{Path, RawQuery, State},
     response::{
         IntoResponse, Response,
         sse::{Event, KeepAlive, Sse},
@@ -26,9 +29,10 @@ use tracing::error;
 use super::{
     Gateway, SSE_KEEP_ALIVE,
     call::{CallContext, REQUEST_ID_HEADER, request_id_of},
+    query,
 };
 use crate::{
-    api::proto_json::{JsonLayout, Unpopulated, WATCH_TASK_RESPONSE},
+    api::proto_json::{JsonLayout, Unpopulated, WATCH_TASK_RESPONSE, WATCH_TASKS_RESPONSE},
     pb,
 };
 
@@ -45,12 +49,42 @@ pub(super) async fn watch_task(
         .clone()
         .watch_task(call.request(pb::WatchTaskRequest { id }))
         .await;
-    let response = match answer {
-        Ok(response) => response,
-        Err(status) => return gateway.status_response(&status),
+    match answer {
+        Ok(response) => sse_response(gateway, response, WATCH_TASK_RESPONSE),
+        Err(status) => gateway.status_response(&status),
+    }
+}
+
+/// `GET /api/v1/watch?status=…&label=key=value&kind=…&sendInitial=true&resumeToken=…`.
+pub(super) async fn watch_tasks(
+    State(gateway): State<Gateway>,
+    call: CallContext,
+    RawQuery(raw_query): RawQuery,
+) -> Response {
+    let request = match query::watch_tasks_request(raw_query.as_deref().unwrap_or_default()) {
+        Ok(request) => request,
+        Err(refused) => return refused.into_response_for(&call),
     };
+    let answer = gateway
+        .tasks
+        .clone()
+        .watch_tasks(call.request(request))
+        .await;
+    match answer {
+        Ok(response) => sse_response(gateway, response, WATCH_TASKS_RESPONSE),
+        Err(status) => gateway.status_response(&status),
+    }
+}
+
+/// The event stream of an RPC's response stream, with keep-alives and the
+/// call's request id.
+fn sse_response<M: prost::Message + Default + Send + 'static>(
+    gateway: Gateway,
+    response: tonic::Response<tonic::Streaming<M>>,
+    message_name: &'static str,
+) -> Response {
     let request_id = request_id_of(response.metadata());
-    let events = events(gateway, response.into_inner());
+    let events = events(gateway, response.into_inner(), message_name);
     let mut response = Sse::new(events)
         .keep_alive(
             KeepAlive::new()
@@ -65,9 +99,10 @@ pub(super) async fn watch_task(
 }
 
 /// The RPC's messages as events, then an `error` event if it failed.
-fn events(
+fn events<M: prost::Message + Default + Send + 'static>(
     gateway: Gateway,
-    mut messages: tonic::Streaming<pb::WatchTaskResponse>,
+    mut messages: tonic::Streaming<M>,
+    message_name: &'static str,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     async_stream::stream! {
         loop {
@@ -75,7 +110,7 @@ fn events(
                 Ok(Some(message)) => {
                     let json = gateway.proto_json.to_json(
                         &message,
-                        WATCH_TASK_RESPONSE,
+                        message_name,
                         JsonLayout::Compact,
                         Unpopulated::Emit,
                     );

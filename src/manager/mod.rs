@@ -5,8 +5,10 @@
 //! reply. Nothing here knows about gRPC.
 
 mod actor;
+mod journal;
 mod persist;
 mod watch;
+mod watch_tasks;
 
 use std::{
     collections::HashMap,
@@ -30,7 +32,11 @@ use crate::{
 use actor::json_bytes as held_json_bytes;
 
 pub use crate::store::{LIST_PAGE_BYTES, ListPage, ListQuery, SchedulePage};
+pub use journal::DEFAULT_JOURNAL_CAPACITY;
 pub use watch::TaskWatch;
+pub use watch_tasks::{
+    BOOKMARK_AFTER, TaskFilter, TasksEvent, TasksWatch, TasksWatchEnd, WatchPosition, WatchStart,
+};
 
 /// How long a processor may keep running after it was told to stop
 /// (cancel, timeout, shutdown) before it is aborted and its slot freed.
@@ -99,6 +105,9 @@ pub struct ManagerConfig {
     /// At most this many tasks of a kind run at once here, within
     /// `max_concurrent`; kinds not listed have no limit of their own.
     pub kind_limits: HashMap<String, usize>,
+    /// `WatchTasks`: at most this many changes are kept for streams to
+    /// resume from (besides being kept no longer than ten minutes).
+    pub watch_journal_capacity: usize,
 }
 
 /// The default of [`ManagerConfig::max_cut_short_runs`].
@@ -134,6 +143,14 @@ pub enum ManagerError {
         budget: u64,
         retry_after: Duration,
     },
+    /// A `WatchTasks` position this process cannot resume from: issued by
+    /// another process (or before a restart), or older than what the
+    /// journal keeps.
+    #[error(
+        "the resume_token has expired or was issued by another server process; list the tasks \
+         again, then watch without a resume_token"
+    )]
+    WatchPositionLost,
     #[error("the server is shutting down")]
     ShuttingDown,
     /// The store failed; nothing was changed (a create was not accepted).
@@ -154,6 +171,8 @@ pub struct ManagerStats {
     pub watched_tasks: usize,
     /// Open watch streams over all tasks.
     pub watchers: usize,
+    /// Open `WatchTasks` streams.
+    pub task_streams: usize,
     pub request_ids: usize,
     /// Finished tasks still retained.
     pub finished: usize,
@@ -245,6 +264,13 @@ enum Command {
         id: TaskId,
         respond_to: Reply<TaskWatch>,
     },
+    /// `WatchTasks`: a subscription to the change journal, with the initial
+    /// list when asked for.
+    WatchTasks {
+        filter: TaskFilter,
+        start: WatchStart,
+        respond_to: Reply<WatchTasksStart>,
+    },
     StopAccepting {
         respond_to: Reply<()>,
     },
@@ -265,6 +291,16 @@ enum Command {
     Flush {
         respond_to: Reply<()>,
     },
+}
+
+/// What the actor answers a new `WatchTasks` stream: where it starts in the
+/// journal and, while the initial list is to be sent, the list's rest:
+/// after which task it goes on, and the matching tasks after it as of the
+/// subscription.
+#[derive(Debug)]
+struct WatchTasksStart {
+    subscription: journal::Subscription,
+    initial_list: Option<watch_tasks::InitialList>,
 }
 
 /// A request about schedules, for the shape to serve: the local shape holds
@@ -611,6 +647,32 @@ impl ManagerHandle {
             *first = self.with_payload(Arc::clone(first)).await?;
         }
         Ok(watch)
+    }
+
+    /// Subscribes to the changes of the tasks that match `filter`, from
+    /// `start`. A position this process cannot resume from is
+    /// `WatchPositionLost`.
+    pub async fn watch_tasks(
+        &self,
+        filter: TaskFilter,
+        start: WatchStart,
+    ) -> Result<TasksWatch, ManagerError> {
+        let WatchTasksStart {
+            subscription,
+            initial_list,
+        } = self
+            .call(|respond_to| Command::WatchTasks {
+                filter: filter.clone(),
+                start,
+                respond_to,
+            })
+            .await?;
+        Ok(TasksWatch::new(
+            filter,
+            subscription,
+            initial_list,
+            self.clone(),
+        ))
     }
 
     /// Refuses new tasks from now on (`ShuttingDown`); everything else,

@@ -180,6 +180,21 @@ pub struct ListQuery {
     pub limit: usize,
 }
 
+/// The filter of `ListTasks` (and `WatchTasks`): a task in `status` with
+/// `labels` passes when `statuses` is empty or holds its status, and it
+/// carries every pair of `wanted_labels`.
+pub fn status_and_labels_match(
+    statuses: &[TaskStatus],
+    wanted_labels: &BTreeMap<String, String>,
+    status: TaskStatus,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    (statuses.is_empty() || statuses.contains(&status))
+        && wanted_labels
+            .iter()
+            .all(|(key, value)| labels.get(key) == Some(value))
+}
+
 /// One page of a listing.
 #[derive(Clone, Debug)]
 pub struct ListPage {

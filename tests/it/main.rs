@@ -42,3 +42,4 @@ mod taskctl;
 mod taskctl_connection;
 mod tracing;
 mod watch;
+mod watch_tasks;

@@ -30,13 +30,14 @@ use crate::support::{TestServer, eventually};
 
 const TASK_SERVICE: &str = "taskprocessor.v1.TaskService";
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
-const TASK_METHODS: [&str; 13] = [
+const TASK_METHODS: [&str; 14] = [
     "CreateTask",
     "BatchCreateTasks",
     "GetTask",
     "ListTasks",
     "CancelTask",
     "WatchTask",
+    "WatchTasks",
     "DeleteTask",
     "CreateSchedule",
     "GetSchedule",
@@ -251,7 +252,7 @@ async fn resolves_task_service_with_well_known_types<R: ReflectionVersion>() {
         .expect("TaskService in the pool");
     assert_eq!(method_names(&service), TASK_METHODS);
     for method in service.methods() {
-        let streams = method.name() == "WatchTask";
+        let streams = matches!(method.name(), "WatchTask" | "WatchTasks");
         assert_eq!(method.is_server_streaming(), streams, "{}", method.name());
         assert!(!method.is_client_streaming(), "{}", method.name());
     }

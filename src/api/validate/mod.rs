@@ -8,9 +8,9 @@ use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 
 use prost::Message;
 
-use super::{error::ApiError, json::json_from_proto, page_token};
+use super::{error::ApiError, json::json_from_proto, page_token, resume_token};
 use crate::{
-    manager::ListQuery,
+    manager::{ListQuery, TaskFilter, WatchStart},
     pb,
     processor::{DEFAULT_KIND, Registry},
     task::{NewTask, RetryPolicy, TaskId, TaskStatus},
@@ -275,6 +275,53 @@ pub fn list_query(request: pb::ListTasksRequest) -> Result<ListQuery, ApiError> 
         query.after = Some(after);
     }
     Ok(query)
+}
+
+/// The most kinds a `WatchTasks` filter may name.
+pub const MAX_FILTER_KINDS: usize = 64;
+
+/// Validates a `WatchTasks` request: its filter (statuses and labels as
+/// in `ListTasks`), and where it starts (its `resume_token`, which must have
+/// been issued for the same filter, or `send_initial`).
+pub fn watch_tasks_request(
+    request: pb::WatchTasksRequest,
+) -> Result<(TaskFilter, WatchStart), ApiError> {
+    let statuses = request
+        .statuses
+        .iter()
+        .map(|number| status_filter(*number))
+        .collect::<Result<Vec<_>, _>>()?;
+    let labels = labels("labels", request.labels.into_iter().collect())?;
+    if request.kinds.len() > MAX_FILTER_KINDS {
+        return Err(ApiError::invalid(
+            "kinds",
+            format!(
+                "may name at most {MAX_FILTER_KINDS} kinds, got {}",
+                request.kinds.len()
+            ),
+        ));
+    }
+    if let Some(position) = request.kinds.iter().position(String::is_empty) {
+        return Err(ApiError::invalid(
+            format!("kinds[{position}]"),
+            "must not be empty",
+        ));
+    }
+    let filter = TaskFilter {
+        statuses,
+        labels,
+        kinds: request.kinds,
+    };
+    let start = if !request.resume_token.is_empty() {
+        let position = resume_token::decode(&request.resume_token, &filter)
+            .map_err(|error| ApiError::invalid("resume_token", error.to_string()))?;
+        WatchStart::Resume(position)
+    } else if request.send_initial {
+        WatchStart::Initial
+    } else {
+        WatchStart::Now
+    };
+    Ok((filter, start))
 }
 
 /// A listing's `page_size`: 0 means the default, more than the maximum

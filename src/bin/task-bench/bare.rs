@@ -122,6 +122,15 @@ impl TaskService for BareService {
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
         Err(Status::unimplemented("bare server"))
     }
+
+    type WatchTasksStream = tokio_stream::Empty<Result<pb::WatchTasksResponse, Status>>;
+
+    async fn watch_tasks(
+        &self,
+        _request: Request<pb::WatchTasksRequest>,
+    ) -> Result<Response<Self::WatchTasksStream>, Status> {
+        Err(Status::unimplemented("bare server"))
+    }
 }
 
 pub async fn serve(listener: TcpListener, stop: impl Future<Output = ()>) {

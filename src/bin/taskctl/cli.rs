@@ -170,16 +170,25 @@ page is printed to stderr (table) or as nextPageToken (json, yaml). With
 --all every page is fetched and printed as one list.")]
     List(ListArgs),
 
-    /// Follow a task live until it ends.
+    /// Follow a task live until it ends, or every matching task (--all).
     #[command(after_help = "\
 Examples:
   taskctl watch 0190b4a4-5d3e-7f00-8000-000000000000
   taskctl watch 0190b4a4-5d3e-7f00-8000-000000000000 -o json   # one object per line
+  taskctl watch --all
+  taskctl watch --all --status running --label team=data --kind sleep
+  taskctl watch --all --initial -o json
 
 On a terminal a progress bar shows the task's progress and message;
 otherwise one line per state. Exit code: 0 completed, 3 failed,
-4 cancelled.")]
-    Watch(TaskIdArgs),
+4 cancelled.
+
+With --all, one line per change of any matching task (time, id, kind,
+status, progress), or one WatchTasksResponse per line with -o json, until
+interrupted. A task that leaves the filter shows once more. When the
+server ends the stream because taskctl fell behind, taskctl resumes from
+the last message by itself.")]
+    Watch(WatchArgs),
 
     /// Cancel a pending or running task.
     #[command(after_help = "\
@@ -392,6 +401,42 @@ pub struct StartTimeArgs {
 pub struct TaskIdArgs {
     /// The task's id (a UUID).
     pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The task's id (a UUID); not with --all.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub id: Option<String>,
+
+    /// Follow every task that matches --status, --label and --kind
+    /// (WatchTasks), until interrupted.
+    #[arg(long)]
+    pub all: bool,
+
+    /// With --all: only tasks with this status, before or after a change;
+    /// repeat for several.
+    #[arg(
+        long = "status",
+        value_enum,
+        ignore_case = true,
+        value_name = "STATUS",
+        requires = "all"
+    )]
+    pub statuses: Vec<StatusFilter>,
+
+    /// With --all: only tasks with this label KEY=VALUE; repeat to require
+    /// several.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label, requires = "all")]
+    pub labels: Vec<(String, String)>,
+
+    /// With --all: only tasks of this kind; repeat for several.
+    #[arg(long = "kind", value_name = "KIND", requires = "all")]
+    pub kinds: Vec<String>,
+
+    /// With --all: first show every matching task as it is now.
+    #[arg(long, requires = "all")]
+    pub initial: bool,
 }
 
 #[derive(Debug, Args)]

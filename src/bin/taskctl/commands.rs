@@ -93,7 +93,10 @@ pub async fn run(cli: Cli) -> Result<Outcome, CliError> {
         Command::Create(args) => session.create(&args).await,
         Command::Get(args) => session.get(&args.id).await,
         Command::List(args) => session.list(args).await,
-        Command::Watch(args) => session.watch(&args.id).await,
+        Command::Watch(args) => match &args.id {
+            Some(id) if !args.all => session.watch(id).await,
+            _ => session.watch_all(args).await,
+        },
         Command::Cancel(args) => session.cancel(&args.id).await,
         Command::Delete(args) => session.delete(&args.ids).await,
         Command::Health(args) => session.health(args).await,

@@ -19,6 +19,7 @@ mod paging;
 mod progress;
 mod proto_json;
 mod schedules;
+mod watch_all;
 mod yaml;
 
 use std::process::ExitCode;

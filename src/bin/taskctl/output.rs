@@ -117,6 +117,24 @@ impl Printer {
         }
     }
 
+    /// One message of a stream (whose full protobuf name is `full_name`)
+    /// as a machine-readable line (json) or document (yaml).
+    pub fn print_stream_message(
+        &self,
+        message: &impl prost::Message,
+        full_name: &str,
+    ) -> Result<(), CliError> {
+        match self.format {
+            OutputFormat::Yaml => {
+                let document = self.proto_json.to_yaml(message, full_name)?;
+                write_stdout(&format!("---\n{document}"))
+            }
+            OutputFormat::Json | OutputFormat::Table => {
+                write_stdout(&self.json_line(message, full_name, JsonLayout::Compact)?)
+            }
+        }
+    }
+
     /// That one task was deleted: a line for people, or `DeleteTask`'s
     /// answer, an empty message, as grpcurl prints it (`{}`), one per line
     /// (json) or document (yaml), as for several messages of a stream.

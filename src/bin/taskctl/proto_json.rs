@@ -10,7 +10,7 @@ use crate::{errors::CliError, yaml};
 
 pub use library::{
     CREATE_TASK_REQUEST, EMPTY, JsonLayout, LIST_SCHEDULES_RESPONSE, LIST_TASKS_RESPONSE, SCHEDULE,
-    TASK, WATCH_TASK_RESPONSE,
+    TASK, WATCH_TASK_RESPONSE, WATCH_TASKS_RESPONSE,
 };
 
 /// What `create --from-file` prints: the tasks of every call.

@@ -28,8 +28,10 @@ use crate::{
     manager::{
         ManagerError, ManagerStats, Reply, STORE_CALL_TIMEOUT, STORE_HOUSEKEEPING_TIMEOUT,
         STORE_READ_TIMEOUT, ScheduleCommand,
+        journal::Before,
         persist::Pending,
         watch::{TaskWatch, WatchState},
+        watch_tasks::TaskFilter,
     },
     schedule::ScheduleId,
     store::{
@@ -675,6 +677,14 @@ impl Manager<Cluster> {
                 self.lose_run(id);
             }
         }
+        // Every committed change, from any replica, in the order the feed
+        // brings them. The feed leaves `data` out (it never changes).
+        let before = if change.task.revision == 1 {
+            Before::Created
+        } else {
+            Before::Unknown
+        };
+        self.announce(&Arc::new(change.task.clone()), before);
         if let Some(pending) = self.shape.pending_watches.get_mut(&id) {
             pending.changes.push(change);
             return;
@@ -835,6 +845,15 @@ impl Shape for Cluster {
 
     fn watch(manager: &mut Manager<Self>, id: TaskId, respond_to: Reply<TaskWatch>) {
         manager.watch_through_feed(id, respond_to);
+    }
+
+    fn watch_tasks_snapshot(
+        _manager: &Manager<Self>,
+        _filter: &TaskFilter,
+        _after: Option<TaskId>,
+    ) -> Option<Vec<Arc<Task>>> {
+        // The table is the truth: the stream lists it from the store.
+        None
     }
 
     fn stop_running(manager: &mut Manager<Self>, _reason: String, respond_to: Reply<usize>) {

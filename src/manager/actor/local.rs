@@ -6,6 +6,7 @@
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
+    ops::Bound,
     sync::Arc,
     time::Duration,
 };
@@ -23,8 +24,10 @@ use super::{
 use crate::{
     manager::{
         ManagerError, ManagerStats, Reply, ScheduleCommand,
+        journal::Before,
         persist::{Deferred, Pending},
         watch::{TaskWatch, WatchState},
+        watch_tasks::TaskFilter,
     },
     schedule::{Schedule, ScheduleId},
     store::BatchOutcome,
@@ -145,6 +148,26 @@ impl Shape for Local {
         let _ = respond_to.send(manager.watch(id));
     }
 
+    fn watch_tasks_snapshot(
+        manager: &Manager<Self>,
+        filter: &TaskFilter,
+        after: Option<TaskId>,
+    ) -> Option<Vec<Arc<Task>>> {
+        // Every task is here: one pass, in the same step as the
+        // subscription. Clones of `Arc`s only, so even a large retention
+        // holds the loop for a few milliseconds.
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        Some(
+            manager
+                .tasks
+                .range((start, Bound::Unbounded))
+                .map(|(_, task)| task)
+                .filter(|task| filter.matches(task))
+                .cloned()
+                .collect(),
+        )
+    }
+
     fn stop_running(manager: &mut Manager<Self>, reason: String, respond_to: Reply<usize>) {
         let _ = respond_to.send(Ok(manager.cancel_running(&reason)));
     }
@@ -170,6 +193,7 @@ impl Shape for Local {
             manager.shape.waiting.add(task);
         }
         manager.publish(task, status_changed);
+        manager.announce(task, Before::Status(before));
         if status_changed && task.status.is_terminal() {
             manager.retain_finished(task.id);
         }
@@ -231,6 +255,8 @@ impl Shape for Local {
             shape.request_ids.remove(request_id);
         }
         manager.watchers.remove(&id);
+        // Streams saw it created: they learn it is gone.
+        manager.announce(&task, Before::Deleted);
     }
 
     fn pending_count(manager: &Manager<Self>) -> usize {
@@ -341,6 +367,7 @@ impl Manager<Local> {
             shape.waiting.add(&task);
         }
         self.tasks.insert(id, Arc::clone(&task));
+        self.announce(&task, Before::Created);
         task
     }
 
@@ -373,6 +400,7 @@ impl Manager<Local> {
         }
         // Its entry in `finished` stays until retention reaches it, where
         // forgetting it again is a no-op.
+        self.announce(&task, Before::Deleted);
         self.forget(id);
         Ok(())
     }

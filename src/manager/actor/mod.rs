@@ -30,6 +30,7 @@ mod local_schedules;
 mod recover;
 mod runs;
 mod wait_queue;
+mod watch_tasks;
 
 pub(super) use cluster::Cluster;
 pub(super) use held::json_bytes;
@@ -56,14 +57,16 @@ use tracing::{debug, error};
 use super::{
     Command, ListPage, ListQuery, ManagerConfig, ManagerError, ManagerStats, PROGRESS_BUFFER,
     Reply, ScheduleCommand, StoreHealth,
+    journal::Journal,
     persist::{Deferred, Pending, Persister},
     watch::{TaskWatch, WatchState},
+    watch_tasks::TaskFilter,
 };
 use crate::{
     metrics::{KindMetrics, Metrics},
     processor::{ProcessorError, ProgressUpdate, Registry},
     schedule::ScheduleId,
-    store::{BatchOutcome, TaskStore},
+    store::{BatchOutcome, TaskStore, status_and_labels_match},
     task::{NewTask, Task, TaskId, TaskStatus},
 };
 
@@ -135,6 +138,14 @@ pub(super) trait Shape: Sized + Send + 'static {
     /// Forgets a finished task; answers once that is durable.
     fn delete(manager: &mut Manager<Self>, id: TaskId, respond_to: Reply<()>);
     fn watch(manager: &mut Manager<Self>, id: TaskId, respond_to: Reply<TaskWatch>);
+    /// `WatchTasks`' initial list: the tasks after `after` (in id order)
+    /// that match `filter`, as they are now. `None` when this shape does
+    /// not hold every task.
+    fn watch_tasks_snapshot(
+        manager: &Manager<Self>,
+        filter: &TaskFilter,
+        after: Option<TaskId>,
+    ) -> Option<Vec<Arc<Task>>>;
     /// Shutdown: stops every run (to run again later, or elsewhere).
     fn stop_running(manager: &mut Manager<Self>, reason: String, respond_to: Reply<usize>);
 
@@ -194,6 +205,8 @@ pub(super) struct Manager<S> {
     timers: DelayQueue<Timer>,
     /// One channel per watched task, shared by all its watchers.
     watchers: HashMap<TaskId, watch::Sender<WatchState>>,
+    /// Every change, numbered, for `WatchTasks` streams.
+    journal: Journal,
     /// Callers waiting for the last run to stop.
     idle_waiters: Vec<oneshot::Sender<Result<(), ManagerError>>>,
     /// Cleared when shutdown begins: creates are refused.
@@ -216,6 +229,7 @@ impl<S: Shape> Manager<S> {
         shape: S,
     ) -> Self {
         let (progress_sender, progress_updates) = mpsc::channel(PROGRESS_BUFFER);
+        let journal = Journal::new(config.watch_journal_capacity);
         Self {
             persister: Persister::new(
                 commits,
@@ -236,6 +250,7 @@ impl<S: Shape> Manager<S> {
             run_owners: HashMap::new(),
             timers: DelayQueue::new(),
             watchers: HashMap::new(),
+            journal,
             idle_waiters: Vec::new(),
             accepting: true,
             starting: true,
@@ -270,6 +285,7 @@ impl<S: Shape> Manager<S> {
                 }
                 _ = housekeeping.tick() => {
                     self.sweep_watchers();
+                    self.journal.prune();
                     S::housekeeping(&mut self);
                 }
             }
@@ -322,6 +338,13 @@ impl<S: Shape> Manager<S> {
             Command::Cancel { id, respond_to } => S::cancel(self, id, respond_to),
             Command::Delete { id, respond_to } => S::delete(self, id, respond_to),
             Command::Watch { id, respond_to } => S::watch(self, id, respond_to),
+            Command::WatchTasks {
+                filter,
+                start,
+                respond_to,
+            } => {
+                let _ = respond_to.send(self.watch_tasks(&filter, start));
+            }
             Command::Flush { respond_to } => {
                 if self.persister.has_work() {
                     self.persister.defer(Deferred::Flushed(respond_to));
@@ -401,11 +424,7 @@ impl<S: Shape> Manager<S> {
     fn list(&self, query: &ListQuery) -> ListPage {
         let start = query.after.map_or(Bound::Unbounded, Bound::Excluded);
         let matches = |task: &Task| {
-            (query.statuses.is_empty() || query.statuses.contains(&task.status))
-                && query
-                    .labels
-                    .iter()
-                    .all(|(key, value)| task.labels.get(key) == Some(value))
+            status_and_labels_match(&query.statuses, &query.labels, task.status, &task.labels)
         };
         let mut tasks: Vec<Arc<Task>> = Vec::new();
         let mut last_examined = None;
@@ -439,6 +458,7 @@ impl<S: Shape> Manager<S> {
             pending: S::pending_count(self),
             running: self.running.len(),
             watched_tasks: self.watchers.len(),
+            task_streams: self.journal.streams(),
             watchers: self
                 .watchers
                 .values()

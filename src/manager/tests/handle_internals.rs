@@ -32,6 +32,7 @@ fn test_config() -> ManagerConfig {
         max_held_bytes: 1024,
         max_cut_short_runs: 5,
         kind_limits: Default::default(),
+        watch_journal_capacity: crate::manager::DEFAULT_JOURNAL_CAPACITY,
     }
 }
 

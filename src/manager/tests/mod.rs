@@ -29,7 +29,8 @@
 //! - `runs.rs`: results, errors, panics and progress of a run;
 //! - `scheduling.rs`: retries and their back-off, `run_after`, priority,
 //!   queue timeouts, and cancelling a retrying task;
-//! - `shutdown.rs`: stop accepting, stop starting, cancel running, idle.
+//! - `shutdown.rs`: stop accepting, stop starting, cancel running, idle;
+//! - `watch_tasks.rs`: `WatchTasks` bookmarks, and resuming from one.
 
 mod cancel;
 mod handle_internals;
@@ -40,6 +41,7 @@ mod scheduling;
 mod script;
 mod shutdown;
 mod timeouts;
+mod watch_tasks;
 
 use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
 
@@ -90,6 +92,7 @@ pub(super) fn config(max_concurrent: usize, queue_capacity: usize) -> ManagerCon
         max_held_bytes: 1 << 30,
         max_cut_short_runs: 5,
         kind_limits: Default::default(),
+        watch_journal_capacity: crate::manager::DEFAULT_JOURNAL_CAPACITY,
     }
 }
 

@@ -1,6 +1,7 @@
-//! `GET /api/v1/tasks/{id}/watch` as Server-Sent Events: one `data:` line
-//! of JSON per `WatchTaskResponse`, under `WatchTask`'s rules, read as a
-//! browser's EventSource reads them.
+//! `GET /api/v1/tasks/{id}/watch` and `GET /api/v1/watch` as Server-Sent
+//! Events: one `data:` line of JSON per `WatchTaskResponse` or
+//! `WatchTasksResponse`, under the RPC's rules, read as a browser's
+//! EventSource reads them.
 
 use bytes::Bytes;
 use http::Method;
@@ -36,9 +37,14 @@ struct Events {
 impl Events {
     /// Opens the watch of `id`; fails the test unless it is an event stream.
     async fn open(http: &Http, id: &str) -> Self {
+        Self::open_path(http, &format!("/api/v1/tasks/{id}/watch")).await
+    }
+
+    /// Opens the event stream at `path`.
+    async fn open_path(http: &Http, path: &str) -> Self {
         let request = http.request(
             Method::GET,
-            &format!("/api/v1/tasks/{id}/watch"),
+            path,
             &[("accept", "text/event-stream")],
             Bytes::new(),
         );
@@ -235,4 +241,91 @@ async fn a_quiet_watch_gets_a_keep_alive_comment_every_15_seconds() {
         tasks.last().expect("the end")["status"],
         "TASK_STATUS_COMPLETED"
     );
+}
+
+/// The next `WatchTasksResponse` of a stream, as JSON.
+async fn next_message(events: &mut Events) -> JsonValue {
+    let event = events.next().await.expect("the stream goes on");
+    assert_eq!(event.name, None, "{event:?}");
+    let message: JsonValue = serde_json::from_str(&event.data).expect("JSON");
+    assert!(
+        message["resumeToken"]
+            .as_str()
+            .is_some_and(|token| !token.is_empty()),
+        "every message has a token: {message}"
+    );
+    message
+}
+
+#[tokio::test]
+async fn watching_many_tasks_streams_the_list_then_changes_and_resumes_from_a_token() {
+    let server = TestServer::start().await;
+    let http = Http::new(server.address);
+    let client = server.client().await;
+    let mut ours = Vec::new();
+    for (name, team) in [("a1", "a"), ("b1", "b"), ("a2", "a")] {
+        let body =
+            format!(r#"{{"name": "{name}", "kind": "echo", "labels": {{"team": "{team}"}}}}"#);
+        let id = id_of(&http.create(&body).await);
+        wait_for_status(&client, &id, pb::TaskStatus::Completed).await;
+        if team == "a" {
+            ours.push(id);
+        }
+    }
+    let filter = "label=team%3Da&kind=echo&status=pending&status=running&status=completed";
+    let mut events =
+        Events::open_path(&http, &format!("/api/v1/watch?{filter}&sendInitial=true")).await;
+    for id in &ours {
+        let message = next_message(&mut events).await;
+        assert_eq!(message["task"]["id"], id.as_str(), "{message}");
+        assert_eq!(message["initialDone"], false);
+    }
+    let done = next_message(&mut events).await;
+    assert_eq!(done["initialDone"], true, "{done}");
+    assert!(done.get("task").is_none_or(JsonValue::is_null), "{done}");
+    let token = done["resumeToken"].as_str().expect("a token").to_owned();
+
+    let body = r#"{"name": "a3", "kind": "echo", "labels": {"team": "a"}}"#;
+    let new_id = id_of(&http.create(body).await);
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let message = next_message(&mut events).await;
+        assert_eq!(message["task"]["id"], new_id.as_str(), "{message}");
+        statuses.push(
+            message["task"]["status"]
+                .as_str()
+                .expect("a status")
+                .to_owned(),
+        );
+    }
+    assert_eq!(
+        statuses,
+        [
+            "TASK_STATUS_PENDING",
+            "TASK_STATUS_RUNNING",
+            "TASK_STATUS_COMPLETED"
+        ]
+    );
+    drop(events);
+
+    // The same filter from the token: the changes after it, again.
+    let mut resumed = Events::open_path(
+        &http,
+        &format!("/api/v1/watch?{filter}&resumeToken={token}"),
+    )
+    .await;
+    let first = next_message(&mut resumed).await;
+    assert_eq!(first["task"]["id"], new_id.as_str(), "{first}");
+    assert_eq!(first["task"]["status"], "TASK_STATUS_PENDING");
+
+    // Refusals come before the stream, as JSON errors.
+    http.get(&format!("/api/v1/watch?label=team%3Db&resumeToken={token}"))
+        .await
+        .assert_error(400, Code::InvalidArgument, "resume_token");
+    http.get(&format!("/api/v1/watch?{filter}&resumeToken=garbage"))
+        .await
+        .assert_error(400, Code::InvalidArgument, "resume_token");
+    http.get("/api/v1/watch?sendInitial=maybe")
+        .await
+        .assert_error(400, Code::InvalidArgument, "sendInitial");
 }

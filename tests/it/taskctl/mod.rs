@@ -12,7 +12,8 @@
 //! formats in `output`, the task commands in `commands`, many tasks from
 //! a JSON Lines file (`create --from-file`) in `from_file`, the scheduling
 //! flags of `create`, retries and `delete` in `scheduling`, the `schedule`
-//! subcommands in `schedules`, errors and exit codes in `exit_codes`, and
+//! subcommands in `schedules`, `watch --all` in `watch_all`, errors and exit codes in
+//! `exit_codes`, and
 //! `health`, completions and help in `health_and_help`. taskctl when its connection fails is in
 //! `taskctl_connection`.
 
@@ -153,7 +154,10 @@ fn detail<'a>(view: &'a str, key: &str) -> &'a str {
 
 /// A `TaskService` that answers every call with one status after `delay`,
 /// or — with `None` — never answers: what the real server does not do on
-/// cue.
+/// cue. With `ABORTED`, `WatchTasks` instead sends one message (token
+/// `t1`) and then ends `ABORTED`, and from the token `t1` one more message
+/// (token `t2`) and then `UNAVAILABLE`: a client that fell behind, and
+/// resumed.
 struct ScriptedService {
     answer: Option<(Code, &'static str)>,
     delay: Duration,
@@ -172,6 +176,8 @@ impl ScriptedService {
 #[tonic::async_trait]
 impl TaskService for ScriptedService {
     type WatchTaskStream = tokio_stream::Empty<Result<pb::WatchTaskResponse, Status>>;
+    type WatchTasksStream =
+        tokio_stream::Iter<std::vec::IntoIter<Result<pb::WatchTasksResponse, Status>>>;
 
     async fn create_task(
         &self,
@@ -213,6 +219,39 @@ impl TaskService for ScriptedService {
         _request: Request<pb::WatchTaskRequest>,
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
         self.answer().await
+    }
+    async fn watch_tasks(
+        &self,
+        request: Request<pb::WatchTasksRequest>,
+    ) -> Result<Response<Self::WatchTasksStream>, Status> {
+        if !matches!(self.answer, Some((Code::Aborted, _))) {
+            return self.answer().await;
+        }
+        let message = |name: &str, token: &str| pb::WatchTasksResponse {
+            task: Some(pb::Task {
+                id: format!("0190b4a4-5d3e-7f00-8000-00000000000{}", name.len()),
+                name: name.into(),
+                kind: "echo".into(),
+                status: pb::TaskStatus::Running.into(),
+                ..Default::default()
+            }),
+            initial_done: false,
+            resume_token: token.into(),
+        };
+        let messages = match request.get_ref().resume_token.as_str() {
+            "" => vec![
+                Ok(message("first", "t1")),
+                Err(Status::aborted("fell behind")),
+            ],
+            "t1" => vec![
+                Ok(message("second", "t2")),
+                Err(Status::unavailable("gone")),
+            ],
+            other => vec![Err(Status::invalid_argument(format!(
+                "resume_token: unexpected {other:?}"
+            )))],
+        };
+        Ok(Response::new(tokio_stream::iter(messages)))
     }
     async fn batch_create_tasks(
         &self,
@@ -306,3 +345,4 @@ mod health_and_help;
 mod output;
 mod schedules;
 mod scheduling;
+mod watch_all;

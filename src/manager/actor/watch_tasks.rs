@@ -1,0 +1,57 @@
+//! The actor's side of `WatchTasks`: recording each change in the journal
+//! (once, here, for every shape) and starting a stream, its subscription
+//! and its initial list taken in one step so nothing falls between them.
+
+use std::sync::Arc;
+
+use super::{Manager, Shape};
+use crate::{
+    manager::{
+        ManagerError, WatchTasksStart,
+        journal::{Before, ResumeRefused},
+        watch_tasks::{InitialList, TaskFilter, WatchStart},
+    },
+    task::Task,
+};
+
+impl<S: Shape> Manager<S> {
+    /// Numbers a change to `task` for the `WatchTasks` streams. Never waits
+    /// on a stream.
+    pub(super) fn announce(&mut self, task: &Arc<Task>, before: Before) {
+        self.journal.record(Arc::clone(task), before);
+    }
+
+    /// A new `WatchTasks` stream: subscribed to the journal, with the rest
+    /// of its initial list when it has one to send.
+    pub(super) fn watch_tasks(
+        &self,
+        filter: &TaskFilter,
+        start: WatchStart,
+    ) -> Result<WatchTasksStart, ManagerError> {
+        let (resume, listing) = match start {
+            WatchStart::Now => (None, None),
+            WatchStart::Initial => (None, Some(None)),
+            WatchStart::Resume(position) => {
+                (Some((position.instance, position.seq)), position.listing)
+            }
+        };
+        let subscription = self.journal.subscribe(resume).map_err(|refused| {
+            tracing::debug!(?refused, "a WatchTasks resume was refused");
+            match refused {
+                ResumeRefused::OtherInstance | ResumeRefused::NotKept => {
+                    ManagerError::WatchPositionLost
+                }
+            }
+        })?;
+        // `None` inside: this shape holds no snapshot, the stream reads
+        // the list from the store.
+        let initial_list = listing.map(|after| InitialList {
+            after,
+            tasks: S::watch_tasks_snapshot(self, filter, after),
+        });
+        Ok(WatchTasksStart {
+            subscription,
+            initial_list,
+        })
+    }
+}

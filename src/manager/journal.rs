@@ -1,0 +1,290 @@
+//! The change journal behind `WatchTasks`: every change to a task, numbered
+//! in the order the actor saw it, kept for a while so a stream can resume
+//! after any message it sent.
+//!
+//! The actor owns the [`Journal`] and records into it synchronously; streams
+//! never touch it but through a command (to resume) and a
+//! `tokio::sync::broadcast` receiver (to follow live). A broadcast send never
+//! waits: a stream that falls more than [`LIVE_BUFFER`] changes behind finds
+//! it lagged and ends (`ABORTED`), and neither the actor nor other streams
+//! notice. Filtering is the stream's work, not the actor's.
+
+use std::{collections::VecDeque, sync::Arc, time::Duration};
+
+use tokio::{sync::broadcast, time::Instant};
+
+use crate::task::{Task, TaskStatus};
+
+/// How many changes a live stream may fall behind before it is ended: the
+/// bounded amount the server buffers for a slow client. The buffer is
+/// shared by every stream (one ring), so it costs the same for one stream
+/// or a thousand.
+pub(crate) const LIVE_BUFFER: usize = 1024;
+
+/// How long a change stays in the journal at least (unless the cap pushes
+/// it out first): resume tokens must work for 5 minutes after they were
+/// issued, and a token may be issued a little after its change.
+pub(crate) const KEPT_FOR: Duration = Duration::from_secs(10 * 60);
+
+/// The default cap on the journal's length (the `watch_journal_capacity`
+/// setting). Each entry holds a task's state without its payload, about
+/// half a kilobyte, so the default costs about 5 MB: five minutes of 2000
+/// changes a minute.
+pub const DEFAULT_JOURNAL_CAPACITY: usize = 10_000;
+
+/// What a task was before a change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Before {
+    /// Nothing: the change created the task.
+    Created,
+    /// The task had this status.
+    Status(TaskStatus),
+    /// Not known here (a change another replica made to a task this one
+    /// never saw): streams treat the task as having matched, so a client
+    /// rather hears once too often than misses that a task left its filter.
+    Unknown,
+    /// The change deleted the task; `task` is its last state.
+    Deleted,
+}
+
+/// One numbered change.
+#[derive(Debug)]
+pub(crate) struct Change {
+    /// 1 for the first change this process saw, then one more each time.
+    pub(crate) seq: u64,
+    /// The task after the change (its last state for a delete).
+    pub(crate) task: Arc<Task>,
+    pub(crate) before: Before,
+}
+
+/// Why a stream cannot resume at a position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ResumeRefused {
+    /// The token names another journal: another process, or one from before
+    /// a restart.
+    OtherInstance,
+    /// Changes after the position were already let go (or the position is
+    /// in the future).
+    NotKept,
+}
+
+/// A stream's start in the journal: live changes after `position`, and
+/// the kept ones between the asked position and it.
+#[derive(Debug)]
+pub(crate) struct Subscription {
+    pub(crate) instance: u64,
+    /// The last change recorded when the stream subscribed.
+    pub(crate) position: u64,
+    /// Kept changes after the asked position, up to `position`, in order.
+    pub(crate) backlog: Vec<Arc<Change>>,
+    pub(crate) live: broadcast::Receiver<Arc<Change>>,
+}
+
+/// The actor's side of the journal.
+#[derive(Debug)]
+pub(crate) struct Journal {
+    /// Random per process start, so a token of another process, or of the
+    /// same one before a restart, is refused rather than misread.
+    instance: u64,
+    /// The number of the last change recorded (0: none yet).
+    last_seq: u64,
+    /// Kept changes, oldest first, with when they were recorded.
+    kept: VecDeque<(Instant, Arc<Change>)>,
+    capacity: usize,
+    live: broadcast::Sender<Arc<Change>>,
+}
+
+impl Journal {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            instance: fastrand::u64(..),
+            last_seq: 0,
+            kept: VecDeque::new(),
+            capacity: capacity.max(1),
+            live: broadcast::Sender::new(LIVE_BUFFER),
+        }
+    }
+
+    /// Numbers a change, keeps it, and hands it to the live streams. Never
+    /// waits.
+    pub(crate) fn record(&mut self, task: Arc<Task>, before: Before) {
+        self.last_seq += 1;
+        // Kept without its payload: a kept change must not hold the data
+        // of a task that retention forgot, or that SQLite let go of, for
+        // minutes. A resumed stream reads the payload back.
+        let kept = Arc::new(Change {
+            seq: self.last_seq,
+            task: Arc::new(task.without_payload()),
+            before,
+        });
+        if self.kept.len() == self.capacity {
+            self.kept.pop_front();
+        }
+        self.kept.push_back((Instant::now(), kept));
+        // No stream listening is not an error. Live changes carry the
+        // payload (shared with the task), for at most LIVE_BUFFER changes.
+        let _ = self.live.send(Arc::new(Change {
+            seq: self.last_seq,
+            task,
+            before,
+        }));
+    }
+
+    /// Lets go of the changes older than [`KEPT_FOR`].
+    pub(crate) fn prune(&mut self) {
+        while let Some((recorded, _)) = self.kept.front() {
+            if recorded.elapsed() < KEPT_FOR {
+                break;
+            }
+            self.kept.pop_front();
+        }
+    }
+
+    /// A new stream: live changes from now on, and (with `since`, the last
+    /// change a client saw, in `instance`) the kept ones after `since`.
+    pub(crate) fn subscribe(
+        &self,
+        resume: Option<(u64, u64)>,
+    ) -> Result<Subscription, ResumeRefused> {
+        let backlog = match resume {
+            None => Vec::new(),
+            Some((instance, _)) if instance != self.instance => {
+                return Err(ResumeRefused::OtherInstance);
+            }
+            Some((_, since)) => self.kept_after(since)?,
+        };
+        Ok(Subscription {
+            instance: self.instance,
+            position: self.last_seq,
+            backlog,
+            live: self.live.subscribe(),
+        })
+    }
+
+    /// Every change after `since`, if they are all still kept.
+    fn kept_after(&self, since: u64) -> Result<Vec<Arc<Change>>, ResumeRefused> {
+        if since > self.last_seq {
+            return Err(ResumeRefused::NotKept);
+        }
+        // Changes are numbered without gaps, so the first kept one tells
+        // whether everything after `since` is here.
+        let first_kept = self
+            .kept
+            .front()
+            .map_or(self.last_seq + 1, |(_, change)| change.seq);
+        if since + 1 < first_kept {
+            return Err(ResumeRefused::NotKept);
+        }
+        let skip = usize::try_from(since + 1 - first_kept).unwrap_or(usize::MAX);
+        Ok(self
+            .kept
+            .iter()
+            .skip(skip)
+            .map(|(_, change)| Arc::clone(change))
+            .collect())
+    }
+
+    /// How many streams follow the live changes.
+    pub(crate) fn streams(&self) -> usize {
+        self.live.receiver_count()
+    }
+
+    /// How many changes are kept.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.kept.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::{NewTask, TaskId};
+
+    fn task() -> Arc<Task> {
+        let new_task = NewTask {
+            name: "t".into(),
+            description: String::new(),
+            kind: "echo".into(),
+            data: None,
+            timeout_seconds: 0,
+            labels: Default::default(),
+            request_id: None,
+            scheduling: Default::default(),
+        };
+        Arc::new(Task::new(
+            TaskId::generate(),
+            new_task,
+            std::time::SystemTime::now(),
+        ))
+    }
+
+    fn seqs(subscription: &Subscription) -> Vec<u64> {
+        subscription
+            .backlog
+            .iter()
+            .map(|change| change.seq)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_resume_gets_exactly_the_changes_after_its_position() {
+        let mut journal = Journal::new(10);
+        for _ in 0..5 {
+            journal.record(task(), Before::Created);
+        }
+        let instance = journal.instance;
+        let resumed = journal.subscribe(Some((instance, 2))).expect("kept");
+        assert_eq!(seqs(&resumed), vec![3, 4, 5]);
+        assert_eq!(resumed.position, 5);
+        let at_the_end = journal.subscribe(Some((instance, 5))).expect("kept");
+        assert!(at_the_end.backlog.is_empty());
+        assert_eq!(
+            journal.subscribe(Some((instance, 6))).err(),
+            Some(ResumeRefused::NotKept),
+            "a position from the future"
+        );
+        assert_eq!(
+            journal.subscribe(Some((instance ^ 1, 2))).err(),
+            Some(ResumeRefused::OtherInstance)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_cap_lets_the_oldest_go_and_refuses_positions_before_them() {
+        let mut journal = Journal::new(3);
+        for _ in 0..5 {
+            journal.record(task(), Before::Created);
+        }
+        let instance = journal.instance;
+        assert_eq!(journal.len(), 3);
+        assert_eq!(
+            seqs(&journal.subscribe(Some((instance, 2))).expect("kept")),
+            vec![3, 4, 5]
+        );
+        assert_eq!(
+            journal.subscribe(Some((instance, 1))).err(),
+            Some(ResumeRefused::NotKept)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_are_kept_for_their_time_and_no_longer() {
+        let mut journal = Journal::new(10);
+        journal.record(task(), Before::Created);
+        tokio::time::advance(KEPT_FOR - Duration::from_secs(1)).await;
+        journal.prune();
+        let instance = journal.instance;
+        assert!(journal.subscribe(Some((instance, 0))).is_ok());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        journal.prune();
+        assert_eq!(
+            journal.subscribe(Some((instance, 0))).err(),
+            Some(ResumeRefused::NotKept)
+        );
+        assert!(
+            journal.subscribe(Some((instance, 1))).is_ok(),
+            "nothing after the last change is missing"
+        );
+    }
+}
