@@ -449,6 +449,8 @@ impl Config {
                 .iter()
                 .filter_map(|(kind, settings)| Some((kind.clone(), settings.max_concurrent?)))
                 .collect(),
+            // The server adds telemetry's: configuration knows no tracing.
+            join_stored_trace: None,
         }
     }
 

@@ -32,6 +32,7 @@ fn test_config() -> ManagerConfig {
         max_held_bytes: 1024,
         max_cut_short_runs: 5,
         kind_limits: Default::default(),
+        join_stored_trace: None,
     }
 }
 
@@ -45,6 +46,7 @@ fn echo(name: &str, data: serde_json::Value) -> NewTask {
         labels: BTreeMap::new(),
         request_id: None,
         scheduling: Default::default(),
+        trace_context: Default::default(),
     }
 }
 

@@ -90,6 +90,7 @@ pub(super) fn config(max_concurrent: usize, queue_capacity: usize) -> ManagerCon
         max_held_bytes: 1 << 30,
         max_cut_short_runs: 5,
         kind_limits: Default::default(),
+        join_stored_trace: None,
     }
 }
 
@@ -104,6 +105,7 @@ pub(super) fn task(kind: &str, name: &str) -> NewTask {
         labels: BTreeMap::new(),
         request_id: None,
         scheduling: Default::default(),
+        trace_context: Default::default(),
     }
 }
 
