@@ -20,11 +20,12 @@ use crate::{
     api::{TaskApi, proto_json::ProtoJsonError},
     config::Config,
     gateway::{self, Gateway},
-    manager::{FORCED_STOP_AFTER, ManagerHandle, StoreHealth},
+    manager::{FORCED_STOP_AFTER, ManagerConfig, ManagerHandle, StoreHealth},
     metrics::Metrics,
     pb::{self, task_service_server::TaskServiceServer},
     processor::Registry,
     store::StoreError,
+    telemetry,
 };
 
 use incoming::Incoming;
@@ -151,8 +152,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     check_kinds(&config, &registry)?;
+    let manager_config = ManagerConfig {
+        join_stored_trace: Some(telemetry::join_stored_trace),
+        ..config.manager_config()
+    };
     let manager = ManagerHandle::start(
-        config.manager_config(),
+        manager_config,
         registry.clone(),
         metrics.clone(),
         &config.store,

@@ -1,10 +1,11 @@
 //! Logs and traces: the subscriber setup (format and verbosity from the
 //! configuration, and OpenTelemetry tracing when an OTLP endpoint is set,
-//! in `otel`), the writer that keeps lines off the request path, and the
+//! in `otel`; the trace a task keeps for its runs, in `task_trace`), the writer that keeps lines off the request path, and the
 //! panic hook. The per-RPC observation lives in the server edge
 //! (`server::rpc_layer`), which decides what is worth a line by default.
 
 mod otel;
+mod task_trace;
 
 use std::io::{BufWriter, IsTerminal};
 
@@ -20,6 +21,7 @@ use tracing_subscriber::{
 
 use self::otel::Tracing;
 pub use self::otel::{DEFAULT_SERVICE_NAME, ENDPOINT_VARIABLE, TracingError, join_caller_trace};
+pub use self::task_trace::{current_trace_context, join_stored_trace};
 use crate::config::{Config, LogFormat};
 
 /// Lines that may wait for the writer thread; past this, new lines are

@@ -22,6 +22,7 @@ use crate::{
     pb::{self, task_service_server::TaskService},
     processor::Registry,
     task::TaskId,
+    telemetry,
 };
 
 pub use error::ApiError;
@@ -65,7 +66,10 @@ impl TaskService for TaskApi {
         request: Request<pb::CreateTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
         let result = async {
-            let new_task = validate::new_task(request.into_inner(), &self.limits, &self.registry)?;
+            let mut new_task =
+                validate::new_task(request.into_inner(), &self.limits, &self.registry)?;
+            // Kept with the task, so its runs join this call's trace.
+            new_task.trace_context = telemetry::current_trace_context();
             let task = self.manager.create_task(new_task).await?;
             record_task_id(&task.id);
             Ok(pb::Task::from(&*task))
@@ -79,8 +83,14 @@ impl TaskService for TaskApi {
         request: Request<pb::BatchCreateTasksRequest>,
     ) -> Result<Response<pb::BatchCreateTasksResponse>, Status> {
         let result = async {
-            let new_tasks =
+            let mut new_tasks =
                 validate::new_tasks(request.into_inner(), &self.limits, &self.registry)?;
+            let trace_context = telemetry::current_trace_context();
+            if !trace_context.is_empty() {
+                for new_task in &mut new_tasks {
+                    new_task.trace_context.clone_from(&trace_context);
+                }
+            }
             let tasks = self.manager.create_tasks(new_tasks).await?;
             Ok(pb::BatchCreateTasksResponse {
                 tasks: tasks.iter().map(|task| pb::Task::from(&**task)).collect(),

@@ -465,6 +465,8 @@ impl Config {
                 .filter_map(|(kind, settings)| Some((kind.clone(), settings.max_concurrent?)))
                 .collect(),
             watch_journal_capacity: self.watch_journal_capacity,
+            // The server adds telemetry's: configuration knows no tracing.
+            join_stored_trace: None,
         }
     }
 

@@ -26,7 +26,7 @@ use crate::{
         MemoryStore, PostgresStore, SqliteStore, StoreError, StoreUrl, TaskStore,
         postgres::ChangeFeed, within,
     },
-    task::{NewTask, PayloadLocation, Task, TaskId, TaskStatus},
+    task::{NewTask, PayloadLocation, Task, TaskId, TaskStatus, TraceContext},
 };
 
 use actor::json_bytes as held_json_bytes;
@@ -78,6 +78,12 @@ pub enum StoreHealth {
     Failing(String),
 }
 
+/// Makes a run's span (`task.run`) the child of the trace its task was
+/// created in. The manager knows no tracing backend: the edge that sets one
+/// up gives this (`telemetry::join_stored_trace`), so OpenTelemetry stays
+/// there.
+pub type JoinStoredTrace = fn(&tracing::Span, &TraceContext);
+
 /// What the manager needs to know to run tasks.
 #[derive(Clone, Debug)]
 pub struct ManagerConfig {
@@ -108,6 +114,9 @@ pub struct ManagerConfig {
     /// `WatchTasks`: at most this many changes are kept for streams to
     /// resume from (besides being kept no longer than ten minutes).
     pub watch_journal_capacity: usize,
+    /// Joins each run's span to the trace of its task's create; `None`
+    /// leaves every run the root of a trace of its own.
+    pub join_stored_trace: Option<JoinStoredTrace>,
 }
 
 /// The default of [`ManagerConfig::max_cut_short_runs`].

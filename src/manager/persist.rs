@@ -518,6 +518,7 @@ mod tests {
             labels: BTreeMap::new(),
             request_id: None,
             scheduling: Default::default(),
+            trace_context: Default::default(),
         };
         Arc::new(Task::new(TaskId::generate(), new_task, SystemTime::now()))
     }

@@ -48,6 +48,7 @@ fn template() -> NewTask {
         labels: BTreeMap::from([("team".to_owned(), "billing".to_owned())]),
         request_id: None,
         scheduling: Scheduling::default(),
+        trace_context: Default::default(),
     }
 }
 

@@ -10,7 +10,9 @@ use serde_json::Value as JsonValue;
 use uuid::Uuid;
 
 use super::StoreError;
-use crate::task::{PayloadLocation, Progress, RetryPolicy, Scheduling, Task, TaskId, TaskStatus};
+use crate::task::{
+    PayloadLocation, Progress, RetryPolicy, Scheduling, Task, TaskId, TaskStatus, TraceContext,
+};
 
 /// The columns every store shares, as a literal for `concat!` (sqlx takes
 /// only static SQL text, so nothing dynamic can slip into a statement).
@@ -20,7 +22,7 @@ macro_rules! task_columns {
          progress_percent, progress_message, attempt, node, revision, request_id, created_at, \
          started_at, completed_at, priority, run_after, queue_timeout_seconds, max_attempts, \
          initial_backoff_us, max_backoff_us, backoff_multiplier, retry_at, failed_runs, \
-         cut_short_runs"
+         cut_short_runs, traceparent, tracestate"
     };
 }
 pub(super) use task_columns;
@@ -56,6 +58,9 @@ pub(super) struct TaskRow {
     pub retry_at: Option<i64>,
     pub failed_runs: i64,
     pub cut_short_runs: i64,
+    /// The create's trace context (empty: none); written once, at insert.
+    pub traceparent: String,
+    pub tracestate: String,
 }
 
 impl TaskRow {
@@ -97,6 +102,8 @@ impl TaskRow {
             retry_at: task.retry_at.map(micros),
             failed_runs: i64::from(task.failed_runs),
             cut_short_runs: i64::from(task.cut_short_runs),
+            traceparent: task.trace_context.traceparent.clone(),
+            tracestate: task.trace_context.tracestate.clone(),
         }
     }
 
@@ -169,6 +176,10 @@ impl TaskRow {
             failed_runs: number("failed_runs", self.failed_runs)?,
             cut_short_runs: number("cut_short_runs", self.cut_short_runs)?,
             payload: PayloadLocation::InTask,
+            trace_context: TraceContext {
+                traceparent: self.traceparent,
+                tracestate: self.tracestate,
+            },
         })
     }
 }
@@ -244,6 +255,10 @@ mod tests {
                 priority: -7,
                 queue_timeout_seconds: 30,
             },
+            trace_context: TraceContext {
+                traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+                tracestate: "vendor=value".into(),
+            },
         };
         let mut task = Task::new(TaskId::generate(), new_task, SystemTime::now());
         task.apply(TaskEvent::Start { node: "n".into() }, SystemTime::now())
@@ -297,6 +312,7 @@ mod tests {
                 labels: BTreeMap::new(),
                 request_id: None,
                 scheduling: Scheduling::default(),
+                trace_context: Default::default(),
             },
             SystemTime::UNIX_EPOCH,
         );

@@ -160,6 +160,7 @@ impl ScheduleRow {
                 labels: template.labels.into_owned(),
                 request_id: template.request_id.map(Cow::into_owned),
                 scheduling,
+                trace_context: Default::default(),
             },
             paused: self.paused,
             overlap,
@@ -241,6 +242,7 @@ pub(super) mod tests {
                 priority: -7,
                 queue_timeout_seconds: 30,
             },
+            trace_context: Default::default(),
         };
         let mut schedule = Schedule::new(
             ScheduleId::generate(),

@@ -38,7 +38,7 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// Rows per statement: SQLite allows 32 766 bound values, and a row binds
-/// at most 19.
+/// at most 31.
 const ROWS_PER_STATEMENT: usize = 1000;
 
 /// A finished task's `data` and `result`, read back from the file.
@@ -118,7 +118,7 @@ impl SqliteStore {
              error, timeout_seconds, labels, progress_percent, progress_message, attempt, node, \
              revision, request_id, created_at, started_at, completed_at, priority, run_after, \
              queue_timeout_seconds, max_attempts, initial_backoff_us, max_backoff_us, \
-             backoff_multiplier, retry_at, failed_runs, cut_short_runs \
+             backoff_multiplier, retry_at, failed_runs, cut_short_runs, traceparent, tracestate \
              FROM tasks ORDER BY id",
         )
         .fetch_all(&mut *connection)
@@ -419,7 +419,9 @@ fn insert_rows(rows: &[TaskRow]) -> QueryBuilder<'_, Sqlite> {
             .push_bind(row.backoff_multiplier)
             .push_bind(row.retry_at)
             .push_bind(row.failed_runs)
-            .push_bind(row.cut_short_runs);
+            .push_bind(row.cut_short_runs)
+            .push_bind(&row.traceparent)
+            .push_bind(&row.tracestate);
     });
     builder
 }
@@ -511,6 +513,7 @@ mod tests {
             labels: BTreeMap::from([("team".into(), "a".into())]),
             request_id: request_id.map(str::to_owned),
             scheduling: Default::default(),
+            trace_context: Default::default(),
         };
         Task::new(TaskId::generate(), new_task, SystemTime::UNIX_EPOCH)
     }

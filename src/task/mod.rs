@@ -152,6 +152,27 @@ pub struct NewTask {
     pub request_id: Option<String>,
     /// When and in what order it starts, and how failed runs are retried.
     pub scheduling: Scheduling,
+    /// The trace the create was part of; empty when it was not traced.
+    pub trace_context: TraceContext,
+}
+
+/// The W3C trace context a task was created in: the `traceparent` of the
+/// create's span, and its `tracestate` if any, as text. The task keeps it
+/// (in the store too) so that each of its runs joins the create's trace,
+/// on whichever server and after however many restarts. Both are empty
+/// when the create was not traced (tracing off, or a schedule's firing).
+/// Not part of the task clients see, nor of what makes two creates the same.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TraceContext {
+    pub traceparent: String,
+    pub tracestate: String,
+}
+
+impl TraceContext {
+    /// Whether there is no trace to join.
+    pub fn is_empty(&self) -> bool {
+        self.traceparent.is_empty()
+    }
 }
 
 /// A task's start rules and retry policy, as asked for at create (with the
@@ -249,6 +270,8 @@ pub struct Task {
     pub cut_short_runs: u32,
     /// Whether `data` and `result` are here or only in the store.
     pub payload: PayloadLocation,
+    /// The trace of the create, which every run joins.
+    pub trace_context: TraceContext,
 }
 
 impl Task {
@@ -278,6 +301,7 @@ impl Task {
             failed_runs: 0,
             cut_short_runs: 0,
             payload: PayloadLocation::InTask,
+            trace_context: new_task.trace_context,
         }
     }
 

@@ -18,6 +18,7 @@ fn pending_task() -> Task {
             },
             ..Scheduling::default()
         },
+        trace_context: Default::default(),
     };
     Task::new(TaskId::generate(), new_task, SystemTime::now())
 }
@@ -235,6 +236,7 @@ fn idempotency_compares_every_parameter() {
         labels: task.labels.clone(),
         request_id: task.request_id.clone(),
         scheduling: task.scheduling.clone(),
+        trace_context: Default::default(),
     };
     assert!(task.was_created_from(&same));
     let mut other_priority = same.clone();

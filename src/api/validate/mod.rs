@@ -13,7 +13,7 @@ use crate::{
     manager::{ListQuery, TaskFilter, WatchStart},
     pb,
     processor::{DEFAULT_KIND, Registry},
-    task::{NewTask, RetryPolicy, TaskId, TaskStatus},
+    task::{NewTask, RetryPolicy, TaskId, TaskStatus, TraceContext},
 };
 
 pub use schedule::{new_schedule, schedule_id, schedule_page};
@@ -171,6 +171,9 @@ pub fn new_task(
         labels,
         request_id,
         scheduling,
+        // The caller's trace is the edge's to add: validation sees only
+        // the request.
+        trace_context: TraceContext::default(),
     })
 }
 

@@ -178,6 +178,7 @@ pub fn echo_task(name: &str) -> NewTask {
         labels: Default::default(),
         request_id: None,
         scheduling: Default::default(),
+        trace_context: Default::default(),
     }
 }
 

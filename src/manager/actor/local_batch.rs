@@ -13,8 +13,8 @@ use crate::{
 
 /// What one request of a batch becomes.
 enum Planned {
-    /// A new task.
-    New(NewTask, u64),
+    /// A new task (boxed: it is far larger than the other variants).
+    New(Box<NewTask>, u64),
     /// The task that holds its `request_id` already, created alike.
     Existing(TaskId),
     /// The same as an earlier request of this batch (same `request_id`).
@@ -56,7 +56,7 @@ impl Manager<Local> {
         for plan in planned {
             let id = match plan {
                 Planned::New(new_task, data_bytes) => {
-                    let task = self.insert_new_task(TaskId::generate(), new_task, data_bytes);
+                    let task = self.insert_new_task(TaskId::generate(), *new_task, data_bytes);
                     let id = task.id;
                     self.admit(task, None);
                     id
@@ -88,7 +88,7 @@ impl Manager<Local> {
         let mut first_with_key: HashMap<String, usize> = HashMap::new();
         for (new_task, data_bytes) in new_tasks {
             let Some(request_id) = new_task.request_id.clone() else {
-                planned.push(Planned::New(new_task, data_bytes));
+                planned.push(Planned::New(Box::new(new_task), data_bytes));
                 continue;
             };
             let conflict = || ManagerError::RequestIdConflict {
@@ -108,7 +108,7 @@ impl Manager<Local> {
             }
             if let Some(&first) = first_with_key.get(&request_id) {
                 let same = match &planned[first] {
-                    Planned::New(earlier, _) => *earlier == new_task,
+                    Planned::New(earlier, _) => **earlier == new_task,
                     Planned::Existing(_) | Planned::SameAs(_) => false,
                 };
                 if !same {
@@ -118,7 +118,7 @@ impl Manager<Local> {
                 continue;
             }
             first_with_key.insert(request_id, planned.len());
-            planned.push(Planned::New(new_task, data_bytes));
+            planned.push(Planned::New(Box::new(new_task), data_bytes));
         }
         Ok(planned)
     }

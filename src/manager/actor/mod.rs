@@ -109,6 +109,9 @@ struct RunSlot {
     /// and runs again at the next start, so whatever this run returns is
     /// dropped.
     interrupted: bool,
+    /// The run's `task.run` span, also held by the run's task: the outcome
+    /// is recorded on it here, and it ends when both let go.
+    span: tracing::Span,
 }
 
 /// What differs between the store shapes: the rules of admission, start

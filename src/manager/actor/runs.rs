@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::task::JoinError;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, Span, debug, info, warn};
 
 use super::{Manager, RunOutput, RunSlot, Shape, Timer, held};
 use crate::{
@@ -88,6 +88,7 @@ impl<S: Shape> Manager<S> {
             debug!(task_id = %task_id, "late result of a stopped run discarded");
             return;
         }
+        record_outcome(&slot.span, &event);
         // Counted before the transition, which may make room for it.
         S::result_arrives(self, task_id, result_bytes);
         self.transition(task_id, event);
@@ -100,6 +101,7 @@ impl<S: Shape> Manager<S> {
                     return;
                 };
                 slot.timeout_timer = None;
+                let span = slot.span.clone();
                 let timeout_seconds = self
                     .tasks
                     .get(&task_id)
@@ -107,6 +109,7 @@ impl<S: Shape> Manager<S> {
                 if self.status_of(task_id) == Some(TaskStatus::Running) {
                     let error = format!("timed out after {timeout_seconds}s");
                     info!(task_id = %task_id, timeout_seconds, "task timed out");
+                    record_failure(&span, &error);
                     self.transition(task_id, TaskEvent::Fail(Failure::retryable(error)));
                 }
                 self.stop_run(task_id);
@@ -163,12 +166,14 @@ impl<S: Shape> Manager<S> {
             cancellation.clone(),
             ProgressReporter::new(self.progress_sender.clone()),
         );
-        let abort = self.runs.spawn(async move {
+        let span = self.run_span(&task);
+        let run = async move {
             let result = processor.process(context).await?;
             // Sized here, in the run's task, so the actor never walks it.
             let bytes = held::json_bytes(&result);
             Ok((result, bytes))
-        });
+        };
+        let abort = self.runs.spawn(run.instrument(span.clone()));
         self.run_owners.insert(abort.id(), task_id);
         let timeout_timer = (task.timeout_seconds > 0).then(|| {
             let timeout = Duration::from_secs(u64::from(task.timeout_seconds));
@@ -191,8 +196,34 @@ impl<S: Shape> Manager<S> {
                 timeout_timer,
                 forced_stop_timer: None,
                 interrupted: false,
+                span,
             },
         );
+    }
+
+    /// The span of one run, `task.run`, which the processor runs in. At
+    /// debug, like a call's span, so it costs nothing unless something
+    /// wants it (the trace exporter, or the log at debug). Its parent is
+    /// the trace the task was created in (kept with the task, so on any
+    /// server and after restarts), never what the actor happens to be
+    /// doing; with none kept, the run starts a trace of its own.
+    fn run_span(&self, task: &Task) -> Span {
+        let span = tracing::debug_span!(
+            parent: None,
+            "task.run",
+            task_id = %task.id,
+            kind = %task.kind,
+            attempt = task.attempt,
+            outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
+        if let Some(join_stored_trace) = self.config.join_stored_trace
+            && !task.trace_context.is_empty()
+        {
+            join_stored_trace(&span, &task.trace_context);
+        }
+        span
     }
 
     /// Tells a run to stop, and arms the timer that aborts it if it does not.
@@ -231,6 +262,25 @@ impl<S: Shape> Manager<S> {
             }
         }
     }
+}
+
+/// Records how the run ended on its span: `outcome`, and the error status
+/// (with the task's error) when it failed.
+fn record_outcome(span: &Span, event: &TaskEvent) {
+    match event {
+        TaskEvent::Complete(_) => {
+            span.record("outcome", "completed");
+        }
+        TaskEvent::Fail(failure) => record_failure(span, &failure.error),
+        _ => {}
+    }
+}
+
+fn record_failure(span: &Span, error: &str) {
+    span.record("outcome", "failed");
+    span.record("otel.status_code", "error");
+    // After the code: the description is what carries the message.
+    span.record("otel.status_description", error);
 }
 
 /// The text of a panic, when it has one.

@@ -33,6 +33,7 @@ fn test_config() -> ManagerConfig {
         max_cut_short_runs: 5,
         kind_limits: Default::default(),
         watch_journal_capacity: crate::manager::DEFAULT_JOURNAL_CAPACITY,
+        join_stored_trace: None,
     }
 }
 
@@ -46,6 +47,7 @@ fn echo(name: &str, data: serde_json::Value) -> NewTask {
         labels: BTreeMap::new(),
         request_id: None,
         scheduling: Default::default(),
+        trace_context: Default::default(),
     }
 }
 

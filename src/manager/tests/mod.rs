@@ -93,6 +93,7 @@ pub(super) fn config(max_concurrent: usize, queue_capacity: usize) -> ManagerCon
         max_cut_short_runs: 5,
         kind_limits: Default::default(),
         watch_journal_capacity: crate::manager::DEFAULT_JOURNAL_CAPACITY,
+        join_stored_trace: None,
     }
 }
 
@@ -107,6 +108,7 @@ pub(super) fn task(kind: &str, name: &str) -> NewTask {
         labels: BTreeMap::new(),
         request_id: None,
         scheduling: Default::default(),
+        trace_context: Default::default(),
     }
 }
 

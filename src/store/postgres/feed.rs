@@ -18,7 +18,7 @@ use sqlx::{
 use uuid::Uuid;
 
 use crate::store::{StoreError, row::status_name};
-use crate::task::{Progress, RetryPolicy, Scheduling, Task, TaskId, TaskStatus};
+use crate::task::{Progress, RetryPolicy, Scheduling, Task, TaskId, TaskStatus, TraceContext};
 
 use super::*;
 
@@ -129,7 +129,7 @@ pub(super) async fn notify(
     Ok(())
 }
 
-/// A task as announced: everything but `data`. Times are nanoseconds since
+/// A task as announced: everything but `data` and the trace context. Times are nanoseconds since
 /// the Unix epoch, so the task read back equals the one published.
 #[derive(Serialize, Deserialize)]
 pub(super) struct ChangePayload<'a> {
@@ -303,6 +303,10 @@ impl<'a> ChangePayload<'a> {
                 failed_runs,
                 cut_short_runs,
                 payload: crate::task::PayloadLocation::InTask,
+                // Not announced: a change tells watchers and the claim
+                // scheduling what happened, and the replica that runs the
+                // task reads its trace from the row it claims.
+                trace_context: TraceContext::default(),
             },
         })
     }
@@ -400,15 +404,18 @@ mod tests {
                 labels: BTreeMap::new(),
                 request_id: None,
                 scheduling: Default::default(),
+                trace_context: Default::default(),
             },
             SystemTime::now(),
         )
     }
 
-    /// A task as a notification carries it: without `data`.
+    /// A task as a notification carries it: without `data` nor the trace
+    /// context.
     fn without_data(task: &Task) -> Task {
         let mut task = task.clone();
         task.data = None;
+        task.trace_context = TraceContext::default();
         task
     }
 
@@ -424,6 +431,10 @@ mod tests {
         task.labels = BTreeMap::from([("team".to_owned(), "ä".to_owned())]);
         task.request_id = Some("key".to_owned());
         task.result = Some(Arc::new(json!({"text": "c\u{0}d"})));
+        task.trace_context = TraceContext {
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+            tracestate: "vendor=value".to_owned(),
+        };
         let text = change_payload("n1", &task).expect("fits");
         let change = decode_change(&text).expect("decodes");
         assert_eq!(change.origin, "n1");

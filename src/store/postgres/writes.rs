@@ -152,7 +152,7 @@ pub(super) async fn insert_rows(
              $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[], $21::bigint[], \
              $22::bigint[], $23::bigint[], $24::bigint[], $25::bigint[], \
              $26::double precision[], $27::bigint[], $28::bigint[], $29::bigint[], \
-             $30::bigint[], $31::bigint[]) \
+             $30::text[], $31::text[], $32::bigint[], $33::bigint[]) \
          ON CONFLICT DO NOTHING \
          RETURNING id"
     ))
@@ -185,6 +185,8 @@ pub(super) async fn insert_rows(
     .bind(columns.retry_at)
     .bind(columns.failed_runs)
     .bind(columns.cut_short_runs)
+    .bind(columns.traceparent)
+    .bind(columns.tracestate)
     .bind(columns.due_at)
     .bind(columns.queue_deadline)
     .fetch_all(&mut **transaction)
@@ -224,6 +226,8 @@ pub(super) struct InsertColumns {
     retry_at: Vec<Option<i64>>,
     failed_runs: Vec<i64>,
     cut_short_runs: Vec<i64>,
+    traceparent: Vec<String>,
+    tracestate: Vec<String>,
     due_at: Vec<Option<i64>>,
     queue_deadline: Vec<Option<i64>>,
 }
@@ -259,6 +263,8 @@ impl InsertColumns {
         self.retry_at.push(row.retry_at);
         self.failed_runs.push(row.failed_runs);
         self.cut_short_runs.push(row.cut_short_runs);
+        self.traceparent.push(row.traceparent);
+        self.tracestate.push(row.tracestate);
     }
 }
 

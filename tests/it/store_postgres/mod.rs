@@ -20,7 +20,7 @@ use task_processor::{
             Batch, Cancelled, Change, ChangeFeed, ClaimRequest, FeedEvent, Inserted, KindRoom,
         },
     },
-    task::{Failure, NewTask, Progress, Task, TaskEvent, TaskId, TaskStatus},
+    task::{Failure, NewTask, Progress, Task, TaskEvent, TaskId, TaskStatus, TraceContext},
 };
 
 use crate::stores::fresh_postgres_schema;
@@ -93,6 +93,11 @@ fn task(name: &str) -> Task {
             labels: BTreeMap::new(),
             request_id: None,
             scheduling: Default::default(),
+            // Kept by the store, so every test here reads it back too.
+            trace_context: TraceContext {
+                traceparent: format!("00-{:032x}-00f067aa0ba902b7-01", fastrand::u128(1..)),
+                tracestate: "vendor=value".to_owned(),
+            },
         },
         now(),
     )
@@ -131,9 +136,12 @@ fn applied(task: &Task, event: TaskEvent) -> Task {
     next
 }
 
+/// A task as the change feed announces it: without `data` nor the trace
+/// context (a run reads that from the row it claims).
 fn without_data(task: &Task) -> Task {
     let mut task = task.clone();
     task.data = None;
+    task.trace_context = TraceContext::default();
     task
 }
 

@@ -23,6 +23,7 @@ fn new_schedule(cron: &str, overlap: Overlap, created_at: SystemTime) -> Schedul
         labels: BTreeMap::from([("team".to_owned(), "billing".to_owned())]),
         request_id: None,
         scheduling: Default::default(),
+        trace_context: Default::default(),
     };
     Schedule::new(
         ScheduleId::generate(),
