@@ -211,6 +211,7 @@ mod tests {
             labels: Default::default(),
             request_id: None,
             scheduling: Default::default(),
+            trace_context: Default::default(),
         };
         Arc::new(Task::new(
             TaskId::generate(),
