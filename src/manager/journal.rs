@@ -92,6 +92,12 @@ pub(crate) struct Journal {
     kept: VecDeque<(Instant, Arc<Change>)>,
     capacity: usize,
     live: broadcast::Sender<Arc<Change>>,
+    /// When a stream last followed the journal (as seen when a stream
+    /// subscribed, at a change, or at a prune, once a second). Tokens are
+    /// handed out only to streams, so once none has followed for
+    /// [`KEPT_FOR`], no token can resume and nothing needs keeping: a
+    /// server nobody watches this way pays nothing per change.
+    last_followed: Option<Instant>,
 }
 
 impl Journal {
@@ -102,13 +108,32 @@ impl Journal {
             kept: VecDeque::new(),
             capacity: capacity.max(1),
             live: broadcast::Sender::new(LIVE_BUFFER),
+            last_followed: None,
         }
+    }
+
+    /// Whether a token handed out to a stream may still resume here: a
+    /// stream follows now, or did within [`KEPT_FOR`].
+    fn may_be_resumed(&mut self) -> bool {
+        if self.live.receiver_count() > 0 {
+            self.last_followed = Some(Instant::now());
+            return true;
+        }
+        self.last_followed
+            .is_some_and(|followed| followed.elapsed() < KEPT_FOR)
     }
 
     /// Numbers a change, keeps it, and hands it to the live streams. Never
     /// waits.
     pub(crate) fn record(&mut self, task: Arc<Task>, before: Before) {
         self.last_seq += 1;
+        if !self.may_be_resumed() {
+            // The number still moves on, and what is kept goes: a token
+            // from before (all older than KEPT_FOR) then finds the change
+            // after it missing, and is refused rather than bridging a gap.
+            self.kept.clear();
+            return;
+        }
         // Kept without its payload: a kept change must not hold the data
         // of a task that retention forgot, or that SQLite let go of, for
         // minutes. A resumed stream reads the payload back.
@@ -130,8 +155,10 @@ impl Journal {
         }));
     }
 
-    /// Lets go of the changes older than [`KEPT_FOR`].
+    /// Lets go of the changes older than [`KEPT_FOR`] (and notes whether a
+    /// stream follows, for a stream that only sends bookmarks).
     pub(crate) fn prune(&mut self) {
+        self.may_be_resumed();
         while let Some((recorded, _)) = self.kept.front() {
             if recorded.elapsed() < KEPT_FOR {
                 break;
@@ -143,9 +170,10 @@ impl Journal {
     /// A new stream: live changes from now on, and (with `since`, the last
     /// change a client saw, in `instance`) the kept ones after `since`.
     pub(crate) fn subscribe(
-        &self,
+        &mut self,
         resume: Option<(u64, u64)>,
     ) -> Result<Subscription, ResumeRefused> {
+        self.last_followed = Some(Instant::now());
         let backlog = match resume {
             None => Vec::new(),
             Some((instance, _)) if instance != self.instance => {
@@ -231,6 +259,7 @@ mod tests {
     #[tokio::test]
     async fn a_resume_gets_exactly_the_changes_after_its_position() {
         let mut journal = Journal::new(10);
+        let _follower = journal.subscribe(None).expect("new stream");
         for _ in 0..5 {
             journal.record(task(), Before::Created);
         }
@@ -254,6 +283,7 @@ mod tests {
     #[tokio::test]
     async fn the_cap_lets_the_oldest_go_and_refuses_positions_before_them() {
         let mut journal = Journal::new(3);
+        let _follower = journal.subscribe(None).expect("new stream");
         for _ in 0..5 {
             journal.record(task(), Before::Created);
         }
@@ -272,6 +302,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn changes_are_kept_for_their_time_and_no_longer() {
         let mut journal = Journal::new(10);
+        let _follower = journal.subscribe(None).expect("new stream");
         journal.record(task(), Before::Created);
         tokio::time::advance(KEPT_FOR - Duration::from_secs(1)).await;
         journal.prune();
@@ -286,6 +317,34 @@ mod tests {
         assert!(
             journal.subscribe(Some((instance, 1))).is_ok(),
             "nothing after the last change is missing"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_kept_once_no_stream_has_followed_for_as_long_as_changes_are_kept() {
+        let mut journal = Journal::new(10);
+        journal.record(task(), Before::Created);
+        assert_eq!(journal.len(), 0, "no stream ever followed: nothing to keep");
+        let follower = journal.subscribe(None).expect("new stream");
+        let instance = journal.instance;
+        let position = follower.position;
+        journal.record(task(), Before::Created);
+        drop(follower);
+        // The stream is gone, but its last token must still resume.
+        tokio::time::advance(KEPT_FOR - Duration::from_secs(1)).await;
+        journal.record(task(), Before::Created);
+        assert_eq!(
+            seqs(&journal.subscribe(Some((instance, position))).expect("kept")),
+            vec![2, 3]
+        );
+        // That resume followed again; then nobody does for KEPT_FOR.
+        tokio::time::advance(KEPT_FOR).await;
+        journal.record(task(), Before::Created);
+        assert_eq!(journal.len(), 0, "kept changes go once nobody can resume");
+        assert_eq!(
+            journal.subscribe(Some((instance, 3))).err(),
+            Some(ResumeRefused::NotKept),
+            "a token from before is refused, not bridged over the gap"
         );
     }
 }

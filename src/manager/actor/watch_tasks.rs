@@ -24,7 +24,7 @@ impl<S: Shape> Manager<S> {
     /// A new `WatchTasks` stream: subscribed to the journal, with the rest
     /// of its initial list when it has one to send.
     pub(super) fn watch_tasks(
-        &self,
+        &mut self,
         filter: &TaskFilter,
         start: WatchStart,
     ) -> Result<WatchTasksStart, ManagerError> {
