@@ -96,9 +96,18 @@ impl Tracing {
         S: Subscriber + for<'span> LookupSpan<'span> + Send + Sync,
     {
         let tracer = self.provider.tracer(DEFAULT_SERVICE_NAME);
+        // A dynamic filter, asked at every span and event rather than
+        // once per callsite: with per-layer filters, a callsite enabled
+        // "always" skips `enabled` and reads this thread's filter state as
+        // the last `enabled` left it, and sqlx asks `enabled` for its
+        // slow-query warning at every statement without then logging it.
+        // That left this layer's bit at "disabled" for the next `rpc` span
+        // on the thread: on PostgreSQL most creates had no OTel span.
         tracing_opentelemetry::layer()
             .with_tracer(tracer)
-            .with_filter(tracing_subscriber::filter::filter_fn(exported))
+            .with_filter(tracing_subscriber::filter::dynamic_filter_fn(
+                |metadata, _| exported(metadata),
+            ))
             .boxed()
     }
 
