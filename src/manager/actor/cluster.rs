@@ -7,7 +7,7 @@
 //! store call runs in a spawned task whose result comes back as an event.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -35,10 +35,8 @@ use crate::{
     },
     schedule::ScheduleId,
     store::{
-        BatchOutcome, ClaimAsk, PostgresStore, StoreError,
-        postgres::{
-            Cancelled, Change, ChangeFeed, ClaimRequest, Claimed, Deleted, FeedEvent, KindRoom,
-        },
+        BatchOutcome, PostgresStore, StoreError,
+        postgres::{Cancelled, Change, ChangeFeed, Claimed, Deleted, FeedEvent},
         within,
     },
     task::{NewTask, Task, TaskId, TaskStatus},
@@ -124,17 +122,17 @@ pub(in crate::manager) struct Cluster {
     /// The next claim also takes over runs whose lease ran out: set at
     /// start and on every housekeeping tick, since that walk costs more
     /// than a claim of ready tasks.
-    take_over_wanted: bool,
-    claiming: bool,
+    pub(super) take_over_wanted: bool,
+    pub(super) claiming: bool,
     renewing: bool,
     expiring: bool,
     /// When the earliest delayed task (`run_after`, back-off) becomes due,
     /// by this replica's clock: a claim then makes it ready and takes it.
-    next_due: Option<SystemTime>,
+    pub(super) next_due: Option<SystemTime>,
     /// Runs that ended here whose end is not committed yet. The table
     /// still shows them `RUNNING`, so their slots are not free for a
     /// claim: clients never see more runs than `max_concurrent`.
-    ending: HashMap<TaskId, String>,
+    pub(super) ending: HashMap<TaskId, String>,
     /// Pending tasks in the whole cluster, as last counted plus what this
     /// replica created since: what counts against `queue_capacity`.
     pub(super) pending_estimate: usize,
@@ -142,7 +140,7 @@ pub(in crate::manager) struct Cluster {
     retrying: usize,
     pending_watches: HashMap<TaskId, PendingWatch>,
     /// The kinds this replica can run: the only ones it claims.
-    kinds: Arc<[String]>,
+    pub(super) kinds: Arc<[String]>,
     last_renewal: Instant,
     last_retention: Option<Instant>,
     /// The firing loop of the schedules.
@@ -260,96 +258,6 @@ impl Manager<Cluster> {
         }
     }
 
-    /// Starts a claim when slots are free and work may be waiting: inside
-    /// the commit about to start, when there is one (one transaction
-    /// instead of two; the slots its ends of runs free are filled by it, and
-    /// the tasks it inserts can be taken at once), else on its own.
-    fn claim_due(&mut self) {
-        if self.shape.claiming {
-            return;
-        }
-        // The runs whose end the commit about to start writes, and whether
-        // it inserts tasks.
-        let riding = self.persister.batch_about_to_commit().map(|batch| {
-            let freed: HashSet<TaskId> = batch
-                .updates
-                .values()
-                .filter(|task| task.status != TaskStatus::Running)
-                .map(|task| task.id)
-                .collect();
-            (freed, !batch.inserts.is_empty())
-        });
-        let frees_or_adds = riding
-            .as_ref()
-            .is_some_and(|(freed, inserts)| !freed.is_empty() || *inserts);
-        if !self.shape.claim_wanted && !frees_or_adds {
-            return;
-        }
-        let no_freed = HashSet::new();
-        let freed = riding.as_ref().map_or(&no_freed, |(freed, _)| freed);
-        // Runs that ended here but whose end is not committed: the table
-        // still shows them running, so they still take their slots (unless
-        // the claim rides on the commit that ends them).
-        let running = &self.running;
-        let mut ending_elsewhere: HashMap<&str, usize> = HashMap::new();
-        for (id, kind) in &self.shape.ending {
-            if !running.contains_key(id) && !freed.contains(id) {
-                *ending_elsewhere.entry(kind.as_str()).or_default() += 1;
-            }
-        }
-        let free = self.free_slots(ending_elsewhere.values().sum());
-        if free == 0 {
-            return;
-        }
-        let rooms: Vec<KindRoom> = self
-            .shape
-            .kinds
-            .iter()
-            .map(|kind| KindRoom {
-                kind: kind.clone(),
-                room: self.kind_room(
-                    kind,
-                    ending_elsewhere.get(kind.as_str()).copied().unwrap_or(0),
-                    free,
-                ),
-            })
-            .filter(|room| room.room > 0)
-            .collect();
-        let node = self.config.node_name.clone();
-        let lease = self.config.lease;
-        let cluster = &mut self.shape;
-        cluster.claim_wanted = false;
-        cluster.claiming = true;
-        let take_over = std::mem::take(&mut cluster.take_over_wanted);
-        if riding.is_some() {
-            if let Some(batch) = self.persister.batch_about_to_commit() {
-                batch.claim = Some(ClaimAsk {
-                    limit: free,
-                    lease,
-                    rooms,
-                    take_over,
-                });
-            }
-            return;
-        }
-        let store = cluster.store.clone();
-        cluster.calls.spawn(async move {
-            let request = ClaimRequest {
-                node: &node,
-                limit: free,
-                lease,
-                rooms: &rooms,
-                now: SystemTime::now(),
-                take_over,
-            };
-            let result = within(STORE_CALL_TIMEOUT, store.claim_due(request)).await;
-            ClusterEvent::Claimed {
-                limit: free,
-                result,
-            }
-        });
-    }
-
     fn renew_and_retain(&mut self) {
         let running: Vec<(TaskId, u32)> = self
             .running
@@ -441,22 +349,6 @@ impl Manager<Cluster> {
                 debug!(task_id = %task.id, "this run lost its task (cancelled elsewhere or taken over)");
                 self.lose_run(task.id);
             }
-        }
-    }
-
-    /// What a claim (on its own, or inside a commit) took: each task starts
-    /// here; a full claim means more may wait.
-    fn start_claimed(&mut self, limit: usize, claimed: Claimed) {
-        let Claimed { tasks, next_due } = claimed;
-        if tasks.len() >= limit {
-            self.shape.claim_wanted = true;
-        }
-        self.shape.next_due = next_due;
-        for task in tasks {
-            let task = Arc::new(task);
-            debug!(task_id = %task.id, kind = %task.kind, attempt = task.attempt, "task claimed");
-            self.tasks.insert(task.id, Arc::clone(&task));
-            self.start_run(task);
         }
     }
 
@@ -901,22 +793,11 @@ impl Shape for Cluster {
 
     fn committed(manager: &mut Manager<Self>, batch: &Pending, outcome: &BatchOutcome) {
         manager.stop_runs_that_lost_their_rows(batch, outcome);
-        if let Some(ask) = &batch.claim {
-            manager.shape.claiming = false;
-            match &outcome.claimed {
-                Some(claimed) => manager.start_claimed(ask.limit, claimed.clone()),
-                // Not run (the store had nothing to write): claim again.
-                None => manager.shape.claim_wanted = true,
-            }
-        }
+        manager.riding_claim_committed(batch, outcome);
     }
 
     fn commit_failed(manager: &mut Manager<Self>, batch: &Pending) {
-        if batch.claim.is_some() {
-            // The claim went with the commit: nothing was taken.
-            manager.shape.claiming = false;
-            manager.shape.claim_wanted = true;
-        }
+        manager.riding_claim_failed(batch);
     }
 
     fn roll_back_create(manager: &mut Manager<Self>, _id: TaskId) {

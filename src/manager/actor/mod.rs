@@ -20,6 +20,7 @@
 
 mod cluster;
 mod cluster_batch;
+mod cluster_claims;
 mod cluster_schedules;
 mod commits;
 mod door;
