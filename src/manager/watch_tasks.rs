@@ -305,7 +305,13 @@ impl TasksWatch {
             }
             self.seq = change.seq;
             if self.filter.concerns(&change) && !self.shown_by_list(&change) {
-                return Ok(self.sent(Arc::clone(&change.task)));
+                // PostgreSQL's feed leaves `data` out: read it back.
+                let task = if change.task.payload == PayloadLocation::InStore {
+                    self.with_payload(&change.task).await
+                } else {
+                    Arc::clone(&change.task)
+                };
+                return Ok(self.sent(task));
             }
         }
     }

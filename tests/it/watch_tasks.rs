@@ -150,7 +150,11 @@ async fn the_initial_list_sends_every_matching_task_then_initial_done_then_chang
 
     let next = create(&mut client, labelled("a-next", "echo", "a")).await;
     create(&mut client, labelled("b-next", "echo", "b")).await;
-    let seen = until(&mut stream, &next.id, Completed).await;
+    let changes = until_tasks(&mut stream, &next.id, Completed).await;
+    let seen: Vec<(String, pb::TaskStatus)> = changes
+        .iter()
+        .map(|task| (task.name.clone(), status_of(task)))
+        .collect();
     assert_eq!(
         seen,
         [
@@ -160,6 +164,16 @@ async fn the_initial_list_sends_every_matching_task_then_initial_done_then_chang
         ],
         "every status of the new task, and nothing of team b"
     );
+    // Each change carries the task whole: its data (which PostgreSQL's
+    // change feed leaves out), and its result once it has one.
+    for task in &changes {
+        assert_eq!(task.data, next.data, "{task:?}");
+        assert_eq!(
+            task.result.is_some(),
+            status_of(task) == Completed,
+            "{task:?}"
+        );
+    }
 }
 
 async fn a_task_that_leaves_its_filter_is_sent_once_more_and_then_no_longer() {

@@ -570,13 +570,14 @@ impl Manager<Cluster> {
             }
         }
         // Every committed change, from any replica, in the order the feed
-        // brings them. The feed leaves `data` out (it never changes).
+        // brings them. The feed leaves `data` out (it never changes), so
+        // the change is marked for a stream to read its payload back.
         let before = if change.task.revision == 1 {
             Before::Created
         } else {
             Before::Unknown
         };
-        self.announce(&Arc::new(change.task.clone()), before);
+        self.announce(&Arc::new(change.task.without_payload()), before);
         if let Some(pending) = self.shape.pending_watches.get_mut(&id) {
             pending.changes.push(change);
             return;
