@@ -11,7 +11,10 @@
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
-use tokio::{sync::broadcast, time::Instant};
+use tokio::{
+    sync::{broadcast, watch},
+    time::Instant,
+};
 
 use crate::task::{Task, TaskStatus};
 
@@ -47,10 +50,26 @@ pub(crate) enum Before {
     Deleted,
 }
 
+impl Before {
+    /// What a task was before a change PostgreSQL's feed or change log
+    /// brings: known only for a create and a delete.
+    pub(crate) fn of_logged(deleted: bool, revision: u64) -> Self {
+        if deleted {
+            Self::Deleted
+        } else if revision == 1 {
+            Self::Created
+        } else {
+            Self::Unknown
+        }
+    }
+}
+
 /// One numbered change.
 #[derive(Debug)]
 pub(crate) struct Change {
-    /// 1 for the first change this process saw, then one more each time.
+    /// Local stores: 1 for the first change this process saw, then one more
+    /// each time. PostgreSQL: the change's position in the change log,
+    /// which every replica shares (rising, but with gaps).
     pub(crate) seq: u64,
     /// The task after the change (its last state for a delete).
     pub(crate) task: Arc<Task>,
@@ -77,15 +96,24 @@ pub(crate) struct Subscription {
     pub(crate) position: u64,
     /// Kept changes after the asked position, up to `position`, in order.
     pub(crate) backlog: Vec<Arc<Change>>,
+    /// PostgreSQL: the backlog is to be read from the change log, after
+    /// this position.
+    pub(crate) read_log_after: Option<u64>,
     pub(crate) live: broadcast::Receiver<Arc<Change>>,
+    /// Changes when the live changes had a gap: the stream must end.
+    pub(crate) interrupted: watch::Receiver<()>,
 }
 
 /// The actor's side of the journal.
 #[derive(Debug)]
 pub(crate) struct Journal {
     /// Random per process start, so a token of another process, or of the
-    /// same one before a restart, is refused rather than misread.
+    /// same one before a restart, is refused rather than misread; on
+    /// PostgreSQL, the change log's, which every replica shares.
     instance: u64,
+    /// PostgreSQL: changes are numbered by the change log, which keeps
+    /// them (this journal keeps none) and from which resumes read.
+    numbered_by_log: bool,
     /// The number of the last change recorded (0: none yet).
     last_seq: u64,
     /// Kept changes, oldest first, with when they were recorded.
@@ -98,12 +126,16 @@ pub(crate) struct Journal {
     /// [`KEPT_FOR`], no token can resume and nothing needs keeping: a
     /// server nobody watches this way pays nothing per change.
     last_followed: Option<Instant>,
+    /// Bumped when live changes were missed, to end every stream.
+    interruptions: watch::Sender<()>,
 }
 
 impl Journal {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             instance: fastrand::u64(..),
+            numbered_by_log: false,
+            interruptions: watch::Sender::new(()),
             last_seq: 0,
             kept: VecDeque::new(),
             capacity: capacity.max(1),
@@ -155,6 +187,39 @@ impl Journal {
         }));
     }
 
+    /// A journal numbered by PostgreSQL's change log (`instance`, its last
+    /// position when the replica started listening): positions come from
+    /// the log, and resumes read from it, on any replica.
+    pub(crate) fn numbered_by_log(&mut self, instance: u64, last_position: u64) {
+        self.instance = instance;
+        self.numbered_by_log = true;
+        self.last_seq = last_position;
+        self.kept.clear();
+    }
+
+    /// Hands a change of the change log, at `position`, to the live
+    /// streams. A position already passed was heard before (a change
+    /// recorded while the replica started): not again.
+    pub(crate) fn record_at(&mut self, position: u64, task: Arc<Task>, before: Before) {
+        if position <= self.last_seq {
+            return;
+        }
+        self.last_seq = position;
+        // No stream listening is not an error.
+        let _ = self.live.send(Arc::new(Change {
+            seq: position,
+            task,
+            before,
+        }));
+    }
+
+    /// Ends every stream following the live changes, because some were
+    /// missed (the feed lost its connection); each resumes from its last
+    /// token, through the change log, with nothing lost.
+    pub(crate) fn interrupt(&mut self) {
+        self.interruptions.send_replace(());
+    }
+
     /// Lets go of the changes older than [`KEPT_FOR`] (and notes whether a
     /// stream follows, for a stream that only sends bookmarks).
     pub(crate) fn prune(&mut self) {
@@ -174,18 +239,28 @@ impl Journal {
         resume: Option<(u64, u64)>,
     ) -> Result<Subscription, ResumeRefused> {
         self.last_followed = Some(Instant::now());
+        let mut read_log_after = None;
         let backlog = match resume {
             None => Vec::new(),
             Some((instance, _)) if instance != self.instance => {
                 return Err(ResumeRefused::OtherInstance);
             }
+            Some((_, since)) if self.numbered_by_log => {
+                // The log says whether it still holds what follows.
+                read_log_after = Some(since);
+                Vec::new()
+            }
             Some((_, since)) => self.kept_after(since)?,
         };
+        let mut interrupted = self.interruptions.subscribe();
+        interrupted.mark_unchanged();
         Ok(Subscription {
             instance: self.instance,
             position: self.last_seq,
             backlog,
+            read_log_after,
             live: self.live.subscribe(),
+            interrupted,
         })
     }
 
@@ -346,5 +421,44 @@ mod tests {
             Some(ResumeRefused::NotKept),
             "a token from before is refused, not bridged over the gap"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn numbered_by_the_change_log_it_keeps_nothing_and_resumes_through_the_log() {
+        let mut journal = Journal::new(10);
+        journal.numbered_by_log(77, 40);
+        let mut live = journal.subscribe(None).expect("subscribed");
+        assert_eq!((live.instance, live.position), (77, 40));
+        journal.record_at(41, task(), Before::Created);
+        // Heard twice (recorded while the replica started listening): once.
+        journal.record_at(41, task(), Before::Created);
+        journal.record_at(45, task(), Before::Unknown);
+        let heard: Vec<u64> = [
+            live.live.try_recv().expect("41").seq,
+            live.live.try_recv().expect("45").seq,
+        ]
+        .into();
+        assert_eq!(heard, [41, 45]);
+        assert!(live.live.try_recv().is_err(), "nothing more");
+        assert_eq!(journal.len(), 0, "the log keeps them, not the journal");
+
+        let resumed = journal.subscribe(Some((77, 3))).expect("the log decides");
+        assert_eq!((resumed.read_log_after, resumed.backlog.len()), (Some(3), 0));
+        assert_eq!(
+            journal.subscribe(Some((78, 41))).err(),
+            Some(ResumeRefused::OtherInstance)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_interruption_reaches_every_stream_subscribed_before_it() {
+        let mut journal = Journal::new(10);
+        let mut before = journal.subscribe(None).expect("subscribed");
+        assert!(!before.interrupted.has_changed().expect("open"));
+        journal.interrupt();
+        assert!(before.interrupted.has_changed().expect("open"));
+        let after = journal.subscribe(None).expect("subscribed");
+        assert!(!after.interrupted.has_changed().expect("open"));
+        before.interrupted.mark_unchanged();
     }
 }

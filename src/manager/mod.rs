@@ -24,7 +24,8 @@ use crate::{
     schedule::{NewSchedule, Schedule, ScheduleId},
     store::{
         MemoryStore, PostgresStore, SqliteStore, StoreError, StoreUrl, TaskStore,
-        postgres::ChangeFeed, within,
+        postgres::{ChangeFeed, ChangeLogStart, ChangesAfter},
+        within,
     },
     task::{NewTask, PayloadLocation, Task, TaskId, TaskStatus, TraceContext},
 };
@@ -218,7 +219,8 @@ struct Opened {
     /// followed by the actor through its change feed, which listens before
     /// anything is served (a change announced before would never reach this
     /// replica's watchers).
-    shared_store: Option<(PostgresStore, ChangeFeed)>,
+    /// The change log's start is read once the feed listens.
+    shared_store: Option<(PostgresStore, ChangeFeed, ChangeLogStart)>,
     /// SQLite: what the file held at start.
     stored: Vec<Task>,
     /// SQLite: the schedules the file held at start.
@@ -392,10 +394,11 @@ impl ManagerHandle {
             StoreUrl::Postgres(url) => {
                 let store = PostgresStore::connect(url).await?;
                 let feed = store.listen().await?;
+                let log_start = store.change_log_start().await?;
                 Opened {
                     commits: Arc::new(store.clone()),
                     payload_store: None,
-                    shared_store: Some((store, feed)),
+                    shared_store: Some((store, feed, log_start)),
                     stored: Vec::new(),
                     stored_schedules: Vec::new(),
                 }
@@ -421,11 +424,12 @@ impl ManagerHandle {
         let (health_sender, store_health) = tokio::sync::watch::channel(StoreHealth::Writable);
         // The one place that asks which store this is: it picks the shape.
         let shared_store = match shared_store {
-            Some((store, feed)) => {
+            Some((store, feed, log_start)) => {
                 let kinds = registry.kinds().into_iter().map(str::to_owned).collect();
                 let shape = actor::Cluster::new(store.clone(), kinds, feed);
-                let actor =
+                let mut actor =
                     actor::Manager::new(config, registry, metrics, commits, health_sender, shape);
+                actor.number_journal_by_log(log_start);
                 tokio::spawn(actor.run(command_receiver));
                 Some(store)
             }
@@ -676,12 +680,46 @@ impl ManagerHandle {
                 respond_to,
             })
             .await?;
-        Ok(TasksWatch::new(
-            filter,
-            subscription,
-            initial_list,
-            self.clone(),
-        ))
+        let mut watch = TasksWatch::new(filter, subscription, initial_list, self.clone());
+        // PostgreSQL: a resume the change log cannot serve is refused now,
+        // before the stream starts, as a local journal refuses it.
+        watch.read_log_page().await?;
+        Ok(watch)
+    }
+
+    /// PostgreSQL: up to `limit` changes of the change log after `after`,
+    /// each with its task's data; `None` when the log let some of them go.
+    /// (No change log, no changes.)
+    async fn logged_changes_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Option<Vec<Arc<journal::Change>>>, ManagerError> {
+        let Some(store) = &self.shared_store else {
+            return Ok(Some(Vec::new()));
+        };
+        let changes = match within(STORE_READ_TIMEOUT, store.changes_after(after, limit)).await {
+            Ok(ChangesAfter::Changes(changes)) => changes,
+            Ok(ChangesAfter::Pruned) => return Ok(None),
+            Err(error) => return Err(storage_error(&error)),
+        };
+        let changes = changes
+            .into_iter()
+            .map(|change| {
+                let before = journal::Before::of_logged(change.deleted, change.task.revision);
+                let mut task = change.task;
+                if !change.complete {
+                    // Too large to announce whole: the result is read back.
+                    task.payload = PayloadLocation::InStore;
+                }
+                Arc::new(journal::Change {
+                    seq: change.position.unwrap_or_default(),
+                    task: Arc::new(task),
+                    before,
+                })
+            })
+            .collect();
+        Ok(Some(changes))
     }
 
     /// Refuses new tasks from now on (`ShuttingDown`); everything else,

@@ -21,7 +21,10 @@ use std::{
     time::Duration,
 };
 
-use tokio::{sync::broadcast, time::Instant};
+use tokio::{
+    sync::{broadcast, watch},
+    time::Instant,
+};
 
 use super::{
     ListQuery, ManagerHandle,
@@ -39,6 +42,10 @@ pub const BOOKMARK_AFTER: Duration = Duration::from_secs(10);
 
 /// How many listed tasks have their payloads read from the store at once.
 const PAYLOAD_CHUNK: usize = 64;
+
+/// How many changes a resumed stream reads from PostgreSQL's change log at
+/// once.
+const LOG_PAGE: usize = 500;
 
 /// Which tasks a stream is about; every part must hold. The statuses and
 /// labels match as in `ListTasks`.
@@ -156,6 +163,11 @@ pub struct TasksWatch {
     /// Changes after the resumed position up to the subscription, to go
     /// first.
     backlog: VecDeque<Arc<Change>>,
+    /// PostgreSQL, resumed: the backlog is read from the change log, a page
+    /// at a time, after this position, until the log has no more.
+    read_log_after: Option<u64>,
+    /// Changes when the live changes had a gap: the stream ends.
+    interrupted: watch::Receiver<()>,
     /// The initial list still to send, as the actor took it; `None` when
     /// there is none (or no more).
     listing: Option<Listing>,
@@ -198,15 +210,20 @@ impl TasksWatch {
             instance,
             position,
             backlog,
+            read_log_after,
             live,
+            interrupted,
         } = subscription;
         let first_backlog_seq = backlog.first().map(|change| change.seq);
         Self {
             filter,
             instance,
             // Resumed: the position asked for, just before the backlog.
-            seq: first_backlog_seq.map_or(position, |seq| seq - 1),
+            seq: read_log_after
+                .unwrap_or_else(|| first_backlog_seq.map_or(position, |seq| seq - 1)),
             backlog: backlog.into(),
+            read_log_after,
+            interrupted,
             listing: initial_list.map(|InitialList { after, tasks }| Listing {
                 listed_through: after,
                 store_cursor: tasks.is_none().then_some(after),
@@ -222,17 +239,30 @@ impl TasksWatch {
     /// The next message, or why the stream ends. Not cancel-safe while it
     /// reads payloads back from the store: drop it only to end the stream.
     pub async fn next(&mut self) -> Result<TasksEvent, TasksWatchEnd> {
-        while let Some(change) = self.backlog.pop_front() {
-            self.seq = change.seq;
-            let listed = self.listing.as_ref().map(|listing| listing.listed_through);
-            let already_listed = match listed {
-                None => true,
-                Some(listed_through) => listed_through.is_some_and(|last| change.task.id <= last),
-            };
-            if already_listed && self.filter.concerns(&change) && !self.shown_by_list(&change) {
-                let task = self.with_payload(&change.task).await;
-                return Ok(self.sent(task));
+        loop {
+            while let Some(change) = self.backlog.pop_front() {
+                self.seq = change.seq;
+                let listed = self.listing.as_ref().map(|listing| listing.listed_through);
+                let already_listed = match listed {
+                    None => true,
+                    Some(listed_through) => {
+                        listed_through.is_some_and(|last| change.task.id <= last)
+                    }
+                };
+                if already_listed && self.filter.concerns(&change) && !self.shown_by_list(&change) {
+                    let task = self.with_payload(&change.task).await;
+                    return Ok(self.sent(task));
+                }
             }
+            if self.read_log_after.is_none() {
+                break;
+            }
+            self.read_log_page().await.map_err(|error| match error {
+                // The log let go of what follows while the client read
+                // slowly: as a client too slow for the live changes.
+                super::ManagerError::WatchPositionLost => TasksWatchEnd::Lagged,
+                _ => TasksWatchEnd::StoreFailed,
+            })?;
         }
         while let Some(listing) = &mut self.listing {
             if listing.tasks.is_empty()
@@ -290,6 +320,9 @@ impl TasksWatch {
             let bookmark_at = self.last_sent + BOOKMARK_AFTER;
             let received = tokio::select! {
                 received = self.live.recv() => received,
+                // Changes were missed: the client resumes from its last
+                // token, through the change log.
+                _ = self.interrupted.changed() => return Err(TasksWatchEnd::Lagged),
                 () = tokio::time::sleep_until(bookmark_at) => {
                     self.last_sent = Instant::now();
                     return Ok(TasksEvent::Bookmark { position: self.position() });
@@ -316,11 +349,35 @@ impl TasksWatch {
         }
     }
 
+    /// PostgreSQL, resumed: the next page of the backlog from the change
+    /// log (none left: the stream goes on with the live changes, which it
+    /// subscribed to before the first page was read, so nothing falls
+    /// between). `WatchPositionLost` when the log let some of it go.
+    pub(super) async fn read_log_page(&mut self) -> Result<(), super::ManagerError> {
+        let Some(after) = self.read_log_after else {
+            return Ok(());
+        };
+        let page = self
+            .manager
+            .logged_changes_after(after, LOG_PAGE)
+            .await?
+            .ok_or(super::ManagerError::WatchPositionLost)?;
+        self.read_log_after = match page.last() {
+            Some(last) if page.len() == LOG_PAGE => Some(last.seq),
+            _ => None,
+        };
+        self.backlog.extend(page);
+        Ok(())
+    }
+
     /// A kept change's task with its payload, which the journal does not
     /// keep: `data` never changes after create, and `result` is set once,
     /// at completion, so the task as it is now has both. A task forgotten
     /// (or deleted) since goes without them.
     async fn with_payload(&self, task: &Arc<Task>) -> Arc<Task> {
+        if task.payload == PayloadLocation::InTask {
+            return Arc::clone(task);
+        }
         let Ok(now) = self.manager.get_task(task.id).await else {
             return Arc::clone(task);
         };

@@ -27,6 +27,19 @@ macro_rules! task_columns {
 }
 pub(super) use task_columns;
 
+/// [`task_columns`] with `data` read as NULL: for a statement that answers
+/// many tasks whose data nobody will read (a delete by retention).
+macro_rules! task_columns_without_data {
+    () => {
+        "id, name, description, kind, status, NULL::text AS data, result, error, \
+         timeout_seconds, labels, progress_percent, progress_message, attempt, node, revision, \
+         request_id, created_at, started_at, completed_at, priority, run_after, \
+         queue_timeout_seconds, max_attempts, initial_backoff_us, max_backoff_us, \
+         backoff_multiplier, retry_at, failed_runs, cut_short_runs, traceparent, tracestate"
+    };
+}
+pub(super) use task_columns_without_data;
+
 #[derive(Debug, sqlx::FromRow)]
 pub(super) struct TaskRow {
     pub id: Uuid,

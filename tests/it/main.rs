@@ -43,3 +43,4 @@ mod taskctl_connection;
 mod tracing;
 mod watch;
 mod watch_tasks;
+mod watch_tasks_replicas;

@@ -22,9 +22,9 @@ use crate::{
     },
 };
 
-type Stream = Streaming<pb::WatchTasksResponse>;
+pub(crate) type Stream = Streaming<pb::WatchTasksResponse>;
 
-async fn watch_tasks(client: &mut Client, request: pb::WatchTasksRequest) -> Stream {
+pub(crate) async fn watch_tasks(client: &mut Client, request: pb::WatchTasksRequest) -> Stream {
     client
         .watch_tasks(request)
         .await
@@ -33,7 +33,7 @@ async fn watch_tasks(client: &mut Client, request: pb::WatchTasksRequest) -> Str
 }
 
 /// The next message, failing the test if none comes in time.
-async fn next_message(stream: &mut Stream) -> pb::WatchTasksResponse {
+pub(crate) async fn next_message(stream: &mut Stream) -> pb::WatchTasksResponse {
     tokio::time::timeout(DEADLINE, stream.next())
         .await
         .expect("a message in time")
@@ -42,7 +42,7 @@ async fn next_message(stream: &mut Stream) -> pb::WatchTasksResponse {
 }
 
 /// The next message, which must be about a task.
-async fn next_task(stream: &mut Stream) -> (pb::Task, String) {
+pub(crate) async fn next_task(stream: &mut Stream) -> (pb::Task, String) {
     let message = next_message(stream).await;
     assert!(!message.initial_done, "{message:?}");
     assert!(
@@ -71,7 +71,7 @@ async fn initial_list(stream: &mut Stream) -> (Vec<pb::Task>, String) {
 }
 
 /// Messages until task `id` is in `status`, as (name, status) pairs.
-async fn until(
+pub(crate) async fn until(
     stream: &mut Stream,
     id: &str,
     status: pb::TaskStatus,
@@ -84,7 +84,11 @@ async fn until(
 }
 
 /// The tasks of the messages until task `id` is in `status`.
-async fn until_tasks(stream: &mut Stream, id: &str, status: pb::TaskStatus) -> Vec<pb::Task> {
+pub(crate) async fn until_tasks(
+    stream: &mut Stream,
+    id: &str,
+    status: pb::TaskStatus,
+) -> Vec<pb::Task> {
     let mut seen = Vec::new();
     loop {
         let (task, _) = next_task(stream).await;
@@ -96,13 +100,13 @@ async fn until_tasks(stream: &mut Stream, id: &str, status: pb::TaskStatus) -> V
     }
 }
 
-fn labelled(name: &str, kind: &str, team: &str) -> pb::CreateTaskRequest {
+pub(crate) fn labelled(name: &str, kind: &str, team: &str) -> pb::CreateTaskRequest {
     let mut request = request(name, kind, Some(json!({"name": name})));
     request.labels.insert("team".into(), team.into());
     request
 }
 
-async fn create(client: &mut Client, request: pb::CreateTaskRequest) -> pb::Task {
+pub(crate) async fn create(client: &mut Client, request: pb::CreateTaskRequest) -> pb::Task {
     client
         .create_task(request)
         .await
@@ -110,7 +114,7 @@ async fn create(client: &mut Client, request: pb::CreateTaskRequest) -> pb::Task
         .into_inner()
 }
 
-fn team(name: &str) -> pb::WatchTasksRequest {
+pub(crate) fn team(name: &str) -> pb::WatchTasksRequest {
     pb::WatchTasksRequest {
         labels: [("team".to_string(), name.to_string())].into(),
         ..Default::default()
@@ -657,11 +661,11 @@ macro_rules! postgres_tests {
     };
 }
 
-// Not yet on PostgreSQL: a delete is not on its change feed.
 postgres_tests!(
     the_initial_list_sends_every_matching_task_then_initial_done_then_changes,
     a_task_that_leaves_its_filter_is_sent_once_more_and_then_no_longer,
     kinds_and_labels_filter_what_is_sent,
+    a_deleted_task_is_sent_once_with_its_last_state,
     a_resumed_stream_continues_after_its_token_with_nothing_lost_or_repeated,
     a_token_with_other_filters_or_garbage_is_invalid_argument,
     a_token_from_another_process_is_failed_precondition,

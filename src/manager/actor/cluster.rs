@@ -28,7 +28,7 @@ use crate::{
     manager::{
         ManagerError, ManagerStats, Reply, STORE_CALL_TIMEOUT, STORE_HOUSEKEEPING_TIMEOUT,
         STORE_READ_TIMEOUT, ScheduleCommand,
-        journal::Before,
+        journal::{Before, KEPT_FOR},
         persist::Pending,
         watch::{TaskWatch, WatchState},
         watch_tasks::TaskFilter,
@@ -267,6 +267,7 @@ impl Manager<Cluster> {
         let node = self.config.node_name.clone();
         let lease = self.config.lease;
         let (retention, max_finished) = (self.config.retention, self.config.max_finished_tasks);
+        let journal_capacity = self.config.watch_journal_capacity;
         let cluster = &mut self.shape;
         // Lease expiries of dead replicas and missed notifications are
         // found by trying now and then.
@@ -296,6 +297,7 @@ impl Manager<Cluster> {
             cluster.renewing = true;
             cluster.last_renewal = Instant::now();
             let store = cluster.store.clone();
+            let node = node.clone();
             cluster.calls.spawn(async move {
                 let result = within(STORE_CALL_TIMEOUT, store.renew(&node, &running, lease)).await;
                 ClusterEvent::Renewed {
@@ -311,13 +313,16 @@ impl Manager<Cluster> {
             cluster.last_retention = Some(Instant::now());
             let store = cluster.store.clone();
             cluster.calls.spawn(async move {
-                ClusterEvent::Retained(
-                    within(
-                        STORE_HOUSEKEEPING_TIMEOUT,
-                        store.enforce_retention(retention, max_finished),
-                    )
-                    .await,
-                )
+                // The change log is pruned as the journal of a local store
+                // lets go: after KEPT_FOR, or past its capacity.
+                let housekeeping = async {
+                    let deleted = store
+                        .enforce_retention(&node, retention, max_finished)
+                        .await?;
+                    store.prune_change_log(KEPT_FOR, journal_capacity).await?;
+                    Ok(deleted)
+                };
+                ClusterEvent::Retained(within(STORE_HOUSEKEEPING_TIMEOUT, housekeeping).await)
             });
         }
     }
@@ -397,6 +402,9 @@ impl Manager<Cluster> {
             }
             ClusterEvent::Feed(FeedEvent::Gap) => {
                 warn!("the change feed had a gap; reading watched tasks again");
+                // WatchTasks streams missed changes too: they end, and
+                // resume from their tokens through the change log.
+                self.journal.interrupt();
                 let watched: Vec<TaskId> = self.watchers.keys().copied().collect();
                 self.shape.claim_wanted = true;
                 for id in watched {
@@ -535,6 +543,11 @@ impl Manager<Cluster> {
     fn handle_change(&mut self, change: Change) {
         let id = change.task.id;
         debug!(task_id = %id, origin = %change.origin, status = %change.task.status, revision = change.task.revision, watched = self.watchers.contains_key(&id), "change from the feed");
+        if change.deleted {
+            // A finished task is gone: only streams care.
+            self.record_change(&change);
+            return;
+        }
         let from_elsewhere = change.origin != self.config.node_name;
         {
             let cluster = &mut self.shape;
@@ -569,15 +582,7 @@ impl Manager<Cluster> {
                 self.lose_run(id);
             }
         }
-        // Every committed change, from any replica, in the order the feed
-        // brings them. The feed leaves `data` out (it never changes), so
-        // the change is marked for a stream to read its payload back.
-        let before = if change.task.revision == 1 {
-            Before::Created
-        } else {
-            Before::Unknown
-        };
-        self.announce(&Arc::new(change.task.without_payload()), before);
+        self.record_change(&change);
         if let Some(pending) = self.shape.pending_watches.get_mut(&id) {
             pending.changes.push(change);
             return;
@@ -591,6 +596,21 @@ impl Manager<Cluster> {
             return;
         }
         self.publish_newer(change.task);
+    }
+
+    /// Every committed change, from any replica, goes to the journal at its
+    /// position in the change log, in the order the feed brings them. The
+    /// feed leaves `data` out (it never changes), so the change is marked
+    /// for a stream to read its payload back.
+    fn record_change(&mut self, change: &Change) {
+        let Some(position) = change.position else {
+            // From a replica older than the change log: it has no place in
+            // it, so no stream could resume after it.
+            return;
+        };
+        let before = Before::of_logged(change.deleted, change.task.revision);
+        self.journal
+            .record_at(position, Arc::new(change.task.without_payload()), before);
     }
 
     fn handle_fetched(&mut self, id: TaskId, result: Result<Option<Task>, StoreError>) {
@@ -727,10 +747,11 @@ impl Shape for Cluster {
 
     fn delete(manager: &mut Manager<Self>, id: TaskId, respond_to: Reply<()>) {
         let store = manager.shape.store.clone();
+        let node = manager.config.node_name.clone();
         manager.shape.calls.spawn(async move {
             ClusterEvent::Deleted {
                 id,
-                result: within(STORE_CALL_TIMEOUT, store.delete_task(id)).await,
+                result: within(STORE_CALL_TIMEOUT, store.delete_task(id, &node)).await,
                 respond_to,
             }
         });

@@ -11,10 +11,18 @@ use crate::{
         journal::{Before, ResumeRefused},
         watch_tasks::{InitialList, TaskFilter, WatchStart},
     },
+    store::postgres::ChangeLogStart,
     task::Task,
 };
 
 impl<S: Shape> Manager<S> {
+    /// PostgreSQL: the journal numbers changes by their position in the
+    /// change log, which every replica shares, so a stream resumes on any.
+    pub(in crate::manager) fn number_journal_by_log(&mut self, start: ChangeLogStart) {
+        self.journal
+            .numbered_by_log(start.instance, start.last_position);
+    }
+
     /// Numbers a change to `task` for the `WatchTasks` streams. Never waits
     /// on a stream.
     pub(super) fn announce(&mut self, task: &Arc<Task>, before: Before) {

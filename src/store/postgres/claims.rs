@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use sqlx::{Postgres, Transaction};
 
-use super::{PostgresStore, change_payload, notify};
+use super::{Announcement, PostgresStore, change_payload, notify};
 use crate::store::{
     StoreError,
     row::{TaskRow, duration_micros, from_micros, micros, task_columns},
@@ -182,7 +182,7 @@ impl PostgresStore {
         .bind(completed)
         .execute(&mut *transaction)
         .await?;
-        let payloads: Vec<String> = expired
+        let payloads: Vec<Announcement> = expired
             .iter()
             .filter_map(|task| change_payload(origin, task))
             .collect();
@@ -199,7 +199,7 @@ impl PostgresStore {
 pub(super) async fn claim_within(
     transaction: &mut Transaction<'static, Postgres>,
     request: ClaimRequest<'_>,
-) -> Result<(Claimed, Vec<String>), StoreError> {
+) -> Result<(Claimed, Vec<Announcement>), StoreError> {
     let ClaimRequest {
         node,
         limit,
@@ -318,7 +318,7 @@ pub(super) async fn claim_within(
         .collect::<Result<Vec<_>, _>>()?;
     // RETURNING does not keep the order of the candidates.
     tasks.sort_by_key(|task| (std::cmp::Reverse(task.scheduling.priority), task.id));
-    let payloads: Vec<String> = tasks
+    let payloads: Vec<Announcement> = tasks
         .iter()
         .filter_map(|task| change_payload(node, task))
         .collect();

@@ -104,26 +104,58 @@ pub(super) async fn start_listener(pool: &PgPool, channel: &str) -> Result<PgLis
     Ok(listener)
 }
 
-/// Announces the payloads on `channel`, in order, when the transaction
-/// commits.
 /// The payload that says tasks were given back; never a change's JSON.
 pub(super) const WORK_WAITING: &str = "work-waiting";
 
+/// One change to announce: the notification's JSON, and whose change it is.
+#[derive(Clone, Debug)]
+pub(super) struct Announcement {
+    task_id: Uuid,
+    text: String,
+}
+
+/// Records the changes in the change log (`task_changes`) and announces
+/// them on `channel`, in order; both take effect when (and only if) the
+/// transaction commits. Each notification carries its position in the log.
+///
+/// It must be the transaction's last statement before the commit: it locks
+/// the log until then, so that positions rise in commit order (a reader
+/// that sees a position sees every smaller one there will ever be), and a
+/// transaction that waits for nothing while it holds the lock cannot be in
+/// a deadlock.
 pub(super) async fn notify(
     transaction: &mut Transaction<'static, Postgres>,
     channel: &str,
-    payloads: &[String],
+    announcements: &[Announcement],
 ) -> Result<(), StoreError> {
-    if payloads.is_empty() {
+    if announcements.is_empty() {
         return Ok(());
     }
+    // EXCLUSIVE: writers of the log wait for each other; readers do not.
+    sqlx::query("LOCK TABLE task_changes IN EXCLUSIVE MODE")
+        .execute(&mut **transaction)
+        .await?;
+    let task_ids: Vec<Uuid> = announcements.iter().map(|each| each.task_id).collect();
+    let texts: Vec<&str> = announcements
+        .iter()
+        .map(|each| each.text.as_str())
+        .collect();
+    // The position goes in front of the change's other fields: the text is
+    // a JSON object, so `{"position":N,` + the rest is one too.
     sqlx::query(
-        "SELECT pg_notify($1, payload) \
-         FROM UNNEST($2::text[]) WITH ORDINALITY AS payloads(payload, position) \
-         ORDER BY position",
+        "WITH recorded AS ( \
+             INSERT INTO task_changes (task_id, change) \
+             SELECT task_id, change \
+             FROM UNNEST($2::uuid[], $3::text[]) WITH ORDINALITY AS changes(task_id, change, n) \
+             ORDER BY n \
+             RETURNING position, change \
+         ) \
+         SELECT pg_notify($1, '{\"position\":' || position || ',' || substr(change, 2)) \
+         FROM recorded ORDER BY position",
     )
     .bind(channel)
-    .bind(payloads)
+    .bind(task_ids)
+    .bind(texts)
     .execute(&mut **transaction)
     .await?;
     Ok(())
@@ -133,6 +165,13 @@ pub(super) async fn notify(
 /// the Unix epoch, so the task read back equals the one published.
 #[derive(Serialize, Deserialize)]
 pub(super) struct ChangePayload<'a> {
+    /// The change's position in the change log: set by the statement that
+    /// records it (never serialized here); absent from an older replica's.
+    #[serde(default, skip_serializing)]
+    position: Option<u64>,
+    /// The change deleted the task; the rest is its last state.
+    #[serde(default, skip_serializing_if = "is_false")]
+    deleted: bool,
     #[serde(borrow)]
     origin: Cow<'a, str>,
     complete: bool,
@@ -240,6 +279,8 @@ pub(super) struct ProgressPayload<'a> {
 impl<'a> ChangePayload<'a> {
     fn of(origin: &'a str, task: &'a Task) -> Self {
         Self {
+            position: None,
+            deleted: false,
             origin: Cow::Borrowed(origin),
             complete: true,
             id: Cow::Owned(task.id.to_string()),
@@ -274,6 +315,8 @@ impl<'a> ChangePayload<'a> {
             .ok_or_else(|| format!("unknown status {:?}", self.status))?;
         let (scheduling, retry_at, failed_runs, cut_short_runs) = self.scheduling.into_parts();
         Ok(Change {
+            position: self.position,
+            deleted: self.deleted,
             origin: self.origin.into_owned(),
             complete: self.complete,
             task: Task {
@@ -317,8 +360,26 @@ impl<'a> ChangePayload<'a> {
 /// (`complete: false`); still too large (a huge description, labels or
 /// progress message), those go too. `None` (logged) only when even that
 /// does not fit, which no valid task reaches.
-pub(super) fn change_payload(origin: &str, task: &Task) -> Option<String> {
+pub(super) fn change_payload(origin: &str, task: &Task) -> Option<Announcement> {
+    announcement(ChangePayload::of(origin, task), task)
+}
+
+/// [`change_payload`] for the delete of `task`, with its last state.
+pub(super) fn deleted_payload(origin: &str, task: &Task) -> Option<Announcement> {
     let mut payload = ChangePayload::of(origin, task);
+    payload.deleted = true;
+    announcement(payload, task)
+}
+
+fn announcement(payload: ChangePayload<'_>, task: &Task) -> Option<Announcement> {
+    let text = payload_text(payload, task)?;
+    Some(Announcement {
+        task_id: *task.id.as_uuid(),
+        text,
+    })
+}
+
+fn payload_text(mut payload: ChangePayload<'_>, task: &Task) -> Option<String> {
     let mut text = encode_payload(&payload, task.id)?;
     if text.len() <= MAX_PAYLOAD_BYTES {
         return Some(text);
@@ -358,7 +419,11 @@ pub(super) fn encode_payload(payload: &ChangePayload<'_>, id: TaskId) -> Option<
     }
 }
 
-fn decode_change(text: &str) -> Result<Change, String> {
+fn is_false(value: &bool) -> bool {
+    !value
+}
+
+pub(super) fn decode_change(text: &str) -> Result<Change, String> {
     let payload: ChangePayload<'_> =
         serde_json::from_str(text).map_err(|error| format!("not a change: {error}"))?;
     payload.into_change()
@@ -435,7 +500,7 @@ mod tests {
             traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
             tracestate: "vendor=value".to_owned(),
         };
-        let text = change_payload("n1", &task).expect("fits");
+        let text = change_payload("n1", &task).expect("fits").text;
         let change = decode_change(&text).expect("decodes");
         assert_eq!(change.origin, "n1");
         assert!(change.complete);
@@ -443,7 +508,7 @@ mod tests {
 
         // Too large with its result: result and error are left out.
         task.result = Some(Arc::new(json!("x".repeat(8_000))));
-        let text = change_payload("n1", &task).expect("fits");
+        let text = change_payload("n1", &task).expect("fits").text;
         assert!(text.len() <= MAX_PAYLOAD_BYTES);
         let change = decode_change(&text).expect("decodes");
         assert!(!change.complete);
@@ -457,7 +522,7 @@ mod tests {
         task.labels = (0..64)
             .map(|index| (format!("key{index}"), "v".repeat(256)))
             .collect();
-        let text = change_payload("n1", &task).expect("fits");
+        let text = change_payload("n1", &task).expect("fits").text;
         assert!(text.len() <= MAX_PAYLOAD_BYTES);
         let change = decode_change(&text).expect("decodes");
         assert!(!change.complete);
@@ -467,6 +532,20 @@ mod tests {
 
         assert!(decode_change("{\"origin\": 1}").is_err());
         assert!(decode_change("not json").is_err());
+    }
+
+    #[test]
+    fn a_logged_change_reads_back_with_its_position_and_a_delete_as_such() {
+        let task = task("logged");
+        let text = deleted_payload("n1", &task).expect("fits").text;
+        // As the statement that records it puts the position in front.
+        let logged = format!("{{\"position\":42,{}", &text[1..]);
+        let change = decode_change(&logged).expect("decodes");
+        assert_eq!((change.position, change.deleted), (Some(42), true));
+        assert_eq!(change.task, without_data(&task));
+        let plain = change_payload("n1", &task).expect("fits").text;
+        let change = decode_change(&plain).expect("decodes");
+        assert_eq!((change.position, change.deleted), (None, false));
     }
 
     #[test]

@@ -30,18 +30,22 @@ use uuid::Uuid;
 pub use super::{Batch, BatchOutcome, Inserted};
 use super::{
     LIST_PAGE_BYTES, ListPage, ListQuery, StoreError, StoreUrl, refuse_newer_schema,
-    row::{TaskRow, duration_micros, labels_json, status_name, task_columns},
+    row::{
+        TaskRow, duration_micros, labels_json, status_name, task_columns, task_columns_without_data,
+    },
 };
 use crate::task::{Task, TaskId, TaskStatus};
 
+mod change_log;
 mod feed;
 mod schedules;
 mod writes;
 
 pub use claims::{ClaimRequest, Claimed, KindRoom};
 
+pub use change_log::{ChangeLogStart, ChangesAfter};
 pub use feed::ChangeFeed;
-use feed::{WORK_WAITING, change_payload, notify};
+use feed::{Announcement, WORK_WAITING, change_payload, deleted_payload, notify};
 pub use schedules::{FIRE_CHUNK, Fired, FiringRound};
 pub use writes::BatchInserted;
 use writes::{delete_finished, insert_tasks, update_tasks};
@@ -101,6 +105,12 @@ mod claims;
 /// A new state of a task, as `LISTEN` delivers it to every replica.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Change {
+    /// Where the change is in the change log (`task_changes`), which numbers
+    /// every replica's changes in commit order; `None` from a replica older
+    /// than the log.
+    pub position: Option<u64>,
+    /// The change deleted the task; `task` is its last state.
+    pub deleted: bool,
     /// The node (replica) whose write this was.
     pub origin: String,
     /// The task's new state. `data` is always `None` (it never changes
@@ -264,7 +274,7 @@ impl PostgresStore {
                 not_written.insert(task.id);
             }
         }
-        let mut payloads: Vec<String> = batch
+        let mut payloads: Vec<Announcement> = batch
             .changes
             .iter()
             .filter(|task| !not_written.contains(&task.id))
@@ -298,18 +308,27 @@ impl PostgresStore {
         })
     }
 
-    /// Deletes a finished task. `Ok(None)` when no task has this id; the
-    /// unfinished task itself when it has not finished (and is kept).
-    pub async fn delete_task(&self, id: TaskId) -> Result<Deleted, StoreError> {
-        let deleted = sqlx::query(
-            "DELETE FROM tasks WHERE id = $1 AND status IN ('completed', 'failed', 'cancelled')",
-        )
+    /// Deletes a finished task, and announces it (as done by `origin`) with
+    /// its last state. `Ok(None)` when no task has this id; the unfinished
+    /// task itself when it has not finished (and is kept).
+    pub async fn delete_task(&self, id: TaskId, origin: &str) -> Result<Deleted, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let row: Option<TaskRow> = sqlx::query_as(concat!(
+            "DELETE FROM tasks WHERE id = $1 AND status IN ('completed', 'failed', 'cancelled') \
+             RETURNING ",
+            task_columns!()
+        ))
         .bind(id.as_uuid())
-        .execute(&self.pool)
+        .fetch_optional(&mut *transaction)
         .await?;
-        if deleted.rows_affected() > 0 {
+        if let Some(row) = row {
+            let task = row.into_task()?;
+            let announced: Vec<Announcement> = deleted_payload(origin, &task).into_iter().collect();
+            notify(&mut transaction, &self.channel, &announced).await?;
+            transaction.commit().await?;
             return Ok(Deleted::Now);
         }
+        transaction.rollback().await?;
         Ok(match self.get(id).await? {
             None => Deleted::NotFound,
             Some(task) => Deleted::NotFinished(task.status),
@@ -408,7 +427,8 @@ impl PostgresStore {
             .await?;
             if let Some(row) = row {
                 let task = row.into_task()?;
-                let payloads: Vec<String> = change_payload(origin, &task).into_iter().collect();
+                let payloads: Vec<Announcement> =
+                    change_payload(origin, &task).into_iter().collect();
                 notify(&mut transaction, &self.channel, &payloads).await?;
                 transaction.commit().await?;
                 return Ok(Cancelled::Now(task));
@@ -525,13 +545,15 @@ impl PostgresStore {
     }
 
     /// Deletes the finished tasks that finished more than `retention` ago
-    /// (by the database clock), and those beyond the newest `max_finished`;
-    /// returns how many it deleted. Never touches an unfinished task.
+    /// (by the database clock), and those beyond the newest `max_finished`,
+    /// announcing each delete (as done by `origin`); returns how many it
+    /// deleted. Never touches an unfinished task.
     ///
     /// Every replica may call this at once: rows another call is deleting
     /// are skipped, not waited for, and the work goes in bounded chunks.
     pub async fn enforce_retention(
         &self,
+        origin: &str,
         retention: Duration,
         max_finished: usize,
     ) -> Result<u64, StoreError> {
@@ -539,7 +561,10 @@ impl PostgresStore {
         let keep = i64::try_from(max_finished).unwrap_or(i64::MAX);
         let mut deleted = 0;
         loop {
-            let result = sqlx::query(concat!(
+            let mut transaction = self.pool.begin().await?;
+            // The last state of each, announced with the delete; not its
+            // data, which no announcement carries.
+            let rows: Vec<TaskRow> = sqlx::query_as(concat!(
                 "WITH doomed AS ( \
                      SELECT id FROM tasks \
                      WHERE completed_at IS NOT NULL \
@@ -551,15 +576,24 @@ impl PostgresStore {
                      LIMIT $3 \
                      FOR UPDATE SKIP LOCKED \
                  ) \
-                 DELETE FROM tasks WHERE id IN (SELECT id FROM doomed)"
+                 DELETE FROM tasks WHERE id IN (SELECT id FROM doomed) \
+                 RETURNING ",
+                task_columns_without_data!()
             ))
             .bind(retention)
             .bind(keep)
             .bind(RETENTION_CHUNK)
-            .execute(&self.pool)
+            .fetch_all(&mut *transaction)
             .await?;
-            deleted += result.rows_affected();
-            if result.rows_affected() < u64::try_from(RETENTION_CHUNK).unwrap_or(u64::MAX) {
+            let count = rows.len();
+            let mut announced = Vec::with_capacity(count);
+            for row in rows {
+                announced.extend(deleted_payload(origin, &row.into_task()?));
+            }
+            notify(&mut transaction, &self.channel, &announced).await?;
+            transaction.commit().await?;
+            deleted += u64::try_from(count).unwrap_or(u64::MAX);
+            if count < usize::try_from(RETENTION_CHUNK).unwrap_or(usize::MAX) {
                 return Ok(deleted);
             }
         }

@@ -12,7 +12,7 @@ use std::{collections::HashMap, sync::Arc, time::SystemTime};
 
 use uuid::Uuid;
 
-use super::{PostgresStore, change_payload, insert_tasks, notify};
+use super::{Announcement, PostgresStore, change_payload, insert_tasks, notify};
 use crate::{
     schedule::{FireOutcome, Overlap, Schedule, ScheduleId},
     store::{
@@ -291,7 +291,7 @@ impl PostgresStore {
             });
         }
         record_firings(&mut transaction, &schedules).await?;
-        let payloads: Vec<String> = tasks
+        let payloads: Vec<Announcement> = tasks
             .iter()
             .filter_map(|task| change_payload(origin, task))
             .collect();

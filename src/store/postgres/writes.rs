@@ -512,7 +512,7 @@ impl PostgresStore {
                 }
             }
         }
-        let payloads: Vec<String> = new_tasks
+        let payloads: Vec<Announcement> = new_tasks
             .iter()
             .filter_map(|task| change_payload(origin, task))
             .collect();

@@ -261,7 +261,10 @@ async fn retention_deletes_old_and_excess_finished_tasks_only() {
     // Three are too old, and of the five others the two oldest are
     // beyond the newest three.
     assert_eq!(
-        store.enforce_retention(HOUR, 3).await.expect("retention"),
+        store
+            .enforce_retention("n1", HOUR, 3)
+            .await
+            .expect("retention"),
         5
     );
     let remaining = store
@@ -284,7 +287,10 @@ async fn retention_deletes_old_and_excess_finished_tasks_only() {
         expected
     );
     assert_eq!(
-        store.enforce_retention(HOUR, 3).await.expect("retention"),
+        store
+            .enforce_retention("n1", HOUR, 3)
+            .await
+            .expect("retention"),
         0
     );
 
@@ -294,8 +300,8 @@ async fn retention_deletes_old_and_excess_finished_tasks_only() {
         .collect();
     insert(&store, &newer).await;
     let (left, right) = tokio::join!(
-        store.enforce_retention(HOUR, 3),
-        store.enforce_retention(HOUR, 3)
+        store.enforce_retention("n1", HOUR, 3),
+        store.enforce_retention("n1", HOUR, 3)
     );
     assert_eq!(left.expect("retention") + right.expect("retention"), 4);
     let finished_left: Vec<i64> = sqlx::query_scalar(
