@@ -2,8 +2,8 @@
 -- announces, numbered in commit order, so that a stream resumes on any
 -- replica after the last change it sent, with nothing lost or repeated.
 --
--- `position` is taken while the writing transaction holds this table's
--- EXCLUSIVE lock (taken as its last statement and held until it has
+-- `position` is taken while the writing transaction holds the log's
+-- advisory lock (taken as its last statement and held until it has
 -- committed), so positions rise in commit order and a reader that sees a
 -- position sees every smaller one that will ever exist. Positions may skip
 -- numbers (a rolled-back transaction used some). `change` is the JSON the

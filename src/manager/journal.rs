@@ -443,7 +443,10 @@ mod tests {
         assert_eq!(journal.len(), 0, "the log keeps them, not the journal");
 
         let resumed = journal.subscribe(Some((77, 3))).expect("the log decides");
-        assert_eq!((resumed.read_log_after, resumed.backlog.len()), (Some(3), 0));
+        assert_eq!(
+            (resumed.read_log_after, resumed.backlog.len()),
+            (Some(3), 0)
+        );
         assert_eq!(
             journal.subscribe(Some((78, 41))).err(),
             Some(ResumeRefused::OtherInstance)

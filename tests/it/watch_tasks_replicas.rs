@@ -4,6 +4,7 @@
 //! and a token older than what the log keeps is refused.
 
 use serde_json::json;
+use sqlx::Connection as _;
 use task_processor::{config::Config, pb, store::StoreUrl, store::postgres::PostgresStore};
 use tonic::Code;
 
@@ -164,6 +165,87 @@ async fn a_token_the_change_log_let_go_of_is_failed_precondition() {
                 ("second".to_string(), Completed)
             ]
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_lost_listen_connection_ends_streams_aborted_and_they_resume_through_the_log() {
+    on_postgres("watch_tasks_replicas::lost_listener", async {
+        let (a, b, store) = two_replicas().await;
+        let (mut on_a, mut on_b) = (a.client().await, b.client().await);
+        let mut stream = watch_tasks(&mut on_a, team("a")).await;
+        let first = create(&mut on_a, labelled("first", "gate", "a")).await;
+        let (_, mut token) = next_task(&mut stream).await;
+
+        // The replicas' listeners lose their connections; changes go on.
+        let StoreUrl::Postgres(url) = store else {
+            panic!("a PostgreSQL store");
+        };
+        let mut sql = sqlx::PgConnection::connect(&url).await.expect("connected");
+        let terminated: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE query = 'LISTEN \"task_processor_changes_' || current_schema() || '\"'",
+        )
+        .fetch_all(&mut sql)
+        .await
+        .expect("terminated");
+        assert_eq!(terminated, [true, true], "one listener per replica");
+        let second = create(&mut on_b, labelled("second", "echo", "a")).await;
+        wait_for_status(&on_b, &second.id, Completed).await;
+        a.gate.release(1);
+        b.gate.release(1);
+        wait_for_status(&on_a, &first.id, Completed).await;
+
+        // The stream ends ABORTED, never silently past what it missed.
+        // One deadline for all: bookmarks would keep a stream that never
+        // ends busy.
+        let mut seen: Vec<(String, pb::TaskStatus)> = Vec::new();
+        let deadline = tokio::time::Instant::now() + crate::support::DEADLINE;
+        let ended = loop {
+            let message = tokio::time::timeout_at(deadline, stream.message())
+                .await
+                .expect("the stream ends in time");
+            match message {
+                Ok(Some(message)) => {
+                    if let Some(task) = &message.task {
+                        seen.push((task.name.clone(), status_of(task)));
+                    }
+                    token = message.resume_token;
+                }
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(ended.code(), Code::Aborted, "{ended:?}");
+
+        // Resumed from its last token: the rest, nothing twice.
+        let mut resumed = watch_tasks(
+            &mut on_a,
+            pb::WatchTasksRequest {
+                resume_token: token,
+                ..team("a")
+            },
+        )
+        .await;
+        for task in [&first, &second] {
+            if !seen.contains(&(task.name.clone(), Completed)) {
+                let tasks = until_tasks(&mut resumed, &task.id, Completed).await;
+                seen.extend(
+                    tasks
+                        .iter()
+                        .map(|task| (task.name.clone(), status_of(task))),
+                );
+            }
+        }
+        let of = |name: &str| -> Vec<pb::TaskStatus> {
+            seen.iter()
+                .filter(|(each, _)| each == name)
+                .map(|(_, status)| *status)
+                .collect()
+        };
+        assert_eq!(of("first"), [Running, Completed], "{seen:?}");
+        assert_eq!(of("second"), [Pending, Running, Completed], "{seen:?}");
     })
     .await;
 }

@@ -107,6 +107,12 @@ pub(super) async fn start_listener(pool: &PgPool, channel: &str) -> Result<PgLis
 /// The payload that says tasks were given back; never a change's JSON.
 pub(super) const WORK_WAITING: &str = "work-waiting";
 
+/// The first key of the advisory lock that orders the change log's
+/// positions (the second is the schema's channel, hashed): a constant of
+/// ours, so the lock is told apart from other advisory locks in the
+/// database ("tp" in ASCII).
+const CHANGE_LOG_LOCK_CLASS: i32 = 0x7470;
+
 /// One change to announce: the notification's JSON, and whose change it is.
 #[derive(Clone, Debug)]
 pub(super) struct Announcement {
@@ -118,11 +124,12 @@ pub(super) struct Announcement {
 /// them on `channel`, in order; both take effect when (and only if) the
 /// transaction commits. Each notification carries its position in the log.
 ///
-/// It must be the transaction's last statement before the commit: it locks
-/// the log until then, so that positions rise in commit order (a reader
-/// that sees a position sees every smaller one there will ever be), and a
-/// transaction that waits for nothing while it holds the lock cannot be in
-/// a deadlock.
+/// It must be the transaction's last statement before the commit: it holds
+/// the log's lock until then, so that positions rise in commit order (a
+/// reader that sees a position sees every smaller one there will ever be;
+/// PostgreSQL makes a commit visible before it releases the transaction's
+/// locks), and a transaction that waits for nothing while it holds the lock
+/// cannot be in a deadlock.
 pub(super) async fn notify(
     transaction: &mut Transaction<'static, Postgres>,
     channel: &str,
@@ -131,8 +138,12 @@ pub(super) async fn notify(
     if announcements.is_empty() {
         return Ok(());
     }
-    // EXCLUSIVE: writers of the log wait for each other; readers do not.
-    sqlx::query("LOCK TABLE task_changes IN EXCLUSIVE MODE")
+    // A transaction-level advisory lock, one per schema (by its channel):
+    // writers of the log wait for each other, and nothing else waits for
+    // them (a table lock would also hold off vacuum and the pruning).
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(CHANGE_LOG_LOCK_CLASS)
+        .bind(channel)
         .execute(&mut **transaction)
         .await?;
     let task_ids: Vec<Uuid> = announcements.iter().map(|each| each.task_id).collect();
