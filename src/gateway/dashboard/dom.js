@@ -1,9 +1,9 @@
 // Building the page without ever parsing data as HTML. Task names, labels,
 // data, results and errors are untrusted: they only ever become Text nodes
 // (`append` of a string) or attribute values set by name, never markup.
-// There is no innerHTML, insertAdjacentHTML, document.write or eval
-// anywhere in the dashboard; the Content-Security-Policy backs this up by
-// refusing inline script.
+// No file of the dashboard uses an API that parses HTML or runs text as
+// code (tests/it checks for their names); the Content-Security-Policy
+// backs this up by refusing inline script.
 
 /**
  * Creates an element. `attributes`: `class`, `on<event>` (a listener),
