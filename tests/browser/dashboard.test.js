@@ -118,6 +118,50 @@ test('loads from this host only, shows a task created before, and one created af
   await check();
 });
 
+test('the live stream resumes with its last token, and lists again when the token is refused', async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  page.setDefaultTimeout(TIMEOUT_MS);
+  const watches = [];
+  let served = 0;
+  // The first stream is the server's initial list cut short (one message,
+  // then the connection ends); the token it carried is then refused as
+  // expired (412), as after a restart; the page must list again.
+  await page.route('**/api/v1/watch?**', async (route) => {
+    const url = route.request().url();
+    watches.push(new URL(url).search);
+    if (url.includes('resumeToken=')) {
+      await route.fulfill({
+        status: 412,
+        contentType: 'application/json',
+        body: JSON.stringify({ code: 9, message: 'the resume_token has expired', details: [] }),
+      });
+    } else if (served === 0) {
+      served += 1;
+      await route.fulfill({
+        status: 200,
+        contentType: 'text/event-stream',
+        body: 'data: {"initialDone":false,"resumeToken":"first-token","task":{"id":"x","status":"TASK_STATUS_PENDING","revision":"1"}}\n\n',
+      });
+    } else {
+      await route.continue();
+    }
+  });
+  const task = await api.create({ name: 'counted', kind: 'echo', labels: labels() });
+  await api.waitFor(task.id, 'COMPLETED');
+  await page.goto(`${target.base}/`);
+  await page.locator('#connection', { hasText: 'live' }).waitFor();
+  // The second resumeToken request is the page asking why EventSource
+  // failed (EventSource cannot read a status): 412, so list again.
+  assert.deepEqual(watches.slice(0, 4),
+    ['?sendInitial=true', '?resumeToken=first-token', '?resumeToken=first-token', '?sendInitial=true']);
+  // The counts are the real server's, not the cut-short list's.
+  await page.waitForFunction(() =>
+    Number(document.querySelector('#counts [data-status=COMPLETED] .count-value')?.textContent) >= 1);
+  assert.equal(await page.locator('#counts [data-status=PENDING] .count-value').textContent(), '0');
+  await context.close();
+});
+
 test('the detail page shows data and result', async () => {
   // Keys in order: a JSON object is a protobuf Struct, a map the server sorts.
   const data = { image: 'cat.png', nested: { ok: true }, sizes: [64, 128] };
