@@ -119,11 +119,7 @@ fn serve(asset: &Asset, request_headers: &HeaderMap) -> Response {
     let mut response = if unchanged {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        (
-            [(header::CONTENT_TYPE, asset.content_type)],
-            asset.body,
-        )
-            .into_response()
+        ([(header::CONTENT_TYPE, asset.content_type)], asset.body).into_response()
     };
     let headers = response.headers_mut();
     // The hash is hex digits in quotes: always a valid header value.

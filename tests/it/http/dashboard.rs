@@ -39,7 +39,10 @@ fn assert_hardened(answer: &super::Answer, path: &str) {
         "object-src 'none'",
         "frame-ancestors 'none'",
     ] {
-        assert!(policy.contains(directive), "{path}: {directive} in {policy}");
+        assert!(
+            policy.contains(directive),
+            "{path}: {directive} in {policy}"
+        );
     }
     assert!(!policy.contains("unsafe-"), "{path}: {policy}");
     assert_eq!(
@@ -58,7 +61,10 @@ async fn the_page_and_its_files_are_served_with_their_types_and_a_strict_policy(
 
     let page = http.get("/").await;
     assert_eq!(page.status, 200, "{page:?}");
-    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
     assert_hardened(&page, "/");
     assert!(page.body.starts_with("<!doctype html>"), "{}", page.body);
 
