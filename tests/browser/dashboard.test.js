@@ -289,6 +289,29 @@ test('the status filter and paging show the right tasks', async () => {
   await check();
 });
 
+test('schedules are listed and can be paused, resumed and deleted', async () => {
+  const schedule = await api.createSchedule({
+    cron: '@every 1h',
+    task: { name: `hourly ${RUN}`, kind: 'echo', labels: labels() },
+  });
+  const { page, check } = await open('/#/schedules');
+  const line = page.locator(`tr[data-id="${schedule.id}"]`);
+  await line.waitFor();
+  assert.match(await line.textContent(), /@every 1h/);
+  assert.match(await line.textContent(), /Active/);
+  await line.getByRole('button', { name: /^Pause/ }).click();
+  await line.getByRole('button', { name: /^Resume/ }).waitFor();
+  assert.equal((await api.getSchedule(schedule.id)).paused, true);
+  await line.getByRole('button', { name: /^Resume/ }).click();
+  await line.getByRole('button', { name: /^Pause/ }).waitFor();
+  assert.equal((await api.getSchedule(schedule.id)).paused, false);
+  page.once('dialog', (dialog) => dialog.accept());
+  await line.getByRole('button', { name: /^Delete/ }).click();
+  await line.waitFor({ state: 'detached' });
+  await api.getSchedule(schedule.id, 404);
+  await check();
+});
+
 test('markup in a task\'s name, labels and data is shown as text, never run', async () => {
   const name = `${XSS_IMG}${XSS_SCRIPT}`;
   const data = { html: XSS_IMG, script: XSS_SCRIPT };

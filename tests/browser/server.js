@@ -79,6 +79,8 @@ export function rest(base) {
     create: (request) => call('POST', '/api/v1/tasks', request, 201),
     get: (id) => call('GET', `/api/v1/tasks/${id}`, undefined, 200),
     cancel: (id) => call('POST', `/api/v1/tasks/${id}/cancel`, undefined, 200),
+    createSchedule: (request) => call('POST', '/api/v1/schedules', request, 201),
+    getSchedule: (id, expected = 200) => call('GET', `/api/v1/schedules/${id}`, undefined, expected),
     /** Polls until the task has `status` (a name such as COMPLETED). */
     async waitFor(id, status, deadlineMs = 20_000) {
       const until = Date.now() + deadlineMs;
