@@ -249,6 +249,8 @@ test('cancel stops a running task from the table', async () => {
   await waitForRowStatus(page, task.id, 'RUNNING');
   await row(page, task.id).getByRole('button', { name: /Cancel/ }).click();
   await waitForRowStatus(page, task.id, 'CANCELLED');
+  // The button is gone with the status; focus stays in the row, on its link.
+  assert.equal(await page.evaluate(() => document.activeElement?.closest('tr')?.dataset.id), task.id);
   assert.equal((await api.get(task.id)).status, 'TASK_STATUS_CANCELLED');
   await check();
 });
@@ -405,6 +407,28 @@ test('the keyboard alone opens a task and submits the create form', async () => 
   await page.keyboard.press('Enter');
   await page.waitForURL(new RegExp(`#/tasks/${task.id}$`));
   await page.locator('h1', { hasText: 'by keyboard' }).waitFor();
+
+  // Focus on a task's Cancel button survives the task changing: a flaky
+  // task fails its first runs and retries after back-offs of seconds, so it
+  // changes (RUNNING, RETRYING, RUNNING…) while it stays cancellable.
+  const running = await api.create({
+    name: 'keeps focus',
+    kind: 'flaky',
+    data: { failures: 3 },
+    retryPolicy: { maxAttempts: 5, initialBackoff: '1s' },
+    labels: labels({ keys: 'yes' }),
+  });
+  await page.goBack();
+  await row(page, running.id).waitFor();
+  await tabTo('the Cancel button of the running task', (id) => document.activeElement?.closest('tr')?.dataset.id === id
+    && document.activeElement.matches('button'), running.id);
+  const revisionBefore = Number(await row(page, running.id).getAttribute('data-revision'));
+  await page.waitForFunction(({ id, before }) =>
+    Number(document.querySelector(`tr[data-id="${id}"]`)?.dataset.revision) > before,
+  { id: running.id, before: revisionBefore });
+  assert.equal(await page.evaluate(() => document.activeElement?.textContent), 'Cancel keeps focus');
+  await page.keyboard.press('Enter');
+  await waitForRowStatus(page, running.id, 'CANCELLED');
 
   await tabTo('the New task link', () => document.activeElement?.matches('nav a[data-view=new]'));
   await page.keyboard.press('Enter');

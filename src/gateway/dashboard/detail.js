@@ -3,7 +3,7 @@
 // stream over Server-Sent Events (`/api/v1/tasks/{id}/watch`), which sends
 // every progress step where the page-wide WatchTasks stream may merge them.
 
-import { cancelTask, getTask } from './api.js';
+import { CODE, ApiError, cancelTask, getTask } from './api.js';
 import {
   TERMINAL, alertBox, cancellable, el, jsonBlock, labelList, progressBar, replaceChildren,
   statusBadge, statusName, timeElement,
@@ -31,15 +31,27 @@ export function mount(main, _live, id) {
     message,
     content);
 
-  getTask(id).then((task) => {
-    if (left) return;
-    show(task);
-    if (!TERMINAL.has(statusName(task.status))) watch();
-  }).catch((error) => {
-    if (left) return;
-    replaceChildren(content);
-    replaceChildren(message, alertBox(describe(error)));
-  });
+  start();
+
+  /** Reads the task, then follows it while it can still change. */
+  function start() {
+    getTask(id).then((task) => {
+      if (left) return;
+      replaceChildren(message);
+      show(task);
+      if (!TERMINAL.has(statusName(task.status))) watch();
+    }).catch((error) => {
+      if (left) return;
+      replaceChildren(message, alertBox(describe(error)));
+      // A task that is gone stays gone; anything else (the server
+      // restarting) is tried again.
+      if (error instanceof ApiError && error.code === CODE.NOT_FOUND) {
+        if (!shown) replaceChildren(content);
+      } else {
+        retryTimer = setTimeout(start, RETRY_MS);
+      }
+    });
+  }
 
   function watch() {
     source = new EventSource(`/api/v1/tasks/${encodeURIComponent(id)}/watch`);
@@ -57,11 +69,12 @@ export function mount(main, _live, id) {
     });
     source.addEventListener('error', () => {
       // The connection broke, or the server ended the watch with an error
-      // event (UNAVAILABLE at shutdown): watch again; the first message is
-      // the current state, so nothing is missed.
+      // event (UNAVAILABLE at shutdown): read the task and watch again (a
+      // watch's first message is the current state, so nothing is missed;
+      // a task deleted meanwhile is then reported as gone).
       stop();
       if (!left && !(shown && TERMINAL.has(statusName(shown.status)))) {
-        retryTimer = setTimeout(watch, RETRY_MS);
+        retryTimer = setTimeout(start, RETRY_MS);
       }
     });
   }

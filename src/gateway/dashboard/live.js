@@ -138,13 +138,15 @@ export class LiveTasks extends EventTarget {
       }
     }
     if (message.initialDone && this.pending) {
+      const again = this.ready;
       this.tasks = this.pending;
       this.pending = null;
       this.ready = true;
       this.setState('live');
       this.emit('counts');
-      // Changes may have been missed while no stream was followed.
-      this.emit('resync');
+      // Listed again after a refused token: changes may have been missed
+      // while no stream was followed, so the views read theirs again.
+      if (again) this.emit('resync');
     }
   }
 

@@ -37,6 +37,8 @@ export function mount(main, live) {
   const next = el('button', { type: 'button', onclick: () => turn(1) }, 'Next page');
   let rows = new Map();
   let refreshTimer = null;
+  /** Numbers each list call, so that only the latest one's answer shows. */
+  let loads = 0;
 
   const statusSelect = el('select', { id: 'filter-status', name: 'status' },
     el('option', { value: '' }, 'Any status'),
@@ -109,11 +111,12 @@ export function mount(main, live) {
   }
 
   async function load() {
-    const requested = `${state.page}:${state.tokens[state.page]}`;
+    loads += 1;
+    const requested = loads;
     main.setAttribute('aria-busy', 'true');
     try {
       const answer = await listTasks(filter(), state.pageSize, state.tokens[state.page]);
-      if (requested !== `${state.page}:${state.tokens[state.page]}`) return;
+      if (requested !== loads) return;
       state.nextPageToken = answer?.nextPageToken ?? '';
       const tasks = Array.isArray(answer?.tasks) ? answer.tasks : [];
       rows = new Map();
@@ -123,10 +126,12 @@ export function mount(main, live) {
       }
       replaceChildren(message);
     } catch (error) {
-      replaceChildren(message, alertBox(describe(error)));
+      if (requested === loads) replaceChildren(message, alertBox(describe(error)));
     } finally {
-      main.removeAttribute('aria-busy');
-      updatePager();
+      if (requested === loads) {
+        main.removeAttribute('aria-busy');
+        updatePager();
+      }
     }
   }
 
@@ -143,29 +148,49 @@ export function mount(main, live) {
     return tr;
   }
 
+  /**
+   * Shows `task` in its row. Cells are redrawn one by one, and only when
+   * what they show changed: the link and the Cancel button stay the same
+   * elements while their task runs, so keyboard focus on them survives a
+   * task reporting progress many times a second.
+   */
   function fill(tr, task) {
     const name = task.name || '(no name)';
-    const cancel = cancellable(task)
+    const status = statusName(task.status);
+    // A task that never reported progress (sleep, echo) shows none rather
+    // than an empty bar next to COMPLETED.
+    const percent = Number(task.progress?.percent ?? 0);
+    const showsBar = status === 'RUNNING' || percent > 0;
+    if (tr.cells.length !== COLUMNS.length) {
+      tr.replaceChildren(...COLUMNS.map((column) => el('td', { dataset: { label: column } })));
+    }
+    const [nameCell, statusCell, kindCell, progressCell, labelsCell, createdCell, actionsCell] = tr.cells;
+    const redraw = (cell, key, draw) => {
+      if (cell.dataset.key === key) return;
+      cell.dataset.key = key;
+      replaceChildren(cell, draw());
+    };
+    redraw(nameCell, name, () => el('a', { href: taskHref(task.id), class: 'task-link' }, name));
+    redraw(statusCell, status, () => statusBadge(task));
+    redraw(kindCell, task.kind ?? '', () => task.kind);
+    const bar = progressCell.querySelector('progress');
+    if (showsBar && bar) {
+      bar.value = percent;
+      bar.dataset.percent = String(percent);
+      bar.textContent = `${percent}%`;
+    } else {
+      redraw(progressCell, showsBar ? 'bar' : 'none', () => (showsBar
+        ? progressBar(task, `Progress of ${name}`)
+        : el('span', { class: 'muted' }, '—')));
+    }
+    redraw(labelsCell, JSON.stringify(task.labels ?? {}), () => labelList(task.labels));
+    redraw(createdCell, task.createdAt ?? '', () => timeElement(task.createdAt));
+    redraw(actionsCell, cancellable(task) ? `cancel:${name}` : 'none', () => (cancellable(task)
       ? el('button', { type: 'button', class: 'danger', onclick: () => cancel_(task.id, name) }, 'Cancel',
         el('span', { class: 'visually-hidden' }, ` ${name}`))
-      : null;
-    const cells = [
-      el('a', { href: taskHref(task.id), class: 'task-link' }, name),
-      statusBadge(task),
-      task.kind,
-      // A task that never reported progress (sleep, echo) shows none
-      // rather than an empty bar next to COMPLETED.
-      statusName(task.status) === 'RUNNING' || Number(task.progress?.percent ?? 0) > 0
-        ? progressBar(task, `Progress of ${name}`)
-        : el('span', { class: 'muted' }, '—'),
-      labelList(task.labels),
-      timeElement(task.createdAt),
-      cancel,
-    ];
-    tr.dataset.status = statusName(task.status);
+      : null));
+    tr.dataset.status = status;
     tr.dataset.revision = String(task.revision ?? '0');
-    tr.replaceChildren(...cells.map((cell, index) =>
-      el('td', { dataset: { label: COLUMNS[index] } }, cell)));
   }
 
   function onTask(task) {
@@ -186,10 +211,14 @@ export function mount(main, live) {
     }
   }
 
-  /** A change older than the row (a list answer can overtake it) is dropped. */
+  /**
+   * Whether `task` is news for its row: a change older than the row (a
+   * list or cancel answer can overtake the stream) or the same one again
+   * is dropped.
+   */
   function newer(task, tr) {
     const revision = (text) => (/^[0-9]+$/.test(text) ? BigInt(text) : 0n);
-    return revision(String(task.revision)) >= revision(tr.dataset.revision ?? '0');
+    return revision(String(task.revision)) > revision(tr.dataset.revision ?? '0');
   }
 
   function matches(task) {
@@ -203,6 +232,9 @@ export function mount(main, live) {
       const tr = rows.get(id);
       if (tr && task && newer(task, tr)) fill(tr, task);
       replaceChildren(message, alertBox(`Cancelled ${name}.`, 'info'));
+      // The button went with the status it was for: keep keyboard focus in
+      // the row, on the task's link.
+      tr?.querySelector('a.task-link')?.focus();
     } catch (error) {
       replaceChildren(message, alertBox(`Cannot cancel ${name}: ${describe(error)}`));
     }
