@@ -12,6 +12,7 @@
 //! talks to the manager or logs a call; it only translates.
 
 mod call;
+mod dashboard;
 mod error;
 mod query;
 mod schedules;
@@ -102,6 +103,7 @@ pub fn router(gateway: Gateway, cors_origins: &[String]) -> Router {
     let max_body_bytes = gateway.max_body_bytes;
     let router = Router::new()
         .route("/health", get(health))
+        .merge(dashboard::routes())
         .route(
             "/api/v1/tasks",
             post(tasks::create_task).get(tasks::list_tasks),

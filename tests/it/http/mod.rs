@@ -4,6 +4,7 @@
 //! gRPC-Web with hand-framed protobuf.
 
 mod cors;
+mod dashboard;
 mod errors;
 mod grpc_web;
 mod rest;
