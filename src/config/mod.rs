@@ -647,6 +647,8 @@ fn flatten_sections(
                     pairs.push((format!("{key}.{inner}"), value));
                 }
             }
+            // A section whose every key is commented out.
+            yaml_serde::Value::Null if SECTIONS.contains(&key.as_str()) => {}
             value => pairs.push((key, value)),
         }
     }
