@@ -149,7 +149,7 @@ pub struct Flags {
 
     /// TLS certificate chain (PEM) of the gRPC port, re-read when it
     /// changes; with --tls-key the port serves TLS only
-    /// [env: TASK_PROCESSOR_TLS_CERT] [default: none, plaintext]
+    /// [env: TASK_PROCESSOR_TLS_CERT] [default: none]
     #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<String>,
 
@@ -164,8 +164,7 @@ pub struct Flags {
     pub tls_client_ca: Option<String>,
 
     /// Principals file (YAML): turns authentication on; re-read when it
-    /// changes [env: TASK_PROCESSOR_AUTH_PRINCIPALS] [default: none, no
-    /// authentication]
+    /// changes [env: TASK_PROCESSOR_AUTH_PRINCIPALS] [default: none]
     #[arg(long, value_name = "FILE")]
     pub auth_principals: Option<String>,
 

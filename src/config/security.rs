@@ -27,10 +27,11 @@ pub struct AuthSettings {
     pub protect_reflection: bool,
 }
 
-/// A file path setting: any non-empty text.
+/// A file path setting: any text; empty or `none` leaves it unset (so a
+/// lower layer's file can be switched off from the environment).
 pub fn path(text: &str) -> Result<Option<PathBuf>, String> {
     let text = text.trim();
-    if text.is_empty() {
+    if text.is_empty() || text == "none" {
         return Ok(None);
     }
     Ok(Some(PathBuf::from(text)))
