@@ -1,12 +1,14 @@
 //! Security of the gRPC port against the real server over real TCP: TLS
 //! and certificate rotation (`tls`), mTLS identities (`mtls`), bearer
 //! tokens and roles on gRPC, gRPC-Web and REST (`roles`), the principals
-//! file's reload (`reload`), and taskctl over TLS with a token (`taskctl`).
+//! file's reload (`reload`), the audit line (`audit`), and taskctl over TLS
+//! with a token (`taskctl`).
 //!
 //! Here are the helpers they share: certificates made with rcgen (a CA,
 //! server and client certificates), files in a temporary directory, a
 //! server started with them, and clients that trust the test CA.
 
+mod audit;
 mod mtls;
 mod reload;
 mod roles;
