@@ -3,8 +3,10 @@
 //! them on the same port; the admin endpoints on their own; and the order
 //! in which things stop.
 
+mod connection;
 mod incoming;
 pub mod rpc_layer;
+mod tls_accept;
 
 use std::{future::Future, time::Duration};
 
@@ -18,6 +20,7 @@ use tracing::{error, info, warn};
 use crate::{
     admin,
     api::{TaskApi, proto_json::ProtoJsonError},
+    auth::{Security, SecurityError},
     config::Config,
     gateway::{self, Gateway},
     manager::{FORCED_STOP_AFTER, ManagerConfig, ManagerHandle, StoreHealth},
@@ -30,6 +33,7 @@ use crate::{
 
 use incoming::Incoming;
 use rpc_layer::RpcLayer;
+use tls_accept::Connections;
 
 /// Room in a request for everything besides `data`.
 const REQUEST_OVERHEAD_BYTES: usize = 1024 * 1024;
@@ -120,6 +124,8 @@ pub enum ServerError {
     ManagerStopped,
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Security(#[from] SecurityError),
     #[error("the setting kinds names {kind:?}, which no processor serves (kinds: {known})")]
     UnknownKind { kind: String, known: String },
 }
@@ -185,6 +191,9 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     check_kinds(&config, &registry)?;
+    // First, so a missing or broken file stops the start before anything
+    // listens.
+    let security = Security::load(&config.tls, &config.auth)?;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_service_status(TASK_SERVICE_NAME, ServingStatus::Serving)
@@ -221,16 +230,19 @@ pub async fn run_with(
     // Every call, gRPC, gRPC-Web or REST, passes the RPC layer once: gRPC
     // and gRPC-Web (translated to gRPC first) on their way to tonic's
     // routes, REST inside the gateway, which calls the task service behind
-    // the same layer in process.
+    // the same layer in process. The auth layer sits right inside it in
+    // both places, so every call is decided by its gRPC path, and a
+    // refusal is counted and logged like any answer.
     let rpc_layer = RpcLayer::new(metrics.clone());
+    let auth_layer = security.layer;
     let grpc_routes = Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(task_service.clone())
         .prepare();
-    let grpc = tonic_web::GrpcWebLayer::new().layer(rpc_layer.layer(grpc_routes));
+    let grpc = tonic_web::GrpcWebLayer::new().layer(rpc_layer.layer(auth_layer.layer(grpc_routes)));
     let gateway = Gateway::new(
-        BoxCloneSyncService::new(rpc_layer.layer(task_service)),
+        BoxCloneSyncService::new(rpc_layer.layer(auth_layer.layer(task_service))),
         BoxCloneSyncService::new(grpc),
         draining.clone(),
         JSON_BODY_EXPANSION * request_limit,
@@ -248,7 +260,10 @@ pub async fn run_with(
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT));
     let mut serving = tokio::spawn(server.serve_with_incoming_shutdown(
         port,
-        Incoming::new(listeners.grpc, metrics.clone()),
+        Connections::new(
+            Incoming::new(listeners.grpc, metrics.clone()),
+            security.tls.clone(),
+        ),
         stop_serving.clone().cancelled_owned(),
     ));
 
@@ -264,6 +279,9 @@ pub async fn run_with(
     });
     info!(
         address = %grpc_address,
+        tls = security.tls.is_some(),
+        mtls = config.tls.client_ca_file.is_some(),
+        authentication = config.auth.principals_file.is_some(),
         admin_address = admin_address.as_deref().unwrap_or("none"),
         node = %config.node_name,
         "serving"

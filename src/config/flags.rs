@@ -146,6 +146,32 @@ pub struct Flags {
     /// json or text [env: LOG_FORMAT] [default: json]
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<String>,
+
+    /// TLS certificate chain (PEM) of the gRPC port, re-read when it
+    /// changes; with --tls-key the port serves TLS only
+    /// [env: TASK_PROCESSOR_TLS_CERT] [default: none]
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<String>,
+
+    /// Private key (PEM) of --tls-cert [env: TASK_PROCESSOR_TLS_KEY]
+    /// [default: none]
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<String>,
+
+    /// CA certificates (PEM): clients must present a certificate they
+    /// signed (mTLS) [env: TASK_PROCESSOR_TLS_CLIENT_CA] [default: none]
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<String>,
+
+    /// Principals file (YAML): turns authentication on; re-read when it
+    /// changes [env: TASK_PROCESSOR_AUTH_PRINCIPALS] [default: none]
+    #[arg(long, value_name = "FILE")]
+    pub auth_principals: Option<String>,
+
+    /// With --auth-principals, reflection needs a principal too: true or
+    /// false [env: TASK_PROCESSOR_AUTH_PROTECT_REFLECTION] [default: false]
+    #[arg(long, value_name = "BOOL")]
+    pub auth_protect_reflection: Option<String>,
 }
 
 impl Flags {
@@ -189,6 +215,19 @@ impl Flags {
             ("lease", &self.lease, "--lease"),
             ("log_level", &self.log_level, "--log-level"),
             ("log_format", &self.log_format, "--log-format"),
+            ("tls.cert_file", &self.tls_cert, "--tls-cert"),
+            ("tls.key_file", &self.tls_key, "--tls-key"),
+            ("tls.client_ca_file", &self.tls_client_ca, "--tls-client-ca"),
+            (
+                "auth.principals_file",
+                &self.auth_principals,
+                "--auth-principals",
+            ),
+            (
+                "auth.protect_reflection",
+                &self.auth_protect_reflection,
+                "--auth-protect-reflection",
+            ),
         ];
         let mut values: Vec<_> = flags
             .into_iter()

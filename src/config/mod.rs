@@ -8,6 +8,7 @@
 mod flags;
 mod kinds;
 mod parse;
+mod security;
 
 use std::{
     collections::BTreeMap,
@@ -22,6 +23,7 @@ use crate::{api::Limits, manager::ManagerConfig, store::StoreUrl};
 
 pub use flags::Flags;
 pub use kinds::{KindSettings, Kinds, PolicySettings};
+pub use security::{AuthSettings, TlsSettings};
 
 /// How long a client should wait before retrying when the queue is full.
 const QUEUE_FULL_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -125,7 +127,28 @@ pub const SETTINGS: &[Setting] = &[
     ),
     setting("log_level", "LOG_LEVEL", "--log-level"),
     setting("log_format", "LOG_FORMAT", "--log-format"),
+    setting("tls.cert_file", "TASK_PROCESSOR_TLS_CERT", "--tls-cert"),
+    setting("tls.key_file", "TASK_PROCESSOR_TLS_KEY", "--tls-key"),
+    setting(
+        "tls.client_ca_file",
+        "TASK_PROCESSOR_TLS_CLIENT_CA",
+        "--tls-client-ca",
+    ),
+    setting(
+        "auth.principals_file",
+        "TASK_PROCESSOR_AUTH_PRINCIPALS",
+        "--auth-principals",
+    ),
+    setting(
+        "auth.protect_reflection",
+        "TASK_PROCESSOR_AUTH_PROTECT_REFLECTION",
+        "--auth-protect-reflection",
+    ),
 ];
+
+/// The sections of the file whose settings are nested one level
+/// (`tls: {cert_file: …}`); their keys are `tls.cert_file` everywhere.
+const SECTIONS: &[&str] = &["tls", "auth"];
 
 /// Where a value came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -237,6 +260,10 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// TLS on the gRPC port; off by default.
+    pub tls: TlsSettings,
+    /// Principals and roles; off by default (every call allowed).
+    pub auth: AuthSettings,
 }
 
 impl Default for Config {
@@ -267,6 +294,8 @@ impl Default for Config {
             cors_origins: Vec::new(),
             log_level: "info".into(),
             log_format: LogFormat::Json,
+            tls: TlsSettings::default(),
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -371,6 +400,7 @@ impl Config {
             layers.resolve("cors_origins", parse::origins, defaults.cors_origins)?;
         let (log_level, _) = layers.resolve("log_level", log_level, defaults.log_level)?;
         let (log_format, _) = layers.resolve("log_format", log_format, defaults.log_format)?;
+        let (tls, auth) = Self::resolve_security(layers)?;
 
         if max_timeout.is_zero() {
             return Err(ConfigError::Invalid {
@@ -440,7 +470,56 @@ impl Config {
             cors_origins,
             log_level,
             log_format,
+            tls,
+            auth,
         })
+    }
+
+    fn resolve_security(layers: &Layers) -> Result<(TlsSettings, AuthSettings), ConfigError> {
+        use security::{path, switch};
+        let (cert_file, cert_source) = layers.resolve("tls.cert_file", path, None)?;
+        let (key_file, key_source) = layers.resolve("tls.key_file", path, None)?;
+        let (client_ca_file, client_ca_source) =
+            layers.resolve("tls.client_ca_file", path, None)?;
+        let (principals_file, _) = layers.resolve("auth.principals_file", path, None)?;
+        let (protect_reflection, _) = layers.resolve("auth.protect_reflection", switch, false)?;
+        // Half a TLS setting would serve plaintext while the operator
+        // believes otherwise.
+        match (&cert_file, &key_file) {
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid {
+                    setting: "tls.key_file",
+                    origin: cert_source,
+                    reason: "tls.cert_file is set, so tls.key_file must be too".into(),
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    setting: "tls.cert_file",
+                    origin: key_source,
+                    reason: "tls.key_file is set, so tls.cert_file must be too".into(),
+                });
+            }
+            _ => {}
+        }
+        if client_ca_file.is_some() && cert_file.is_none() {
+            return Err(ConfigError::Invalid {
+                setting: "tls.client_ca_file",
+                origin: client_ca_source,
+                reason: "client certificates need TLS: set tls.cert_file and tls.key_file".into(),
+            });
+        }
+        Ok((
+            TlsSettings {
+                cert_file,
+                key_file,
+                client_ca_file,
+            },
+            AuthSettings {
+                principals_file,
+                protect_reflection,
+            },
+        ))
     }
 
     /// The effective configuration as YAML, for `--print-config`.
@@ -513,11 +592,7 @@ fn read_file(path: &Path) -> Result<Vec<(&'static str, String)>, ConfigError> {
         _ => return Err(syntax("the top level must be a mapping of settings".into())),
     };
     let mut values = Vec::new();
-    for (key, value) in mapping {
-        let key = key
-            .as_str()
-            .ok_or_else(|| syntax("every key must be a string".into()))?
-            .to_owned();
+    for (key, value) in flatten_sections(mapping).map_err(syntax)? {
         let Some(setting) = SETTINGS.iter().find(|setting| setting.key == key) else {
             return Err(ConfigError::UnknownKey {
                 path: path.to_owned(),
@@ -550,6 +625,34 @@ fn read_file(path: &Path) -> Result<Vec<(&'static str, String)>, ConfigError> {
         values.push((setting.key, text));
     }
     Ok(values)
+}
+
+/// The file's top-level pairs, with each section's (`tls:`, `auth:`)
+/// pairs in place of the section, keyed `section.key`.
+fn flatten_sections(
+    mapping: yaml_serde::Mapping,
+) -> Result<Vec<(String, yaml_serde::Value)>, String> {
+    let mut pairs = Vec::new();
+    for (key, value) in mapping {
+        let key = key
+            .as_str()
+            .ok_or_else(|| "every key must be a string".to_owned())?
+            .to_owned();
+        match value {
+            yaml_serde::Value::Mapping(section) if SECTIONS.contains(&key.as_str()) => {
+                for (inner, value) in section {
+                    let inner = inner
+                        .as_str()
+                        .ok_or_else(|| format!("{key}: every key must be a string"))?;
+                    pairs.push((format!("{key}.{inner}"), value));
+                }
+            }
+            // A section whose every key is commented out.
+            yaml_serde::Value::Null if SECTIONS.contains(&key.as_str()) => {}
+            value => pairs.push((key, value)),
+        }
+    }
+    Ok(pairs)
 }
 
 /// Reads the environment layer. `SERVER_HOST` and `SERVER_PORT` each

@@ -166,8 +166,28 @@ fn every_setting_is_read_from_its_environment_variable() {
         ),
         ("LOG_LEVEL", "DEBUG"),
         ("LOG_FORMAT", "text"),
+        ("TASK_PROCESSOR_TLS_CERT", "/tls/tls.crt"),
+        ("TASK_PROCESSOR_TLS_KEY", "/tls/tls.key"),
+        ("TASK_PROCESSOR_TLS_CLIENT_CA", "/tls/ca.crt"),
+        ("TASK_PROCESSOR_AUTH_PRINCIPALS", "/auth/principals.yaml"),
+        ("TASK_PROCESSOR_AUTH_PROTECT_REFLECTION", "true"),
     ];
     let config = load(&[], &env).expect("valid");
+    assert_eq!(
+        config.tls,
+        TlsSettings {
+            cert_file: Some("/tls/tls.crt".into()),
+            key_file: Some("/tls/tls.key".into()),
+            client_ca_file: Some("/tls/ca.crt".into()),
+        }
+    );
+    assert_eq!(
+        config.auth,
+        AuthSettings {
+            principals_file: Some("/auth/principals.yaml".into()),
+            protect_reflection: true,
+        }
+    );
     assert_eq!(config.listen, "127.0.0.1:6000");
     assert_eq!(config.admin_listen, "127.0.0.1:6001");
     assert_eq!((config.max_concurrent, config.queue_capacity), (2, 3));
@@ -440,11 +460,15 @@ fn the_example_file_documents_every_key_and_loads() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.yaml");
     let text = std::fs::read_to_string(example).expect("config/example.yaml exists");
     for setting in SETTINGS {
-        assert!(
-            text.contains(&format!("{}:", setting.key)),
-            "example.yaml lacks {}",
-            setting.key
-        );
+        // A section's keys are nested under it: `tls:`, then `cert_file:`
+        // indented (commented out, as most examples are).
+        let documented = match setting.key.split_once('.') {
+            Some((section, key)) => {
+                text.contains(&format!("{section}:")) && text.contains(&format!(" {key}:"))
+            }
+            None => text.contains(&format!("{}:", setting.key)),
+        };
+        assert!(documented, "example.yaml lacks {}", setting.key);
     }
     load(&["--config", example], &[]).expect("the example is valid");
 }
@@ -500,4 +524,41 @@ fn cors_origins_come_as_repeated_flags_comma_lists_or_yaml_lists() {
             "{refused}: {message}"
         );
     }
+}
+
+#[test]
+fn security_settings_nest_in_the_file_and_come_whole() {
+    let file = yaml_file(
+        "tls:\n  cert_file: /tls/tls.crt\n  key_file: /tls/tls.key\nauth:\n  principals_file: p.yaml\n",
+    );
+    let path = file.path().to_str().expect("utf-8 path");
+    let config = load(&["--config", path], &[]).expect("valid");
+    assert_eq!(config.tls.cert_file, Some("/tls/tls.crt".into()));
+    assert_eq!(config.auth.principals_file, Some("p.yaml".into()));
+    assert!(!config.auth.protect_reflection);
+    let dotted = yaml_file("tls.cert_file: a.crt\ntls.key_file: a.key\n");
+    let path = dotted.path().to_str().expect("utf-8 path");
+    assert_eq!(
+        load(&["--config", path], &[]).expect("valid").tls.key_file,
+        Some("a.key".into())
+    );
+    // Off by default.
+    let defaults = load(&[], &[]).expect("valid");
+    assert_eq!(defaults.tls, TlsSettings::default());
+    assert_eq!(defaults.auth, AuthSettings::default());
+    // Half a TLS setting, or a client CA without TLS, is refused.
+    for args in [
+        &["--tls-cert", "a.crt"][..],
+        &["--tls-key", "a.key"],
+        &["--tls-client-ca", "ca.crt"],
+        &["--auth-protect-reflection", "yes"],
+    ] {
+        assert!(load(args, &[]).is_err(), "{args:?}");
+    }
+    let unknown = yaml_file("tls:\n  cert: a.crt\n");
+    let path = unknown.path().to_str().expect("utf-8 path");
+    let error = load(&["--config", path], &[])
+        .expect_err("unknown key")
+        .to_string();
+    assert!(error.contains("tls.cert"), "{error}");
 }

@@ -11,14 +11,17 @@ use axum::{
 };
 use http::{HeaderMap, HeaderValue};
 use prost::Message;
-use tonic::{Status, metadata::MetadataMap, transport::server::TcpConnectInfo};
+use tonic::{Status, metadata::MetadataMap};
 use tracing::error;
 
 use super::{
     Gateway,
     error::{GatewayError, JSON},
 };
-use crate::api::proto_json::{JsonLayout, Unpopulated};
+use crate::{
+    api::proto_json::{JsonLayout, Unpopulated},
+    auth::PeerInfo,
+};
 
 /// The header (and gRPC metadata key) of a call's request id, both ways, as
 /// the RPC layer names it.
@@ -42,7 +45,9 @@ const FORWARDED_HEADERS: [&str; 4] = [
 pub struct CallContext {
     /// The [`FORWARDED_HEADERS`] the client sent.
     forwarded: HeaderMap,
-    connect_info: Option<TcpConnectInfo>,
+    /// The connection's peer: its address, and with mTLS its
+    /// certificate's identity, which the auth layer reads.
+    connect_info: Option<PeerInfo>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for CallContext {
@@ -57,7 +62,7 @@ impl<S: Send + Sync> FromRequestParts<S> for CallContext {
         }
         Ok(Self {
             forwarded,
-            connect_info: parts.extensions.get::<TcpConnectInfo>().cloned(),
+            connect_info: parts.extensions.get::<PeerInfo>().cloned(),
         })
     }
 }

@@ -19,11 +19,11 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::Frame;
-use tonic::{Code, Status, transport::server::TcpConnectInfo};
+use tonic::{Code, Status};
 use tower::{Layer, Service};
 use tracing::{Instrument, Span, debug_span, error};
 
-use crate::{metrics::Metrics, telemetry};
+use crate::{auth::PeerInfo, metrics::Metrics, telemetry};
 
 /// The metadata key carrying a call's request id, both ways.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -106,8 +106,8 @@ where
         let peer = Peer(
             request
                 .extensions()
-                .get::<TcpConnectInfo>()
-                .and_then(|info| info.remote_addr),
+                .get::<PeerInfo>()
+                .and_then(PeerInfo::remote_addr),
         );
         let request_id = request_id(request.headers());
         request

@@ -12,12 +12,21 @@ use std::{
 const FORBIDDEN: &[(&str, &[&str])] = &[
     (
         "manager",
-        &["api", "server", "gateway", "config", "telemetry", "admin"],
+        &[
+            "api",
+            "auth",
+            "server",
+            "gateway",
+            "config",
+            "telemetry",
+            "admin",
+        ],
     ),
     (
         "store",
         &[
             "api",
+            "auth",
             "server",
             "gateway",
             "config",
@@ -31,6 +40,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         "processor",
         &[
             "api",
+            "auth",
             "server",
             "gateway",
             "config",
@@ -44,6 +54,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         "task",
         &[
             "api",
+            "auth",
             "server",
             "gateway",
             "config",
@@ -61,6 +72,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         "schedule",
         &[
             "api",
+            "auth",
             "server",
             "gateway",
             "config",
@@ -79,6 +91,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         "metrics",
         &[
             "api",
+            "auth",
             "server",
             "gateway",
             "config",
@@ -92,6 +105,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         "errors",
         &[
             "api",
+            "auth",
             "server",
             "gateway",
             "config",

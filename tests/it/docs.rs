@@ -341,11 +341,25 @@ fn print_config(args: &[&str]) -> Result<BTreeMap<String, String>, String> {
     let mut all = vec!["--print-config"];
     all.extend_from_slice(args);
     let printed = run(SERVER, &all)?;
-    Ok(printed
-        .lines()
-        .filter_map(|line| line.split_once(':'))
-        .map(|(key, value)| (key.trim().to_owned(), value.trim().to_owned()))
-        .collect())
+    // A section (`tls:`, `auth:`) prints its settings indented under it:
+    // they are `tls.cert_file` and so on.
+    let mut settings = BTreeMap::new();
+    let mut section: Option<String> = None;
+    for line in printed.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let (key, value) = (key.trim(), value.trim());
+        if !line.starts_with(' ') {
+            section = value.is_empty().then(|| key.to_owned());
+            if section.is_none() {
+                settings.insert(key.to_owned(), value.to_owned());
+            }
+        } else if let Some(section) = &section {
+            settings.insert(format!("{section}.{key}"), value.to_owned());
+        }
+    }
+    Ok(settings)
 }
 
 /// One row of the settings table.

@@ -34,6 +34,7 @@ mod retries;
 mod schedules;
 mod schedules_durable;
 mod scheduling;
+mod security;
 mod shutdown;
 mod soak;
 mod store_postgres;

@@ -105,14 +105,39 @@ pub struct GlobalArgs {
     )]
     pub keepalive: Duration,
 
-    /// Reserved: connect with TLS. Not supported yet; using it is an error.
+    /// Connect with TLS, trusting the public roots unless --ca is given
+    /// (as https:// does).
     #[arg(long, global = true)]
     pub tls: bool,
 
-    /// Reserved: CA certificate for --tls. Not supported yet; using it is
-    /// an error.
-    #[arg(long, global = true, value_name = "PATH")]
-    pub ca_cert: Option<PathBuf>,
+    /// CA certificate (PEM) that signed the server's certificate; implies
+    /// TLS.
+    #[arg(long, global = true, value_name = "FILE", alias = "ca-cert")]
+    pub ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for servers that require one (mTLS); with
+    /// --key; implies TLS.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --cert.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+
+    /// Bearer token sent with every call (`authorization: Bearer …`).
+    #[arg(
+        long,
+        global = true,
+        env = "TASKCTL_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+
+    /// File holding the bearer token (keeps it out of the process list and
+    /// shell history).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -18,7 +18,7 @@ use task_processor::{
     api::json::json_to_proto,
     pb::{self, task_service_client::TaskServiceClient},
 };
-use tonic::{Code, Request, Response, Status, transport::Channel};
+use tonic::{Code, Request, Response, Status};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -28,7 +28,7 @@ use crate::{
         Cli, Command, CreateArgs, HealthArgs, ListArgs, OutputFormat, SchedulingArgs,
         StartTimeArgs, TaskArgs,
     },
-    connection::ServerAddress,
+    connection::{ServerAddress, Transport},
     errors::{CliError, ExitStatus, is_deadline_exceeded},
     from_file,
     output::{self, HealthReport, Printer},
@@ -108,13 +108,13 @@ pub async fn run(cli: Cli) -> Result<Outcome, CliError> {
 impl Session {
     /// Connects; each command does so once, after checking its local
     /// input, so a typo in --data needs no server to be reported.
-    async fn connect(&self) -> Result<Channel, CliError> {
+    async fn connect(&self) -> Result<Transport, CliError> {
         self.address
             .connect(self.call_timeout, self.keepalive)
             .await
     }
 
-    pub async fn tasks(&self) -> Result<TaskServiceClient<Channel>, CliError> {
+    pub async fn tasks(&self) -> Result<TaskServiceClient<Transport>, CliError> {
         Ok(TaskServiceClient::new(self.connect().await?))
     }
 
@@ -266,7 +266,7 @@ impl Session {
     /// Follows the task to a terminal status; the outcome is that status.
     async fn follow(
         &self,
-        mut client: TaskServiceClient<Channel>,
+        mut client: TaskServiceClient<Transport>,
         task_id: &str,
     ) -> Result<Outcome, CliError> {
         let map_status = |status| CliError::from_task_status(status, Some(task_id));

@@ -86,17 +86,21 @@ async fn errors_say_what_to_do_and_exit_with_their_code() {
         &["list", "--status", "sleeping"],
         &["list", "--limit", "0"],
         &["--call-timeout", "0s", "health"],
-        &["--tls", "health"],
+        &["--key", "client.key", "health"],
+        &["--token", "a", "--token-file", "token.txt", "health"],
         &["frobnicate"],
     ] {
         let usage = taskctl(&server, args).await;
         usage.expect_code(2);
         assert!(!usage.stderr.is_empty(), "{args:?}");
     }
+    // `--ca-cert` is the old name of `--ca`; TLS flags with an explicit
+    // http:// address are a contradiction, said as such.
     let tls = taskctl(&server, &["get", unknown, "--ca-cert", "ca.pem"]).await;
     tls.expect_code(2);
     assert!(
-        tls.stderr.contains("TLS is not supported yet"),
+        tls.stderr
+            .contains("is plaintext, but TLS flags were given"),
         "{}",
         tls.stderr
     );

@@ -63,6 +63,7 @@ pub(crate) fn command(address: &str, args: &[&str]) -> assert_cmd::Command {
         .args(args)
         .env_remove("TASKCTL_ADDR")
         .env_remove("TASKCTL_CALL_TIMEOUT")
+        .env_remove("TASKCTL_TOKEN")
         .stdin(Stdio::null());
     let mut command = assert_cmd::Command::from_std(command);
     command.timeout(DEADLINE);
