@@ -4,7 +4,8 @@
 //! resuming with a token, nothing lost and nothing repeated; the tokens that
 //! are refused and how (other filters, garbage, another process, older than
 //! what the journal keeps); and a client too slow to keep up, ended `ABORTED`
-//! while another one keeps receiving. On memory and SQLite. (Bookmarks after
+//! while another one keeps receiving. On memory and SQLite, and most on
+//! PostgreSQL (resumes across its replicas: `watch_tasks_replicas.rs`). (Bookmarks after
 //! ten quiet seconds are tested in paused time, in the manager's tests.)
 
 use std::time::Duration;
@@ -667,8 +668,10 @@ postgres_tests!(
     kinds_and_labels_filter_what_is_sent,
     a_deleted_task_is_sent_once_with_its_last_state,
     a_resumed_stream_continues_after_its_token_with_nothing_lost_or_repeated,
+    a_token_from_the_initial_list_resumes_the_list_where_it_was,
     a_token_with_other_filters_or_garbage_is_invalid_argument,
     a_token_from_another_process_is_failed_precondition,
+    a_client_too_slow_is_aborted_while_another_keeps_receiving,
     shutdown_ends_streams_with_unavailable,
 );
 
