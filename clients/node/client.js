@@ -43,10 +43,36 @@ export const HealthClient = grpc.makeClientConstructor(
   'grpc.health.v1.Health',
 );
 
-/** Plain-text (no TLS) clients of both services over one channel. */
-export function connect(address) {
-  const tasks = new TaskServiceClient(address, grpc.credentials.createInsecure());
-  const health = new HealthClient(address, grpc.credentials.createInsecure(), {
+/**
+ * Channel credentials: plaintext by default. With `ca` (the PEM of the CA
+ * that signed the server's certificate, a string or Buffer), TLS that
+ * verifies the server's certificate against it, and its name against the
+ * address's host; with `token` too, `authorization: Bearer <token>` on every
+ * call. grpc-js sends call credentials over TLS only.
+ */
+export function channelCredentials({ ca, token } = {}) {
+  if (!ca) {
+    if (token) throw new Error('a token is sent over TLS only: give the CA too');
+    return grpc.credentials.createInsecure();
+  }
+  const tls = grpc.credentials.createSsl(Buffer.from(ca));
+  if (!token) return tls;
+  const bearer = grpc.credentials.createFromMetadataGenerator((_options, callback) => {
+    const metadata = new grpc.Metadata();
+    metadata.set('authorization', `Bearer ${token}`);
+    callback(null, metadata);
+  });
+  return grpc.credentials.combineChannelCredentials(tls, bearer);
+}
+
+/**
+ * Clients of both services over one channel: plaintext, or TLS and a token
+ * with `{ ca, token }` (see channelCredentials).
+ */
+export function connect(address, { ca, token } = {}) {
+  const credentials = channelCredentials({ ca, token });
+  const tasks = new TaskServiceClient(address, credentials);
+  const health = new HealthClient(address, credentials, {
     channelOverride: tasks.getChannel(),
   });
   return { tasks, health, close: () => tasks.close() };

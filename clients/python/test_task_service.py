@@ -4,6 +4,14 @@ The server's address comes from TASK_PROCESSOR_ADDR (host:port); .ci/run
 starts target/debug/task-processor on a free loopback port and sets it. With
 no address, or no server there, every test fails: a client test that skips is
 a client test that never ran.
+
+Against a server with TLS and principals (.ci/run's second run), set
+TASK_PROCESSOR_CA_FILE to the PEM file of the CA that signed the server's
+certificate, and TASK_PROCESSOR_TOKEN to a token whose principal has the
+roles read and write: every call then goes over TLS, verified with that CA,
+with `authorization: Bearer <token>`, and one more test checks that calls
+without the token, or with a wrong one, are refused UNAUTHENTICATED (it is
+skipped without TASK_PROCESSOR_TOKEN, against a server that needs none).
 """
 
 import os
@@ -29,8 +37,35 @@ TERMINAL = {
 }
 
 
+# TLS and the token: both unset for a plaintext server without principals.
+CA_FILE = os.environ.get("TASK_PROCESSOR_CA_FILE") or None
+TOKEN = os.environ.get("TASK_PROCESSOR_TOKEN") or None
+
+
+def open_channel(address: str, token) -> grpc.Channel:
+    """A channel to the server: plaintext without CA_FILE; with it, TLS that
+    verifies the server's certificate against that CA (and its name against
+    the address's host), and, given a token, `authorization: Bearer <token>`
+    on every call. gRPC sends call credentials over TLS only."""
+    if CA_FILE is None:
+        if token is not None:
+            pytest.fail(
+                "TASK_PROCESSOR_TOKEN is set without TASK_PROCESSOR_CA_FILE: "
+                "the token is sent over TLS only",
+                pytrace=False,
+            )
+        return grpc.insecure_channel(address)
+    with open(CA_FILE, "rb") as file:
+        credentials = grpc.ssl_channel_credentials(root_certificates=file.read())
+    if token is not None:
+        credentials = grpc.composite_channel_credentials(
+            credentials, grpc.access_token_call_credentials(token)
+        )
+    return grpc.secure_channel(address, credentials)
+
+
 @pytest.fixture(scope="session")
-def channel():
+def address():
     address = os.environ.get("TASK_PROCESSOR_ADDR")
     if not address:
         pytest.fail(
@@ -38,13 +73,19 @@ def channel():
             "its host:port (.ci/run does both)",
             pytrace=False,
         )
-    with grpc.insecure_channel(address) as channel:
+    return address
+
+
+@pytest.fixture(scope="session")
+def channel(address):
+    with open_channel(address, TOKEN) as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT)
         except grpc.FutureTimeoutError:
             pytest.fail(
                 f"no task-processor answers at {address} "
-                f"within {CONNECT_TIMEOUT} s",
+                f"within {CONNECT_TIMEOUT} s"
+                + (f" (TLS, CA {CA_FILE})" if CA_FILE else ""),
                 pytrace=False,
             )
         yield channel
@@ -297,3 +338,22 @@ def test_an_unknown_id_is_not_found(tasks):
     with pytest.raises(grpc.RpcError) as raised:
         tasks.GetTask(pb.GetTaskRequest(id=str(uuid.uuid4())), timeout=CALL_TIMEOUT)
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_without_the_token_calls_are_unauthenticated_and_health_stays_open(
+    address, tasks, run_label
+):
+    if TOKEN is None:
+        pytest.skip("TASK_PROCESSOR_TOKEN is not set: this server needs no token")
+    for token, message in ((None, "no bearer token"), (f"{TOKEN}-not", "unknown token")):
+        with open_channel(address, token) as channel:
+            other_tasks = pb_grpc.TaskServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as raised:
+                create(other_tasks, "python refused", "echo", labels=run_label)
+            assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED, token
+            assert message in raised.value.details()
+            health = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=CALL_TIMEOUT
+            )
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+    assert list_ids(tasks, run_label) == [], "no refused create reached the store"

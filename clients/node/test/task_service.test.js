@@ -4,9 +4,19 @@
 // starts target/debug/task-processor on a free loopback port and sets it.
 // With no address, or no server there, every test fails: a client test that
 // skips is a client test that never ran.
+//
+// Against a server with TLS and principals (.ci/run's second run), set
+// TASK_PROCESSOR_CA_FILE to the PEM file of the CA that signed the server's
+// certificate, and TASK_PROCESSOR_TOKEN to a token whose principal has the
+// roles read and write: every call then goes over TLS, verified with that
+// CA, with `authorization: Bearer <token>`, and one more test checks that
+// calls without the token, or with a wrong one, are refused UNAUTHENTICATED
+// (it is skipped without TASK_PROCESSOR_TOKEN, against a server that needs
+// none).
 
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 
 import grpc from '@grpc/grpc-js';
@@ -16,6 +26,10 @@ import { call, connect, fromValue, toValue, waitForReady } from '../client.js';
 const CONNECT_TIMEOUT_MILLISECONDS = 10_000;
 const CALL_TIMEOUT_MILLISECONDS = 10_000;
 const TERMINAL = new Set(['TASK_STATUS_COMPLETED', 'TASK_STATUS_FAILED', 'TASK_STATUS_CANCELLED']);
+// TLS and the token: both unset for a plaintext server without principals.
+const CA_FILE = process.env.TASK_PROCESSOR_CA_FILE || undefined;
+const TOKEN = process.env.TASK_PROCESSOR_TOKEN || undefined;
+const CA = CA_FILE && readFileSync(CA_FILE);
 
 /** A label unique to one test, so lists see only that test's tasks. */
 function runLabel() {
@@ -37,20 +51,23 @@ function deadline() {
 }
 
 describe('TaskService from Node', () => {
+  let address;
   let clients;
 
   before(async () => {
-    const address = process.env.TASK_PROCESSOR_ADDR;
+    address = process.env.TASK_PROCESSOR_ADDR;
     assert.ok(
       address,
       'TASK_PROCESSOR_ADDR is not set: start task-processor and set it to its host:port (.ci/run does both)',
     );
-    clients = connect(address);
+    assert.ok(CA || !TOKEN, 'TASK_PROCESSOR_TOKEN is set without TASK_PROCESSOR_CA_FILE: the token is sent over TLS only');
+    clients = connect(address, { ca: CA, token: TOKEN });
     try {
       await waitForReady(clients.tasks, CONNECT_TIMEOUT_MILLISECONDS);
     } catch (error) {
+      const tls = CA_FILE ? ` (TLS, CA ${CA_FILE})` : '';
       assert.fail(
-        `no task-processor answers at ${address} within ${CONNECT_TIMEOUT_MILLISECONDS} ms: ${error.message}`,
+        `no task-processor answers at ${address}${tls} within ${CONNECT_TIMEOUT_MILLISECONDS} ms: ${error.message}`,
       );
     }
   });
@@ -273,4 +290,31 @@ describe('TaskService from Node', () => {
       return true;
     });
   });
+
+  test(
+    'without the token, calls are UNAUTHENTICATED and health stays open',
+    { skip: !TOKEN && 'TASK_PROCESSOR_TOKEN is not set: this server needs no token' },
+    async () => {
+      const labels = runLabel();
+      for (const [token, message] of [
+        [undefined, /no bearer token/],
+        [`${TOKEN}-not`, /unknown token/],
+      ]) {
+        const other = connect(address, { ca: CA, token });
+        try {
+          const request = { name: 'node refused', kind: 'echo', labels };
+          await assert.rejects(call(other.tasks, 'CreateTask', request), (error) => {
+            assert.equal(error.code, grpc.status.UNAUTHENTICATED, `token ${token}`);
+            assert.match(error.details, message);
+            return true;
+          });
+          const health = await call(other.health, 'check', { service: '' });
+          assert.equal(health.status, 'SERVING');
+        } finally {
+          other.close();
+        }
+      }
+      assert.deepEqual(await listIds(labels), [], 'no refused create reached the store');
+    },
+  );
 });
