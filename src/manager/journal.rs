@@ -29,6 +29,15 @@ pub(crate) const LIVE_BUFFER: usize = 1024;
 /// issued, and a token may be issued a little after its change.
 pub(crate) const KEPT_FOR: Duration = Duration::from_secs(10 * 60);
 
+/// PostgreSQL: how long the change log stays on after a replica last said
+/// that streams follow; replicas with streams say so every
+/// [`LOG_KEEP_ON_EVERY`]. Longer than [`KEPT_FOR`]: once it goes off, every
+/// token issued before is older than what a journal keeps anyway.
+pub(crate) const LOG_KEPT_ON: Duration = Duration::from_secs(15 * 60);
+
+/// How often a replica with streams keeps the change log on.
+pub(crate) const LOG_KEEP_ON_EVERY: Duration = Duration::from_secs(60);
+
 /// The default cap on the journal's length (the `watch_journal_capacity`
 /// setting). Each entry holds a task's state without its payload, about
 /// half a kilobyte, so the default costs about 5 MB: five minutes of 2000
@@ -195,6 +204,14 @@ impl Journal {
         self.numbered_by_log = true;
         self.last_seq = last_position;
         self.kept.clear();
+    }
+
+    /// PostgreSQL: new streams start at `floor` at least (the change log
+    /// was turned on there: nothing before it can be resumed).
+    pub(crate) fn raise_floor(&mut self, floor: u64) {
+        if self.numbered_by_log {
+            self.last_seq = self.last_seq.max(floor);
+        }
     }
 
     /// Hands a change of the change log, at `position`, to the live

@@ -24,7 +24,7 @@ use crate::{
     schedule::{NewSchedule, Schedule, ScheduleId},
     store::{
         MemoryStore, PostgresStore, SqliteStore, StoreError, StoreUrl, TaskStore,
-        postgres::{ChangeFeed, ChangeLogStart, ChangesAfter},
+        postgres::{ChangeFeed, ChangeLogStart, ChangesAfter, Watching},
         within,
     },
     task::{NewTask, PayloadLocation, Task, TaskId, TaskStatus, TraceContext},
@@ -34,6 +34,7 @@ use actor::json_bytes as held_json_bytes;
 
 pub use crate::store::{LIST_PAGE_BYTES, ListPage, ListQuery, SchedulePage};
 pub use journal::DEFAULT_JOURNAL_CAPACITY;
+use journal::LOG_KEPT_ON;
 pub use watch::TaskWatch;
 pub use watch_tasks::{
     BOOKMARK_AFTER, TaskFilter, TasksEvent, TasksWatch, TasksWatchEnd, WatchPosition, WatchStart,
@@ -280,6 +281,8 @@ enum Command {
     WatchTasks {
         filter: TaskFilter,
         start: WatchStart,
+        /// PostgreSQL: the change log, as turned on for this stream.
+        log: Option<Watching>,
         respond_to: Reply<WatchTasksStart>,
     },
     StopAccepting {
@@ -670,6 +673,16 @@ impl ManagerHandle {
         filter: TaskFilter,
         start: WatchStart,
     ) -> Result<TasksWatch, ManagerError> {
+        // PostgreSQL: changes are recorded in the change log from now on,
+        // before the stream subscribes, so its tokens resume anywhere.
+        let log = match &self.shared_store {
+            Some(store) => Some(
+                within(STORE_READ_TIMEOUT, store.watch_change_log(LOG_KEPT_ON))
+                    .await
+                    .map_err(|error| storage_error(&error))?,
+            ),
+            None => None,
+        };
         let WatchTasksStart {
             subscription,
             initial_list,
@@ -677,6 +690,7 @@ impl ManagerHandle {
             .call(|respond_to| Command::WatchTasks {
                 filter: filter.clone(),
                 start,
+                log,
                 respond_to,
             })
             .await?;

@@ -249,3 +249,77 @@ async fn a_lost_listen_connection_ends_streams_aborted_and_they_resume_through_t
     })
     .await;
 }
+
+/// How many changes the schema's change log holds.
+async fn logged(sql: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM task_changes")
+        .fetch_one(sql)
+        .await
+        .expect("counted")
+}
+
+#[tokio::test]
+async fn the_change_log_records_only_while_streams_follow_and_a_gap_refuses_older_tokens() {
+    on_postgres("watch_tasks_replicas::log_on_while_watched", async {
+        let (a, b, store) = two_replicas().await;
+        let (mut on_a, mut on_b) = (a.client().await, b.client().await);
+        let StoreUrl::Postgres(url) = store else {
+            panic!("a PostgreSQL store");
+        };
+        let mut sql = sqlx::PgConnection::connect(&url).await.expect("connected");
+
+        // Nobody watches: changes cost no row in the log.
+        let unwatched = create(&mut on_a, labelled("unwatched", "echo", "a")).await;
+        wait_for_status(&on_a, &unwatched.id, Completed).await;
+        assert_eq!(logged(&mut sql).await, 0);
+
+        // A stream turns it on, for the changes of every replica.
+        let mut stream = watch_tasks(&mut on_a, team("a")).await;
+        let watched = create(&mut on_b, labelled("watched", "echo", "a")).await;
+        let (_, token) = next_task(&mut stream).await;
+        until(&mut stream, &watched.id, Completed).await;
+        assert!(logged(&mut sql).await >= 3, "the watched task's changes");
+        drop(stream);
+
+        // The log goes off (as when no stream has followed for a quarter of
+        // an hour); a change is not recorded; a new stream turns it on.
+        sqlx::query("UPDATE task_changes_horizon SET watched_until = now() - interval '1 second'")
+            .execute(&mut sql)
+            .await
+            .expect("turned off");
+        let missed = create(&mut on_b, labelled("missed", "echo", "a")).await;
+        wait_for_status(&on_b, &missed.id, Completed).await;
+        let mut fresh = watch_tasks(&mut on_b, team("a")).await;
+        // A token from before the gap would skip `missed`: refused.
+        let refused = on_b
+            .watch_tasks(pb::WatchTasksRequest {
+                resume_token: token,
+                ..team("a")
+            })
+            .await
+            .expect_err("across a gap in the log");
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        // The new stream's own tokens resume on the other replica.
+        let after = create(&mut on_a, labelled("after", "echo", "a")).await;
+        let (first, fresh_token) = next_task(&mut fresh).await;
+        assert_eq!((status_of(&first), first.id), (Pending, after.id.clone()));
+        drop(fresh);
+        let mut resumed = watch_tasks(
+            &mut on_a,
+            pb::WatchTasksRequest {
+                resume_token: fresh_token,
+                ..team("a")
+            },
+        )
+        .await;
+        let seen = until(&mut resumed, &after.id, Completed).await;
+        assert_eq!(
+            seen,
+            [
+                ("after".to_string(), Running),
+                ("after".to_string(), Completed)
+            ]
+        );
+    })
+    .await;
+}

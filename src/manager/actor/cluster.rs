@@ -28,7 +28,7 @@ use crate::{
     manager::{
         ManagerError, ManagerStats, Reply, STORE_CALL_TIMEOUT, STORE_HOUSEKEEPING_TIMEOUT,
         STORE_READ_TIMEOUT, ScheduleCommand,
-        journal::{Before, KEPT_FOR},
+        journal::{Before, KEPT_FOR, LOG_KEEP_ON_EVERY, LOG_KEPT_ON},
         persist::Pending,
         watch::{TaskWatch, WatchState},
         watch_tasks::TaskFilter,
@@ -36,7 +36,7 @@ use crate::{
     schedule::ScheduleId,
     store::{
         BatchOutcome, PostgresStore, StoreError,
-        postgres::{Cancelled, Change, ChangeFeed, Claimed, Deleted, FeedEvent},
+        postgres::{Cancelled, Change, ChangeFeed, Claimed, Deleted, FeedEvent, Watching},
         within,
     },
     task::{NewTask, Task, TaskId, TaskStatus},
@@ -102,6 +102,8 @@ pub(in crate::manager) enum ClusterEvent {
     },
     /// The earliest schedule is due.
     SchedulesDue,
+    /// The change log was kept on for this replica's streams.
+    LogKeptOn(Result<Watching, StoreError>),
 }
 
 /// Watches waiting for their first read, and the changes that arrived
@@ -143,6 +145,8 @@ pub(in crate::manager) struct Cluster {
     pub(super) kinds: Arc<[String]>,
     last_renewal: Instant,
     last_retention: Option<Instant>,
+    /// When this replica last kept the change log on for its streams.
+    last_log_keep_on: Option<Instant>,
     /// The firing loop of the schedules.
     pub(super) schedules: ClusterSchedules,
 }
@@ -175,6 +179,7 @@ impl Cluster {
             kinds: kinds.into(),
             last_renewal: Instant::now(),
             last_retention: None,
+            last_log_keep_on: None,
             schedules: ClusterSchedules::default(),
         }
     }
@@ -268,7 +273,22 @@ impl Manager<Cluster> {
         let lease = self.config.lease;
         let (retention, max_finished) = (self.config.retention, self.config.max_finished_tasks);
         let journal_capacity = self.config.watch_journal_capacity;
+        let streams_follow = self.journal.streams() > 0;
         let cluster = &mut self.shape;
+        // While streams follow, the change log stays on, for every replica.
+        if streams_follow
+            && cluster
+                .last_log_keep_on
+                .is_none_or(|last| last.elapsed() >= LOG_KEEP_ON_EVERY)
+        {
+            cluster.last_log_keep_on = Some(Instant::now());
+            let store = cluster.store.clone();
+            cluster.calls.spawn(async move {
+                ClusterEvent::LogKeptOn(
+                    within(STORE_CALL_TIMEOUT, store.watch_change_log(LOG_KEPT_ON)).await,
+                )
+            });
+        }
         // Lease expiries of dead replicas and missed notifications are
         // found by trying now and then.
         cluster.claim_wanted = true;
@@ -532,6 +552,12 @@ impl Manager<Cluster> {
             ClusterEvent::Schedules(event) => self.handle_schedule_event(event),
             ClusterEvent::BatchInserted { asked, created } => self.batch_inserted(asked, created),
             ClusterEvent::SchedulesDue => self.schedule_time_came(),
+            ClusterEvent::LogKeptOn(result) => match result {
+                Ok(watching) => self.change_log_watched(watching),
+                Err(error) => {
+                    warn!(error = %error_chain(&error), "keeping the change log on failed")
+                }
+            },
             ClusterEvent::Retained(result) => match result {
                 Ok(0) => {}
                 Ok(deleted) => debug!(deleted, "finished tasks deleted by retention"),

@@ -345,8 +345,12 @@ impl<S: Shape> Manager<S> {
             Command::WatchTasks {
                 filter,
                 start,
+                log,
                 respond_to,
             } => {
+                if let Some(watching) = log {
+                    self.change_log_watched(watching);
+                }
                 let _ = respond_to.send(self.watch_tasks(&filter, start));
             }
             Command::Flush { respond_to } => {

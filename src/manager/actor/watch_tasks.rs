@@ -11,7 +11,7 @@ use crate::{
         journal::{Before, ResumeRefused},
         watch_tasks::{InitialList, TaskFilter, WatchStart},
     },
-    store::postgres::ChangeLogStart,
+    store::postgres::{ChangeLogStart, Watching},
     task::Task,
 };
 
@@ -21,6 +21,18 @@ impl<S: Shape> Manager<S> {
     pub(in crate::manager) fn number_journal_by_log(&mut self, start: ChangeLogStart) {
         self.journal
             .numbered_by_log(start.instance, start.last_position);
+    }
+
+    /// PostgreSQL: the change log was turned on (or kept on) for a stream.
+    /// New streams start at its floor at least; if it had been off, the
+    /// streams that follow missed changes that were never recorded, so
+    /// they end (their tokens are then refused: the client lists again).
+    pub(in crate::manager) fn change_log_watched(&mut self, watching: Watching) {
+        if watching.was_off && self.journal.streams() > 0 {
+            tracing::warn!("the change log had been off while streams followed; ending them");
+            self.journal.interrupt();
+        }
+        self.journal.raise_floor(watching.floor);
     }
 
     /// Numbers a change to `task` for the `WatchTasks` streams. Never waits

@@ -7,7 +7,10 @@ use std::{sync::Arc, time::Duration};
 use serde_json::Value as JsonValue;
 use sqlx::Row;
 
-use super::{PostgresStore, feed::decode_change};
+use super::{
+    PostgresStore,
+    feed::{CHANGE_LOG_GATE_CLASS, decode_change},
+};
 use crate::store::StoreError;
 
 pub use super::Change;
@@ -32,7 +35,56 @@ pub enum ChangesAfter {
     Pruned,
 }
 
+/// What turning the change log on found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Watching {
+    /// The position a new stream starts from: every change after it is
+    /// recorded, and no token before it resumes.
+    pub floor: u64,
+    /// Whether the log was off: changes made meanwhile were not recorded,
+    /// so streams that missed them must not go on.
+    pub was_off: bool,
+}
+
 impl PostgresStore {
+    /// Turns the change log on, or keeps it on, for at least `keep_on`:
+    /// every replica records each change from now on. Called before a
+    /// `WatchTasks` stream starts, and regularly while one follows.
+    ///
+    /// It takes the gate every announcing transaction holds (shared), so
+    /// it waits for those in flight: any transaction that commits after it
+    /// records its changes. Turning it on after it was off moves the
+    /// horizon past every position taken so far, so that no token from
+    /// before (whose successors were not recorded) resumes across the gap.
+    pub async fn watch_change_log(&self, keep_on: Duration) -> Result<Watching, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(CHANGE_LOG_GATE_CLASS)
+            .bind(&*self.channel)
+            .execute(&mut *transaction)
+            .await?;
+        let row = sqlx::query(
+            "WITH was AS (SELECT watched_until > now() AS watched FROM task_changes_horizon), \
+                  floor AS ( \
+                      SELECT CASE WHEN (SELECT watched FROM was) THEN NULL \
+                             ELSE nextval(pg_get_serial_sequence('task_changes', 'position')) \
+                             END AS position) \
+             UPDATE task_changes_horizon SET \
+                 pruned_through = GREATEST(pruned_through, \
+                                           COALESCE((SELECT position FROM floor), 0)), \
+                 watched_until = GREATEST(watched_until, now() + make_interval(secs => $1)) \
+             RETURNING pruned_through, (SELECT watched FROM was) AS was_on",
+        )
+        .bind(keep_on.as_secs_f64())
+        .fetch_one(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        Ok(Watching {
+            floor: u64::try_from(row.try_get::<i64, _>("pruned_through")?).unwrap_or(0),
+            was_off: !row.try_get::<bool, _>("was_on")?,
+        })
+    }
+
     /// The log's instance and the last position in it. Called after the
     /// replica listens, so a change recorded after this read is heard.
     pub async fn change_log_start(&self) -> Result<ChangeLogStart, StoreError> {

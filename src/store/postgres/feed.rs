@@ -111,7 +111,13 @@ pub(super) const WORK_WAITING: &str = "work-waiting";
 /// positions (the second is the schema's channel, hashed): a constant of
 /// ours, so the lock is told apart from other advisory locks in the
 /// database ("tp" in ASCII).
-const CHANGE_LOG_LOCK_CLASS: i32 = 0x7470;
+const CHANGE_LOG_ORDER_CLASS: i32 = 0x7470;
+
+/// The first key of the gate every announcing transaction holds shared, and
+/// that turning the change log on takes exclusively
+/// ([`super::PostgresStore::watch_change_log`]), so that once the log is on,
+/// every transaction that commits later records its changes.
+pub(super) const CHANGE_LOG_GATE_CLASS: i32 = 0x7471;
 
 /// One change to announce: the notification's JSON, and whose change it is.
 #[derive(Clone, Debug)]
@@ -120,16 +126,17 @@ pub(super) struct Announcement {
     text: String,
 }
 
-/// Records the changes in the change log (`task_changes`) and announces
-/// them on `channel`, in order; both take effect when (and only if) the
-/// transaction commits. Each notification carries its position in the log.
+/// Announces the changes on `channel`, in order, and, while the change log
+/// is on (a replica has `WatchTasks` streams), records them in it; both
+/// take effect when (and only if) the transaction commits. A recorded
+/// change's notification carries its position in the log.
 ///
-/// It must be the transaction's last statement before the commit: it holds
-/// the log's lock until then, so that positions rise in commit order (a
-/// reader that sees a position sees every smaller one there will ever be;
-/// PostgreSQL makes a commit visible before it releases the transaction's
-/// locks), and a transaction that waits for nothing while it holds the lock
-/// cannot be in a deadlock.
+/// It must be the transaction's last statement before the commit: while the
+/// log is on it holds the log's lock until then, so that positions rise in
+/// commit order (a reader that sees a position sees every smaller one there
+/// will ever be; PostgreSQL makes a commit visible before it releases the
+/// transaction's locks), and a transaction that waits for nothing while it
+/// holds the lock cannot be in a deadlock.
 pub(super) async fn notify(
     transaction: &mut Transaction<'static, Postgres>,
     channel: &str,
@@ -138,19 +145,43 @@ pub(super) async fn notify(
     if announcements.is_empty() {
         return Ok(());
     }
-    // A transaction-level advisory lock, one per schema (by its channel):
-    // writers of the log wait for each other, and nothing else waits for
-    // them (a table lock would also hold off vacuum and the pruning).
-    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-        .bind(CHANGE_LOG_LOCK_CLASS)
+    // The gate first, shared: a turn-on waits for this transaction. The
+    // next statement's snapshot is taken once the gate is held, so it sees
+    // any turn-on that finished before.
+    sqlx::query("SELECT pg_advisory_xact_lock_shared($1, hashtext($2))")
+        .bind(CHANGE_LOG_GATE_CLASS)
         .bind(channel)
         .execute(&mut **transaction)
         .await?;
-    let task_ids: Vec<Uuid> = announcements.iter().map(|each| each.task_id).collect();
+    // While the log is on, take its lock (writers of the log wait for each
+    // other; nothing else waits for them), in the same statement.
+    let recording: bool = sqlx::query_scalar(
+        "SELECT CASE WHEN watched_until > now() \
+                THEN NOT (pg_advisory_xact_lock($1, hashtext($2)) IS NULL) \
+                ELSE false END \
+         FROM task_changes_horizon",
+    )
+    .bind(CHANGE_LOG_ORDER_CLASS)
+    .bind(channel)
+    .fetch_one(&mut **transaction)
+    .await?;
     let texts: Vec<&str> = announcements
         .iter()
         .map(|each| each.text.as_str())
         .collect();
+    if !recording {
+        sqlx::query(
+            "SELECT pg_notify($1, payload) \
+             FROM UNNEST($2::text[]) WITH ORDINALITY AS payloads(payload, n) \
+             ORDER BY n",
+        )
+        .bind(channel)
+        .bind(texts)
+        .execute(&mut **transaction)
+        .await?;
+        return Ok(());
+    }
+    let task_ids: Vec<Uuid> = announcements.iter().map(|each| each.task_id).collect();
     // The position goes in front of the change's other fields: the text is
     // a JSON object, so `{"position":N,` + the rest is one too.
     sqlx::query(

@@ -43,7 +43,7 @@ mod writes;
 
 pub use claims::{ClaimRequest, Claimed, KindRoom};
 
-pub use change_log::{ChangeLogStart, ChangesAfter};
+pub use change_log::{ChangeLogStart, ChangesAfter, Watching};
 pub use feed::ChangeFeed;
 use feed::{Announcement, WORK_WAITING, change_payload, deleted_payload, notify};
 pub use schedules::{FIRE_CHUNK, Fired, FiringRound};
