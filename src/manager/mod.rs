@@ -7,6 +7,7 @@
 mod actor;
 mod journal;
 mod persist;
+mod scope;
 mod watch;
 mod watch_tasks;
 
@@ -34,6 +35,7 @@ use actor::json_bytes as held_json_bytes;
 
 pub use crate::store::{LIST_PAGE_BYTES, ListPage, ListQuery, SchedulePage};
 pub use journal::DEFAULT_JOURNAL_CAPACITY;
+pub use scope::{Scope, Scoped};
 pub use watch::TaskWatch;
 pub use watch_tasks::{
     BOOKMARK_AFTER, TaskFilter, TasksEvent, TasksWatch, TasksWatchEnd, WatchPosition, WatchStart,
@@ -331,6 +333,8 @@ enum ScheduleCommand {
     List {
         after: Option<ScheduleId>,
         limit: usize,
+        /// Only this tenant's schedules; `None`: every tenant's.
+        tenant: Option<String>,
         respond_to: Reply<SchedulePage>,
     },
     /// Pause (`paused`) or resume.
@@ -609,16 +613,19 @@ impl ManagerHandle {
             .await
     }
 
-    /// Up to `limit` schedules in creation order, after `after`.
+    /// Up to `limit` schedules in creation order, after `after`, of
+    /// `tenant` when it names one.
     pub async fn list_schedules(
         &self,
         after: Option<ScheduleId>,
         limit: usize,
+        tenant: Option<String>,
     ) -> Result<SchedulePage, ManagerError> {
         self.call(|respond_to| {
             Command::Schedule(ScheduleCommand::List {
                 after,
                 limit,
+                tenant,
                 respond_to,
             })
         })

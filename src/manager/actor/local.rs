@@ -31,12 +31,13 @@ use crate::{
     },
     schedule::{Schedule, ScheduleId},
     store::BatchOutcome,
-    task::{NewTask, Task, TaskEvent, TaskId, TaskStatus},
+    task::{NewTask, RequestKey, Task, TaskEvent, TaskId, TaskStatus},
 };
 
 #[derive(Debug)]
 pub(in crate::manager) struct Local {
-    pub(super) request_ids: HashMap<String, TaskId>,
+    /// The task that holds each `request_id`, within its tenant.
+    pub(super) request_ids: HashMap<RequestKey, TaskId>,
     /// Waiting tasks (pending or retrying, once durable): ready ones by
     /// priority then FIFO, and delayed ones on a timer.
     pub(super) waiting: WaitQueue,
@@ -98,19 +99,17 @@ impl Shape for Local {
             let _ = respond_to.send(Err(refused));
             return;
         }
-        if let Some(request_id) = &new_task.request_id
+        if let Some(key) = new_task.request_key()
             && let Some(existing) = manager
                 .shape
                 .request_ids
-                .get(request_id)
+                .get(&key)
                 .and_then(|id| manager.tasks.get(id))
         {
             let answer = if existing.was_created_from(&new_task) {
                 Ok(Arc::clone(existing))
             } else {
-                Err(ManagerError::RequestIdConflict {
-                    request_id: request_id.clone(),
-                })
+                Err(ManagerError::RequestIdConflict { request_id: key.1 })
             };
             let id = existing.id;
             if answer.is_ok() && manager.shape.uncommitted.contains(&id) {
@@ -249,10 +248,10 @@ impl Shape for Local {
         if task.status == TaskStatus::Pending {
             shape.pending -= 1;
         }
-        if let Some(request_id) = &task.request_id
-            && shape.request_ids.get(request_id) == Some(&id)
+        if let Some(key) = task.request_key()
+            && shape.request_ids.get(&key) == Some(&id)
         {
-            shape.request_ids.remove(request_id);
+            shape.request_ids.remove(&key);
         }
         manager.watchers.remove(&id);
         // Streams saw it created: they learn it is gone.
@@ -356,8 +355,8 @@ impl Manager<Local> {
         let task = Arc::new(Task::new(id, new_task, now()));
         let shape = &mut self.shape;
         shape.held.add(id, data_bytes);
-        if let Some(request_id) = &task.request_id {
-            shape.request_ids.insert(request_id.clone(), id);
+        if let Some(key) = task.request_key() {
+            shape.request_ids.insert(key, id);
         }
         shape.pending += 1;
         if self.persister.is_durable() {
@@ -515,10 +514,10 @@ impl Manager<Local> {
         if let Some(task) = self.tasks.remove(&id) {
             self.shape.held.release(id);
             self.persister.delete(id);
-            if let Some(request_id) = &task.request_id
-                && self.shape.request_ids.get(request_id) == Some(&id)
+            if let Some(key) = task.request_key()
+                && self.shape.request_ids.get(&key) == Some(&id)
             {
-                self.shape.request_ids.remove(request_id);
+                self.shape.request_ids.remove(&key);
             }
             debug!(task_id = %id, "finished task forgotten");
         }

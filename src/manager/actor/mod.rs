@@ -67,7 +67,7 @@ use crate::{
     metrics::{KindMetrics, Metrics},
     processor::{ProcessorError, ProgressUpdate, Registry},
     schedule::ScheduleId,
-    store::{BatchOutcome, TaskStore, status_and_labels_match},
+    store::{BatchOutcome, TaskStore, status_and_labels_match, tenant_matches},
     task::{NewTask, Task, TaskId, TaskStatus},
 };
 
@@ -429,6 +429,7 @@ impl<S: Shape> Manager<S> {
         let start = query.after.map_or(Bound::Unbounded, Bound::Excluded);
         let matches = |task: &Task| {
             status_and_labels_match(&query.statuses, &query.labels, task.status, &task.labels)
+                && tenant_matches(query.tenant.as_deref(), &task.tenant)
         };
         let mut tasks: Vec<Arc<Task>> = Vec::new();
         let mut last_examined = None;

@@ -19,8 +19,8 @@ impl Manager<Local> {
         let (mut requeued, mut restarted, mut retrying) = (0usize, 0usize, 0usize);
         for task in stored {
             let id = task.id;
-            if let Some(request_id) = &task.request_id {
-                self.shape.request_ids.insert(request_id.clone(), id);
+            if let Some(key) = task.request_key() {
+                self.shape.request_ids.insert(key, id);
             }
             match task.status {
                 TaskStatus::Pending => {

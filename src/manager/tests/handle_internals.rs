@@ -39,6 +39,7 @@ fn test_config() -> ManagerConfig {
 
 fn echo(name: &str, data: serde_json::Value) -> NewTask {
     NewTask {
+        tenant: Default::default(),
         name: name.into(),
         description: String::new(),
         kind: "echo".into(),

@@ -13,6 +13,7 @@ mod mtls;
 mod reload;
 mod roles;
 mod taskctl;
+mod tenants;
 mod tls;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
