@@ -18,3 +18,9 @@ CREATE INDEX tasks_tenant ON tasks (tenant, id);
 -- A schedule belongs to its creator's tenant too, and its firings create
 -- tasks of that tenant. Existing schedules get '', as existing tasks.
 ALTER TABLE schedules ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
+
+-- A tenant's waiting tasks, counted against its quota
+-- (auth.tenant_quotas.<tenant>.max_waiting) at each of its creates:
+-- only waiting rows have an entry.
+CREATE INDEX tasks_tenant_waiting ON tasks (tenant)
+    WHERE status IN ('pending', 'retrying');

@@ -117,6 +117,9 @@ pub struct ManagerConfig {
     /// `WatchTasks`: at most this many changes are kept for streams to
     /// resume from (besides being kept no longer than ten minutes).
     pub watch_journal_capacity: usize,
+    /// Per tenant, at most this many of its tasks wait (pending or
+    /// retrying) at once; a create past it is `TenantQuotaFull`.
+    pub tenant_max_waiting: HashMap<String, usize>,
     /// Joins each run's span to the trace of its task's create; `None`
     /// leaves every run the root of a trace of its own.
     pub join_stored_trace: Option<JoinStoredTrace>,
@@ -163,6 +166,17 @@ pub enum ManagerError {
          again, then watch without a resume_token"
     )]
     WatchPositionLost,
+    /// A create would take its tenant's waiting tasks past its quota.
+    #[error(
+        "tenant {tenant} has {waiting} tasks waiting, and its quota is max_waiting {max_waiting}; \
+         try again once some have started"
+    )]
+    TenantQuotaFull {
+        tenant: String,
+        waiting: u64,
+        max_waiting: usize,
+        retry_after: Duration,
+    },
     #[error("the server is shutting down")]
     ShuttingDown,
     /// The store failed; nothing was changed (a create was not accepted).
@@ -300,6 +314,11 @@ enum Command {
     Stats {
         respond_to: Reply<ManagerStats>,
     },
+    /// How many of a tenant's tasks wait (local shape), for its quota.
+    TenantWaiting {
+        tenant: String,
+        respond_to: Reply<u64>,
+    },
     Schedule(ScheduleCommand),
     Flush {
         respond_to: Reply<()>,
@@ -364,6 +383,10 @@ pub struct ManagerHandle {
     payload_store: Option<Weak<SqliteStore>>,
     /// What the persister last found of the store.
     store_health: tokio::sync::watch::Receiver<StoreHealth>,
+    /// `ManagerConfig::tenant_max_waiting`, checked by `Scoped` creates.
+    tenant_max_waiting: Arc<HashMap<String, usize>>,
+    /// How long a client refused by its tenant's quota should wait.
+    quota_retry_after: Duration,
 }
 
 impl ManagerHandle {
@@ -418,6 +441,8 @@ impl ManagerHandle {
         opened: Opened,
     ) -> Self {
         let (commands, command_receiver) = mpsc::channel(COMMAND_BUFFER);
+        let tenant_max_waiting = Arc::new(config.tenant_max_waiting.clone());
+        let quota_retry_after = config.queue_full_retry_after;
         let Opened {
             commits,
             payload_store,
@@ -453,6 +478,8 @@ impl ManagerHandle {
             shared_store,
             payload_store,
             store_health,
+            tenant_max_waiting,
+            quota_retry_after,
         }
     }
 

@@ -86,6 +86,19 @@ impl ManagerHandle {
         }
     }
 
+    /// How many of `tenant`'s tasks wait (pending or retrying): the
+    /// table's count on PostgreSQL, the actor's on the other stores.
+    async fn tenant_waiting(&self, tenant: &str) -> Result<u64, ManagerError> {
+        if let Some(store) = &self.shared_store {
+            return within(STORE_READ_TIMEOUT, store.count_waiting_of(tenant))
+                .await
+                .map_err(|error| storage_error(&error));
+        }
+        let tenant = tenant.to_owned();
+        self.call(|respond_to| Command::TenantWaiting { tenant, respond_to })
+            .await
+    }
+
     /// The tenant of task `id`, without its payload: a PostgreSQL read of
     /// one column, or the actor's copy.
     async fn tenant_of(&self, id: TaskId) -> Result<String, ManagerError> {
@@ -107,6 +120,7 @@ impl Scoped<'_> {
     /// Creates a task of the caller's tenant (its `request_id` is unique
     /// within that tenant).
     pub async fn create_task(&self, mut new_task: NewTask) -> Result<Arc<Task>, ManagerError> {
+        self.check_quota(1).await?;
         self.scope.tenant().clone_into(&mut new_task.tenant);
         self.manager.create_task(new_task).await
     }
@@ -116,6 +130,7 @@ impl Scoped<'_> {
         &self,
         mut new_tasks: Vec<NewTask>,
     ) -> Result<Vec<Arc<Task>>, ManagerError> {
+        self.check_quota(new_tasks.len()).await?;
         for new_task in &mut new_tasks {
             self.scope.tenant().clone_into(&mut new_task.tenant);
         }
@@ -219,6 +234,30 @@ impl Scoped<'_> {
             return Ok(());
         }
         self.get_schedule(id).await.map(drop)
+    }
+
+    /// `TenantQuotaFull` when `adding` more waiting tasks would take the
+    /// caller's tenant past its `max_waiting`. The count is read, then the
+    /// create sent: creates of one tenant racing each other (or on other
+    /// replicas) may pass it by the few in flight; the quota bounds a
+    /// tenant's backlog, not an exact number.
+    async fn check_quota(&self, adding: usize) -> Result<(), ManagerError> {
+        let Scope::Tenant(tenant) = self.scope else {
+            return Ok(());
+        };
+        let Some(&max_waiting) = self.manager.tenant_max_waiting.get(tenant) else {
+            return Ok(());
+        };
+        let waiting = self.manager.tenant_waiting(tenant).await?;
+        if waiting.saturating_add(adding as u64) > max_waiting as u64 {
+            return Err(ManagerError::TenantQuotaFull {
+                tenant: tenant.clone(),
+                waiting,
+                max_waiting,
+                retry_after: self.manager.quota_retry_after,
+            });
+        }
+        Ok(())
     }
 
     /// `NotFound` unless task `id` is visible in this scope: another

@@ -19,6 +19,7 @@ use super::{
     held::Held,
     local_schedules::LocalSchedules,
     now,
+    tenant_waiting::WaitingByTenant,
     wait_queue::{WaitEnded, WaitQueue},
 };
 use crate::{
@@ -56,6 +57,8 @@ pub(in crate::manager) struct Local {
     pub(super) uncommitted: HashSet<TaskId>,
     /// Every schedule, and the timer of the next firing.
     pub(super) schedules: LocalSchedules,
+    /// Waiting tasks per tenant, for the tenants' quotas.
+    pub(super) waiting_by_tenant: WaitingByTenant,
 }
 
 /// What the local shape's own timers report to the loop.
@@ -80,6 +83,7 @@ impl Local {
             held: Held::new(max_held_bytes),
             uncommitted: HashSet::new(),
             schedules: LocalSchedules::new(schedules),
+            waiting_by_tenant: WaitingByTenant::default(),
         }
     }
 }
@@ -180,6 +184,10 @@ impl Shape for Local {
         if before == TaskStatus::Pending && task.status != TaskStatus::Pending {
             manager.shape.pending -= 1;
         }
+        manager
+            .shape
+            .waiting_by_tenant
+            .changed(&task.tenant, Some(before), Some(task.status));
         if before == TaskStatus::Retrying && task.status != TaskStatus::Retrying {
             manager.shape.retrying -= 1;
         } else if before != TaskStatus::Retrying && task.status == TaskStatus::Retrying {
@@ -248,6 +256,9 @@ impl Shape for Local {
         if task.status == TaskStatus::Pending {
             shape.pending -= 1;
         }
+        shape
+            .waiting_by_tenant
+            .changed(&task.tenant, Some(task.status), None);
         if let Some(key) = task.request_key()
             && shape.request_ids.get(&key) == Some(&id)
         {
@@ -260,6 +271,10 @@ impl Shape for Local {
 
     fn pending_count(manager: &Manager<Self>) -> usize {
         manager.shape.pending
+    }
+
+    fn tenant_waiting(manager: &Manager<Self>, tenant: &str) -> u64 {
+        manager.shape.waiting_by_tenant.of(tenant)
     }
 
     fn shape_stats(manager: &Manager<Self>, stats: &mut ManagerStats) {
@@ -359,6 +374,9 @@ impl Manager<Local> {
             shape.request_ids.insert(key, id);
         }
         shape.pending += 1;
+        shape
+            .waiting_by_tenant
+            .changed(&task.tenant, None, Some(task.status));
         if self.persister.is_durable() {
             // Queued once durable (see `committed`).
             shape.uncommitted.insert(id);

@@ -30,6 +30,7 @@ mod local_batch;
 mod local_schedules;
 mod recover;
 mod runs;
+mod tenant_waiting;
 mod wait_queue;
 mod watch_tasks;
 
@@ -179,6 +180,10 @@ pub(super) trait Shape: Sized + Send + 'static {
     fn pending_count(manager: &Manager<Self>) -> usize;
     /// Fills in the figures only the shape knows.
     fn shape_stats(manager: &Manager<Self>, stats: &mut ManagerStats);
+
+    /// How many of `tenant`'s tasks wait, for its quota. (The cluster
+    /// shape holds no count: the handle asks the table instead.)
+    fn tenant_waiting(manager: &Manager<Self>, tenant: &str) -> u64;
 
     /// The shape's next background event; never completes if it has none.
     fn next_event(&mut self) -> impl Future<Output = Option<Self::Event>> + Send;
@@ -371,6 +376,9 @@ impl<S: Shape> Manager<S> {
             }
             Command::Stats { respond_to } => {
                 let _ = respond_to.send(Ok(self.stats()));
+            }
+            Command::TenantWaiting { tenant, respond_to } => {
+                let _ = respond_to.send(Ok(S::tenant_waiting(self, &tenant)));
             }
             Command::Schedule(command) => S::schedule_command(self, command),
         }

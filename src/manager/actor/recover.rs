@@ -22,6 +22,9 @@ impl Manager<Local> {
             if let Some(key) = task.request_key() {
                 self.shape.request_ids.insert(key, id);
             }
+            self.shape
+                .waiting_by_tenant
+                .changed(&task.tenant, None, Some(task.status));
             match task.status {
                 TaskStatus::Pending => {
                     self.shape.pending += 1;

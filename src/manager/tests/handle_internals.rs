@@ -22,6 +22,7 @@ use crate::{
 
 fn test_config() -> ManagerConfig {
     ManagerConfig {
+        tenant_max_waiting: Default::default(),
         max_concurrent: 1,
         queue_capacity: 1,
         node_name: "test".into(),

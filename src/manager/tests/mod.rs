@@ -82,6 +82,7 @@ pub(super) fn secs(seconds: u64) -> Duration {
 /// memory budget.
 pub(super) fn config(max_concurrent: usize, queue_capacity: usize) -> ManagerConfig {
     ManagerConfig {
+        tenant_max_waiting: Default::default(),
         max_concurrent,
         queue_capacity,
         node_name: "paused".into(),

@@ -487,6 +487,18 @@ impl PostgresStore {
             .await?)
     }
 
+    /// How many of `tenant`'s tasks wait (pending or retrying), through
+    /// the partial index `tasks_tenant_waiting`: for its quota.
+    pub async fn count_waiting_of(&self, tenant: &str) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM tasks WHERE tenant = $1 AND status IN ('pending', 'retrying')",
+        )
+        .bind(tenant)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     /// One page of tasks in creation (id) order, after `query.after`, of
     /// `query.tenant` when it names one.
     ///

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use task_processor::{
-    config::{AuthSettings, Config},
+    config::{AuthSettings, Config, TenantQuota},
     pb::{self, task_service_client::TaskServiceClient},
     store::StoreUrl,
 };
@@ -83,14 +83,19 @@ async fn clients(server: &TestServer) -> Principals {
 
 /// A server on the current store (or `store`) with the three principals.
 async fn start(files: &Files, store: StoreUrl) -> TestServer {
+    start_with(files, store, test_config()).await
+}
+
+/// The same, with the rest of `config`.
+async fn start_with(files: &Files, store: StoreUrl, config: Config) -> TestServer {
     let principals = files.write("principals.yaml", &principals_yaml());
     TestServer::start_with(Config {
         auth: AuthSettings {
             principals_file: Some(principals),
-            protect_reflection: false,
+            ..config.auth.clone()
         },
         store,
-        ..test_config()
+        ..config
     })
     .await
 }
@@ -396,11 +401,73 @@ async fn schedules_belong_to_their_tenant_and_fire_its_tasks() {
     assert!(schedules_of(&ops).await.is_empty());
 }
 
+async fn a_tenant_past_its_quota_of_waiting_tasks_is_resource_exhausted() {
+    let files = Files::new();
+    let config = Config {
+        max_concurrent: 1,
+        auth: AuthSettings {
+            tenant_quotas: [("team-a".to_owned(), TenantQuota { max_waiting: 2 })].into(),
+            ..AuthSettings::default()
+        },
+        ..test_config()
+    };
+    let server = start_with(&files, StoreUrl::Memory, config).await;
+    let Principals {
+        mut alice,
+        mut bob,
+        mut ops,
+    } = clients(&server).await;
+    // ops's task takes the only slot, so alice's wait.
+    let holder = create(&mut ops, "holder", "gate").await;
+    crate::support::eventually("the holder to run", || {
+        let mut ops = ops.clone();
+        let id = holder.id.clone();
+        async move {
+            let task = ops.get_task(pb::GetTaskRequest { id }).await.ok()?;
+            (status_of(task.get_ref()) == pb::TaskStatus::Running).then_some(())
+        }
+    })
+    .await;
+    let first = create(&mut alice, "a1", "gate").await;
+    create(&mut alice, "a2", "gate").await;
+
+    let refused = alice
+        .create_task(request("a3", "gate", None))
+        .await
+        .expect_err("past the quota");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("team-a") && refused.message().contains("max_waiting 2"),
+        "the message names the tenant and the limit: {}",
+        refused.message()
+    );
+    let refused = alice
+        .batch_create_tasks(pb::BatchCreateTasksRequest {
+            requests: vec![request("a3", "gate", None)],
+        })
+        .await
+        .expect_err("a batch past the quota");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+
+    // Other tenants have no quota here; the waiting count goes down as
+    // alice's tasks leave the queue.
+    for name in ["b1", "b2", "b3"] {
+        create(&mut bob, name, "gate").await;
+    }
+    alice
+        .cancel_task(pb::CancelTaskRequest { id: first.id })
+        .await
+        .expect("cancelled");
+    create(&mut alice, "a3", "gate").await;
+    server.gate.release(16);
+}
+
 contract_tests!(
     each_tenant_sees_and_touches_only_its_own_tasks,
     a_request_id_is_unique_per_tenant,
     watch_tasks_shows_a_tenant_only_its_own_tasks_and_changes,
     schedules_belong_to_their_tenant_and_fire_its_tasks,
+    a_tenant_past_its_quota_of_waiting_tasks_is_resource_exhausted,
 );
 
 #[tokio::test]
