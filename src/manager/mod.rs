@@ -5,6 +5,7 @@
 //! reply. Nothing here knows about gRPC.
 
 mod actor;
+mod error;
 mod journal;
 mod persist;
 mod scope;
@@ -28,12 +29,13 @@ use crate::{
         postgres::{ChangeFeed, ChangeLogStart, ChangesAfter},
         within,
     },
-    task::{NewTask, PayloadLocation, Task, TaskId, TaskStatus, TraceContext},
+    task::{NewTask, PayloadLocation, Task, TaskId, TraceContext},
 };
 
 use actor::json_bytes as held_json_bytes;
 
 pub use crate::store::{LIST_PAGE_BYTES, ListPage, ListQuery, SchedulePage};
+pub use error::ManagerError;
 pub use journal::DEFAULT_JOURNAL_CAPACITY;
 pub use scope::{Scope, Scoped};
 pub use watch::TaskWatch;
@@ -127,62 +129,6 @@ pub struct ManagerConfig {
 
 /// The default of [`ManagerConfig::max_cut_short_runs`].
 pub const DEFAULT_MAX_CUT_SHORT_RUNS: u32 = 5;
-
-/// Why the manager refused a command.
-#[derive(Debug, thiserror::Error)]
-pub enum ManagerError {
-    #[error("task {0} not found")]
-    NotFound(TaskId),
-    #[error("schedule {0} not found")]
-    ScheduleNotFound(ScheduleId),
-    #[error("task {id} is already {status} and cannot be cancelled")]
-    NotCancellable { id: TaskId, status: TaskStatus },
-    #[error(
-        "task {id} is {status}, not finished; only finished tasks can be deleted (cancel it first)"
-    )]
-    NotFinished { id: TaskId, status: TaskStatus },
-    #[error("request_id {request_id:?} was already used with different parameters")]
-    RequestIdConflict { request_id: String },
-    #[error("the queue is full: {capacity} tasks are waiting")]
-    QueueFull {
-        capacity: usize,
-        retry_after: Duration,
-    },
-    /// Tasks' data and results in memory would go past `max_held_bytes`.
-    #[error(
-        "the memory budget for tasks' data is full: {held} of {budget} bytes are held by \
-         tasks not yet finished"
-    )]
-    MemoryFull {
-        held: u64,
-        budget: u64,
-        retry_after: Duration,
-    },
-    /// A `WatchTasks` position this process cannot resume from: issued by
-    /// another process (or before a restart), or older than what the
-    /// journal keeps.
-    #[error(
-        "the resume_token has expired or was issued by another server process; list the tasks \
-         again, then watch without a resume_token"
-    )]
-    WatchPositionLost,
-    /// A create would take its tenant's waiting tasks past its quota.
-    #[error(
-        "tenant {tenant} has {waiting} tasks waiting, and its quota is max_waiting {max_waiting}; \
-         try again once some have started"
-    )]
-    TenantQuotaFull {
-        tenant: String,
-        waiting: u64,
-        max_waiting: usize,
-        retry_after: Duration,
-    },
-    #[error("the server is shutting down")]
-    ShuttingDown,
-    /// The store failed; nothing was changed (a create was not accepted).
-    #[error("the task store is unavailable, try again: {0}")]
-    Storage(String),
-}
 
 /// Counters that show what the manager holds, for tests and metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
