@@ -590,3 +590,40 @@ async fn postgres_rows_from_before_tenants_belong_to_no_tenant() {
         .expect("the principal without a tenant sees it");
     server.gate.release(16);
 }
+
+/// REST calls the same RPCs in process, through the same layer: a tenant's
+/// GET, list, cancel and delete of another tenant's task are 404 / absent.
+#[tokio::test]
+async fn rest_routes_follow_the_same_tenant_rule() {
+    use bytes::Bytes;
+    use http::Method;
+
+    let files = Files::new();
+    let server = start(&files, StoreUrl::Memory).await;
+    let Principals { mut bob, .. } = clients(&server).await;
+    let bobs = create(&mut bob, "bobs", "gate").await;
+    let http = crate::http::Http::new(server.address);
+    let as_alice = |method: Method, path: String| {
+        http.request(
+            method,
+            &path,
+            &[("authorization", "Bearer alice-token")],
+            Bytes::new(),
+        )
+    };
+    let task_path = format!("/api/v1/tasks/{}", bobs.id);
+    let get = http.send(as_alice(Method::GET, task_path.clone())).await;
+    assert_eq!(get.status, 404, "{get:?}");
+    let cancel = http
+        .send(as_alice(Method::POST, format!("{task_path}/cancel")))
+        .await;
+    assert_eq!(cancel.status, 404, "{cancel:?}");
+    let delete = http.send(as_alice(Method::DELETE, task_path)).await;
+    assert_eq!(delete.status, 404, "{delete:?}");
+    let list = http
+        .send(as_alice(Method::GET, "/api/v1/tasks".to_owned()))
+        .await;
+    assert_eq!(list.status, 200, "{list:?}");
+    assert!(!list.body.contains(&bobs.id), "{}", list.body);
+    server.gate.release(16);
+}
