@@ -62,6 +62,7 @@ impl From<ApiError> for Status {
                 | ManagerError::WatchPositionLost => Status::failed_precondition(message),
                 ManagerError::RequestIdConflict { .. } => Status::already_exists(message),
                 ManagerError::QueueFull { retry_after, .. }
+                | ManagerError::TenantQuotaFull { retry_after, .. }
                 | ManagerError::MemoryFull { retry_after, .. } => Status::with_error_details(
                     Code::ResourceExhausted,
                     format!("{message}; retry in {}ms", retry_after.as_millis()),

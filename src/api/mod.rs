@@ -11,14 +11,15 @@ mod schedules;
 pub mod validate;
 mod watch_tasks;
 
-use std::pin::Pin;
+use std::{pin::Pin, sync::Arc};
 
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    manager::{LIST_PAGE_BYTES, ListPage, ListQuery, ManagerHandle, TaskWatch},
+    auth::Principal,
+    manager::{LIST_PAGE_BYTES, ListPage, ListQuery, ManagerHandle, Scope, TaskWatch},
     pb::{self, task_service_server::TaskService},
     processor::Registry,
     task::TaskId,
@@ -65,12 +66,13 @@ impl TaskService for TaskApi {
         &self,
         request: Request<pb::CreateTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
+        let scope = scope_of(&request);
         let result = async {
             let mut new_task =
                 validate::new_task(request.into_inner(), &self.limits, &self.registry)?;
             // Kept with the task, so its runs join this call's trace.
             new_task.trace_context = telemetry::current_trace_context();
-            let task = self.manager.create_task(new_task).await?;
+            let task = self.manager.scoped(&scope).create_task(new_task).await?;
             record_task_id(&task.id);
             Ok(pb::Task::from(&*task))
         }
@@ -82,6 +84,7 @@ impl TaskService for TaskApi {
         &self,
         request: Request<pb::BatchCreateTasksRequest>,
     ) -> Result<Response<pb::BatchCreateTasksResponse>, Status> {
+        let scope = scope_of(&request);
         let result = async {
             let mut new_tasks =
                 validate::new_tasks(request.into_inner(), &self.limits, &self.registry)?;
@@ -91,7 +94,7 @@ impl TaskService for TaskApi {
                     new_task.trace_context.clone_from(&trace_context);
                 }
             }
-            let tasks = self.manager.create_tasks(new_tasks).await?;
+            let tasks = self.manager.scoped(&scope).create_tasks(new_tasks).await?;
             Ok(pb::BatchCreateTasksResponse {
                 tasks: tasks.iter().map(|task| pb::Task::from(&**task)).collect(),
             })
@@ -107,7 +110,11 @@ impl TaskService for TaskApi {
         let result = async {
             let id = validate::task_id(&request.get_ref().id)?;
             record_task_id(&id);
-            let task = self.manager.get_task(id).await?;
+            let task = self
+                .manager
+                .scoped(&scope_of(&request))
+                .get_task(id)
+                .await?;
             Ok(pb::Task::from(&*task))
         }
         .await;
@@ -118,9 +125,14 @@ impl TaskService for TaskApi {
         &self,
         request: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let scope = scope_of(&request);
         let result = async {
             let query = validate::list_query(request.into_inner())?;
-            let page = self.manager.list_tasks(query.clone()).await?;
+            let page = self
+                .manager
+                .scoped(&scope)
+                .list_tasks(query.clone())
+                .await?;
             Ok(bounded_page(&page, &query))
         }
         .await;
@@ -134,7 +146,11 @@ impl TaskService for TaskApi {
         let result = async {
             let id = validate::task_id(&request.get_ref().id)?;
             record_task_id(&id);
-            let task = self.manager.cancel_task(id).await?;
+            let task = self
+                .manager
+                .scoped(&scope_of(&request))
+                .cancel_task(id)
+                .await?;
             Ok(pb::Task::from(&*task))
         }
         .await;
@@ -148,7 +164,10 @@ impl TaskService for TaskApi {
         let result = async {
             let id = validate::task_id(&request.get_ref().id)?;
             record_task_id(&id);
-            self.manager.delete_task(id).await?;
+            self.manager
+                .scoped(&scope_of(&request))
+                .delete_task(id)
+                .await?;
             Ok(())
         }
         .await;
@@ -159,21 +178,31 @@ impl TaskService for TaskApi {
         &self,
         request: Request<pb::CreateScheduleRequest>,
     ) -> Result<Response<pb::Schedule>, Status> {
-        respond(self.create_schedule_call(request.into_inner()).await)
+        let scope = scope_of(&request);
+        respond(
+            self.create_schedule_call(&scope, request.into_inner())
+                .await,
+        )
     }
 
     async fn get_schedule(
         &self,
         request: Request<pb::GetScheduleRequest>,
     ) -> Result<Response<pb::Schedule>, Status> {
-        respond(self.get_schedule_call(&request.get_ref().id).await)
+        respond(
+            self.get_schedule_call(&scope_of(&request), &request.get_ref().id)
+                .await,
+        )
     }
 
     async fn list_schedules(
         &self,
         request: Request<pb::ListSchedulesRequest>,
     ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
-        respond(self.list_schedules_call(request.get_ref()).await)
+        respond(
+            self.list_schedules_call(&scope_of(&request), request.get_ref())
+                .await,
+        )
     }
 
     async fn pause_schedule(
@@ -181,7 +210,7 @@ impl TaskService for TaskApi {
         request: Request<pb::PauseScheduleRequest>,
     ) -> Result<Response<pb::Schedule>, Status> {
         respond(
-            self.set_schedule_paused_call(&request.get_ref().id, true)
+            self.set_schedule_paused_call(&scope_of(&request), &request.get_ref().id, true)
                 .await,
         )
     }
@@ -191,7 +220,7 @@ impl TaskService for TaskApi {
         request: Request<pb::ResumeScheduleRequest>,
     ) -> Result<Response<pb::Schedule>, Status> {
         respond(
-            self.set_schedule_paused_call(&request.get_ref().id, false)
+            self.set_schedule_paused_call(&scope_of(&request), &request.get_ref().id, false)
                 .await,
         )
     }
@@ -200,7 +229,10 @@ impl TaskService for TaskApi {
         &self,
         request: Request<pb::DeleteScheduleRequest>,
     ) -> Result<Response<()>, Status> {
-        respond(self.delete_schedule_call(&request.get_ref().id).await)
+        respond(
+            self.delete_schedule_call(&scope_of(&request), &request.get_ref().id)
+                .await,
+        )
     }
 
     type WatchTaskStream = WatchTaskStream;
@@ -212,7 +244,11 @@ impl TaskService for TaskApi {
         let result = async {
             let id = validate::task_id(&request.get_ref().id)?;
             record_task_id(&id);
-            let watch = self.manager.watch_task(id).await?;
+            let watch = self
+                .manager
+                .scoped(&scope_of(&request))
+                .watch_task(id)
+                .await?;
             Ok(watch_stream(watch, self.shutdown.clone()))
         }
         .await;
@@ -225,9 +261,14 @@ impl TaskService for TaskApi {
         &self,
         request: Request<pb::WatchTasksRequest>,
     ) -> Result<Response<Self::WatchTasksStream>, Status> {
+        let scope = scope_of(&request);
         let result = async {
             let (filter, start) = validate::watch_tasks_request(request.into_inner())?;
-            let watch = self.manager.watch_tasks(filter.clone(), start).await?;
+            let watch = self
+                .manager
+                .scoped(&scope)
+                .watch_tasks(filter.clone(), start)
+                .await?;
             Ok(watch_tasks::watch_tasks_stream(
                 watch,
                 filter,
@@ -284,6 +325,16 @@ fn bounded_page(page: &ListPage, query: &ListQuery) -> pb::ListTasksResponse {
             .map(|after| page_token::encode(after, query))
             .unwrap_or_default(),
     }
+}
+
+/// The caller's view of the tasks: its principal's tenant, which
+/// `auth::AuthLayer` put into the request's extensions. Without one
+/// (authentication off) the caller sees every task, as before tenants.
+fn scope_of<T>(request: &Request<T>) -> Scope {
+    request
+        .extensions()
+        .get::<Arc<Principal>>()
+        .map_or(Scope::All, |principal| Scope::of_tenant(&principal.tenant))
 }
 
 /// Names the task in the call's span (see `server::rpc_layer::RpcLayer`).

@@ -123,6 +123,7 @@ mod tests {
 
     fn filter(statuses: Vec<TaskStatus>, kinds: &[&str]) -> TaskFilter {
         TaskFilter {
+            tenant: Default::default(),
             statuses,
             labels: [("team".to_string(), "a".to_string())].into(),
             kinds: kinds.iter().map(|kind| kind.to_string()).collect(),

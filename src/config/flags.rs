@@ -172,6 +172,11 @@ pub struct Flags {
     /// false [env: TASK_PROCESSOR_AUTH_PROTECT_REFLECTION] [default: false]
     #[arg(long, value_name = "BOOL")]
     pub auth_protect_reflection: Option<String>,
+
+    /// Per-tenant quotas of waiting tasks, YAML: '{team-a: {max_waiting:
+    /// 100}}' [env: TASK_PROCESSOR_AUTH_TENANT_QUOTAS] [default: {}]
+    #[arg(long, value_name = "YAML")]
+    pub auth_tenant_quotas: Option<String>,
 }
 
 impl Flags {
@@ -227,6 +232,11 @@ impl Flags {
                 "auth.protect_reflection",
                 &self.auth_protect_reflection,
                 "--auth-protect-reflection",
+            ),
+            (
+                "auth.tenant_quotas",
+                &self.auth_tenant_quotas,
+                "--auth-tenant-quotas",
             ),
         ];
         let mut values: Vec<_> = flags

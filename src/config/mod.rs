@@ -23,7 +23,7 @@ use crate::{api::Limits, manager::ManagerConfig, store::StoreUrl};
 
 pub use flags::Flags;
 pub use kinds::{KindSettings, Kinds, PolicySettings};
-pub use security::{AuthSettings, TlsSettings};
+pub use security::{AuthSettings, TenantQuota, TlsSettings};
 
 /// How long a client should wait before retrying when the queue is full.
 const QUEUE_FULL_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -143,6 +143,11 @@ pub const SETTINGS: &[Setting] = &[
         "auth.protect_reflection",
         "TASK_PROCESSOR_AUTH_PROTECT_REFLECTION",
         "--auth-protect-reflection",
+    ),
+    setting(
+        "auth.tenant_quotas",
+        "TASK_PROCESSOR_AUTH_TENANT_QUOTAS",
+        "--auth-tenant-quotas",
     ),
 ];
 
@@ -476,13 +481,15 @@ impl Config {
     }
 
     fn resolve_security(layers: &Layers) -> Result<(TlsSettings, AuthSettings), ConfigError> {
-        use security::{path, switch};
+        use security::{path, switch, tenant_quotas};
         let (cert_file, cert_source) = layers.resolve("tls.cert_file", path, None)?;
         let (key_file, key_source) = layers.resolve("tls.key_file", path, None)?;
         let (client_ca_file, client_ca_source) =
             layers.resolve("tls.client_ca_file", path, None)?;
         let (principals_file, _) = layers.resolve("auth.principals_file", path, None)?;
         let (protect_reflection, _) = layers.resolve("auth.protect_reflection", switch, false)?;
+        let (tenant_quotas, _) =
+            layers.resolve("auth.tenant_quotas", tenant_quotas, Default::default())?;
         // Half a TLS setting would serve plaintext while the operator
         // believes otherwise.
         match (&cert_file, &key_file) {
@@ -518,6 +525,7 @@ impl Config {
             AuthSettings {
                 principals_file,
                 protect_reflection,
+                tenant_quotas,
             },
         ))
     }
@@ -544,6 +552,12 @@ impl Config {
                 .filter_map(|(kind, settings)| Some((kind.clone(), settings.max_concurrent?)))
                 .collect(),
             watch_journal_capacity: self.watch_journal_capacity,
+            tenant_max_waiting: self
+                .auth
+                .tenant_quotas
+                .iter()
+                .map(|(tenant, quota)| (tenant.clone(), quota.max_waiting))
+                .collect(),
             // The server adds telemetry's: configuration knows no tracing.
             join_stored_trace: None,
         }
@@ -607,7 +621,11 @@ fn read_file(path: &Path) -> Result<Vec<(&'static str, String)>, ConfigError> {
         let text = match value {
             yaml_serde::Value::Null => continue,
             // The one setting whose value is a mapping.
-            yaml_serde::Value::Mapping(_) if setting.key == "kinds" => kinds::to_text(&value),
+            yaml_serde::Value::Mapping(_)
+                if setting.key == "kinds" || setting.key == "auth.tenant_quotas" =>
+            {
+                kinds::to_text(&value)
+            }
             // The one whose value may be a list: as JSON, which
             // `parse::origins` reads back as a list.
             yaml_serde::Value::Sequence(_) if setting.key == "cors_origins" => {

@@ -171,6 +171,10 @@ fn every_setting_is_read_from_its_environment_variable() {
         ("TASK_PROCESSOR_TLS_CLIENT_CA", "/tls/ca.crt"),
         ("TASK_PROCESSOR_AUTH_PRINCIPALS", "/auth/principals.yaml"),
         ("TASK_PROCESSOR_AUTH_PROTECT_REFLECTION", "true"),
+        (
+            "TASK_PROCESSOR_AUTH_TENANT_QUOTAS",
+            "{team-a: {max_waiting: 16}}",
+        ),
     ];
     let config = load(&[], &env).expect("valid");
     assert_eq!(
@@ -186,6 +190,7 @@ fn every_setting_is_read_from_its_environment_variable() {
         AuthSettings {
             principals_file: Some("/auth/principals.yaml".into()),
             protect_reflection: true,
+            tenant_quotas: [("team-a".to_owned(), TenantQuota { max_waiting: 16 })].into(),
         }
     );
     assert_eq!(config.listen, "127.0.0.1:6000");
@@ -542,6 +547,20 @@ fn security_settings_nest_in_the_file_and_come_whole() {
         load(&["--config", path], &[]).expect("valid").tls.key_file,
         Some("a.key".into())
     );
+    // Tenant quotas: a mapping in the file, the same YAML in the
+    // environment; a field other than max_waiting is refused.
+    let quotas = yaml_file("auth:\n  tenant_quotas:\n    team-a:\n      max_waiting: 7\n");
+    let path = quotas.path().to_str().expect("utf-8 path");
+    let config = load(&["--config", path], &[]).expect("valid");
+    assert_eq!(config.auth.tenant_quotas["team-a"].max_waiting, 7);
+    assert_eq!(config.manager_config().tenant_max_waiting["team-a"], 7);
+    let env = [(
+        "TASK_PROCESSOR_AUTH_TENANT_QUOTAS",
+        "{team-b: {max_waiting: 3}}",
+    )];
+    let config = load(&[], &env).expect("valid");
+    assert_eq!(config.auth.tenant_quotas["team-b"].max_waiting, 3);
+    assert!(load(&["--auth-tenant-quotas", "{team-a: {max: 3}}"], &[]).is_err());
     // Off by default.
     let defaults = load(&[], &[]).expect("valid");
     assert_eq!(defaults.tls, TlsSettings::default());

@@ -323,6 +323,7 @@ mod tests {
 
     fn task() -> Arc<Task> {
         let new_task = NewTask {
+            tenant: Default::default(),
             name: "t".into(),
             description: String::new(),
             kind: "echo".into(),

@@ -5,8 +5,10 @@
 //! reply. Nothing here knows about gRPC.
 
 mod actor;
+mod error;
 mod journal;
 mod persist;
+mod scope;
 mod watch;
 mod watch_tasks;
 
@@ -27,14 +29,16 @@ use crate::{
         postgres::{ChangeFeed, ChangeLogStart, ChangesAfter, Watching},
         within,
     },
-    task::{NewTask, PayloadLocation, Task, TaskId, TaskStatus, TraceContext},
+    task::{NewTask, PayloadLocation, Task, TaskId, TraceContext},
 };
 
 use actor::json_bytes as held_json_bytes;
 
 pub use crate::store::{LIST_PAGE_BYTES, ListPage, ListQuery, SchedulePage};
+pub use error::ManagerError;
 pub use journal::DEFAULT_JOURNAL_CAPACITY;
 use journal::LOG_KEPT_ON;
+pub use scope::{Scope, Scoped};
 pub use watch::TaskWatch;
 pub use watch_tasks::{
     BOOKMARK_AFTER, TaskFilter, TasksEvent, TasksWatch, TasksWatchEnd, WatchPosition, WatchStart,
@@ -116,6 +120,9 @@ pub struct ManagerConfig {
     /// `WatchTasks`: at most this many changes are kept for streams to
     /// resume from (besides being kept no longer than ten minutes).
     pub watch_journal_capacity: usize,
+    /// Per tenant, at most this many of its tasks wait (pending or
+    /// retrying) at once; a create past it is `TenantQuotaFull`.
+    pub tenant_max_waiting: HashMap<String, usize>,
     /// Joins each run's span to the trace of its task's create; `None`
     /// leaves every run the root of a trace of its own.
     pub join_stored_trace: Option<JoinStoredTrace>,
@@ -123,51 +130,6 @@ pub struct ManagerConfig {
 
 /// The default of [`ManagerConfig::max_cut_short_runs`].
 pub const DEFAULT_MAX_CUT_SHORT_RUNS: u32 = 5;
-
-/// Why the manager refused a command.
-#[derive(Debug, thiserror::Error)]
-pub enum ManagerError {
-    #[error("task {0} not found")]
-    NotFound(TaskId),
-    #[error("schedule {0} not found")]
-    ScheduleNotFound(ScheduleId),
-    #[error("task {id} is already {status} and cannot be cancelled")]
-    NotCancellable { id: TaskId, status: TaskStatus },
-    #[error(
-        "task {id} is {status}, not finished; only finished tasks can be deleted (cancel it first)"
-    )]
-    NotFinished { id: TaskId, status: TaskStatus },
-    #[error("request_id {request_id:?} was already used with different parameters")]
-    RequestIdConflict { request_id: String },
-    #[error("the queue is full: {capacity} tasks are waiting")]
-    QueueFull {
-        capacity: usize,
-        retry_after: Duration,
-    },
-    /// Tasks' data and results in memory would go past `max_held_bytes`.
-    #[error(
-        "the memory budget for tasks' data is full: {held} of {budget} bytes are held by \
-         tasks not yet finished"
-    )]
-    MemoryFull {
-        held: u64,
-        budget: u64,
-        retry_after: Duration,
-    },
-    /// A `WatchTasks` position this process cannot resume from: issued by
-    /// another process (or before a restart), or older than what the
-    /// journal keeps.
-    #[error(
-        "the resume_token has expired or was issued by another server process; list the tasks \
-         again, then watch without a resume_token"
-    )]
-    WatchPositionLost,
-    #[error("the server is shutting down")]
-    ShuttingDown,
-    /// The store failed; nothing was changed (a create was not accepted).
-    #[error("the task store is unavailable, try again: {0}")]
-    Storage(String),
-}
 
 /// Counters that show what the manager holds, for tests and metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -301,6 +263,11 @@ enum Command {
     Stats {
         respond_to: Reply<ManagerStats>,
     },
+    /// How many of a tenant's tasks wait (local shape), for its quota.
+    TenantWaiting {
+        tenant: String,
+        respond_to: Reply<u64>,
+    },
     Schedule(ScheduleCommand),
     Flush {
         respond_to: Reply<()>,
@@ -334,6 +301,8 @@ enum ScheduleCommand {
     List {
         after: Option<ScheduleId>,
         limit: usize,
+        /// Only this tenant's schedules; `None`: every tenant's.
+        tenant: Option<String>,
         respond_to: Reply<SchedulePage>,
     },
     /// Pause (`paused`) or resume.
@@ -363,6 +332,10 @@ pub struct ManagerHandle {
     payload_store: Option<Weak<SqliteStore>>,
     /// What the persister last found of the store.
     store_health: tokio::sync::watch::Receiver<StoreHealth>,
+    /// `ManagerConfig::tenant_max_waiting`, checked by `Scoped` creates.
+    tenant_max_waiting: Arc<HashMap<String, usize>>,
+    /// How long a client refused by its tenant's quota should wait.
+    quota_retry_after: Duration,
 }
 
 impl ManagerHandle {
@@ -417,6 +390,8 @@ impl ManagerHandle {
         opened: Opened,
     ) -> Self {
         let (commands, command_receiver) = mpsc::channel(COMMAND_BUFFER);
+        let tenant_max_waiting = Arc::new(config.tenant_max_waiting.clone());
+        let quota_retry_after = config.queue_full_retry_after;
         let Opened {
             commits,
             payload_store,
@@ -452,6 +427,8 @@ impl ManagerHandle {
             shared_store,
             payload_store,
             store_health,
+            tenant_max_waiting,
+            quota_retry_after,
         }
     }
 
@@ -612,16 +589,19 @@ impl ManagerHandle {
             .await
     }
 
-    /// Up to `limit` schedules in creation order, after `after`.
+    /// Up to `limit` schedules in creation order, after `after`, of
+    /// `tenant` when it names one.
     pub async fn list_schedules(
         &self,
         after: Option<ScheduleId>,
         limit: usize,
+        tenant: Option<String>,
     ) -> Result<SchedulePage, ManagerError> {
         self.call(|respond_to| {
             Command::Schedule(ScheduleCommand::List {
                 after,
                 limit,
+                tenant,
                 respond_to,
             })
         })

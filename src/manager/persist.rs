@@ -510,6 +510,7 @@ mod tests {
 
     fn task() -> Arc<Task> {
         let new_task = NewTask {
+            tenant: Default::default(),
             name: "t".into(),
             description: String::new(),
             kind: "echo".into(),

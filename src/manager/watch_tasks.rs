@@ -31,7 +31,7 @@ use super::{
     journal::{Before, Change, Subscription},
 };
 use crate::{
-    store::status_and_labels_match,
+    store::{status_and_labels_match, tenant_matches},
     task::{PayloadLocation, Task, TaskId, TaskStatus},
 };
 
@@ -57,6 +57,9 @@ pub struct TaskFilter {
     pub labels: BTreeMap<String, String>,
     /// Any of these kinds; empty means any.
     pub kinds: Vec<String>,
+    /// Only this tenant's tasks; `None`: every tenant's. Set by the
+    /// manager from the caller's scope, never from the request.
+    pub tenant: Option<String>,
 }
 
 impl TaskFilter {
@@ -65,11 +68,12 @@ impl TaskFilter {
         self.matches_in(task, task.status)
     }
 
-    /// Whether the task would match in `status` (labels and kind never
-    /// change).
+    /// Whether the task would match in `status` (labels, kind and tenant
+    /// never change).
     fn matches_in(&self, task: &Task, status: TaskStatus) -> bool {
         status_and_labels_match(&self.statuses, &self.labels, status, &task.labels)
             && (self.kinds.is_empty() || self.kinds.contains(&task.kind))
+            && tenant_matches(self.tenant.as_deref(), &task.tenant)
     }
 
     /// Whether a stream with this filter sends `change`: the task matches
@@ -275,6 +279,7 @@ impl TasksWatch {
                         labels: self.filter.labels.clone(),
                         after,
                         limit: STORE_PAGE,
+                        tenant: self.filter.tenant.clone(),
                     })
                     .await
                     .map_err(|_| TasksWatchEnd::StoreFailed)?;

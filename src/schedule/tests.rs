@@ -40,6 +40,7 @@ fn firings(
 
 fn template() -> NewTask {
     NewTask {
+        tenant: Default::default(),
         name: "nightly report".into(),
         description: String::new(),
         kind: "echo".into(),

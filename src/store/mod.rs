@@ -178,6 +178,16 @@ pub struct ListQuery {
     pub after: Option<TaskId>,
     /// At most this many tasks.
     pub limit: usize,
+    /// Only the tasks of this tenant; `None` for every tenant's (a caller
+    /// bound to no tenant). Set by the manager from the caller's scope.
+    pub tenant: Option<String>,
+}
+
+/// The tenant part of a list's or a watch's filter: `None` passes every
+/// task, `Some(tenant)` only that tenant's (`Some("")`: the tasks created
+/// without one).
+pub fn tenant_matches(wanted: Option<&str>, tenant: &str) -> bool {
+    wanted.is_none_or(|wanted| wanted == tenant)
 }
 
 /// The filter of `ListTasks` (and `WatchTasks`): a task in `status` with

@@ -22,7 +22,7 @@ macro_rules! task_columns {
          progress_percent, progress_message, attempt, node, revision, request_id, created_at, \
          started_at, completed_at, priority, run_after, queue_timeout_seconds, max_attempts, \
          initial_backoff_us, max_backoff_us, backoff_multiplier, retry_at, failed_runs, \
-         cut_short_runs, traceparent, tracestate"
+         cut_short_runs, traceparent, tracestate, tenant"
     };
 }
 pub(super) use task_columns;
@@ -35,7 +35,8 @@ macro_rules! task_columns_without_data {
          timeout_seconds, labels, progress_percent, progress_message, attempt, node, revision, \
          request_id, created_at, started_at, completed_at, priority, run_after, \
          queue_timeout_seconds, max_attempts, initial_backoff_us, max_backoff_us, \
-         backoff_multiplier, retry_at, failed_runs, cut_short_runs, traceparent, tracestate"
+         backoff_multiplier, retry_at, failed_runs, cut_short_runs, traceparent, tracestate, \
+         tenant"
     };
 }
 pub(super) use task_columns_without_data;
@@ -74,6 +75,8 @@ pub(super) struct TaskRow {
     /// The create's trace context (empty: none); written once, at insert.
     pub traceparent: String,
     pub tracestate: String,
+    /// Who may see the task ('' for none); written once, at insert.
+    pub tenant: String,
 }
 
 impl TaskRow {
@@ -117,6 +120,7 @@ impl TaskRow {
             cut_short_runs: i64::from(task.cut_short_runs),
             traceparent: task.trace_context.traceparent.clone(),
             tracestate: task.trace_context.tracestate.clone(),
+            tenant: task.tenant.clone(),
         }
     }
 
@@ -193,6 +197,7 @@ impl TaskRow {
                 traceparent: self.traceparent,
                 tracestate: self.tracestate,
             },
+            tenant: self.tenant,
         })
     }
 }
@@ -248,6 +253,7 @@ mod tests {
     #[test]
     fn a_task_survives_the_row_round_trip_exactly() {
         let new_task = NewTask {
+            tenant: Default::default(),
             name: "report".into(),
             description: "with \u{0} inside".into(),
             kind: "echo".into(),
@@ -317,6 +323,7 @@ mod tests {
         let mut task = Task::new(
             TaskId::generate(),
             NewTask {
+                tenant: Default::default(),
                 name: "floats".into(),
                 description: String::new(),
                 kind: "echo".into(),

@@ -27,7 +27,7 @@ use crate::{
 macro_rules! schedule_columns {
     () => {
         "id, cron, time_zone, template, paused, overlap, next_fire_at, last_fire_at, \
-         last_task_id, created_at, revision"
+         last_task_id, created_at, revision, tenant"
     };
 }
 pub(super) use schedule_columns;
@@ -47,6 +47,9 @@ pub(super) struct ScheduleRow {
     pub last_task_id: Option<Uuid>,
     pub created_at: i64,
     pub revision: i64,
+    /// The schedule's tenant ('' for none): a column, not in the template,
+    /// so lists filter by it in the query. Its firings' tasks get it.
+    pub tenant: String,
 }
 
 /// The task a firing creates, as the `template` column holds it. Times and
@@ -107,6 +110,7 @@ impl ScheduleRow {
             last_task_id: schedule.last_task_id.map(|id| *id.as_uuid()),
             created_at: micros(schedule.created_at),
             revision: i64::try_from(schedule.revision).unwrap_or(i64::MAX),
+            tenant: schedule.template.tenant.clone(),
         }
     }
 
@@ -161,6 +165,7 @@ impl ScheduleRow {
                 request_id: template.request_id.map(Cow::into_owned),
                 scheduling,
                 trace_context: Default::default(),
+                tenant: self.tenant,
             },
             paused: self.paused,
             overlap,
@@ -219,6 +224,7 @@ pub(super) mod tests {
     pub(crate) fn full_schedule() -> Schedule {
         let created_at = UNIX_EPOCH + Duration::from_micros(1_750_000_000_123_456);
         let template = NewTask {
+            tenant: Default::default(),
             name: "nightly \u{0} report".into(),
             description: "with \u{0} inside".into(),
             kind: "echo".into(),

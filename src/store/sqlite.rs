@@ -118,8 +118,8 @@ impl SqliteStore {
              error, timeout_seconds, labels, progress_percent, progress_message, attempt, node, \
              revision, request_id, created_at, started_at, completed_at, priority, run_after, \
              queue_timeout_seconds, max_attempts, initial_backoff_us, max_backoff_us, \
-             backoff_multiplier, retry_at, failed_runs, cut_short_runs, traceparent, tracestate \
-             FROM tasks ORDER BY id",
+             backoff_multiplier, retry_at, failed_runs, cut_short_runs, traceparent, tracestate, \
+             tenant FROM tasks ORDER BY id",
         )
         .fetch_all(&mut *connection)
         .await?;
@@ -421,7 +421,8 @@ fn insert_rows(rows: &[TaskRow]) -> QueryBuilder<'_, Sqlite> {
             .push_bind(row.failed_runs)
             .push_bind(row.cut_short_runs)
             .push_bind(&row.traceparent)
-            .push_bind(&row.tracestate);
+            .push_bind(&row.tracestate)
+            .push_bind(&row.tenant);
     });
     builder
 }
@@ -505,6 +506,7 @@ mod tests {
 
     pub(super) fn new_task(name: &str, request_id: Option<&str>) -> Task {
         let new_task = NewTask {
+            tenant: Default::default(),
             name: name.into(),
             description: String::new(),
             kind: "echo".into(),

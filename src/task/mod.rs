@@ -136,6 +136,21 @@ pub struct Progress {
     pub message: String,
 }
 
+/// A `request_id` as it is unique: `(tenant, request_id)`. Two tenants may
+/// use the same `request_id` for tasks of their own.
+pub type RequestKey = (String, String);
+
+fn request_key(tenant: &str, request_id: Option<&str>) -> Option<RequestKey> {
+    request_id.map(|request_id| (tenant.to_owned(), request_id.to_owned()))
+}
+
+impl NewTask {
+    /// Its `request_id` as it is unique: within its tenant.
+    pub fn request_key(&self) -> Option<RequestKey> {
+        request_key(&self.tenant, self.request_id.as_deref())
+    }
+}
+
 /// A validated request for a new task: every field already obeys the
 /// contract's input limits, the kind is resolved and the timeout effective.
 #[derive(Clone, Debug, PartialEq)]
@@ -154,6 +169,10 @@ pub struct NewTask {
     pub scheduling: Scheduling,
     /// The trace the create was part of; empty when it was not traced.
     pub trace_context: TraceContext,
+    /// The tenant of the principal that created it (or of the schedule that
+    /// fired it); empty for none. Set by the manager from the caller's
+    /// scope, never by a client.
+    pub tenant: String,
 }
 
 /// The W3C trace context a task was created in: the `traceparent` of the
@@ -272,6 +291,10 @@ pub struct Task {
     pub payload: PayloadLocation,
     /// The trace of the create, which every run joins.
     pub trace_context: TraceContext,
+    /// Who may see it: a principal bound to a tenant sees only its tenant's
+    /// tasks; empty for a task created without one (which only principals
+    /// without a tenant see). Never changes.
+    pub tenant: String,
 }
 
 impl Task {
@@ -302,6 +325,7 @@ impl Task {
             cut_short_runs: 0,
             payload: PayloadLocation::InTask,
             trace_context: new_task.trace_context,
+            tenant: new_task.tenant,
         }
     }
 
@@ -323,6 +347,11 @@ impl Task {
     pub fn queue_deadline(&self) -> Option<SystemTime> {
         let seconds = self.scheduling.queue_timeout_seconds;
         (seconds > 0).then(|| self.ready_at() + Duration::from_secs(u64::from(seconds)))
+    }
+
+    /// Its `request_id` as it is unique: within its tenant.
+    pub fn request_key(&self) -> Option<RequestKey> {
+        request_key(&self.tenant, self.request_id.as_deref())
     }
 
     /// Whether a create request with `new_task` asks for this very task, so

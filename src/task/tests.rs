@@ -4,6 +4,7 @@ use super::*;
 
 fn pending_task() -> Task {
     let new_task = NewTask {
+        tenant: Default::default(),
         name: "report".into(),
         description: String::new(),
         kind: "echo".into(),
@@ -228,6 +229,7 @@ fn ids_sort_in_creation_order() {
 fn idempotency_compares_every_parameter() {
     let task = pending_task();
     let mut same = NewTask {
+        tenant: Default::default(),
         name: task.name.clone(),
         description: task.description.clone(),
         kind: task.kind.clone(),

@@ -55,7 +55,7 @@ pub(crate) async fn next_task(stream: &mut Stream) -> (pb::Task, String) {
 }
 
 /// The initial list, up to and including the `initial_done` message.
-async fn initial_list(stream: &mut Stream) -> (Vec<pb::Task>, String) {
+pub(crate) async fn initial_list(stream: &mut Stream) -> (Vec<pb::Task>, String) {
     let mut tasks = Vec::new();
     loop {
         let message = next_message(stream).await;

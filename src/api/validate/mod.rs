@@ -174,6 +174,8 @@ pub fn new_task(
         // The caller's trace is the edge's to add: validation sees only
         // the request.
         trace_context: TraceContext::default(),
+        // The manager sets the caller's tenant; a client never names one.
+        tenant: String::new(),
     })
 }
 
@@ -271,6 +273,8 @@ pub fn list_query(request: pb::ListTasksRequest) -> Result<ListQuery, ApiError> 
         labels,
         after: None,
         limit,
+        // The manager narrows it to the caller's tenant.
+        tenant: None,
     };
     if !request.page_token.is_empty() {
         let after = page_token::decode(&request.page_token, &query)
@@ -314,6 +318,8 @@ pub fn watch_tasks_request(
         statuses,
         labels,
         kinds: request.kinds,
+        // The manager narrows it to the caller's tenant.
+        tenant: None,
     };
     let start = if !request.resume_token.is_empty() {
         let position = resume_token::decode(&request.resume_token, &filter)

@@ -179,6 +179,7 @@ pub fn echo_task(name: &str) -> NewTask {
         request_id: None,
         scheduling: Default::default(),
         trace_context: Default::default(),
+        tenant: String::new(),
     }
 }
 

@@ -860,6 +860,10 @@ impl Shape for Cluster {
         stats.retrying = manager.shape.retrying;
     }
 
+    fn tenant_waiting(_manager: &Manager<Self>, _tenant: &str) -> u64 {
+        0 // never asked: `ManagerHandle::tenant_waiting` counts in the table
+    }
+
     async fn next_event(&mut self) -> Option<ClusterEvent> {
         let due = self.next_due.map(instant_of);
         let schedules_due = self.schedules.wake_at().map(instant_of);

@@ -86,11 +86,15 @@ impl Manager<Cluster> {
             ScheduleCommand::List {
                 after,
                 limit,
+                tenant,
                 respond_to,
             } => {
                 self.shape.calls.spawn(async move {
-                    let page: Result<SchedulePage, StoreError> =
-                        within(STORE_CALL_TIMEOUT, store.list_schedules(after, limit)).await;
+                    let page: Result<SchedulePage, StoreError> = within(
+                        STORE_CALL_TIMEOUT,
+                        store.list_schedules(after, limit, tenant.as_deref()),
+                    )
+                    .await;
                     let _ = respond_to.send(page.map_err(|error| storage_error(&error)));
                     ClusterEvent::Schedules(ScheduleEvent::Read)
                 });

@@ -19,6 +19,7 @@ use super::{
     held::Held,
     local_schedules::LocalSchedules,
     now,
+    tenant_waiting::WaitingByTenant,
     wait_queue::{WaitEnded, WaitQueue},
 };
 use crate::{
@@ -31,12 +32,13 @@ use crate::{
     },
     schedule::{Schedule, ScheduleId},
     store::BatchOutcome,
-    task::{NewTask, Task, TaskEvent, TaskId, TaskStatus},
+    task::{NewTask, RequestKey, Task, TaskEvent, TaskId, TaskStatus},
 };
 
 #[derive(Debug)]
 pub(in crate::manager) struct Local {
-    pub(super) request_ids: HashMap<String, TaskId>,
+    /// The task that holds each `request_id`, within its tenant.
+    pub(super) request_ids: HashMap<RequestKey, TaskId>,
     /// Waiting tasks (pending or retrying, once durable): ready ones by
     /// priority then FIFO, and delayed ones on a timer.
     pub(super) waiting: WaitQueue,
@@ -55,6 +57,8 @@ pub(in crate::manager) struct Local {
     pub(super) uncommitted: HashSet<TaskId>,
     /// Every schedule, and the timer of the next firing.
     pub(super) schedules: LocalSchedules,
+    /// Waiting tasks per tenant, for the tenants' quotas.
+    pub(super) waiting_by_tenant: WaitingByTenant,
 }
 
 /// What the local shape's own timers report to the loop.
@@ -79,6 +83,7 @@ impl Local {
             held: Held::new(max_held_bytes),
             uncommitted: HashSet::new(),
             schedules: LocalSchedules::new(schedules),
+            waiting_by_tenant: WaitingByTenant::default(),
         }
     }
 }
@@ -98,19 +103,17 @@ impl Shape for Local {
             let _ = respond_to.send(Err(refused));
             return;
         }
-        if let Some(request_id) = &new_task.request_id
+        if let Some(key) = new_task.request_key()
             && let Some(existing) = manager
                 .shape
                 .request_ids
-                .get(request_id)
+                .get(&key)
                 .and_then(|id| manager.tasks.get(id))
         {
             let answer = if existing.was_created_from(&new_task) {
                 Ok(Arc::clone(existing))
             } else {
-                Err(ManagerError::RequestIdConflict {
-                    request_id: request_id.clone(),
-                })
+                Err(ManagerError::RequestIdConflict { request_id: key.1 })
             };
             let id = existing.id;
             if answer.is_ok() && manager.shape.uncommitted.contains(&id) {
@@ -181,6 +184,10 @@ impl Shape for Local {
         if before == TaskStatus::Pending && task.status != TaskStatus::Pending {
             manager.shape.pending -= 1;
         }
+        manager
+            .shape
+            .waiting_by_tenant
+            .changed(&task.tenant, Some(before), Some(task.status));
         if before == TaskStatus::Retrying && task.status != TaskStatus::Retrying {
             manager.shape.retrying -= 1;
         } else if before != TaskStatus::Retrying && task.status == TaskStatus::Retrying {
@@ -249,10 +256,13 @@ impl Shape for Local {
         if task.status == TaskStatus::Pending {
             shape.pending -= 1;
         }
-        if let Some(request_id) = &task.request_id
-            && shape.request_ids.get(request_id) == Some(&id)
+        shape
+            .waiting_by_tenant
+            .changed(&task.tenant, Some(task.status), None);
+        if let Some(key) = task.request_key()
+            && shape.request_ids.get(&key) == Some(&id)
         {
-            shape.request_ids.remove(request_id);
+            shape.request_ids.remove(&key);
         }
         manager.watchers.remove(&id);
         // Streams saw it created: they learn it is gone.
@@ -261,6 +271,10 @@ impl Shape for Local {
 
     fn pending_count(manager: &Manager<Self>) -> usize {
         manager.shape.pending
+    }
+
+    fn tenant_waiting(manager: &Manager<Self>, tenant: &str) -> u64 {
+        manager.shape.waiting_by_tenant.of(tenant)
     }
 
     fn shape_stats(manager: &Manager<Self>, stats: &mut ManagerStats) {
@@ -356,10 +370,13 @@ impl Manager<Local> {
         let task = Arc::new(Task::new(id, new_task, now()));
         let shape = &mut self.shape;
         shape.held.add(id, data_bytes);
-        if let Some(request_id) = &task.request_id {
-            shape.request_ids.insert(request_id.clone(), id);
+        if let Some(key) = task.request_key() {
+            shape.request_ids.insert(key, id);
         }
         shape.pending += 1;
+        shape
+            .waiting_by_tenant
+            .changed(&task.tenant, None, Some(task.status));
         if self.persister.is_durable() {
             // Queued once durable (see `committed`).
             shape.uncommitted.insert(id);
@@ -515,10 +532,10 @@ impl Manager<Local> {
         if let Some(task) = self.tasks.remove(&id) {
             self.shape.held.release(id);
             self.persister.delete(id);
-            if let Some(request_id) = &task.request_id
-                && self.shape.request_ids.get(request_id) == Some(&id)
+            if let Some(key) = task.request_key()
+                && self.shape.request_ids.get(&key) == Some(&id)
             {
-                self.shape.request_ids.remove(request_id);
+                self.shape.request_ids.remove(&key);
             }
             debug!(task_id = %id, "finished task forgotten");
         }

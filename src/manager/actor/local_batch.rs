@@ -8,7 +8,7 @@ use std::{collections::HashMap, sync::Arc};
 use super::{Local, Manager};
 use crate::{
     manager::{ManagerError, Reply, persist::Deferred},
-    task::{NewTask, Task, TaskId},
+    task::{NewTask, RequestKey, Task, TaskId},
 };
 
 /// What one request of a batch becomes.
@@ -85,19 +85,19 @@ impl Manager<Local> {
     /// `request_id` used with other parameters (before, or earlier in it).
     fn plan_batch(&self, new_tasks: Vec<(NewTask, u64)>) -> Result<Vec<Planned>, ManagerError> {
         let mut planned: Vec<Planned> = Vec::with_capacity(new_tasks.len());
-        let mut first_with_key: HashMap<String, usize> = HashMap::new();
+        let mut first_with_key: HashMap<RequestKey, usize> = HashMap::new();
         for (new_task, data_bytes) in new_tasks {
-            let Some(request_id) = new_task.request_id.clone() else {
+            let Some(key) = new_task.request_key() else {
                 planned.push(Planned::New(Box::new(new_task), data_bytes));
                 continue;
             };
             let conflict = || ManagerError::RequestIdConflict {
-                request_id: request_id.clone(),
+                request_id: key.1.clone(),
             };
             if let Some(existing) = self
                 .shape
                 .request_ids
-                .get(&request_id)
+                .get(&key)
                 .and_then(|id| self.tasks.get(id))
             {
                 if !existing.was_created_from(&new_task) {
@@ -106,7 +106,7 @@ impl Manager<Local> {
                 planned.push(Planned::Existing(existing.id));
                 continue;
             }
-            if let Some(&first) = first_with_key.get(&request_id) {
+            if let Some(&first) = first_with_key.get(&key) {
                 let same = match &planned[first] {
                     Planned::New(earlier, _) => **earlier == new_task,
                     Planned::Existing(_) | Planned::SameAs(_) => false,
@@ -117,7 +117,7 @@ impl Manager<Local> {
                 planned.push(Planned::SameAs(first));
                 continue;
             }
-            first_with_key.insert(request_id, planned.len());
+            first_with_key.insert(key, planned.len());
             planned.push(Planned::New(Box::new(new_task), data_bytes));
         }
         Ok(planned)

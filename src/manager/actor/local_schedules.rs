@@ -19,6 +19,7 @@ use crate::{
     manager::{ManagerError, Reply, ScheduleCommand, SchedulePage, persist::Deferred},
     metrics::FiringOutcome,
     schedule::{FireOutcome, NewSchedule, Schedule, ScheduleId},
+    store::tenant_matches,
     task::TaskId,
 };
 
@@ -96,11 +97,15 @@ impl LocalSchedules {
             .collect()
     }
 
-    fn page(&self, after: Option<ScheduleId>, limit: usize) -> SchedulePage {
+    /// A page of the schedules of `tenant` (`None`: of every tenant). A
+    /// tenant's page passes over the others' schedules, which are few: a
+    /// schedule is a calendar, not a task.
+    fn page(&self, after: Option<ScheduleId>, limit: usize, tenant: Option<&str>) -> SchedulePage {
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         let mut schedules: Vec<Arc<Schedule>> = self
             .schedules
             .range((start, Bound::Unbounded))
+            .filter(|(_, schedule)| tenant_matches(tenant, &schedule.template.tenant))
             .take(limit.saturating_add(1))
             .map(|(_, schedule)| Arc::clone(schedule))
             .collect();
@@ -134,9 +139,11 @@ impl Manager<Local> {
             ScheduleCommand::List {
                 after,
                 limit,
+                tenant,
                 respond_to,
             } => {
-                let _ = respond_to.send(Ok(self.shape.schedules.page(after, limit)));
+                let page = self.shape.schedules.page(after, limit, tenant.as_deref());
+                let _ = respond_to.send(Ok(page));
             }
             ScheduleCommand::SetPaused {
                 id,

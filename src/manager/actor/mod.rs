@@ -30,6 +30,7 @@ mod local_batch;
 mod local_schedules;
 mod recover;
 mod runs;
+mod tenant_waiting;
 mod wait_queue;
 mod watch_tasks;
 
@@ -67,7 +68,7 @@ use crate::{
     metrics::{KindMetrics, Metrics},
     processor::{ProcessorError, ProgressUpdate, Registry},
     schedule::ScheduleId,
-    store::{BatchOutcome, TaskStore, status_and_labels_match},
+    store::{BatchOutcome, TaskStore, status_and_labels_match, tenant_matches},
     task::{NewTask, Task, TaskId, TaskStatus},
 };
 
@@ -179,6 +180,10 @@ pub(super) trait Shape: Sized + Send + 'static {
     fn pending_count(manager: &Manager<Self>) -> usize;
     /// Fills in the figures only the shape knows.
     fn shape_stats(manager: &Manager<Self>, stats: &mut ManagerStats);
+
+    /// How many of `tenant`'s tasks wait, for its quota. (The cluster
+    /// shape holds no count: the handle asks the table instead.)
+    fn tenant_waiting(manager: &Manager<Self>, tenant: &str) -> u64;
 
     /// The shape's next background event; never completes if it has none.
     fn next_event(&mut self) -> impl Future<Output = Option<Self::Event>> + Send;
@@ -376,6 +381,9 @@ impl<S: Shape> Manager<S> {
             Command::Stats { respond_to } => {
                 let _ = respond_to.send(Ok(self.stats()));
             }
+            Command::TenantWaiting { tenant, respond_to } => {
+                let _ = respond_to.send(Ok(S::tenant_waiting(self, &tenant)));
+            }
             Command::Schedule(command) => S::schedule_command(self, command),
         }
     }
@@ -433,6 +441,7 @@ impl<S: Shape> Manager<S> {
         let start = query.after.map_or(Bound::Unbounded, Bound::Excluded);
         let matches = |task: &Task| {
             status_and_labels_match(&query.statuses, &query.labels, task.status, &task.labels)
+                && tenant_matches(query.tenant.as_deref(), &task.tenant)
         };
         let mut tasks: Vec<Arc<Task>> = Vec::new();
         let mut last_examined = None;

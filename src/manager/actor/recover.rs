@@ -19,9 +19,12 @@ impl Manager<Local> {
         let (mut requeued, mut restarted, mut retrying) = (0usize, 0usize, 0usize);
         for task in stored {
             let id = task.id;
-            if let Some(request_id) = &task.request_id {
-                self.shape.request_ids.insert(request_id.clone(), id);
+            if let Some(key) = task.request_key() {
+                self.shape.request_ids.insert(key, id);
             }
+            self.shape
+                .waiting_by_tenant
+                .changed(&task.tenant, None, Some(task.status));
             match task.status {
                 TaskStatus::Pending => {
                     self.shape.pending += 1;

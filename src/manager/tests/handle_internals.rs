@@ -22,6 +22,7 @@ use crate::{
 
 fn test_config() -> ManagerConfig {
     ManagerConfig {
+        tenant_max_waiting: Default::default(),
         max_concurrent: 1,
         queue_capacity: 1,
         node_name: "test".into(),
@@ -39,6 +40,7 @@ fn test_config() -> ManagerConfig {
 
 fn echo(name: &str, data: serde_json::Value) -> NewTask {
     NewTask {
+        tenant: Default::default(),
         name: name.into(),
         description: String::new(),
         kind: "echo".into(),

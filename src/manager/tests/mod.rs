@@ -82,6 +82,7 @@ pub(super) fn secs(seconds: u64) -> Duration {
 /// memory budget.
 pub(super) fn config(max_concurrent: usize, queue_capacity: usize) -> ManagerConfig {
     ManagerConfig {
+        tenant_max_waiting: Default::default(),
         max_concurrent,
         queue_capacity,
         node_name: "paused".into(),
@@ -100,6 +101,7 @@ pub(super) fn config(max_concurrent: usize, queue_capacity: usize) -> ManagerCon
 /// A task of `kind` named `name`, with no data and no timeout.
 pub(super) fn task(kind: &str, name: &str) -> NewTask {
     NewTask {
+        tenant: Default::default(),
         name: name.into(),
         description: String::new(),
         kind: kind.into(),
@@ -221,6 +223,7 @@ impl Harness {
         let page = self
             .manager
             .list_tasks(ListQuery {
+                tenant: Default::default(),
                 statuses: vec![status],
                 labels: BTreeMap::new(),
                 after: None,

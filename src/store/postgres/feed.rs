@@ -247,6 +247,12 @@ pub(super) struct ChangePayload<'a> {
     /// those tasks have the defaults.
     #[serde(default)]
     scheduling: SchedulingPayload,
+    /// The task's tenant, so a `WatchTasks` stream of a tenant can leave
+    /// out the others' changes. Absent in the payloads of replicas older
+    /// than tenants (rolling update) and in the change log rows they
+    /// wrote: '' (no tenant), as the migration gave their rows.
+    #[serde(default, borrow)]
+    tenant: Cow<'a, str>,
 }
 
 /// A task's scheduling fields and retry state, as announced.
@@ -346,6 +352,7 @@ impl<'a> ChangePayload<'a> {
             started_at: task.started_at.map(nanos),
             completed_at: task.completed_at.map(nanos),
             scheduling: SchedulingPayload::of(task),
+            tenant: Cow::Borrowed(&task.tenant),
         }
     }
 
@@ -392,6 +399,7 @@ impl<'a> ChangePayload<'a> {
                 // scheduling what happened, and the replica that runs the
                 // task reads its trace from the row it claims.
                 trace_context: TraceContext::default(),
+                tenant: self.tenant.into_owned(),
             },
         })
     }
@@ -503,6 +511,7 @@ mod tests {
         Task::new(
             TaskId::generate(),
             NewTask {
+                tenant: Default::default(),
                 name: name.to_owned(),
                 description: format!("the {name} task"),
                 kind: "echo".to_owned(),

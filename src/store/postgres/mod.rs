@@ -98,6 +98,20 @@ macro_rules! database_micros {
     };
 }
 
+/// The start of a list page's first statement: ids and payload sizes of
+/// the rows after `$1` with a status of `$2` (any when empty) and the
+/// labels `$3` (any when NULL). Static text, so `concat!` can add the
+/// tenant's condition.
+macro_rules! list_sizes_select {
+    () => {
+        "SELECT id, (coalesce(octet_length(data), 0) + coalesce(octet_length(result), 0))::bigint \
+         FROM tasks \
+         WHERE id > $1 \
+           AND (cardinality($2::text[]) = 0 OR status = ANY($2::text[])) \
+           AND ($3::text IS NULL OR labels::jsonb @> $3::jsonb)"
+    };
+}
+
 // After `database_micros!`, which it uses (macros are in scope from where
 // they are defined).
 mod claims;
@@ -464,7 +478,29 @@ impl PostgresStore {
         row.map(TaskRow::into_task).transpose()
     }
 
-    /// One page of tasks in creation (id) order, after `query.after`.
+    /// The tenant of the task with this id ('' for none), without reading
+    /// the rest of its row: the manager's ownership check.
+    pub async fn tenant_of(&self, id: TaskId) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT tenant FROM tasks WHERE id = $1")
+            .bind(id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// How many of `tenant`'s tasks wait (pending or retrying), through
+    /// the partial index `tasks_tenant_waiting`: for its quota.
+    pub async fn count_waiting_of(&self, tenant: &str) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM tasks WHERE tenant = $1 AND status IN ('pending', 'retrying')",
+        )
+        .bind(tenant)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    /// One page of tasks in creation (id) order, after `query.after`, of
+    /// `query.tenant` when it names one.
     ///
     /// Keyset paging on the primary key: tasks created or deleted meanwhile
     /// never shift a page. A `limit` of 0 yields an empty last page.
@@ -492,21 +528,33 @@ impl PostgresStore {
         // value's length is in its pointer): the page is cut to
         // LIST_PAGE_BYTES before any data is read, so a page of 1000 large
         // tasks never passes through this process whole.
-        let sizes: Vec<(Uuid, i64)> = sqlx::query_as(
-            "SELECT id, (coalesce(octet_length(data), 0) + coalesce(octet_length(result), 0))::bigint \
-             FROM tasks \
-             WHERE id > $1 \
-               AND (cardinality($2::text[]) = 0 OR status = ANY($2::text[])) \
-               AND ($3::text IS NULL OR labels::jsonb @> $3::jsonb) \
-             ORDER BY id \
-             LIMIT $4",
-        )
-        .bind(after)
-        .bind(statuses)
-        .bind(labels)
-        .bind(fetch)
-        .fetch_all(&self.pool)
-        .await?;
+        // Two statements rather than `($5 IS NULL OR tenant = $5)`: a
+        // generic plan of that could not use the index on (tenant, id), so
+        // a tenant's list reads its own rows only, in id order.
+        let sizes: Vec<(Uuid, i64)> = match &query.tenant {
+            None => {
+                sqlx::query_as(concat!(list_sizes_select!(), " ORDER BY id LIMIT $4"))
+                    .bind(after)
+                    .bind(statuses)
+                    .bind(labels)
+                    .bind(fetch)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            Some(tenant) => {
+                sqlx::query_as(concat!(
+                    list_sizes_select!(),
+                    " AND tenant = $5 ORDER BY id LIMIT $4"
+                ))
+                .bind(after)
+                .bind(statuses)
+                .bind(labels)
+                .bind(fetch)
+                .bind(tenant)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
         let (ids, next_after) = cut_page(&sizes, query.limit);
         let rows: Vec<TaskRow> = sqlx::query_as(concat!(
             "SELECT ",

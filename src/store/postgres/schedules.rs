@@ -57,7 +57,7 @@ impl PostgresStore {
         let inserted: Option<ScheduleRow> = sqlx::query_as(concat!(
             "INSERT INTO schedules (",
             schedule_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
              ON CONFLICT (id) DO NOTHING RETURNING ",
             schedule_columns!()
         ))
@@ -72,6 +72,7 @@ impl PostgresStore {
         .bind(row.last_task_id)
         .bind(row.created_at)
         .bind(row.revision)
+        .bind(&row.tenant)
         .fetch_optional(&self.pool)
         .await?;
         if let Some(inserted) = inserted {
@@ -98,7 +99,8 @@ impl PostgresStore {
         row.map(ScheduleRow::into_schedule).transpose()
     }
 
-    /// Up to `limit` schedules in id (creation) order, after `after`.
+    /// Up to `limit` schedules in id (creation) order, after `after`, of
+    /// `tenant` when it names one (schedules are few: no index needed).
     /// Keyset paging on the primary key, as for tasks: schedules created or
     /// deleted meanwhile never shift a page. A `limit` of 0 yields an empty
     /// last page.
@@ -106,6 +108,7 @@ impl PostgresStore {
         &self,
         after: Option<ScheduleId>,
         limit: usize,
+        tenant: Option<&str>,
     ) -> Result<SchedulePage, StoreError> {
         if limit == 0 {
             return Ok(SchedulePage {
@@ -118,10 +121,12 @@ impl PostgresStore {
         let rows: Vec<ScheduleRow> = sqlx::query_as(concat!(
             "SELECT ",
             schedule_columns!(),
-            " FROM schedules WHERE id > $1 ORDER BY id LIMIT $2"
+            " FROM schedules WHERE id > $1 AND ($3::text IS NULL OR tenant = $3) \
+             ORDER BY id LIMIT $2"
         ))
         .bind(after)
         .bind(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX))
+        .bind(tenant)
         .fetch_all(&self.pool)
         .await?;
         let more = rows.len() > limit;

@@ -16,7 +16,7 @@ use crate::store::{
     StoreError,
     row::{TaskRow, micros, status_name, task_columns},
 };
-use crate::task::{Task, TaskId};
+use crate::task::{RequestKey, Task, TaskId};
 
 use super::*;
 
@@ -27,22 +27,21 @@ pub(super) async fn insert_tasks(
 ) -> Result<Vec<Inserted>, StoreError> {
     // The first task of the batch with a request_id (or an id) is the one
     // that may be stored; the later ones are answered with what holds it.
-    let mut first_with_key: HashMap<&str, usize> = HashMap::new();
+    let mut first_with_key: HashMap<RequestKey, usize> = HashMap::new();
     let mut first_with_id: HashMap<TaskId, usize> = HashMap::new();
     let mut candidates: Vec<usize> = Vec::new();
     // Where each task's outcome comes from: the task at this index.
     let mut source: Vec<usize> = Vec::with_capacity(tasks.len());
     for (index, task) in tasks.iter().enumerate() {
         let earlier = task
-            .request_id
-            .as_deref()
-            .and_then(|key| first_with_key.get(key))
+            .request_key()
+            .and_then(|key| first_with_key.get(&key))
             .or_else(|| first_with_id.get(&task.id))
             .copied();
         match earlier {
             Some(first) => source.push(first),
             None => {
-                if let Some(key) = task.request_id.as_deref() {
+                if let Some(key) = task.request_key() {
                     first_with_key.insert(key, index);
                 }
                 first_with_id.insert(task.id, index);
@@ -53,7 +52,10 @@ pub(super) async fn insert_tasks(
     }
     // Concurrent batches take unique-index entries in the same (sorted)
     // order, so two replicas inserting the same keys wait, never deadlock.
-    candidates.sort_by(|left, right| tasks[*left].request_id.cmp(&tasks[*right].request_id));
+    candidates.sort_by(|left, right| {
+        (&tasks[*left].tenant, &tasks[*left].request_id)
+            .cmp(&(&tasks[*right].tenant, &tasks[*right].request_id))
+    });
 
     let mut stored: HashMap<usize, Inserted> = HashMap::new();
     let mut remaining = candidates;
@@ -85,9 +87,8 @@ pub(super) async fn insert_tasks(
         for index in refused {
             let task = &tasks[index];
             let holder = task
-                .request_id
-                .as_deref()
-                .and_then(|key| holders.by_request_id.get(key))
+                .request_key()
+                .and_then(|key| holders.by_request_id.get(&key))
                 .or_else(|| holders.by_id.get(&task.id));
             match holder {
                 Some(holder) => {
@@ -152,7 +153,7 @@ pub(super) async fn insert_rows(
              $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[], $21::bigint[], \
              $22::bigint[], $23::bigint[], $24::bigint[], $25::bigint[], \
              $26::double precision[], $27::bigint[], $28::bigint[], $29::bigint[], \
-             $30::text[], $31::text[], $32::bigint[], $33::bigint[]) \
+             $30::text[], $31::text[], $32::text[], $33::bigint[], $34::bigint[]) \
          ON CONFLICT DO NOTHING \
          RETURNING id"
     ))
@@ -187,6 +188,7 @@ pub(super) async fn insert_rows(
     .bind(columns.cut_short_runs)
     .bind(columns.traceparent)
     .bind(columns.tracestate)
+    .bind(columns.tenant)
     .bind(columns.due_at)
     .bind(columns.queue_deadline)
     .fetch_all(&mut **transaction)
@@ -228,6 +230,7 @@ pub(super) struct InsertColumns {
     cut_short_runs: Vec<i64>,
     traceparent: Vec<String>,
     tracestate: Vec<String>,
+    tenant: Vec<String>,
     due_at: Vec<Option<i64>>,
     queue_deadline: Vec<Option<i64>>,
 }
@@ -265,13 +268,15 @@ impl InsertColumns {
         self.cut_short_runs.push(row.cut_short_runs);
         self.traceparent.push(row.traceparent);
         self.tracestate.push(row.tracestate);
+        self.tenant.push(row.tenant);
     }
 }
 
 /// The stored tasks in the way of refused inserts.
 #[derive(Default)]
 pub(super) struct Holders {
-    by_request_id: HashMap<String, Task>,
+    /// By `(tenant, request_id)`: the key is unique within a tenant.
+    by_request_id: HashMap<RequestKey, Task>,
     by_id: HashMap<TaskId, Task>,
 }
 
@@ -293,7 +298,8 @@ pub(super) async fn holders_of(
         .map(|index| *tasks[*index].id.as_uuid())
         .collect();
     // A new statement, so a new snapshot: it sees the rows that other
-    // replicas committed while the insert waited for them.
+    // replicas committed while the insert waited for them. Rows of other
+    // tenants with the same request_id come too, and are left out below.
     let rows: Vec<TaskRow> = sqlx::query_as(concat!(
         "SELECT ",
         task_columns!(),
@@ -305,8 +311,8 @@ pub(super) async fn holders_of(
     .await?;
     for row in rows {
         let task = row.into_task()?;
-        if let Some(key) = &task.request_id {
-            holders.by_request_id.insert(key.clone(), task.clone());
+        if let Some(key) = task.request_key() {
+            holders.by_request_id.insert(key, task.clone());
         }
         holders.by_id.insert(task.id, task);
     }

@@ -76,7 +76,8 @@ pub(super) async fn write_schedules(
                 .push_bind(row.last_fire_at)
                 .push_bind(row.last_task_id)
                 .push_bind(row.created_at)
-                .push_bind(row.revision);
+                .push_bind(row.revision)
+                .push_bind(&row.tenant);
         });
         builder.push(
             " ON CONFLICT (id) DO UPDATE SET cron = excluded.cron, \

@@ -13,6 +13,7 @@ mod mtls;
 mod reload;
 mod roles;
 mod taskctl;
+mod tenants;
 mod tls;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
@@ -160,6 +161,7 @@ pub async fn start_secure(files: &Files, mtls: bool, protect_reflection: bool) -
     TestServer::start_with(Config {
         tls,
         auth: AuthSettings {
+            tenant_quotas: Default::default(),
             principals_file: principals.exists().then_some(principals),
             protect_reflection,
         },
@@ -177,6 +179,7 @@ pub async fn start_with_principals(
     let principals = files.write("principals.yaml", yaml);
     TestServer::start_with(Config {
         auth: AuthSettings {
+            tenant_quotas: Default::default(),
             principals_file: Some(principals),
             protect_reflection,
         },

@@ -192,6 +192,7 @@ async fn a_start_with_a_missing_or_broken_file_names_it() {
         (
             TlsSettings::default(),
             AuthSettings {
+                tenant_quotas: Default::default(),
                 principals_file: Some(missing.clone()),
                 protect_reflection: false,
             },
@@ -200,6 +201,7 @@ async fn a_start_with_a_missing_or_broken_file_names_it() {
         (
             TlsSettings::default(),
             AuthSettings {
+                tenant_quotas: Default::default(),
                 principals_file: Some(files.write("bad.yaml", "principals: [")),
                 protect_reflection: false,
             },

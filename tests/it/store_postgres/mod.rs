@@ -85,6 +85,7 @@ fn task(name: &str) -> Task {
     Task::new(
         TaskId::generate(),
         NewTask {
+            tenant: Default::default(),
             name: name.to_owned(),
             description: format!("the {name} task"),
             kind: "echo".to_owned(),
@@ -218,6 +219,7 @@ async fn tasks_round_trip_and_list_in_keyset_pages_with_filters() {
     assert_eq!(store.count_pending().await.expect("count"), 4);
 
     let list = |statuses: Vec<TaskStatus>, labels: &[(&str, &str)], after, limit| ListQuery {
+        tenant: Default::default(),
         statuses,
         labels: labels
             .iter()

@@ -15,6 +15,7 @@ const SECOND: Duration = Duration::from_secs(1);
 
 fn new_schedule(cron: &str, overlap: Overlap, created_at: SystemTime) -> Schedule {
     let template = NewTask {
+        tenant: Default::default(),
         name: "scheduled".to_owned(),
         description: "made by a schedule".to_owned(),
         kind: "echo".to_owned(),
@@ -86,20 +87,20 @@ async fn schedules_round_trip_page_pause_resume_and_delete() {
         None
     );
 
-    let page = store.list_schedules(None, 2).await.expect("list");
+    let page = store.list_schedules(None, 2, None).await.expect("list");
     assert_eq!(unshared(&page.schedules), all[..2]);
     assert_eq!(page.next_after, Some(all[1].id));
     let page = store
-        .list_schedules(page.next_after, 2)
+        .list_schedules(page.next_after, 2, None)
         .await
         .expect("list");
     assert_eq!(unshared(&page.schedules), all[2..]);
     assert_eq!(page.next_after, None);
-    let page = store.list_schedules(None, 3).await.expect("list");
+    let page = store.list_schedules(None, 3, None).await.expect("list");
     assert_eq!((page.schedules.len(), page.next_after), (3, None));
     assert!(
         store
-            .list_schedules(None, 0)
+            .list_schedules(None, 0, None)
             .await
             .expect("list")
             .schedules
@@ -159,7 +160,7 @@ async fn schedules_round_trip_page_pause_resume_and_delete() {
     assert!(store.delete_schedule(all[0].id).await.expect("delete"));
     assert!(!store.delete_schedule(all[0].id).await.expect("delete"));
     assert_eq!(store.get_schedule(all[0].id).await.expect("get"), None);
-    let page = store.list_schedules(None, 10).await.expect("list");
+    let page = store.list_schedules(None, 10, None).await.expect("list");
     assert_eq!(page.schedules.len(), 2);
 }
 
