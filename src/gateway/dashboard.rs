@@ -26,7 +26,8 @@ use super::{Gateway, error::GatewayError};
 
 /// The policy of every dashboard answer. `default-src 'self'` covers
 /// scripts, styles, images and fonts; `connect-src 'self'` keeps `fetch`
-/// and `EventSource` on this origin; no `'unsafe-inline'` anywhere, so an
+/// (the event streams included: the page reads them with `fetch`, to send
+/// its bearer token) on this origin; no `'unsafe-inline'` anywhere, so an
 /// injected `<script>` or `onerror=` attribute would not run even if a bug
 /// let one into the page.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
@@ -62,12 +63,14 @@ const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
 
 /// Every file of the dashboard. A file not listed here is not served, so a
 /// stray file in the directory never leaks.
-static ASSETS: [Asset; 11] = [
+static ASSETS: [Asset; 13] = [
     asset!("", "index.html", "text/html; charset=utf-8"),
     asset!("style.css", "style.css", "text/css; charset=utf-8"),
     asset!("icon.svg", "icon.svg", "image/svg+xml"),
     asset!("app.js", "app.js", JAVASCRIPT),
     asset!("api.js", "api.js", JAVASCRIPT),
+    asset!("auth.js", "auth.js", JAVASCRIPT),
+    asset!("sse.js", "sse.js", JAVASCRIPT),
     asset!("dom.js", "dom.js", JAVASCRIPT),
     asset!("live.js", "live.js", JAVASCRIPT),
     asset!("tasks.js", "tasks.js", JAVASCRIPT),

@@ -1,6 +1,10 @@
 // Calls to the REST routes of this same origin, and their errors as the
 // server wrote them: a JSON body {code, message, details}, where code is the
 // gRPC code and details may hold a google.rpc.BadRequest naming fields.
+// Every request, streams included (sse.js), goes through `send`, which adds
+// the bearer token when one is held and reports a 401 to auth.js.
+
+import { authorization, required } from './auth.js';
 
 const CODE_NAMES = [
   'OK', 'CANCELLED', 'UNKNOWN', 'INVALID_ARGUMENT', 'DEADLINE_EXCEEDED', 'NOT_FOUND',
@@ -13,10 +17,31 @@ const CODE_NAMES = [
 export const CODE = Object.freeze({
   INVALID_ARGUMENT: 3,
   NOT_FOUND: 5,
+  PERMISSION_DENIED: 7,
   FAILED_PRECONDITION: 9,
   ABORTED: 10,
   UNAVAILABLE: 14,
+  UNAUTHENTICATED: 16,
 });
+
+/**
+ * fetch(path, init) with `authorization: Bearer <token>` when a token is
+ * held. A 401 (no token, or one the server does not know) asks for one,
+ * with the server's message; a 403 does not: the token is good, its
+ * principal lacks a role, and the caller shows the server's message.
+ */
+export async function send(path, init = {}) {
+  const headers = { ...init.headers };
+  const value = authorization();
+  if (value) headers.authorization = value;
+  const response = await fetch(path, { ...init, headers });
+  if (response.status === 401) {
+    response.clone().json()
+      .then((body) => required(typeof body?.message === 'string' ? body.message : ''))
+      .catch(() => required(''));
+  }
+  return response;
+}
 
 /** An error answer of the server, or a request that never got one. */
 export class ApiError extends Error {
@@ -61,7 +86,7 @@ export async function call(method, path, body) {
   }
   let response;
   try {
-    response = await fetch(path, init);
+    response = await send(path, init);
   } catch (error) {
     throw new ApiError(0, { code: CODE.UNAVAILABLE, message: `cannot reach the server: ${error.message}` });
   }

@@ -4,6 +4,7 @@
 // every progress step where the page-wide WatchTasks stream may merge them.
 
 import { CODE, ApiError, cancelTask, getTask } from './api.js';
+import { openEventStream } from './sse.js';
 import {
   TERMINAL, alertBox, cancellable, el, jsonBlock, labelList, progressBar, replaceChildren,
   statusBadge, statusName, timeElement,
@@ -47,6 +48,8 @@ export function mount(main, _live, id) {
       // restarting) is tried again.
       if (error instanceof ApiError && error.code === CODE.NOT_FOUND) {
         if (!shown) replaceChildren(content);
+      } else if (error instanceof ApiError && error.code === CODE.UNAUTHENTICATED) {
+        // The sign-in form is shown; signing in mounts this page again.
       } else {
         retryTimer = setTimeout(start, RETRY_MS);
       }
@@ -54,28 +57,30 @@ export function mount(main, _live, id) {
   }
 
   function watch() {
-    source = new EventSource(`/api/v1/tasks/${encodeURIComponent(id)}/watch`);
-    source.addEventListener('message', (event) => {
-      let answer;
-      try {
-        answer = JSON.parse(event.data);
-      } catch {
-        return;
-      }
-      if (answer?.task) show(answer.task);
-      // The server ends the stream after a terminal state; closing first
-      // keeps EventSource from opening it again.
-      if (answer?.task && TERMINAL.has(statusName(answer.task.status))) stop();
-    });
-    source.addEventListener('error', () => {
-      // The connection broke, or the server ended the watch with an error
-      // event (UNAVAILABLE at shutdown): read the task and watch again (a
-      // watch's first message is the current state, so nothing is missed;
-      // a task deleted meanwhile is then reported as gone).
-      stop();
-      if (!left && !(shown && TERMINAL.has(statusName(shown.status)))) {
-        retryTimer = setTimeout(start, RETRY_MS);
-      }
+    source = openEventStream(`/api/v1/tasks/${encodeURIComponent(id)}/watch`, {
+      onMessage: (data) => {
+        let answer;
+        try {
+          answer = JSON.parse(data);
+        } catch {
+          return;
+        }
+        if (answer?.task) show(answer.task);
+        // The server ends the stream after a terminal state; closing
+        // first means its end is not taken for a broken connection.
+        if (answer?.task && TERMINAL.has(statusName(answer.task.status))) stop();
+      },
+      onError: ({ status }) => {
+        // The connection broke, or the server ended the watch with an
+        // error event (UNAVAILABLE at shutdown): read the task and watch
+        // again (a watch's first message is the current state, so nothing
+        // is missed; a task deleted meanwhile is then reported as gone).
+        // Not after a 401: signing in mounts this page again.
+        stop();
+        if (status !== 401 && !left && !(shown && TERMINAL.has(statusName(shown.status)))) {
+          retryTimer = setTimeout(start, RETRY_MS);
+        }
+      },
     });
   }
 

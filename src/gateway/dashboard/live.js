@@ -1,4 +1,4 @@
-// One WatchTasks stream over Server-Sent Events for the whole page, with no
+// One WatchTasks stream over Server-Sent Events (read by sse.js) for the whole page, with no
 // filter: it keeps the counts by status, and tells the views of every
 // change so that a table row or a detail page follows its task live.
 //
@@ -19,6 +19,7 @@
 // watch is first seen PENDING).
 
 import { STATUSES, TERMINAL, statusName } from './dom.js';
+import { openEventStream } from './sse.js';
 
 /** Waits before reconnecting, doubling up to the last. */
 const RECONNECT_DELAYS_MS = [500, 1000, 2000, 5000, 10000];
@@ -56,54 +57,57 @@ export class LiveTasks extends EventTarget {
 
   connect() {
     clearTimeout(this.timer);
+    this.source?.close();
     const resuming = this.resumeToken !== '';
     const url = resuming
       ? `/api/v1/watch?resumeToken=${encodeURIComponent(this.resumeToken)}`
       : '/api/v1/watch?sendInitial=true';
     if (!resuming) this.pending = new Map();
-    const source = new EventSource(url);
-    this.source = source;
     let opened = false;
-    source.addEventListener('open', () => {
-      opened = true;
-      this.failures = 0;
-      this.setState(this.pending ? 'loading' : 'live');
+    const source = openEventStream(url, {
+      onOpen: () => {
+        opened = true;
+        this.failures = 0;
+        this.setState(this.pending ? 'loading' : 'live');
+      },
+      onMessage: (data) => this.receive(data),
+      onError: ({ data, status }) => {
+        if (source !== this.source) return;
+        this.source = null;
+        if (data) {
+          // The server's `error` event (ABORTED for a client that fell
+          // behind, UNAVAILABLE at shutdown): resume from the last token.
+          this.reconnect();
+        } else if (status === 401) {
+          // No token, or a refused one: wait for the sign-in (app.js
+          // calls restart), rather than retry what cannot succeed.
+          this.setState('signed-out');
+        } else if (!opened && resuming && (status === 412 || status === 400)) {
+          // The token was refused as expired (412) or as for other
+          // filters (400): list again.
+          this.relist();
+        } else {
+          // The connection failed or ended, or another refusal: retry
+          // the same token later.
+          this.reconnect();
+        }
+      },
     });
-    source.addEventListener('message', (event) => this.receive(event.data));
-    source.addEventListener('error', (event) => {
-      if (source !== this.source) return;
-      source.close();
-      // An `error` event that carries data is the server's (ABORTED for a
-      // client that fell behind, UNAVAILABLE at shutdown): resume from the
-      // last token. One without data is the connection failing.
-      if (event.data) {
-        this.reconnect();
-      } else if (!opened && resuming) {
-        this.whyRefused(url);
-      } else {
-        this.reconnect();
-      }
-    });
+    this.source = source;
   }
 
   /**
-   * EventSource cannot read a refused answer's status, so ask again with
-   * fetch: a token refused as expired (412) or as other filters (400)
-   * means listing again; anything else, retrying the same token later.
+   * Starts over with a fresh list, for another token: what was counted
+   * was what the last one could see.
    */
-  async whyRefused(url) {
-    const abort = new AbortController();
-    try {
-      const response = await fetch(url, { signal: abort.signal, headers: { accept: 'text/event-stream' } });
-      abort.abort();
-      if (response.status === 412 || response.status === 400) {
-        this.relist();
-        return;
-      }
-    } catch {
-      // The server is unreachable: retry below.
-    }
-    this.reconnect();
+  restart() {
+    this.source?.close();
+    this.source = null;
+    this.failures = 0;
+    this.tasks = new Map();
+    this.ready = false;
+    this.emit('counts');
+    this.relist();
   }
 
   /** Drops the token: the next connection starts with a fresh list. */
