@@ -63,13 +63,14 @@ const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
 
 /// Every file of the dashboard. A file not listed here is not served, so a
 /// stray file in the directory never leaks.
-static ASSETS: [Asset; 13] = [
+static ASSETS: [Asset; 14] = [
     asset!("", "index.html", "text/html; charset=utf-8"),
     asset!("style.css", "style.css", "text/css; charset=utf-8"),
     asset!("icon.svg", "icon.svg", "image/svg+xml"),
     asset!("app.js", "app.js", JAVASCRIPT),
     asset!("api.js", "api.js", JAVASCRIPT),
     asset!("auth.js", "auth.js", JAVASCRIPT),
+    asset!("signin.js", "signin.js", JAVASCRIPT),
     asset!("sse.js", "sse.js", JAVASCRIPT),
     asset!("dom.js", "dom.js", JAVASCRIPT),
     asset!("live.js", "live.js", JAVASCRIPT),

@@ -3,8 +3,10 @@
 // Routes are hashes (`#/tasks/<id>`) so that the server serves one page and
 // the back button and bookmarks work without it.
 
+import { auth } from './auth.js';
 import { el, replaceChildren } from './dom.js';
 import { LiveTasks } from './live.js';
+import { mountSignIn } from './signin.js';
 import * as tasks from './tasks.js';
 import * as detail from './detail.js';
 import * as create from './create.js';
@@ -25,6 +27,7 @@ const STATE_TEXT = {
   loading: 'loading…',
   live: 'live',
   reconnecting: 'reconnecting…',
+  'signed-out': 'signed out',
 };
 
 const live = new LiveTasks();
@@ -52,6 +55,13 @@ live.addEventListener('state', () => {
   connection.dataset.state = live.state;
 });
 window.addEventListener('hashchange', route);
+mountSignIn(document.getElementById('signin'), document.getElementById('signout'));
+// Signed in or out: what was shown was read with the other token (or none),
+// so the live stream lists again and the view is read again.
+auth.addEventListener('change', () => {
+  live.restart();
+  route();
+});
 live.start();
 showCounts();
 route();
