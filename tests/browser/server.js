@@ -15,10 +15,14 @@ const REPOSITORY = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 /** How long the server may take to say it serves. */
 const START_DEADLINE_MS = 60_000;
 
-/** Starts (or finds) the server; resolves to {base, stop}. */
-export async function server() {
+/**
+ * Starts (or finds) the server; resolves to {base, stop}. With `extraArgs`
+ * (--auth-principals, say) a server of its own is always started, as one
+ * given by TASK_PROCESSOR_ADDR runs with other flags.
+ */
+export async function server(extraArgs = []) {
   const given = process.env.TASK_PROCESSOR_ADDR;
-  if (given) {
+  if (given && extraArgs.length === 0) {
     return { base: `http://${given}`, stop: async () => {} };
   }
   const binary = process.env.TASK_PROCESSOR_BIN
@@ -34,6 +38,7 @@ export async function server() {
     '--log-format', 'json', '--log-level', 'info',
     // Slower than the default 2 s, so the progress bar has time to be seen moving.
     '--demo-duration', '4s',
+    ...extraArgs,
   ], { env: environment, stdio: ['ignore', 'pipe', 'inherit'] });
   const address = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('the server did not log "serving" in time')), START_DEADLINE_MS);
@@ -61,12 +66,17 @@ export async function server() {
   };
 }
 
-/** The REST API of `base`, failing on any answer but the expected one. */
-export function rest(base) {
+/**
+ * The REST API of `base`, failing on any answer but the expected one, as
+ * the principal of `token` when one is given.
+ */
+export function rest(base, token = null) {
   async function call(method, path, body, expected) {
+    const headers = body === undefined ? {} : { 'content-type': 'application/json' };
+    if (token) headers.authorization = `Bearer ${token}`;
     const response = await fetch(`${base}${path}`, {
       method,
-      headers: body === undefined ? {} : { 'content-type': 'application/json' },
+      headers,
       body: body === undefined ? undefined : JSON.stringify(body),
     });
     const text = await response.text();
@@ -76,7 +86,7 @@ export function rest(base) {
     return text ? JSON.parse(text) : null;
   }
   return {
-    create: (request) => call('POST', '/api/v1/tasks', request, 201),
+    create: (request, expected = 201) => call('POST', '/api/v1/tasks', request, expected),
     get: (id) => call('GET', `/api/v1/tasks/${id}`, undefined, 200),
     cancel: (id) => call('POST', `/api/v1/tasks/${id}/cancel`, undefined, 200),
     createSchedule: (request) => call('POST', '/api/v1/schedules', request, 201),
