@@ -13,7 +13,7 @@ use crate::support::TestServer;
 
 /// Every file the page loads, directly or through an `import`, with the
 /// content type it must be served with.
-const FILES: [(&str, &str); 10] = [
+const FILES: [(&str, &str); 13] = [
     ("/dashboard/style.css", "text/css; charset=utf-8"),
     ("/dashboard/icon.svg", "image/svg+xml"),
     ("/dashboard/app.js", "text/javascript; charset=utf-8"),
@@ -24,6 +24,9 @@ const FILES: [(&str, &str); 10] = [
     ("/dashboard/detail.js", "text/javascript; charset=utf-8"),
     ("/dashboard/create.js", "text/javascript; charset=utf-8"),
     ("/dashboard/schedules.js", "text/javascript; charset=utf-8"),
+    ("/dashboard/auth.js", "text/javascript; charset=utf-8"),
+    ("/dashboard/sse.js", "text/javascript; charset=utf-8"),
+    ("/dashboard/signin.js", "text/javascript; charset=utf-8"),
 ];
 
 /// Asserts the headers every dashboard answer carries.
