@@ -34,19 +34,6 @@ const TASK_SERVICE_METHODS: &[(&str, Role)] = &[
     ("DeleteSchedule", Role::Write),
 ];
 
-/// The RPCs whose every call is written to the audit log: what creates,
-/// cancels or deletes something.
-const AUDITED_METHODS: &[&str] = &[
-    "CreateTask",
-    "BatchCreateTasks",
-    "CancelTask",
-    "DeleteTask",
-    "CreateSchedule",
-    "PauseSchedule",
-    "ResumeSchedule",
-    "DeleteSchedule",
-];
-
 const TASK_SERVICE: &str = "/taskprocessor.v1.TaskService/";
 const WORKER_SERVICE: &str = "/taskprocessor.v1.WorkerService/";
 const HEALTH_SERVICE: &str = "/grpc.health.v1.Health/";
@@ -84,10 +71,10 @@ pub fn method_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
-/// Whether calls to `path` are audited.
+/// Whether calls to `path` are audited: those that create, cancel or
+/// delete something, which are exactly the ones that need `write`.
 pub fn audited(path: &str) -> bool {
-    path.strip_prefix(TASK_SERVICE)
-        .is_some_and(|method| AUDITED_METHODS.contains(&method))
+    access(path) == Access::Role(Role::Write)
 }
 
 #[cfg(test)]
