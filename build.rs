@@ -6,7 +6,10 @@ use std::{env, fs, path::PathBuf};
 use prost::Message;
 
 const PROTO_ROOT: &str = "proto";
-const PROTO_FILES: &[&str] = &["proto/taskprocessor/v1/task_service.proto"];
+const PROTO_FILES: &[&str] = &[
+    "proto/taskprocessor/v1/task_service.proto",
+    "proto/taskprocessor/v1/worker_service.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // `compile_fds` prints no rerun-if-changed lines, so we do.
