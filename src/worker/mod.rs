@@ -41,6 +41,8 @@ mod builder;
 mod error;
 mod job;
 mod session;
+#[cfg(test)]
+mod tests;
 
 use std::{future::Future, sync::Arc};
 
