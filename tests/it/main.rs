@@ -46,3 +46,4 @@ mod watch;
 mod watch_tasks;
 mod watch_tasks_replicas;
 mod worker_library;
+mod workers;
