@@ -17,7 +17,7 @@ use std::{
 
 use serde_json::{Value as JsonValue, json};
 use task_processor::{
-    config::Config,
+    config::{AuthSettings, Config, TlsSettings},
     pb::{self, worker_service_client::WorkerServiceClient},
     worker::{Cancellation, Handler, Job, JobError, Worker, WorkerBuilder, WorkerError},
 };
@@ -32,6 +32,7 @@ use tonic::Code;
 
 use crate::{
     retries::policy,
+    security::{Files, ONE_PER_ROLE, Pki, principals_yaml, tls_client, with_token},
     support::{
         DEADLINE, TestServer, create, eventually, get, json, request, status_of, test_config,
         wait_for_attempt, wait_for_status,
@@ -499,6 +500,74 @@ async fn a_refused_hello_is_returned_not_retried() {
     let error = worker.finished().await.expect_err("refused");
     assert_eq!(error.code(), Some(Code::InvalidArgument), "{error}");
     assert!(error.to_string().contains("hello.kinds"), "{error}");
+}
+
+#[tokio::test]
+async fn over_tls_a_token_with_the_work_role_runs_tasks_and_others_are_refused() {
+    let files = Files::new();
+    let pki = Pki::new("worker test CA");
+    let server_pair = pki.server(1);
+    files.write("server.crt", &server_pair.cert_pem);
+    files.write("server.key", &server_pair.key_pem);
+    let principals = files.write("principals.yaml", &principals_yaml(ONE_PER_ROLE));
+    let server = TestServer::start_with(Config {
+        tls: TlsSettings {
+            cert_file: Some(files.path("server.crt")),
+            key_file: Some(files.path("server.key")),
+            client_ca_file: None,
+        },
+        auth: AuthSettings {
+            principals_file: Some(principals),
+            ..AuthSettings::default()
+        },
+        ..worker_config()
+    })
+    .await;
+    let endpoint = format!("https://{}", server.address);
+    let probe = Probe::new();
+    let secure = |token: &str| {
+        worker_for(endpoint.clone(), &probe)
+            .tls_ca_pem(pki.ca_pem())
+            .token(token)
+    };
+
+    // A wrong token, and a right one without the role `work`: refused, once.
+    let unknown = RunningWorker::spawn(secure("not-a-token"));
+    let error = unknown.finished().await.expect_err("unknown token");
+    assert_eq!(error.code(), Some(Code::Unauthenticated), "{error}");
+    let reader = RunningWorker::spawn(secure("reader-token"));
+    let error = reader.finished().await.expect_err("no work role");
+    assert_eq!(error.code(), Some(Code::PermissionDenied), "{error}");
+
+    let worker = RunningWorker::spawn(secure("worker-token"));
+    let mut client = tls_client(server.address, &pki.ca_pem(), None).await;
+    probe.release(1);
+    let task = client
+        .create_task(with_token(
+            request("over tls", KIND, Some(json!({ "n": 7 }))),
+            "writer-token",
+        ))
+        .await
+        .expect("create")
+        .into_inner();
+    let done = eventually("the task to complete over TLS", || {
+        let mut client = client.clone();
+        let id = task.id.clone();
+        async move {
+            let task = client
+                .get_task(with_token(pb::GetTaskRequest { id }, "reader-token"))
+                .await
+                .expect("get")
+                .into_inner();
+            (status_of(&task) == pb::TaskStatus::Completed).then_some(task)
+        }
+    })
+    .await;
+    assert_eq!(
+        json(&done.result),
+        Some(json!({ "echo": { "n": 7 }, "attempt": 1 }))
+    );
+    worker.stop().await;
 }
 
 /// Creates a `resize` task with `data` and `max_attempts` runs, 10 ms apart.
