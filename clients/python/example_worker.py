@@ -44,7 +44,9 @@ def thumbnail(job):
     size = data.get("size", 128)
     seconds = data.get("seconds", 2)
     for step in range(STEPS):
-        job.progress(100 * step // STEPS, f"resizing {image}: step {step + 1} of {STEPS}")
+        job.progress(
+            100 * step // STEPS, f"resizing {image}: step {step + 1} of {STEPS}"
+        )
         # Waits one step, and wakes at once on a cancellation.
         if job.cancelled.wait(seconds / STEPS):
             logging.info("thumbnail of %s stopped: %s", image, job.cancel_reason)
@@ -55,5 +57,7 @@ def thumbnail(job):
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+    )
     worker.run()

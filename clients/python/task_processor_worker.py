@@ -105,7 +105,9 @@ class Job:
     set, nothing the handler returns matters any more: it should stop soon.
     """
 
-    def __init__(self, task: task_service_pb2.Task, trace_context: Dict[str, str], session):
+    def __init__(
+        self, task: task_service_pb2.Task, trace_context: Dict[str, str], session
+    ):
         self.task = task
         self.task_id: str = task.id
         self.attempt: int = task.attempt
@@ -133,7 +135,9 @@ class Job:
                 progress=pb.WorkProgress(
                     task_id=self.task_id,
                     attempt=self.attempt,
-                    progress=task_service_pb2.TaskProgress(percent=percent, message=message),
+                    progress=task_service_pb2.TaskProgress(
+                        percent=percent, message=message
+                    ),
                 )
             )
         )
@@ -258,7 +262,9 @@ class Worker:
             return
         LOGGER.info("draining: no new tasks, %d running", session.running())
         session.send(pb.WorkRequest(drain=pb.WorkDrain()))
-        timer = threading.Timer(self.grace_period, session.close, ("grace period over",))
+        timer = threading.Timer(
+            self.grace_period, session.close, ("grace period over",)
+        )
         timer.daemon = True
         timer.start()
 
@@ -279,7 +285,9 @@ class Worker:
                 if error.code() in NOT_RETRIED:
                     raise
                 assigned = False
-                LOGGER.warning("stream ended: %s: %s", error.code().name, error.details())
+                LOGGER.warning(
+                    "stream ended: %s: %s", error.code().name, error.details()
+                )
             else:
                 if not self._draining.is_set():
                     LOGGER.warning("the server ended the stream")
@@ -313,7 +321,9 @@ class Worker:
         assigned = False
         try:
             with self._open_channel() as channel:
-                session.call = pb_grpc.WorkerServiceStub(channel).Work(session.requests())
+                session.call = pb_grpc.WorkerServiceStub(channel).Work(
+                    session.requests()
+                )
                 for response in session.call:
                     which = response.WhichOneof("message")
                     if which == "assignment":
@@ -333,7 +343,9 @@ class Worker:
     def _open_channel(self) -> grpc.Channel:
         if self._root_certificates is None:
             return grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
-        credentials = grpc.ssl_channel_credentials(root_certificates=self._root_certificates)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self._root_certificates
+        )
         if self.token is not None:
             credentials = grpc.composite_channel_credentials(
                 credentials, grpc.access_token_call_credentials(self.token)
@@ -421,7 +433,10 @@ class _Session:
 
     def finish(self, job: Job, outcome: pb.WorkRequest) -> None:
         with self._lock:
-            if self._jobs.pop((job.task_id, job.attempt), None) is not None and not self._ended:
+            if (
+                self._jobs.pop((job.task_id, job.attempt), None) is not None
+                and not self._ended
+            ):
                 self._outgoing.put(outcome)
 
     def cancel(self, cancellation: pb.WorkCancellation) -> None:
@@ -443,7 +458,9 @@ class _Session:
                 return
             self.closed_by_us = True
             running = len(self._jobs)
-        LOGGER.warning("closing the stream (%s) with %d task(s) still running", reason, running)
+        LOGGER.warning(
+            "closing the stream (%s) with %d task(s) still running", reason, running
+        )
         self.call.cancel()
 
     def end(self, reason: str) -> None:
@@ -462,7 +479,9 @@ def _from_value(value: struct_pb2.Value) -> Any:
     (Value holds every number as a double, so 42 would otherwise be 42.0)."""
     kind = value.WhichOneof("kind")
     if kind == "struct_value":
-        return {key: _from_value(item) for key, item in value.struct_value.fields.items()}
+        return {
+            key: _from_value(item) for key, item in value.struct_value.fields.items()
+        }
     if kind == "list_value":
         return [_from_value(item) for item in value.list_value.values]
     if kind == "number_value":

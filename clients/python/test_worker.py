@@ -122,7 +122,8 @@ def final_state(tasks, task_id):
 
 def retry_policy(max_attempts):
     return pb.RetryPolicy(
-        max_attempts=max_attempts, initial_backoff=duration_pb2.Duration(nanos=100_000_000)
+        max_attempts=max_attempts,
+        initial_backoff=duration_pb2.Duration(nanos=100_000_000),
     )
 
 
@@ -162,11 +163,15 @@ def running_worker(address, handler, kind="py-test", **options):
         raise failure[0]
 
 
-def test_a_task_runs_on_the_worker_and_completes_with_its_result(address, tasks, create_task):
+def test_a_task_runs_on_the_worker_and_completes_with_its_result(
+    address, tasks, create_task
+):
     seen = {}
 
     def double(job):
-        seen.update(data=job.data, task_id=job.task_id, attempt=job.attempt, node=job.task.node)
+        seen.update(
+            data=job.data, task_id=job.task_id, attempt=job.attempt, node=job.task.node
+        )
         return {"doubled": job.data["n"] * 2, "text": job.data["text"]}
 
     with running_worker(address, double) as (worker, _):
@@ -179,7 +184,11 @@ def test_a_task_runs_on_the_worker_and_completes_with_its_result(address, tasks,
     assert last.node.endswith("/" + worker.worker_name), last.node
     assert seen["data"] == {"n": 21, "text": "h\u00e9llo \u4e16"}
     assert type(seen["data"]["n"]) is int, "whole numbers come back as int"
-    assert (seen["task_id"], seen["attempt"], seen["node"]) == (created.id, 1, last.node)
+    assert (seen["task_id"], seen["attempt"], seen["node"]) == (
+        created.id,
+        1,
+        last.node,
+    )
 
 
 def test_progress_reaches_a_watcher_while_the_task_runs(address, tasks, create_task):
@@ -281,7 +290,9 @@ def test_a_cancel_reaches_the_handler_and_frees_the_slot(address, tasks, create_
 
     assert cancelled.status == pb.TASK_STATUS_CANCELLED
     assert len(reasons) == 1 and "cancel" in reasons[0], reasons
-    assert last_slow.status == pb.TASK_STATUS_CANCELLED, "the discarded outcome changes nothing"
+    assert (
+        last_slow.status == pb.TASK_STATUS_CANCELLED
+    ), "the discarded outcome changes nothing"
     assert last_quick.status == pb.TASK_STATUS_COMPLETED, last_quick.error
     assert result_of(last_quick) == "quick"
 
@@ -423,7 +434,9 @@ def stop(process, read_log) -> str:
     try:
         status = process.wait(timeout=DEADLINE)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"the worker ignored SIGTERM for {DEADLINE} s; its log:\n{read_log()}")
+        pytest.fail(
+            f"the worker ignored SIGTERM for {DEADLINE} s; its log:\n{read_log()}"
+        )
     assert status == 0, f"the worker exited {status}; its log:\n{read_log()}"
     return read_log()
 
@@ -432,7 +445,9 @@ def test_sigterm_drains_the_example_worker_and_its_task_completes(
     tasks, create_task, start_example_worker
 ):
     process, read_log = start_example_worker()
-    created = create_task({"image": "cat.png", "size": 64, "seconds": 3}, kind="thumbnail")
+    created = create_task(
+        {"image": "cat.png", "size": 64, "seconds": 3}, kind="thumbnail"
+    )
     running, _ = watch_until(
         tasks, created.id, lambda task: task.progress.percent > 0, "progress"
     )
@@ -523,7 +538,15 @@ def rest_of(process, lines, seen) -> int:
 
 def taskctl_create(address, name, data) -> str:
     created = run_taskctl(
-        address, "create", name, "--kind", "thumbnail", "--data", json.dumps(data), "-o", "json"
+        address,
+        "create",
+        name,
+        "--kind",
+        "thumbnail",
+        "--data",
+        json.dumps(data),
+        "-o",
+        "json",
     )
     assert created.returncode == 0, created.stderr
     return json.loads(created.stdout)["id"]
@@ -541,7 +564,10 @@ def test_the_example_worker_runs_tasks_from_taskctl_with_progress_and_cancel(
 
     def cancel_leftovers():
         for task_id in (first_id, second_id):
-            if task_id and tasks.GetTask(pb.GetTaskRequest(id=task_id)).status not in TERMINAL:
+            if (
+                task_id
+                and tasks.GetTask(pb.GetTaskRequest(id=task_id)).status not in TERMINAL
+            ):
                 tasks.CancelTask(pb.CancelTaskRequest(id=task_id), timeout=DEADLINE)
 
     request.addfinalizer(cancel_leftovers)
@@ -553,7 +579,9 @@ def test_the_example_worker_runs_tasks_from_taskctl_with_progress_and_cancel(
     status = rest_of(watch, lines, first_seen)
 
     assert status == 0, f"taskctl watch exited {status}: {first_seen}\n{read_log()}"
-    percents = [int(match[1]) for match in map(PROGRESS_LINE.match, first_seen) if match]
+    percents = [
+        int(match[1]) for match in map(PROGRESS_LINE.match, first_seen) if match
+    ]
     assert any(0 < percent < 100 for percent in percents), first_seen
     assert percents == sorted(percents), first_seen
     assert first_seen[-2].startswith("COMPLETED 100%"), first_seen
@@ -561,7 +589,9 @@ def test_the_example_worker_runs_tasks_from_taskctl_with_progress_and_cancel(
     assert first_seen[-1].endswith(': {"size":64,"thumbnail":"cat.64.png"}'), first_seen
 
     # A long one, cancelled with taskctl once its progress shows.
-    second_id = taskctl_create(address, "py long thumbnail", {"image": "cat.png", "seconds": 60})
+    second_id = taskctl_create(
+        address, "py long thumbnail", {"image": "cat.png", "seconds": 60}
+    )
     watch, lines = start_taskctl_watch(address, second_id)
     second_seen = []
     while not PROGRESS_LINE.match(next_line(lines, second_seen)):
@@ -571,7 +601,9 @@ def test_the_example_worker_runs_tasks_from_taskctl_with_progress_and_cancel(
     log = stop(process, read_log)
 
     assert cancelled.returncode == 0, cancelled.stderr
-    assert re.search(r"^STATUS:\s+CANCELLED$", cancelled.stdout, re.MULTILINE), cancelled.stdout
+    assert re.search(
+        r"^STATUS:\s+CANCELLED$", cancelled.stdout, re.MULTILINE
+    ), cancelled.stdout
     assert status == 4, f"taskctl watch exited {status}: {second_seen}"
     assert second_seen[-1].startswith(f"task {second_id} cancelled after "), second_seen
     assert f"task {second_id} attempt 1 cancelled: " in log, log
@@ -605,7 +637,9 @@ def end_with(code):
 
 
 def assign_one_then_end_on_drain(service, requests, context):
-    task = pb.Task(id="task-1", kind="py-test", attempt=3, status=pb.TASK_STATUS_RUNNING)
+    task = pb.Task(
+        id="task-1", kind="py-test", attempt=3, status=pb.TASK_STATUS_RUNNING
+    )
     task.data.CopyFrom(json_format.ParseDict({"n": 2}, struct_pb2.Value()))
     yield worker_pb.WorkResponse(assignment=worker_pb.WorkAssignment(task=task))
     for message in requests:
@@ -630,8 +664,11 @@ def fake_server(service):
 
 def test_a_stream_that_ends_unavailable_is_opened_again():
     service = FakeWorkerService(
-        [end_with(grpc.StatusCode.UNAVAILABLE), end_with(grpc.StatusCode.INTERNAL),
-         assign_one_then_end_on_drain]
+        [
+            end_with(grpc.StatusCode.UNAVAILABLE),
+            end_with(grpc.StatusCode.INTERNAL),
+            assign_one_then_end_on_drain,
+        ]
     )
     with fake_server(service) as fake_address:
         worker = Worker(
@@ -640,7 +677,9 @@ def test_a_stream_that_ends_unavailable_is_opened_again():
             max_concurrent=3,
             backoff=Backoff(initial=0.01, maximum=0.05),
         )
-        worker.handle("py-test", lambda job: {"n": job.data["n"], "attempt": job.attempt})
+        worker.handle(
+            "py-test", lambda job: {"n": job.data["n"], "attempt": job.attempt}
+        )
         thread = threading.Thread(target=worker.run, kwargs={"handle_signals": False})
         thread.start()
         try:
@@ -688,7 +727,12 @@ def test_a_drain_before_connecting_stops_at_once():
 def test_the_backoff_doubles_up_to_its_maximum_with_jitter_below():
     backoff = Backoff(initial=0.5, maximum=4)
     assert [backoff.delay(failures, draw=lambda: 1.0) for failures in range(6)] == [
-        0.5, 1, 2, 4, 4, 4,
+        0.5,
+        1,
+        2,
+        4,
+        4,
+        4,
     ]
     assert backoff.delay(100, draw=lambda: 0.25) == 1.0
     assert backoff.delay(3, draw=lambda: 0.0) == 0.0
@@ -696,7 +740,8 @@ def test_the_backoff_doubles_up_to_its_maximum_with_jitter_below():
 
 def test_json_numbers_that_are_whole_become_int():
     value = json_format.ParseDict(
-        {"n": 3, "x": 2.5, "big": 2.0**60, "list": [1, None, True, "s"]}, struct_pb2.Value()
+        {"n": 3, "x": 2.5, "big": 2.0**60, "list": [1, None, True, "s"]},
+        struct_pb2.Value(),
     )
     data = task_processor_worker._from_value(value)
     assert data == {"n": 3, "x": 2.5, "big": 2.0**60, "list": [1, None, True, "s"]}
