@@ -59,7 +59,9 @@ def address():
 
 
 @pytest.fixture(scope="session")
-def tasks(address):
+def channel(address):
+    """A channel as the token's principal: plaintext, or TLS verified with
+    CA_FILE."""
     if CA_FILE is None:
         channel = grpc.insecure_channel(address)
     else:
@@ -70,7 +72,17 @@ def tasks(address):
             )
         channel = grpc.secure_channel(address, credentials)
     with channel:
-        yield pb_grpc.TaskServiceStub(channel)
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def tasks(channel):
+    return pb_grpc.TaskServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def workers(channel):
+    return worker_pb_grpc.WorkerServiceStub(channel)
 
 
 @pytest.fixture
@@ -346,6 +358,38 @@ def test_a_task_that_outlives_the_grace_period_runs_again(address, tasks, create
 
     assert last.status == pb.TASK_STATUS_COMPLETED, last.error
     assert last.attempt == 2 and result_of(last) == {"attempt": 2}
+
+
+def poll_workers(workers, condition, description):
+    """Polls ListWorkers until `condition(listed)` holds, within the deadline."""
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        listed = workers.ListWorkers(
+            worker_pb.ListWorkersRequest(), timeout=DEADLINE
+        ).workers
+        if condition(listed):
+            return listed
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {description} within {DEADLINE} s: {listed}")
+        time.sleep(0.05)
+
+
+def test_the_worker_is_listed_while_it_is_connected(address, workers):
+    with running_worker(address, lambda job: None, max_concurrent=7) as (worker, _):
+        listed = poll_workers(
+            workers,
+            lambda listed: any(w.worker_name == worker.worker_name for w in listed),
+            "worker listed",
+        )
+        [ours] = [w for w in listed if w.worker_name == worker.worker_name]
+        assert list(ours.kinds) == ["py-test"]
+        assert ours.max_concurrent == 7
+        assert ours.in_flight == 0
+    poll_workers(
+        workers,
+        lambda listed: all(w.worker_name != worker.worker_name for w in listed),
+        "worker gone after the drain",
+    )
 
 
 def run_until_it_raises(worker):
