@@ -86,29 +86,35 @@ def workers(channel):
 
 
 @pytest.fixture
-def create_task(tasks):
-    """Creates tasks (kind py-test unless told), and cancels at the end of the
-    test those that have not finished."""
+def created_ids(tasks):
+    """Ids of the tasks a test creates: those not finished when it ends are
+    cancelled, so that no later test finds them waiting for a worker."""
+    ids = []
+    yield ids
+    for task_id in ids:
+        task = tasks.GetTask(pb.GetTaskRequest(id=task_id), timeout=DEADLINE)
+        if task.status not in TERMINAL:
+            tasks.CancelTask(pb.CancelTaskRequest(id=task_id), timeout=DEADLINE)
+
+
+@pytest.fixture
+def create_task(tasks, created_ids):
+    """Creates a task, of kind py-test unless told."""
     labels = {"worker-test-run": uuid.uuid4().hex}
-    created = []
 
     def create(data=None, kind="py-test", retry_policy=None) -> pb.Task:
         request = pb.CreateTaskRequest(
-            name=f"python worker test {len(created)}", kind=kind, labels=labels
+            name=f"python worker test {len(created_ids)}", kind=kind, labels=labels
         )
         if data is not None:
             request.data.CopyFrom(json_format.ParseDict(data, struct_pb2.Value()))
         if retry_policy is not None:
             request.retry_policy.CopyFrom(retry_policy)
         task = tasks.CreateTask(request, timeout=DEADLINE)
-        created.append(task.id)
+        created_ids.append(task.id)
         return task
 
-    yield create
-    for task_id in created:
-        task = tasks.GetTask(pb.GetTaskRequest(id=task_id), timeout=DEADLINE)
-        if task.status not in TERMINAL:
-            tasks.CancelTask(pb.CancelTaskRequest(id=task_id), timeout=DEADLINE)
+    return create
 
 
 def watch_until(tasks, task_id, condition, description):
@@ -600,21 +606,11 @@ PROGRESS_LINE = re.compile(r"^RUNNING\s+(\d+)%\s+resizing cat\.png: step \d+ of 
 
 
 def test_the_example_worker_runs_tasks_from_taskctl_with_progress_and_cancel(
-    address, tasks, start_example_worker, request
+    address, created_ids, start_example_worker
 ):
     # Created before the worker starts, so the watch sees every state.
     first_id = taskctl_create(address, "py thumbnail", {"image": "cat.png", "size": 64})
-    second_id = None
-
-    def cancel_leftovers():
-        for task_id in (first_id, second_id):
-            if (
-                task_id
-                and tasks.GetTask(pb.GetTaskRequest(id=task_id)).status not in TERMINAL
-            ):
-                tasks.CancelTask(pb.CancelTaskRequest(id=task_id), timeout=DEADLINE)
-
-    request.addfinalizer(cancel_leftovers)
+    created_ids.append(first_id)
     watch, lines = start_taskctl_watch(address, first_id)
     first_seen = []
     assert next_line(lines, first_seen).startswith("PENDING")
@@ -636,6 +632,7 @@ def test_the_example_worker_runs_tasks_from_taskctl_with_progress_and_cancel(
     second_id = taskctl_create(
         address, "py long thumbnail", {"image": "cat.png", "seconds": 60}
     )
+    created_ids.append(second_id)
     watch, lines = start_taskctl_watch(address, second_id)
     second_seen = []
     while not PROGRESS_LINE.match(next_line(lines, second_seen)):
