@@ -21,9 +21,9 @@ Handlers are plain functions, each run in a thread of its own: grpcio's
 synchronous API is threads underneath anyway, blocking code (image libraries,
 HTTP clients) works unchanged, and cancellation is a `threading.Event` the
 handler checks or waits on. A handler's return value (anything JSON can hold)
-completes the task; an exception fails the run, and the task's retry policy
-decides what happens next, unless it is a `PermanentError`, which fails the
-task at once.
+completes the task; an exception fails the run with `str(exception)` as the
+task's error, and the task's retry policy decides what happens next, unless
+it is a `PermanentError`, which fails the task at once.
 """
 
 import dataclasses
@@ -43,7 +43,7 @@ from taskprocessor.v1 import task_service_pb2
 from taskprocessor.v1 import worker_service_pb2 as pb
 from taskprocessor.v1 import worker_service_pb2_grpc as pb_grpc
 
-__all__ = ["Job", "PermanentError", "Worker"]
+__all__ = ["Backoff", "Job", "PermanentError", "Worker"]
 
 LOGGER = logging.getLogger("task_processor_worker")
 
@@ -213,7 +213,8 @@ class Worker:
     def run(self, *, handle_signals: bool = True) -> None:
         """Serves until drained, then returns; raises the configuration errors
         (INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED) as
-        `grpc.RpcError`.
+        `grpc.RpcError`. A worker runs once: after a drain, `run` returns at
+        once.
 
         With `handle_signals` (and on the main thread, the only one Python
         lets set them), SIGTERM and SIGINT start a drain, and a second one

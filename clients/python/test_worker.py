@@ -678,16 +678,20 @@ def end_with(code):
 
 
 def assign_one_then_end_on_drain(service, requests, context):
+    """As the server does: one assignment; after a drain, the stream ends
+    OK once the outcome is in."""
     task = pb.Task(
         id="task-1", kind="py-test", attempt=3, status=pb.TASK_STATUS_RUNNING
     )
     task.data.CopyFrom(json_format.ParseDict({"n": 2}, struct_pb2.Value()))
     yield worker_pb.WorkResponse(assignment=worker_pb.WorkAssignment(task=task))
+    drained = False
     for message in requests:
         if message.HasField("outcome"):
             service.outcomes.append(message.outcome)
             service.outcome_received.set()
-        if message.HasField("drain"):
+        drained = drained or message.HasField("drain")
+        if drained and service.outcomes:
             return
 
 
@@ -792,3 +796,26 @@ def test_json_numbers_that_are_whole_become_int():
 def test_a_token_without_tls_is_refused():
     with pytest.raises(ValueError, match="TLS"):
         Worker("127.0.0.1:1", token="secret")
+
+
+def test_a_second_drain_closes_the_stream_at_once():
+    service = FakeWorkerService([assign_one_then_end_on_drain])
+    started = threading.Event()
+    reasons = []
+
+    def stubborn(job):
+        started.set()
+        job.cancelled.wait(DEADLINE)
+        reasons.append(job.cancel_reason)
+
+    with fake_server(service) as fake_address:
+        worker = Worker(fake_address, grace_period=60)
+        worker.handle("py-test", stubborn)
+        thread = threading.Thread(target=worker.run, kwargs={"handle_signals": False})
+        thread.start()
+        wait_for(started, "start of the assigned task")
+        worker.drain()
+        worker.drain()
+        thread.join(DEADLINE)
+        assert not thread.is_alive(), "the second drain did not end the stream"
+    assert reasons == ["the stream to the server ended"]
