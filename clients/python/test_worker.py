@@ -102,9 +102,12 @@ def create_task(tasks, created_ids):
     """Creates a task, of kind py-test unless told."""
     labels = {"worker-test-run": uuid.uuid4().hex}
 
-    def create(data=None, kind="py-test", retry_policy=None) -> pb.Task:
+    def create(data=None, kind="py-test", retry_policy=None, timeout_seconds=0):
         request = pb.CreateTaskRequest(
-            name=f"python worker test {len(created_ids)}", kind=kind, labels=labels
+            name=f"python worker test {len(created_ids)}",
+            kind=kind,
+            labels=labels,
+            timeout_seconds=timeout_seconds,
         )
         if data is not None:
             request.data.CopyFrom(json_format.ParseDict(data, struct_pb2.Value()))
@@ -313,6 +316,26 @@ def test_a_cancel_reaches_the_handler_and_frees_the_slot(address, tasks, create_
     ), "the discarded outcome changes nothing"
     assert last_quick.status == pb.TASK_STATUS_COMPLETED, last_quick.error
     assert result_of(last_quick) == "quick"
+
+
+def test_a_timeout_reaches_the_handler_and_fails_the_task(address, tasks, create_task):
+    stopped = threading.Event()
+    reasons = []
+
+    def too_slow(job):
+        if job.cancelled.wait(DEADLINE):
+            reasons.append(job.cancel_reason)
+            stopped.set()
+        return "too late"
+
+    with running_worker(address, too_slow):
+        created = create_task(timeout_seconds=1)
+        last, _ = final_state(tasks, created.id)
+        wait_for(stopped, "cancellation in the handler")
+
+    assert last.status == pb.TASK_STATUS_FAILED
+    assert "timed out" in last.error, last.error
+    assert len(reasons) == 1 and "timed out" in reasons[0], reasons
 
 
 def test_a_drain_lets_the_running_task_finish(address, tasks, create_task):
