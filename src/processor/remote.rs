@@ -51,7 +51,7 @@ pub enum StopReason {
 impl fmt::Display for StopReason {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StopReason::Cancelled => formatter.write_str("cancelled by a client"),
+            StopReason::Cancelled => formatter.write_str("cancelled by client request"),
             StopReason::TimedOut { seconds } => write!(formatter, "timed out after {seconds}s"),
             StopReason::ShuttingDown => formatter.write_str("shutting down"),
             StopReason::TakenOver => formatter.write_str("taken over by another replica"),

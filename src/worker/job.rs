@@ -84,7 +84,7 @@ impl JobError {
 /// Why the server stopped a run (`WorkCancellation`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cancellation {
-    /// In words: "cancelled by a client", "timed out after 5s", "shutting
+    /// In words: "cancelled by client request", "timed out after 5s", "shutting
     /// down", ... Empty when the worker itself stopped the run (its
     /// connection was lost or its grace period ran out).
     pub reason: String,
@@ -276,7 +276,7 @@ mod tests {
         let (job, control) = new_job(pb::Task::default(), JsonValue::Null, HashMap::new(), sender);
         assert!(job.cancellation().is_none());
         control.cancel(Cancellation {
-            reason: "cancelled by a client".into(),
+            reason: "cancelled by client request".into(),
             cause: pb::CancellationCause::Cancelled,
         });
         control.cancel(Cancellation {

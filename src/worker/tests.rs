@@ -78,7 +78,7 @@ impl Call {
         let cancellation = pb::WorkCancellation {
             task_id: id.into(),
             attempt: 1,
-            reason: "cancelled by a client".into(),
+            reason: "cancelled by client request".into(),
             cause: pb::CancellationCause::Cancelled.into(),
         };
         self.send(ServerMessage::Cancellation(cancellation)).await;

@@ -212,7 +212,7 @@ async fn a_cancel_reaches_the_worker_and_its_slot_frees_only_with_an_outcome() {
         (cancellation.task_id.as_str(), cancellation.attempt),
         (cancelled.id.as_str(), 1)
     );
-    assert_eq!(cancellation.reason, "cancelled by a client");
+    assert_eq!(cancellation.reason, "cancelled by client request");
     assert_eq!(cancellation.cause(), pb::CancellationCause::Cancelled);
 
     // The stream's one slot is still the cancelled run's.
