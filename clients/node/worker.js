@@ -122,6 +122,7 @@ export class Worker extends EventEmitter {
   /** The open stream, or null between streams. */
   #connection = null;
   #draining = false;
+  /** run() was called. */
   #started = false;
   /** Ends the back-off sleep early when a drain starts. */
   #wakeUp = null;
@@ -151,7 +152,8 @@ export class Worker extends EventEmitter {
    */
   async run({ signals = ['SIGTERM', 'SIGINT'] } = {}) {
     if (this.#handlers.size === 0) throw new Error('Worker.run: no handler; call handle(kind, handler) first');
-    if (this.#started) throw new Error('Worker.run: already running');
+    // Its channel closes at the end, so a Worker runs once.
+    if (this.#started) throw new Error('Worker.run: a Worker runs once; make another');
     this.#started = true;
     const drain = () => this.drain();
     for (const signal of signals) process.on(signal, drain);
@@ -171,7 +173,6 @@ export class Worker extends EventEmitter {
       for (const signal of signals) process.off(signal, drain);
       clearTimeout(this.#graceTimer);
       this.#client.close();
-      this.#started = false;
     }
   }
 
