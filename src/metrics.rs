@@ -24,7 +24,7 @@ use crate::task::TaskStatus;
 /// What the service holds right now, for the gauges: the caller (the
 /// admin endpoint) reads it from the manager, so metrics need not know the
 /// manager.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Occupancy {
     /// Tasks waiting for a slot.
     pub pending: usize,
@@ -38,6 +38,25 @@ pub struct Occupancy {
     pub retained_tasks: usize,
     /// Bytes of tasks' data and results held in memory.
     pub held_bytes: u64,
+    /// Per worker kind (`worker_kinds`): streams connected, and tasks
+    /// waiting while none is.
+    pub worker_kinds: Vec<WorkerKindOccupancy>,
+}
+
+/// The gauges of one worker kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerKindOccupancy {
+    pub kind: String,
+    /// Worker streams connected here that run the kind.
+    pub connected: usize,
+    /// Tasks of the kind waiting to start while no worker runs it (0 while
+    /// one does).
+    pub waiting_without_worker: usize,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -119,9 +138,15 @@ pub struct KindMetrics {
     run_seconds: Histogram,
     retried: Counter,
     start_delay_seconds: Histogram,
+    assigned: Counter,
 }
 
 impl KindMetrics {
+    /// A run went to a remote worker.
+    pub fn task_assigned(&self) {
+        self.assigned.inc();
+    }
+
     pub fn task_created(&self) {
         self.created.inc();
     }
@@ -208,6 +233,10 @@ struct Inner {
     store_commit_failures: Counter,
     grpc_accept_errors: Family<AcceptLabels, Counter>,
     schedule_firings: Family<FiringLabels, Counter>,
+    worker_assignments: Family<KindLabels, Counter>,
+    worker_outcomes: Family<OutcomeLabels, Counter>,
+    workers_connected: Family<KindLabels, Gauge>,
+    tasks_waiting_for_worker: Family<KindLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -359,6 +388,33 @@ impl Metrics {
              firing's task still ran; refused: the server could not take the task yet)",
             schedule_firings.clone(),
         );
+        let worker_assignments = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "worker_assignments",
+            "Runs sent to remote workers (WorkerService), by kind",
+            worker_assignments.clone(),
+        );
+        let worker_outcomes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "worker_outcomes",
+            "Outcomes remote workers sent, by result (completed, failed; ignored: for a run \
+             that had stopped or that the stream never had; cut_short: runs whose stream \
+             ended first, which run again)",
+            worker_outcomes.clone(),
+        );
+        let workers_connected = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "workers_connected",
+            "Remote worker streams connected to this server, by kind they run",
+            workers_connected.clone(),
+        );
+        let tasks_waiting_for_worker = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "tasks_waiting_for_worker",
+            "Tasks of a worker kind waiting to start while no worker for the kind is \
+             connected to this server",
+            tasks_waiting_for_worker.clone(),
+        );
         registry.register_collector(Box::new(DroppedLogLines {
             read: dropped_log_lines,
         }));
@@ -383,6 +439,10 @@ impl Metrics {
                 store_commit_failures,
                 grpc_accept_errors,
                 schedule_firings,
+                worker_assignments,
+                worker_outcomes,
+                workers_connected,
+                tasks_waiting_for_worker,
             }),
         }
     }
@@ -410,6 +470,7 @@ impl Metrics {
             start_delay_seconds: inner
                 .task_start_delay_seconds
                 .get_or_create_owned(&kind_labels),
+            assigned: inner.worker_assignments.get_or_create_owned(&kind_labels),
         }
     }
 
@@ -451,6 +512,16 @@ impl Metrics {
         }
     }
 
+    /// A remote worker sent an outcome (`completed`, `failed` or
+    /// `ignored`), or its stream ended before one (`cut_short`), `count`
+    /// times.
+    pub fn worker_outcomes(&self, result: &'static str, count: u64) {
+        self.inner
+            .worker_outcomes
+            .get_or_create(&OutcomeLabels { result })
+            .inc_by(count);
+    }
+
     /// An accept on the gRPC listener failed for `reason`.
     pub fn accept_failed(&self, reason: &'static str) {
         self.inner
@@ -472,6 +543,19 @@ impl Metrics {
         self.inner
             .held_bytes
             .set(i64::try_from(occupancy.held_bytes).unwrap_or(i64::MAX));
+        for figures in &occupancy.worker_kinds {
+            let labels = KindLabels {
+                kind: figures.kind.clone(),
+            };
+            self.inner
+                .workers_connected
+                .get_or_create(&labels)
+                .set(gauge(figures.connected));
+            self.inner
+                .tasks_waiting_for_worker
+                .get_or_create(&labels)
+                .set(gauge(figures.waiting_without_worker));
+        }
         let mut text = String::new();
         // Writing into a String cannot fail.
         if encode(&mut text, &self.inner.registry).is_err() {

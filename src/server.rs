@@ -19,14 +19,16 @@ use tracing::{error, info, warn};
 
 use crate::{
     admin,
-    api::{TaskApi, proto_json::ProtoJsonError},
+    api::{TaskApi, WorkerApi, proto_json::ProtoJsonError},
     auth::{Security, SecurityError},
     config::Config,
     gateway::{self, Gateway},
     manager::{FORCED_STOP_AFTER, ManagerConfig, ManagerHandle, StoreHealth},
     metrics::Metrics,
-    pb::{self, task_service_server::TaskServiceServer},
-    processor::Registry,
+    pb::{
+        self, task_service_server::TaskServiceServer, worker_service_server::WorkerServiceServer,
+    },
+    processor::{Registry, remote::WorkerHub},
     store::StoreError,
     telemetry,
 };
@@ -62,15 +64,11 @@ const FINAL_FLUSH_GRACE: Duration = Duration::from_secs(5);
 /// tens of MiB per stream with no limit on streams.
 pub const MAX_CONCURRENT_STREAMS: u32 = 100;
 
-/// How often the server pings a connection that has sent nothing...
-const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
-
-/// ...and how long the answer may take before the connection is dropped,
-/// so a peer that vanished (no FIN, no RST) frees its streams and buffers.
-const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-
 /// The health service name of `TaskService`.
 pub const TASK_SERVICE_NAME: &str = "taskprocessor.v1.TaskService";
+
+/// The health service name of `WorkerService`.
+pub const WORKER_SERVICE_NAME: &str = "taskprocessor.v1.WorkerService";
 
 /// The sockets the server answers on; the caller binds them, so tests can
 /// use port 0 and nothing races for a port.
@@ -128,6 +126,34 @@ pub enum ServerError {
     Security(#[from] SecurityError),
     #[error("the setting kinds names {kind:?}, which no processor serves (kinds: {known})")]
     UnknownKind { kind: String, known: String },
+    #[error(
+        "the setting worker_kinds names {kind:?}, which a processor in this server runs; \
+         choose another name for the workers' kind"
+    )]
+    WorkerKindTaken { kind: String },
+    #[error(
+        "worker_kinds is set but the registry has no worker hub: build it with \
+         server::registry_with_workers"
+    )]
+    WorkersNotInRegistry,
+}
+
+/// `registry` with the kinds of `worker_kinds` handed to remote workers
+/// (`WorkerService`). A worker kind may not be a kind a processor in this
+/// server runs: a task of it would run in one place or the other by chance
+/// of configuration.
+pub fn registry_with_workers(config: &Config, registry: Registry) -> Result<Registry, ServerError> {
+    if config.worker_kinds.is_empty() {
+        return Ok(registry);
+    }
+    if let Some(kind) = config
+        .worker_kinds
+        .iter()
+        .find(|kind| registry.get(kind).is_some())
+    {
+        return Err(ServerError::WorkerKindTaken { kind: kind.clone() });
+    }
+    Ok(registry.with_workers(WorkerHub::new(config.worker_kinds.iter().cloned())))
 }
 
 /// Refuses per-kind settings for a kind that no processor serves: a typo
@@ -157,6 +183,7 @@ pub async fn run(
     metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    let registry = registry_with_workers(&config, registry)?;
     check_kinds(&config, &registry)?;
     let manager_config = ManagerConfig {
         join_stored_trace: Some(telemetry::join_stored_trace),
@@ -191,13 +218,18 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     check_kinds(&config, &registry)?;
+    if !config.worker_kinds.is_empty() && registry.workers().is_none() {
+        return Err(ServerError::WorkersNotInRegistry);
+    }
     // First, so a missing or broken file stops the start before anything
     // listens.
     let security = Security::load(&config.tls, &config.auth)?;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_service_status(TASK_SERVICE_NAME, ServingStatus::Serving)
-        .await;
+    for service in [TASK_SERVICE_NAME, WORKER_SERVICE_NAME] {
+        health_reporter
+            .set_service_status(service, ServingStatus::Serving)
+            .await;
+    }
     let draining = CancellationToken::new();
     let health_follower = tokio::spawn(follow_store_health(
         manager.store_health(),
@@ -218,6 +250,13 @@ pub async fn run_with(
         .build_v1alpha()?;
 
     let watches_end = CancellationToken::new();
+    let workers_end = CancellationToken::new();
+    let worker_api = WorkerApi::new(
+        registry.workers().cloned(),
+        config.node_name.clone(),
+        metrics.clone(),
+        workers_end.clone(),
+    );
     let api = TaskApi::new(
         manager.clone(),
         registry,
@@ -226,6 +265,9 @@ pub async fn run_with(
     );
     let request_limit = config.max_data_bytes + REQUEST_OVERHEAD_BYTES;
     let task_service = TaskServiceServer::new(api).max_decoding_message_size(request_limit);
+    // An outcome carries a result, as large as a task's data may be.
+    let worker_service =
+        WorkerServiceServer::new(worker_api).max_decoding_message_size(request_limit);
 
     // Every call, gRPC, gRPC-Web or REST, passes the RPC layer once: gRPC
     // and gRPC-Web (translated to gRPC first) on their way to tonic's
@@ -239,6 +281,7 @@ pub async fn run_with(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(task_service.clone())
+        .add_service(worker_service)
         .prepare();
     let grpc = tonic_web::GrpcWebLayer::new().layer(rpc_layer.layer(auth_layer.layer(grpc_routes)));
     let gateway = Gateway::new(
@@ -256,8 +299,10 @@ pub async fn run_with(
     let server = tonic::transport::Server::builder()
         .accept_http1(true)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT));
+        // A peer that vanished (no FIN, no RST) is dropped within both,
+        // freeing its streams and buffers; a worker's tasks then run again.
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout));
     let mut serving = tokio::spawn(server.serve_with_incoming_shutdown(
         port,
         Connections::new(
@@ -309,7 +354,7 @@ pub async fn run_with(
     // Stopped first, so it cannot say SERVING again after this.
     health_follower.abort();
     let _ = health_follower.await;
-    for service in ["", TASK_SERVICE_NAME] {
+    for service in ["", TASK_SERVICE_NAME, WORKER_SERVICE_NAME] {
         health_reporter
             .set_service_status(service, ServingStatus::NotServing)
             .await;
@@ -340,6 +385,9 @@ pub async fn run_with(
         let stop_budget = FORCED_STOP_AFTER + Duration::from_secs(1);
         let _ = tokio::time::timeout(stop_budget, manager.wait_until_idle()).await;
     }
+    // After the cancellations above went out on them: workers hear
+    // UNAVAILABLE (connect again, elsewhere).
+    workers_end.cancel();
 
     stop_serving.cancel();
     match tokio::time::timeout(CONNECTION_CLOSE_GRACE, &mut serving).await {

@@ -10,6 +10,7 @@ pub mod resume_token;
 mod schedules;
 pub mod validate;
 mod watch_tasks;
+pub mod workers;
 
 use std::{pin::Pin, sync::Arc};
 
@@ -29,6 +30,7 @@ use crate::{
 pub use error::ApiError;
 pub use validate::Limits;
 pub use watch_tasks::WatchTasksStream;
+pub use workers::WorkerApi;
 
 /// The stream type of `WatchTask`.
 pub type WatchTaskStream =

@@ -51,8 +51,13 @@ pub fn access(path: &str) -> Access {
             .find(|(name, _)| *name == method)
             .map_or(Access::Role(Role::Admin), |(_, role)| Access::Role(*role));
     }
-    if path.starts_with(WORKER_SERVICE) {
-        return Access::Role(Role::Work);
+    if let Some(method) = path.strip_prefix(WORKER_SERVICE) {
+        // Listing the workers is reading; everything else is working.
+        return Access::Role(if method == "ListWorkers" {
+            Role::Read
+        } else {
+            Role::Work
+        });
     }
     if path.starts_with(HEALTH_SERVICE) {
         return Access::Open;
@@ -121,6 +126,14 @@ mod tests {
         assert_eq!(
             role("/taskprocessor.v1.WorkerService/Claim"),
             Some(Role::Work)
+        );
+        assert_eq!(
+            role("/taskprocessor.v1.WorkerService/Work"),
+            Some(Role::Work)
+        );
+        assert_eq!(
+            role("/taskprocessor.v1.WorkerService/ListWorkers"),
+            Some(Role::Read)
         );
         assert_eq!(
             role("/taskprocessor.v1.TaskService/Nope"),

@@ -131,6 +131,24 @@ pub struct Flags {
     #[arg(long, value_name = "DURATION")]
     pub lease: Option<String>,
 
+    /// The kinds remote workers run through WorkerService, comma
+    /// separated: CreateTask accepts them, and their tasks wait until a
+    /// worker for the kind connects [env: TASK_PROCESSOR_WORKER_KINDS]
+    /// [default: none]
+    #[arg(long, value_name = "KINDS")]
+    pub worker_kinds: Option<String>,
+
+    /// How long an HTTP/2 connection may be silent before the server pings
+    /// it [env: TASK_PROCESSOR_KEEPALIVE_INTERVAL] [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    pub keepalive_interval: Option<String>,
+
+    /// How long a ping's answer may take before the connection is dropped
+    /// (a vanished worker's tasks then run again)
+    /// [env: TASK_PROCESSOR_KEEPALIVE_TIMEOUT] [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    pub keepalive_timeout: Option<String>,
+
     /// A browser origin (https://host[:port]) whose pages may call the REST
     /// routes and gRPC-Web; repeat the flag or separate origins with commas;
     /// none means no CORS at all
@@ -216,6 +234,17 @@ impl Flags {
                 "--watch-journal-capacity",
             ),
             ("kinds", &self.kinds, "--kinds"),
+            ("worker_kinds", &self.worker_kinds, "--worker-kinds"),
+            (
+                "keepalive_interval",
+                &self.keepalive_interval,
+                "--keepalive-interval",
+            ),
+            (
+                "keepalive_timeout",
+                &self.keepalive_timeout,
+                "--keepalive-timeout",
+            ),
             ("store", &self.store, "--store"),
             ("lease", &self.lease, "--lease"),
             ("log_level", &self.log_level, "--log-level"),

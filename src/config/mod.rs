@@ -118,6 +118,21 @@ pub const SETTINGS: &[Setting] = &[
         "--watch-journal-capacity",
     ),
     setting("kinds", "TASK_PROCESSOR_KINDS", "--kinds"),
+    setting(
+        "worker_kinds",
+        "TASK_PROCESSOR_WORKER_KINDS",
+        "--worker-kinds",
+    ),
+    setting(
+        "keepalive_interval",
+        "TASK_PROCESSOR_KEEPALIVE_INTERVAL",
+        "--keepalive-interval",
+    ),
+    setting(
+        "keepalive_timeout",
+        "TASK_PROCESSOR_KEEPALIVE_TIMEOUT",
+        "--keepalive-timeout",
+    ),
     setting("store", "TASK_PROCESSOR_STORE", "--store"),
     setting("lease", "TASK_PROCESSOR_LEASE", "--lease"),
     setting(
@@ -252,6 +267,17 @@ pub struct Config {
     pub watch_journal_capacity: usize,
     /// Per-kind rules: a kind's `max_concurrent` and default retry policy.
     pub kinds: Kinds,
+    /// The kinds remote workers run (`WorkerService`); none by default.
+    pub worker_kinds: Vec<String>,
+    /// How long an HTTP/2 connection may send nothing before the server
+    /// pings it...
+    #[serde(serialize_with = "parse::serialize_duration")]
+    pub keepalive_interval: Duration,
+    /// ...and how long the ping's answer may take before the connection is
+    /// dropped: a worker that vanished (no FIN, no RST) is found within
+    /// both, and its tasks run again.
+    #[serde(serialize_with = "parse::serialize_duration")]
+    pub keepalive_timeout: Duration,
     /// Where tasks live (printed without its password).
     #[serde(serialize_with = "parse::serialize_display")]
     pub store: StoreUrl,
@@ -294,6 +320,11 @@ impl Default for Config {
             max_cut_short_runs: crate::manager::DEFAULT_MAX_CUT_SHORT_RUNS,
             watch_journal_capacity: crate::manager::DEFAULT_JOURNAL_CAPACITY,
             kinds: Kinds::new(),
+            worker_kinds: Vec::new(),
+            // A vanished worker is noticed within 20 s, so its tasks run
+            // again within the 30 s the contract promises.
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(10),
             store: StoreUrl::Sqlite(DEFAULT_SQLITE_PATH.into()),
             lease: Duration::from_secs(30),
             cors_origins: Vec::new(),
@@ -399,6 +430,18 @@ impl Config {
             defaults.watch_journal_capacity,
         )?;
         let (kinds, _) = layers.resolve("kinds", kinds::parse, defaults.kinds)?;
+        let (worker_kinds, _) =
+            layers.resolve("worker_kinds", parse::worker_kinds, defaults.worker_kinds)?;
+        let (keepalive_interval, _) = layers.resolve(
+            "keepalive_interval",
+            parse::positive_duration,
+            defaults.keepalive_interval,
+        )?;
+        let (keepalive_timeout, _) = layers.resolve(
+            "keepalive_timeout",
+            parse::positive_duration,
+            defaults.keepalive_timeout,
+        )?;
         let (store, _) = layers.resolve("store", parse::store, defaults.store)?;
         let (lease, lease_source) = layers.resolve("lease", duration, defaults.lease)?;
         let (cors_origins, _) =
@@ -470,6 +513,9 @@ impl Config {
             max_cut_short_runs,
             watch_journal_capacity,
             kinds,
+            worker_kinds,
+            keepalive_interval,
+            keepalive_timeout,
             store,
             lease,
             cors_origins,
@@ -628,7 +674,9 @@ fn read_file(path: &Path) -> Result<Vec<(&'static str, String)>, ConfigError> {
             }
             // The one whose value may be a list: as JSON, which
             // `parse::origins` reads back as a list.
-            yaml_serde::Value::Sequence(_) if setting.key == "cors_origins" => {
+            yaml_serde::Value::Sequence(_)
+                if setting.key == "cors_origins" || setting.key == "worker_kinds" =>
+            {
                 serde_json::to_string(&value).unwrap_or_default()
             }
             yaml_serde::Value::Bool(flag) => flag.to_string(),

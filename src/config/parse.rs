@@ -112,7 +112,55 @@ pub fn node_name(text: &str) -> Result<String, String> {
     if name.is_empty() || name.len() > 253 || name.chars().any(char::is_control) {
         return Err("must be 1 to 253 characters without control characters".into());
     }
+    // A run on a remote worker shows as `<node>/<worker>`.
+    if name.contains('/') {
+        return Err(format!("{name:?} must not contain \"/\""));
+    }
     Ok(name.to_owned())
+}
+
+/// The kinds remote workers run: a comma list, `none`, or a YAML list (as
+/// the config file's list arrives). Each is 1 to 100 characters of
+/// letters, digits, `.`, `_` and `-`, as a kind name in a request may be.
+pub fn worker_kinds(text: &str) -> Result<Vec<String>, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("none") || text.is_empty() {
+        return Ok(Vec::new());
+    }
+    let items: Vec<String> = if text.starts_with('[') {
+        yaml_serde::from_str(text)
+            .map_err(|error| format!("{text:?} is not a list of kinds: {error}"))?
+    } else {
+        text.split(',').map(str::to_owned).collect()
+    };
+    let mut kinds: Vec<String> = Vec::with_capacity(items.len());
+    for item in items {
+        let kind = item.trim();
+        let valid = !kind.is_empty()
+            && kind.len() <= 100
+            && kind
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !valid {
+            return Err(format!(
+                "{kind:?} is not a kind name: 1 to 100 letters, digits, '.', '_' or '-'"
+            ));
+        }
+        if kinds.iter().any(|seen| seen == kind) {
+            return Err(format!("{kind:?} is named twice"));
+        }
+        kinds.push(kind.to_owned());
+    }
+    Ok(kinds)
+}
+
+/// A duration above zero.
+pub fn positive_duration(text: &str) -> Result<Duration, String> {
+    let value = duration(text)?;
+    if value.is_zero() {
+        return Err("must be more than 0s".into());
+    }
+    Ok(value)
 }
 
 pub fn log_level(text: &str) -> Result<String, String> {

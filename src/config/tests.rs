@@ -158,6 +158,9 @@ fn every_setting_is_read_from_its_environment_variable() {
             "TASK_PROCESSOR_KINDS",
             r#"{"echo": {"max_concurrent": 3, "retry_policy": {"max_attempts": 2}}}"#,
         ),
+        ("TASK_PROCESSOR_WORKER_KINDS", "thumbnail, email"),
+        ("TASK_PROCESSOR_KEEPALIVE_INTERVAL", "16s"),
+        ("TASK_PROCESSOR_KEEPALIVE_TIMEOUT", "17s"),
         ("TASK_PROCESSOR_STORE", "postgres://app:secret@db/tasks"),
         ("TASK_PROCESSOR_LEASE", "13s"),
         (
@@ -221,6 +224,9 @@ fn every_setting_is_read_from_its_environment_variable() {
         StoreUrl::Postgres("postgres://app:secret@db/tasks".into())
     );
     assert_eq!(config.lease, Duration::from_secs(13));
+    assert_eq!(config.worker_kinds, ["thumbnail", "email"]);
+    assert_eq!(config.keepalive_interval, Duration::from_secs(16));
+    assert_eq!(config.keepalive_timeout, Duration::from_secs(17));
     assert_eq!(
         config.cors_origins,
         ["https://tasks.example.com", "http://localhost:8080"]
@@ -580,4 +586,29 @@ fn security_settings_nest_in_the_file_and_come_whole() {
         .expect_err("unknown key")
         .to_string();
     assert!(error.contains("tls.cert"), "{error}");
+}
+
+#[test]
+fn worker_kinds_come_as_a_comma_list_or_a_yaml_list_and_bad_names_are_refused() {
+    assert!(load(&[], &[]).expect("valid").worker_kinds.is_empty());
+    let flags = load(&["--worker-kinds", "resize,email"], &[]).expect("valid");
+    assert_eq!(flags.worker_kinds, ["resize", "email"]);
+    let file = yaml_file("worker_kinds:\n  - resize\n  - email\n");
+    let path = file.path().to_str().expect("utf-8 path");
+    let from_file = load(&["--config", path], &[]).expect("valid");
+    assert_eq!(from_file.worker_kinds, ["resize", "email"]);
+    let printed = yaml_file(&from_file.to_yaml());
+    let printed_path = printed.path().to_str().expect("utf-8 path");
+    let again = load(&["--config", printed_path], &[]).expect("printed YAML loads");
+    assert_eq!(again.worker_kinds, from_file.worker_kinds);
+    for bad in ["resize,resize", "a b", "x/y", ","] {
+        let error = load(&["--worker-kinds", bad], &[])
+            .expect_err(bad)
+            .to_string();
+        assert!(error.contains("worker_kinds"), "{bad}: {error}");
+    }
+    let error = load(&["--node-name", "pod/1"], &[])
+        .expect_err("a slash in a node name")
+        .to_string();
+    assert!(error.contains("node_name"), "{error}");
 }

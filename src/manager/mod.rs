@@ -21,7 +21,7 @@ use std::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    metrics::{Metrics, Occupancy},
+    metrics::{Metrics, Occupancy, WorkerKindOccupancy},
     processor::Registry,
     schedule::{NewSchedule, Schedule, ScheduleId},
     store::{
@@ -132,7 +132,7 @@ pub struct ManagerConfig {
 pub const DEFAULT_MAX_CUT_SHORT_RUNS: u32 = 5;
 
 /// Counters that show what the manager holds, for tests and metrics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ManagerStats {
     pub tasks: usize,
     pub pending: usize,
@@ -154,6 +154,9 @@ pub struct ManagerStats {
     pub held_bytes: u64,
     /// Schedules held here (memory and SQLite; PostgreSQL holds none).
     pub schedules: usize,
+    /// Per worker kind: streams connected here, and tasks waiting while
+    /// none is.
+    pub worker_kinds: Vec<WorkerKindOccupancy>,
 }
 
 impl ManagerStats {
@@ -166,6 +169,7 @@ impl ManagerStats {
             watchers: self.watchers,
             retained_tasks: self.tasks,
             held_bytes: self.held_bytes,
+            worker_kinds: self.worker_kinds.clone(),
         }
     }
 }

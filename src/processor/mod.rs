@@ -5,6 +5,7 @@
 //! progress; it knows nothing of the manager, the store or gRPC.
 
 mod builtin;
+pub mod remote;
 
 use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
 
@@ -39,6 +40,7 @@ pub trait Processor: Send + Sync + 'static {
 pub struct ProcessorError {
     message: String,
     permanent: bool,
+    cut_short: bool,
 }
 
 impl ProcessorError {
@@ -48,6 +50,19 @@ impl ProcessorError {
         Self {
             message: message.into(),
             permanent: false,
+            cut_short: false,
+        }
+    }
+
+    /// Not a failure of the task: the run could not go on for reasons of
+    /// its own (the remote worker running it went away). The task runs
+    /// again as after a crash of its server, and the run does not count
+    /// against its retry policy.
+    pub fn cut_short(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            permanent: false,
+            cut_short: true,
         }
     }
 
@@ -57,12 +72,18 @@ impl ProcessorError {
         Self {
             message: message.into(),
             permanent: true,
+            cut_short: false,
         }
     }
 
     /// Whether the task must fail without a retry.
     pub fn is_permanent(&self) -> bool {
         self.permanent
+    }
+
+    /// Whether the run was cut short rather than failed.
+    pub fn is_cut_short(&self) -> bool {
+        self.cut_short
     }
 }
 
@@ -131,6 +152,13 @@ impl ProgressReporter {
         Self { updates }
     }
 
+    /// A reporter whose reports go nowhere, until a run's real one
+    /// replaces it.
+    fn detached() -> Self {
+        let (updates, _) = mpsc::channel(1);
+        Self { updates }
+    }
+
     async fn report(&self, task_id: TaskId, attempt: u32, progress: Progress) {
         let update = ProgressUpdate {
             task_id,
@@ -147,6 +175,8 @@ impl ProgressReporter {
 #[derive(Clone)]
 pub struct Registry {
     processors: HashMap<String, Arc<dyn Processor>>,
+    /// The kinds remote workers run, and their streams.
+    workers: Option<remote::WorkerHub>,
 }
 
 impl fmt::Debug for Registry {
@@ -163,6 +193,7 @@ impl Registry {
     pub fn empty() -> Self {
         Self {
             processors: HashMap::new(),
+            workers: None,
         }
     }
 
@@ -184,18 +215,41 @@ impl Registry {
         self
     }
 
+    /// Hands the kinds of `hub` to remote workers (`WorkerService`). A
+    /// worker kind with a processor registered here too is run remotely.
+    pub fn with_workers(mut self, hub: remote::WorkerHub) -> Self {
+        self.workers = Some(hub);
+        self
+    }
+
+    /// The processor of a kind run in this process.
     pub fn get(&self, kind: &str) -> Option<Arc<dyn Processor>> {
         self.processors.get(kind).cloned()
     }
 
-    pub fn contains(&self, kind: &str) -> bool {
-        self.processors.contains_key(kind)
+    /// The worker streams, when `kind` is run by remote workers.
+    pub fn workers_for(&self, kind: &str) -> Option<&remote::WorkerHub> {
+        self.workers.as_ref().filter(|hub| hub.serves(kind))
     }
 
-    /// The registered kinds, sorted, for error messages and logs.
+    /// The worker streams, if any kind is run by remote workers.
+    pub fn workers(&self) -> Option<&remote::WorkerHub> {
+        self.workers.as_ref()
+    }
+
+    /// Whether tasks of `kind` can run: in this process or on a worker.
+    pub fn contains(&self, kind: &str) -> bool {
+        self.processors.contains_key(kind) || self.workers_for(kind).is_some()
+    }
+
+    /// The kinds that can run, sorted, for error messages and logs.
     pub fn kinds(&self) -> Vec<&str> {
         let mut kinds: Vec<&str> = self.processors.keys().map(String::as_str).collect();
+        if let Some(hub) = &self.workers {
+            kinds.extend(hub.kinds().iter().map(String::as_str));
+        }
         kinds.sort_unstable();
+        kinds.dedup();
         kinds
     }
 }

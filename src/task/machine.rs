@@ -21,6 +21,9 @@ pub enum TaskEvent {
     /// runs again on `node` (at-least-once): a new attempt, still `RUNNING`,
     /// and one more run in a row cut short.
     Restart { node: String },
+    /// A running task's run went to a remote worker (`WorkerService`):
+    /// `node` becomes `<server node>/<worker>`.
+    Assigned { worker: String },
     /// The processor reported progress.
     Progress(Progress),
     /// The processor returned a result.
@@ -70,7 +73,7 @@ impl TaskEvent {
     fn target_status(&self, current: TaskStatus) -> TaskStatus {
         match self {
             TaskEvent::Start { .. } | TaskEvent::Restart { .. } => TaskStatus::Running,
-            TaskEvent::Progress(_) => current,
+            TaskEvent::Progress(_) | TaskEvent::Assigned { .. } => current,
             TaskEvent::Complete(_) => TaskStatus::Completed,
             TaskEvent::Fail(_) | TaskEvent::QueueTimeout => TaskStatus::Failed,
             TaskEvent::Cancel(_) => TaskStatus::Cancelled,
@@ -95,7 +98,20 @@ pub struct IllegalTransition {
     pub to: TaskStatus,
 }
 
+/// The server node (replica) part of a task's `node`: a run on a remote
+/// worker shows as `<server node>/<worker>`, and the replica that hands it
+/// the task is the one that owns the run.
+pub fn replica_of(node: &str) -> &str {
+    node.split_once('/').map_or(node, |(replica, _)| replica)
+}
+
 impl Task {
+    /// Whether this task's run belongs to the server node `replica` (run
+    /// there, or by a worker connected there).
+    pub fn runs_on(&self, replica: &str) -> bool {
+        replica_of(&self.node) == replica
+    }
+
     /// Applies `event` at time `now`, enforcing the state machine. Every
     /// change bumps `revision`.
     pub fn apply(
@@ -121,6 +137,9 @@ impl Task {
                 self.node = node;
                 self.started_at = Some(now);
                 self.progress = None;
+            }
+            (TaskStatus::Running, TaskEvent::Assigned { worker }) => {
+                self.node = format!("{}/{}", replica_of(&self.node), without_nul(worker));
             }
             (TaskStatus::Running, TaskEvent::Progress(mut progress)) => {
                 progress.percent = progress.percent.min(100);

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-pub use machine::{Applied, Failure, IllegalTransition, TaskEvent};
+pub use machine::{Applied, Failure, IllegalTransition, TaskEvent, replica_of};
 pub use retry::{InvalidPolicy, MAX_ATTEMPTS_LIMIT, MAX_BACKOFF_LIMIT, RetryPolicy};
 
 use serde_json::Value as JsonValue;

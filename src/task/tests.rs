@@ -48,6 +48,9 @@ fn every_event() -> Vec<TaskEvent> {
     vec![
         TaskEvent::Start { node: "n2".into() },
         TaskEvent::Restart { node: "n3".into() },
+        TaskEvent::Assigned {
+            worker: "w1".into(),
+        },
         TaskEvent::Progress(Progress {
             percent: 40,
             message: "working".into(),
@@ -67,6 +70,7 @@ fn every_transition_is_legal_or_refused_as_the_state_machine_says() {
     let legal: &[(TaskStatus, &str, TaskStatus)] = &[
         (Pending, "start", Running),
         (Running, "restart", Running),
+        (Running, "assigned", Running),
         (Pending, "cancel", Cancelled),
         (Running, "progress", Running),
         (Running, "complete", Completed),
@@ -81,6 +85,7 @@ fn every_transition_is_legal_or_refused_as_the_state_machine_says() {
     let event_name = |event: &TaskEvent| match event {
         TaskEvent::Start { .. } => "start",
         TaskEvent::Restart { .. } => "restart",
+        TaskEvent::Assigned { .. } => "assigned",
         TaskEvent::Progress(_) => "progress",
         TaskEvent::Complete(_) => "complete",
         TaskEvent::Fail(_) => "fail",
@@ -349,4 +354,36 @@ fn the_queue_deadline_counts_from_when_the_task_became_ready() {
         "{}",
         task.error
     );
+}
+
+/// A run handed to a remote worker shows where it runs as
+/// `<server node>/<worker>`, and still belongs to its server node, also
+/// after it is handed to another worker or restarted elsewhere.
+#[test]
+fn an_assigned_run_names_its_worker_and_still_belongs_to_its_server_node() {
+    let mut task = task_in(TaskStatus::Running);
+    assert!(task.runs_on("n1"));
+    task.apply(
+        TaskEvent::Assigned {
+            worker: "resizer-1".into(),
+        },
+        SystemTime::now(),
+    )
+    .expect("a running task is assigned");
+    assert_eq!(task.node, "n1/resizer-1");
+    assert!(task.runs_on("n1"));
+    assert!(!task.runs_on("n1/resizer-1"));
+    assert!(!task.runs_on("n"), "a prefix of the name is another node");
+    task.apply(
+        TaskEvent::Assigned {
+            worker: "resizer-2".into(),
+        },
+        SystemTime::now(),
+    )
+    .expect("assigned again");
+    assert_eq!(task.node, "n1/resizer-2");
+    task.apply(TaskEvent::Restart { node: "n2".into() }, SystemTime::now())
+        .expect("restarts elsewhere");
+    assert_eq!(task.node, "n2");
+    assert!(task.runs_on("n2") && !task.runs_on("n1"));
 }

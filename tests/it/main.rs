@@ -45,3 +45,4 @@ mod tracing;
 mod watch;
 mod watch_tasks;
 mod watch_tasks_replicas;
+mod workers;

@@ -80,6 +80,7 @@ impl TestServer {
     }
 
     async fn start_with_registry(mut config: Config, registry: Registry, gate: Gate) -> Self {
+        let registry = server::registry_with_workers(&config, registry).expect("worker kinds");
         if config.store == StoreUrl::Memory {
             config.store = crate::stores::fresh_store().await;
         }

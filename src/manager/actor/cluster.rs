@@ -33,6 +33,7 @@ use crate::{
         watch::{TaskWatch, WatchState},
         watch_tasks::TaskFilter,
     },
+    processor::remote::StopReason,
     schedule::ScheduleId,
     store::{
         BatchOutcome, PostgresStore, StoreError,
@@ -68,6 +69,13 @@ pub(in crate::manager) enum ClusterEvent {
         id: TaskId,
         result: Result<Deleted, StoreError>,
         respond_to: Reply<()>,
+    },
+    /// Tasks ready to start of the worker kinds no worker here runs.
+    WorkerKindsCounted(Result<Vec<(String, u64)>, StoreError>),
+    /// A run cut short is back in the table for any replica to take.
+    GivenBack {
+        id: TaskId,
+        result: Result<(), StoreError>,
     },
     /// Running tasks were handed back for another replica to take.
     HandedOver {
@@ -135,6 +143,9 @@ pub(in crate::manager) struct Cluster {
     /// still shows them `RUNNING`, so their slots are not free for a
     /// claim: clients never see more runs than `max_concurrent`.
     pub(super) ending: HashMap<TaskId, String>,
+    /// Tasks ready to start of each worker kind that no worker here runs,
+    /// counted at housekeeping (for the gauge and the warning).
+    pub(super) ready_without_worker: HashMap<String, usize>,
     /// Pending tasks in the whole cluster, as last counted plus what this
     /// replica created since: what counts against `queue_capacity`.
     pub(super) pending_estimate: usize,
@@ -173,6 +184,7 @@ impl Cluster {
             expiring: false,
             next_due: None,
             ending: HashMap::new(),
+            ready_without_worker: HashMap::new(),
             pending_estimate: 0,
             retrying: 0,
             pending_watches: HashMap::new(),
@@ -372,7 +384,7 @@ impl Manager<Cluster> {
         for (task, written) in batch.updates.values().zip(&outcome.updated) {
             if !written {
                 debug!(task_id = %task.id, "this run lost its task (cancelled elsewhere or taken over)");
-                self.lose_run(task.id);
+                self.lose_run(task.id, StopReason::TakenOver);
             }
         }
     }
@@ -388,7 +400,7 @@ impl Manager<Cluster> {
             .map(|(id, slot)| (*id, slot.attempt))
             .collect();
         for (id, _) in &running {
-            self.lose_run(*id);
+            self.lose_run(*id, StopReason::ShuttingDown);
         }
         let count = running.len();
         if count == 0 {
@@ -408,10 +420,10 @@ impl Manager<Cluster> {
     }
 
     /// Stops a run whose task is no longer this run's, and forgets it here.
-    fn lose_run(&mut self, id: TaskId) {
+    fn lose_run(&mut self, id: TaskId, reason: StopReason) {
         self.shape.ending.remove(&id);
         self.tasks.remove(&id);
-        self.stop_run(id);
+        self.stop_run(id, reason);
     }
 
     fn handle_cluster_event(&mut self, event: ClusterEvent) {
@@ -449,7 +461,7 @@ impl Manager<Cluster> {
                     Ok(Cancelled::NotFound) => Err(ManagerError::NotFound(id)),
                     Ok(Cancelled::Now(task)) => {
                         if self.running.contains_key(&id) {
-                            self.lose_run(id);
+                            self.lose_run(id, StopReason::Cancelled);
                         }
                         // The store made the change, so it passed no door
                         // here; it is counted and logged as every end is.
@@ -507,6 +519,8 @@ impl Manager<Cluster> {
                 };
                 let _ = respond_to.send(answer);
             }
+            ClusterEvent::GivenBack { id, result } => self.handle_given_back(id, result),
+            ClusterEvent::WorkerKindsCounted(result) => self.handle_worker_kinds_counted(result),
             ClusterEvent::HandedOver {
                 count,
                 result,
@@ -533,7 +547,7 @@ impl Manager<Cluster> {
                                 .is_some_and(|slot| slot.attempt == attempt);
                             if still_this_run && !held.contains(&id) {
                                 warn!(task_id = %id, "lease lost; stopping the run");
-                                self.lose_run(id);
+                                self.lose_run(id, StopReason::TakenOver);
                             }
                         }
                     }
@@ -602,10 +616,15 @@ impl Manager<Cluster> {
         if from_elsewhere && let Some(slot) = self.running.get(&id) {
             let still_ours = change.task.status == TaskStatus::Running
                 && change.task.attempt == slot.attempt
-                && change.task.node == self.config.node_name;
+                && change.task.runs_on(&self.config.node_name);
             if !still_ours {
                 info!(task_id = %id, status = %change.task.status, by = %change.origin, "task changed by another replica; stopping its run here");
-                self.lose_run(id);
+                let reason = if change.task.status == TaskStatus::Cancelled {
+                    StopReason::Cancelled
+                } else {
+                    StopReason::TakenOver
+                };
+                self.lose_run(id, reason);
             }
         }
         self.record_change(&change);
@@ -826,8 +845,17 @@ impl Shape for Cluster {
         manager.fire_schedules_if_wanted();
     }
 
+    fn run_cut_short(manager: &mut Manager<Self>, id: TaskId, attempt: u32, kind: &str) {
+        manager.give_back_run(id, attempt, kind);
+    }
+
+    fn worker_room_grew(manager: &mut Manager<Self>) {
+        manager.shape.claim_wanted = true;
+    }
+
     fn housekeeping(manager: &mut Manager<Self>) {
         manager.renew_and_retain();
+        manager.count_kinds_without_workers();
         manager.want_firing_round();
     }
 
@@ -850,6 +878,15 @@ impl Shape for Cluster {
 
     fn roll_back_create(manager: &mut Manager<Self>, _id: TaskId) {
         manager.shape.pending_estimate = manager.shape.pending_estimate.saturating_sub(1);
+    }
+
+    fn ready_of_kind(manager: &Manager<Self>, kind: &str) -> usize {
+        manager
+            .shape
+            .ready_without_worker
+            .get(kind)
+            .copied()
+            .unwrap_or(0)
     }
 
     fn pending_count(manager: &Manager<Self>) -> usize {

@@ -30,6 +30,7 @@ use crate::{
         watch::{TaskWatch, WatchState},
         watch_tasks::TaskFilter,
     },
+    processor::remote::StopReason,
     schedule::{Schedule, ScheduleId},
     store::BatchOutcome,
     task::{NewTask, RequestKey, Task, TaskEvent, TaskId, TaskStatus},
@@ -214,6 +215,16 @@ impl Shape for Local {
         manager.start_pending();
     }
 
+    fn run_cut_short(manager: &mut Manager<Self>, id: TaskId, _attempt: u32, _kind: &str) {
+        // Still `RUNNING`: it starts again first, as a task recovered from
+        // a crash does, once its kind has room.
+        manager.shape.recovered.push_back(id);
+    }
+
+    fn worker_room_grew(_manager: &mut Manager<Self>) {
+        // `start_due` follows every wake of the loop.
+    }
+
     fn housekeeping(manager: &mut Manager<Self>) {
         manager.forget_expired_tasks();
     }
@@ -267,6 +278,10 @@ impl Shape for Local {
         manager.watchers.remove(&id);
         // Streams saw it created: they learn it is gone.
         manager.announce(&task, Before::Deleted);
+    }
+
+    fn ready_of_kind(manager: &Manager<Self>, kind: &str) -> usize {
+        manager.shape.waiting.ready_of(kind)
     }
 
     fn pending_count(manager: &Manager<Self>) -> usize {
@@ -400,7 +415,7 @@ impl Manager<Local> {
                 let cancelled = self
                     .transition(id, TaskEvent::Cancel("cancelled by client request".into()))
                     .unwrap_or(task);
-                self.stop_run(id);
+                self.stop_run(id, StopReason::Cancelled);
                 Ok(cancelled)
             }
         }
@@ -452,7 +467,7 @@ impl Manager<Local> {
                 if let Some(slot) = self.running.get_mut(id) {
                     slot.interrupted = true;
                 }
-                self.stop_run(*id);
+                self.stop_run(*id, StopReason::ShuttingDown);
             }
             if !running.is_empty() {
                 info!(
@@ -464,7 +479,7 @@ impl Manager<Local> {
         }
         for id in &running {
             self.transition(*id, TaskEvent::Cancel(reason.to_owned()));
-            self.stop_run(*id);
+            self.stop_run(*id, StopReason::ShuttingDown);
         }
         running.len()
     }
@@ -477,11 +492,9 @@ impl Manager<Local> {
             let node = self.config.node_name.clone();
             // Kinds at their own limit wait, whatever their priority.
             let full: Vec<String> = self
-                .config
-                .kind_limits
-                .keys()
+                .kinds_with_room_of_their_own()
+                .into_iter()
                 .filter(|kind| self.kind_room(kind, 0, 1) == 0)
-                .cloned()
                 .collect();
             let may_start = |kind: &str| !full.iter().any(|full| full == kind);
             let recovered = self

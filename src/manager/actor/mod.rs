@@ -22,6 +22,7 @@ mod cluster;
 mod cluster_batch;
 mod cluster_claims;
 mod cluster_schedules;
+mod cluster_workers;
 mod commits;
 mod door;
 mod held;
@@ -33,6 +34,7 @@ mod runs;
 mod tenant_waiting;
 mod wait_queue;
 mod watch_tasks;
+mod workers;
 
 pub(super) use cluster::Cluster;
 pub(super) use held::json_bytes;
@@ -165,6 +167,12 @@ pub(super) trait Shape: Sized + Send + 'static {
     fn result_arrives(manager: &mut Manager<Self>, id: TaskId, bytes: u64);
     /// Starts what is due while slots are free.
     fn start_due(manager: &mut Manager<Self>);
+    /// A run ended without deciding its task (its remote worker went
+    /// away, or none had room after all): the task, still `RUNNING` at
+    /// `attempt`, must run again, as after a crash of its server.
+    fn run_cut_short(manager: &mut Manager<Self>, id: TaskId, attempt: u32, kind: &str);
+    /// Remote workers may have room for more runs.
+    fn worker_room_grew(manager: &mut Manager<Self>);
     fn housekeeping(manager: &mut Manager<Self>);
     /// A request about schedules.
     fn schedule_command(manager: &mut Manager<Self>, command: ScheduleCommand);
@@ -178,6 +186,8 @@ pub(super) trait Shape: Sized + Send + 'static {
     fn roll_back_create(manager: &mut Manager<Self>, id: TaskId);
     /// Tasks waiting to start, as far as this process knows.
     fn pending_count(manager: &Manager<Self>) -> usize;
+    /// Tasks of `kind` ready to start, as far as this process knows.
+    fn ready_of_kind(manager: &Manager<Self>, kind: &str) -> usize;
     /// Fills in the figures only the shape knows.
     fn shape_stats(manager: &Manager<Self>, stats: &mut ManagerStats);
 
@@ -224,6 +234,8 @@ pub(super) struct Manager<S> {
     starting: bool,
     /// Persists changes in batches and holds the replies that wait on them.
     persister: Persister,
+    /// Worker kinds whose lack of a worker was logged.
+    worker_warnings: workers::WorkerWarnings,
     /// What this store's shape adds.
     shape: S,
 }
@@ -263,6 +275,7 @@ impl<S: Shape> Manager<S> {
             idle_waiters: Vec::new(),
             accepting: true,
             starting: true,
+            worker_warnings: workers::WorkerWarnings::default(),
             shape,
         }
     }
@@ -273,6 +286,11 @@ impl<S: Shape> Manager<S> {
         let mut batch = Vec::with_capacity(COMMAND_BATCH);
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING_PERIOD);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let workers = self.registry.workers().cloned();
+        let worker_room_grew = async || match &workers {
+            Some(workers) => workers.room_grew().await,
+            None => std::future::pending().await,
+        };
         loop {
             tokio::select! {
                 committed = self.persister.committed(), if self.persister.is_committing() => {
@@ -288,6 +306,7 @@ impl<S: Shape> Manager<S> {
                     }
                 }
                 Some(update) = self.progress_updates.recv() => self.handle_progress(update),
+                () = worker_room_grew() => S::worker_room_grew(&mut self),
                 Some(finished) = self.runs.join_next_with_id() => self.handle_run_finished(finished),
                 Some(expired) = poll_fn(|context| self.timers.poll_expired(context)) => {
                     self.handle_timer(expired.into_inner());
@@ -295,6 +314,7 @@ impl<S: Shape> Manager<S> {
                 _ = housekeeping.tick() => {
                     self.sweep_watchers();
                     self.journal.prune();
+                    self.warn_of_kinds_without_workers();
                     S::housekeeping(&mut self);
                 }
             }
@@ -476,6 +496,7 @@ impl<S: Shape> Manager<S> {
             running: self.running.len(),
             watched_tasks: self.watchers.len(),
             task_streams: self.journal.streams(),
+            worker_kinds: self.worker_kind_figures(),
             watchers: self
                 .watchers
                 .values()

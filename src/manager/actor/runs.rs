@@ -4,6 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use futures_util::future::Either;
 use tokio::task::JoinError;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, info, warn};
@@ -11,7 +12,7 @@ use tracing::{Instrument, Span, debug, info, warn};
 use super::{Manager, RunOutput, RunSlot, Shape, Timer, held};
 use crate::{
     manager::FORCED_STOP_AFTER,
-    processor::{ProgressReporter, ProgressUpdate, TaskContext},
+    processor::{ProgressReporter, ProgressUpdate, TaskContext, remote::StopReason},
     task::{Failure, Task, TaskEvent, TaskId, TaskStatus, cut_short_too_often},
 };
 
@@ -59,11 +60,24 @@ impl<S: Shape> Manager<S> {
         {
             self.timers.remove(&timer);
         }
+        // Only the current run may finish its task; the result of a run that
+        // was cancelled or timed out is discarded.
+        let is_current_run = !slot.interrupted
+            && self.tasks.get(&task_id).is_some_and(|task| {
+                task.status == TaskStatus::Running && task.attempt == slot.attempt
+            });
         let mut result_bytes = 0;
         let event = match finished {
             Ok((_, Ok((result, bytes)))) => {
                 result_bytes = bytes;
                 TaskEvent::Complete(Arc::new(result))
+            }
+            Ok((_, Err(error))) if error.is_cut_short() => {
+                if is_current_run {
+                    info!(task_id = %task_id, reason = %error, "run cut short; the task runs again");
+                    S::run_cut_short(self, task_id, slot.attempt, &slot.kind);
+                }
+                return;
             }
             Ok((_, Err(error))) if error.is_permanent() => {
                 TaskEvent::Fail(Failure::permanent(error.to_string()))
@@ -78,12 +92,6 @@ impl<S: Shape> Manager<S> {
             // has its terminal state.
             Err(_) => return,
         };
-        // Only the current run may finish its task; the result of a run that
-        // was cancelled or timed out is discarded.
-        let is_current_run = !slot.interrupted
-            && self.tasks.get(&task_id).is_some_and(|task| {
-                task.status == TaskStatus::Running && task.attempt == slot.attempt
-            });
         if !is_current_run {
             debug!(task_id = %task_id, "late result of a stopped run discarded");
             return;
@@ -112,7 +120,12 @@ impl<S: Shape> Manager<S> {
                     record_failure(&span, &error);
                     self.transition(task_id, TaskEvent::Fail(Failure::retryable(error)));
                 }
-                self.stop_run(task_id);
+                self.stop_run(
+                    task_id,
+                    StopReason::TimedOut {
+                        seconds: timeout_seconds,
+                    },
+                );
             }
             Timer::ForcedStop(task_id) => {
                 if let Some(slot) = self.running.get_mut(&task_id) {
@@ -147,17 +160,11 @@ impl<S: Shape> Manager<S> {
         self.spawn_run(task);
     }
 
-    /// Runs a task that is `RUNNING` for this node on a free slot.
+    /// Runs a task that is `RUNNING` for this node on a free slot: in this
+    /// process, or on a remote worker's stream when its kind is a worker
+    /// kind.
     fn spawn_run(&mut self, task: Arc<Task>) {
         let task_id = task.id;
-        let Some(processor) = self.registry.get(&task.kind) else {
-            // Kinds are checked on create and the registry never shrinks,
-            // so this is a bug; fail the task rather than lose it.
-            warn!(task_id = %task_id, kind = %task.kind, "no processor for kind");
-            let error = format!("no processor is registered for kind {:?}", task.kind);
-            self.transition(task_id, TaskEvent::Fail(Failure::permanent(error)));
-            return;
-        };
         let cancellation = CancellationToken::new();
         let context = TaskContext::new(
             task_id,
@@ -166,9 +173,37 @@ impl<S: Shape> Manager<S> {
             cancellation.clone(),
             ProgressReporter::new(self.progress_sender.clone()),
         );
+        let (task, processing) = if let Some(workers) = self.registry.workers_for(&task.kind) {
+            let Some(reservation) = workers.reserve(&task.kind, task_id, task.attempt) else {
+                // The room was counted just before this start; a stream
+                // that left since took it. Not the task's fault.
+                info!(task_id = %task_id, kind = %task.kind, "no worker has room after all; the task runs again");
+                S::run_cut_short(self, task_id, task.attempt, &task.kind);
+                return;
+            };
+            let worker = reservation.worker_name().to_owned();
+            let task = self
+                .transition(task_id, TaskEvent::Assigned { worker })
+                .unwrap_or(task);
+            self.metrics_of(&task.kind).task_assigned();
+            let run = reservation.dispatch(Arc::clone(&task), context);
+            (task, Either::Left(run))
+        } else if let Some(processor) = self.registry.get(&task.kind) {
+            (
+                task,
+                Either::Right(async move { processor.process(context).await }),
+            )
+        } else {
+            // Kinds are checked on create and the registry never shrinks,
+            // so this is a bug; fail the task rather than lose it.
+            warn!(task_id = %task_id, kind = %task.kind, "no processor for kind");
+            let error = format!("no processor is registered for kind {:?}", task.kind);
+            self.transition(task_id, TaskEvent::Fail(Failure::permanent(error)));
+            return;
+        };
         let span = self.run_span(&task);
         let run = async move {
-            let result = processor.process(context).await?;
+            let result = processing.await?;
             // Sized here, in the run's task, so the actor never walks it.
             let bytes = held::json_bytes(&result);
             Ok((result, bytes))
@@ -226,11 +261,15 @@ impl<S: Shape> Manager<S> {
         span
     }
 
-    /// Tells a run to stop, and arms the timer that aborts it if it does not.
-    pub(super) fn stop_run(&mut self, task_id: TaskId) {
+    /// Tells a run to stop, and arms the timer that aborts it if it does
+    /// not. A remote worker is told why first.
+    pub(super) fn stop_run(&mut self, task_id: TaskId, reason: StopReason) {
         let Some(slot) = self.running.get_mut(&task_id) else {
             return;
         };
+        if let Some(workers) = self.registry.workers_for(&slot.kind) {
+            workers.cancel(task_id, slot.attempt, reason);
+        }
         slot.cancellation.cancel();
         if let Some(timer) = slot.timeout_timer.take() {
             self.timers.remove(&timer);
@@ -253,7 +292,12 @@ impl<S: Shape> Manager<S> {
     /// How many more tasks of `kind` may start, at most `free`: its own
     /// limit (`kinds.<kind>.max_concurrent`) less its runs here and
     /// `occupied_elsewhere` slots of the kind that are not runs here.
+    /// A worker kind has no more room than its streams' free slots.
     pub(super) fn kind_room(&self, kind: &str, occupied_elsewhere: usize, free: usize) -> usize {
+        let free = match self.registry.workers_for(kind) {
+            Some(workers) => workers.room(kind).min(free),
+            None => free,
+        };
         match self.config.kind_limits.get(kind) {
             None => free,
             Some(limit) => {
@@ -261,6 +305,16 @@ impl<S: Shape> Manager<S> {
                 limit.saturating_sub(running + occupied_elsewhere).min(free)
             }
         }
+    }
+
+    /// The kinds that may have no room while slots are free: those with a
+    /// limit of their own, and the worker kinds.
+    pub(super) fn kinds_with_room_of_their_own(&self) -> Vec<String> {
+        let mut kinds: Vec<String> = self.config.kind_limits.keys().cloned().collect();
+        if let Some(workers) = self.registry.workers() {
+            kinds.extend(workers.kinds().iter().cloned());
+        }
+        kinds
     }
 }
 

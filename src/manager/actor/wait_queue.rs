@@ -107,6 +107,11 @@ impl WaitQueue {
         }
     }
 
+    /// How many tasks of `kind` are ready to start.
+    pub(super) fn ready_of(&self, kind: &str) -> usize {
+        self.ready.get(kind).map_or(0, BTreeSet::len)
+    }
+
     /// The ready task that starts next among the kinds that `may_start`:
     /// the highest priority, then the oldest. It is taken out of the ready
     /// set (its timers stay until [`WaitQueue::remove`]).

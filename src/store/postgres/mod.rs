@@ -373,7 +373,7 @@ impl PostgresStore {
                  JOIN UNNEST($2::uuid[], $3::bigint[]) AS running(id, attempt) \
                      ON running.id = tasks.id \
                  WHERE tasks.status = 'running' AND tasks.attempt = running.attempt \
-                     AND tasks.node = $1 \
+                     AND (tasks.node = $1 OR starts_with(tasks.node, $1 || '/')) \
                  ORDER BY tasks.id \
                  FOR UPDATE OF tasks \
              ) \
@@ -582,6 +582,26 @@ impl PostgresStore {
 
     /// How many tasks wait to be claimed, by any replica: the ready ones
     /// and the delayed ones, each counted through its own partial index.
+    /// How many tasks of each of `kinds` are ready to start (through the
+    /// partial index `tasks_ready`), for the kinds that no worker runs.
+    pub async fn count_ready_of_kinds(
+        &self,
+        kinds: &[String],
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT kind, count(*) FROM tasks \
+             WHERE status IN ('pending', 'retrying') AND due_at IS NULL AND kind = ANY($1) \
+             GROUP BY kind",
+        )
+        .bind(kinds)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(kind, count)| (kind, u64::try_from(count).unwrap_or(0)))
+            .collect())
+    }
+
     pub async fn count_pending(&self) -> Result<u64, StoreError> {
         let count: i64 = sqlx::query_scalar(
             "SELECT (SELECT count(*) FROM tasks WHERE status = 'pending' AND due_at IS NULL) \

@@ -364,6 +364,7 @@ pub(super) async fn update_tasks(
     let mut cut_short_runs = Vec::with_capacity(latest.len());
     let mut due_ats = Vec::with_capacity(latest.len());
     let mut queue_deadlines = Vec::with_capacity(latest.len());
+    let mut nodes = Vec::with_capacity(latest.len());
     let now = SystemTime::now();
     // Column by column rather than through `TaskRow`, which would encode
     // `data` (possibly large, never written here) at every progress report.
@@ -378,6 +379,9 @@ pub(super) async fn update_tasks(
         statuses.push(status_name(task.status));
         results.push(task.result.as_deref().map(JsonValue::to_string));
         errors.push(task.error.as_str());
+        // Changes only when a run goes to a remote worker
+        // (`<node>/<worker>`); the guard below keeps the replica part.
+        nodes.push(task.node.as_str());
         progress_percents.push(
             task.progress
                 .as_ref()
@@ -396,15 +400,16 @@ pub(super) async fn update_tasks(
         "WITH input AS ( \
              SELECT * FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], \
                  $6::bigint[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], \
-                 $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[]) \
+                 $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[], \
+                 $16::text[]) \
                  AS input(id, status, result, error, progress_percent, progress_message, \
                           attempt, revision, completed_at, retry_at, failed_runs, \
-                          cut_short_runs, due_at, queue_deadline) \
+                          cut_short_runs, due_at, queue_deadline, node) \
          ), \
          held AS ( \
              SELECT tasks.id FROM tasks JOIN input ON input.id = tasks.id \
              WHERE tasks.status = 'running' AND tasks.attempt = input.attempt \
-                 AND tasks.node = $1 \
+                 AND (tasks.node = $1 OR starts_with(tasks.node, $1 || '/')) \
              ORDER BY tasks.id \
              FOR UPDATE OF tasks \
          ) \
@@ -414,7 +419,7 @@ pub(super) async fn update_tasks(
              revision = input.revision, completed_at = input.completed_at, \
              retry_at = input.retry_at, failed_runs = input.failed_runs, \
              cut_short_runs = input.cut_short_runs, due_at = input.due_at, \
-             queue_deadline = input.queue_deadline, \
+             queue_deadline = input.queue_deadline, node = input.node, \
              lease_until = CASE WHEN input.status = 'running' \
                  THEN tasks.lease_until ELSE NULL END \
          FROM input \
@@ -436,6 +441,7 @@ pub(super) async fn update_tasks(
     .bind(cut_short_runs)
     .bind(due_ats)
     .bind(queue_deadlines)
+    .bind(nodes)
     .fetch_all(&mut **transaction)
     .await?;
     let written: HashSet<Uuid> = written.into_iter().collect();

@@ -1,0 +1,87 @@
+//! The cluster shape's side of remote workers: a run whose worker went away
+//! is given back to the table, where any replica with a worker for its kind
+//! takes it over, as it would the run of a replica that died.
+
+use tracing::{debug, warn};
+
+use super::{
+    Manager,
+    cluster::{Cluster, ClusterEvent},
+};
+use crate::{
+    errors::error_chain,
+    manager::STORE_CALL_TIMEOUT,
+    store::{StoreError, within},
+    task::TaskId,
+};
+
+impl Manager<Cluster> {
+    /// Gives a run cut short back to the table: its lease ends now, so the
+    /// next claim that takes over expired leases (on any replica, within a
+    /// housekeeping tick) runs it again. Until the table has it back, its
+    /// slot here stays taken, as for any run whose end is not committed.
+    pub(super) fn give_back_run(&mut self, id: TaskId, attempt: u32, kind: &str) {
+        self.tasks.remove(&id);
+        self.shape.ending.insert(id, kind.to_owned());
+        let node = self.config.node_name.clone();
+        let store = self.shape.store.clone();
+        self.shape.calls.spawn(async move {
+            let result = within(STORE_CALL_TIMEOUT, store.release(&node, &[(id, attempt)])).await;
+            ClusterEvent::GivenBack { id, result }
+        });
+    }
+
+    /// Counts the ready tasks of the worker kinds no worker here runs, so
+    /// the gauge and the warning know them. Nothing is asked while every
+    /// worker kind has a worker.
+    pub(super) fn count_kinds_without_workers(&mut self) {
+        let Some(workers) = self.registry.workers() else {
+            return;
+        };
+        let kinds: Vec<String> = workers
+            .kinds()
+            .iter()
+            .filter(|kind| workers.streams_serving(kind) == 0)
+            .cloned()
+            .collect();
+        if kinds.is_empty() {
+            self.shape.ready_without_worker.clear();
+            return;
+        }
+        let store = self.shape.store.clone();
+        self.shape.calls.spawn(async move {
+            let result = within(STORE_CALL_TIMEOUT, store.count_ready_of_kinds(&kinds)).await;
+            ClusterEvent::WorkerKindsCounted(result)
+        });
+    }
+
+    pub(super) fn handle_worker_kinds_counted(
+        &mut self,
+        result: Result<Vec<(String, u64)>, StoreError>,
+    ) {
+        match result {
+            Ok(counts) => {
+                self.shape.ready_without_worker = counts
+                    .into_iter()
+                    .map(|(kind, count)| (kind, usize::try_from(count).unwrap_or(usize::MAX)))
+                    .collect();
+            }
+            Err(error) => {
+                debug!(error = %error_chain(&error), "counting tasks waiting for workers failed");
+            }
+        }
+    }
+
+    pub(super) fn handle_given_back(&mut self, id: TaskId, result: Result<(), StoreError>) {
+        self.shape.ending.remove(&id);
+        self.shape.claim_wanted = true;
+        match result {
+            Ok(()) => debug!(task_id = %id, "run given back to the table"),
+            Err(error) => warn!(
+                task_id = %id,
+                error = %error_chain(&error),
+                "could not give a run back; it runs again once its lease ends"
+            ),
+        }
+    }
+}

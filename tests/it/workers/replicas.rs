@@ -1,0 +1,119 @@
+//! Workers on PostgreSQL replicas: a worker may connect to any replica,
+//! which claims tasks of its kinds for it; a cancel made on another replica
+//! reaches it; with workers on several replicas, work goes to all of them.
+
+use std::{collections::HashSet, future::Future};
+
+use serde_json::json;
+use task_processor::{config::Config, pb};
+
+use super::{RawWorker, worker_config};
+use crate::{
+    stores::{self, StoreUnderTest},
+    support::{TestServer, create, get, status_of, wait_for_status},
+};
+
+async fn two_replicas() -> (TestServer, TestServer) {
+    let store = stores::fresh_store().await;
+    let replica = |name: &str| Config {
+        store: store.clone(),
+        node_name: name.into(),
+        ..worker_config()
+    };
+    let a = TestServer::start_with(replica("replica-a")).await;
+    let b = TestServer::start_with(replica("replica-b")).await;
+    (a, b)
+}
+
+async fn on_postgres(test: &str, body: impl Future<Output = ()>) {
+    if stores::postgres_available(test) {
+        stores::on_store(StoreUnderTest::Postgres, body).await;
+    }
+}
+
+#[tokio::test]
+async fn a_worker_on_one_replica_runs_and_is_cancelled_from_the_other() {
+    on_postgres(module_path!(), async {
+        let (a, b) = two_replicas().await;
+        let mut client_a = a.client().await;
+        let mut worker = RawWorker::connect(&b, &["remote"], 1, "on-b").await;
+        let task = create(&mut client_a, "made on a", "remote", Some(json!({"n": 1}))).await;
+        let run = worker.next_assignment().await;
+        assert_eq!(run.id, task.id);
+        assert_eq!(run.node, "replica-b/on-b");
+        crate::support::eventually("the worker's node to be stored", || {
+            let mut client = client_a.clone();
+            let id = task.id.clone();
+            async move { (get(&mut client, &id).await.node == "replica-b/on-b").then_some(()) }
+        })
+        .await;
+
+        client_a
+            .cancel_task(pb::CancelTaskRequest {
+                id: task.id.clone(),
+            })
+            .await
+            .expect("cancel on a");
+        let cancellation = worker.next_cancellation().await;
+        assert_eq!(cancellation.task_id, task.id);
+        assert_eq!(cancellation.cause(), pb::CancellationCause::Cancelled);
+        worker.fail(&run.id, run.attempt, "stopped", false).await;
+        let cancelled = wait_for_status(&client_a, &task.id, pb::TaskStatus::Cancelled).await;
+        assert_eq!(cancelled.result, None);
+
+        // The next one, made on a, completes on b.
+        let next = create(&mut client_a, "next", "remote", None).await;
+        let run = worker.next_assignment().await;
+        assert_eq!(run.id, next.id);
+        worker.progress(&run, 50, "half").await;
+        worker.complete(&run.id, run.attempt, json!("from b")).await;
+        let done = wait_for_status(&client_a, &next.id, pb::TaskStatus::Completed).await;
+        assert_eq!(done.node, "replica-b/on-b");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn no_replica_claims_a_worker_kind_without_a_worker_and_work_spreads_over_both() {
+    on_postgres(module_path!(), async {
+        let (a, b) = two_replicas().await;
+        let mut client = a.client().await;
+        let mut tasks = Vec::new();
+        for index in 0..4 {
+            tasks.push(create(&mut client, &format!("task {index}"), "remote", None).await);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        for task in &tasks {
+            assert_eq!(
+                status_of(&get(&mut client, &task.id).await),
+                pb::TaskStatus::Pending,
+                "no replica takes a task no worker of it can run"
+            );
+        }
+        let mut on_a = RawWorker::connect(&a, &["remote"], 2, "on-a").await;
+        let mut on_b = RawWorker::connect(&b, &["remote"], 2, "on-b").await;
+        // Each takes two and holds them: four tasks, two slots each, so
+        // both replicas must have claimed two for their worker.
+        let mut nodes = HashSet::new();
+        let mut runs = Vec::new();
+        for worker in [&mut on_a, &mut on_b] {
+            for _ in 0..2 {
+                let run = worker.next_assignment().await;
+                nodes.insert(run.node.clone());
+                runs.push(run);
+            }
+        }
+        for (index, run) in runs.iter().enumerate() {
+            let worker = if index < 2 { &on_a } else { &on_b };
+            worker.complete(&run.id, run.attempt, json!("ok")).await;
+        }
+        assert_eq!(
+            nodes,
+            HashSet::from(["replica-a/on-a".to_owned(), "replica-b/on-b".to_owned()])
+        );
+        for task in &tasks {
+            wait_for_status(&client, &task.id, pb::TaskStatus::Completed).await;
+        }
+    })
+    .await;
+}
