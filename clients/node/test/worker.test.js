@@ -453,7 +453,7 @@ describe('Worker from Node', () => {
       // Running, and past its first step: SIGTERM comes mid-task.
       await watchUntil(
         created.id,
-        (task) => task.status === 'TASK_STATUS_RUNNING' && task.progress.percent > 0,
+        (task) => task.status === 'TASK_STATUS_RUNNING' && task.progress?.percent > 0,
         'the example reporting progress',
       );
       example.child.kill('SIGTERM');
