@@ -23,7 +23,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { after, before, describe, test } from 'node:test';
+import { after, afterEach, before, describe, test } from 'node:test';
 
 import grpc from '@grpc/grpc-js';
 
@@ -123,14 +123,30 @@ describe('Worker from Node', () => {
 
   after(() => clients?.close());
 
-  function create(data, { kind = KIND, ...fields } = {}) {
-    return call(clients.tasks, 'CreateTask', {
+  /** The tasks the current test created. */
+  let createdIds = [];
+
+  // A test that failed half-way may leave a task pending; cancelled, it
+  // cannot reach the next test's worker and fail that test too.
+  afterEach(async () => {
+    const ids = createdIds;
+    createdIds = [];
+    for (const id of ids) {
+      const task = await getTask(id);
+      if (!TERMINAL.has(task.status)) await call(clients.tasks, 'CancelTask', { id });
+    }
+  });
+
+  async function create(data, { kind = KIND, ...fields } = {}) {
+    const task = await call(clients.tasks, 'CreateTask', {
       name: `node worker test ${kind}`,
       kind,
       data: toValue(data),
       labels: { 'worker-test-run': randomUUID() },
       ...fields,
     });
+    createdIds.push(task.id);
+    return task;
   }
 
   function getTask(id) {
