@@ -22,7 +22,8 @@ const worker = new Worker({
 
 worker.handle('email', async ({ data, taskId, signal, progress }) => {
   // Bad input will not get better on a retry.
-  if (typeof data?.to !== 'string') throw new PermanentError('data.to: the address to send to is required');
+  if (typeof data?.to !== 'string')
+    throw new PermanentError('data.to: the address to send to is required');
   const steps = ['rendering', 'connecting', 'sending', 'confirming'];
   for (const [index, step] of steps.entries()) {
     progress((index / steps.length) * 100, `${step} (${index + 1} of ${steps.length})`);
@@ -33,7 +34,9 @@ worker.handle('email', async ({ data, taskId, signal, progress }) => {
   return { sent: true, to: data.to };
 });
 
-worker.on('connected', () => console.log(`connected to ${process.env.TASK_PROCESSOR_ADDR || '127.0.0.1:50051'}`));
+worker.on('connected', () =>
+  console.log(`connected to ${process.env.TASK_PROCESSOR_ADDR || '127.0.0.1:50051'}`),
+);
 worker.on('reconnecting', ({ error, delayMilliseconds }) =>
   console.log(`stream ended (${error.message}); reconnecting in ${delayMilliseconds} ms`),
 );

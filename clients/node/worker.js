@@ -137,7 +137,8 @@ export class Worker extends EventEmitter {
    * task's policy), a PermanentError fails it for good.
    */
   handle(kind, handler) {
-    if (typeof handler !== 'function') throw new TypeError(`Worker.handle(${kind}): not a function`);
+    if (typeof handler !== 'function')
+      throw new TypeError(`Worker.handle(${kind}): not a function`);
     this.#handlers.set(kind, handler);
     return this;
   }
@@ -151,7 +152,8 @@ export class Worker extends EventEmitter {
    * for none) call.
    */
   async run({ signals = ['SIGTERM', 'SIGINT'] } = {}) {
-    if (this.#handlers.size === 0) throw new Error('Worker.run: no handler; call handle(kind, handler) first');
+    if (this.#handlers.size === 0)
+      throw new Error('Worker.run: no handler; call handle(kind, handler) first');
     // Its channel closes at the end, so a Worker runs once.
     if (this.#started) throw new Error('Worker.run: a Worker runs once; make another');
     this.#started = true;
@@ -219,7 +221,11 @@ export class Worker extends EventEmitter {
         if (this.#connection === connection) this.#connection = null;
         // The server gives these tasks to another run, so their outcomes
         // would go nowhere: stop the handlers.
-        this.#abortJobs(connection, `the stream to the server ended: ${status.details}`, 'STREAM_ENDED');
+        this.#abortJobs(
+          connection,
+          `the stream to the server ended: ${status.details}`,
+          'STREAM_ENDED',
+        );
         resolve({ status, accepted: connection.accepted });
       });
       send(connection, {
@@ -267,7 +273,9 @@ export class Worker extends EventEmitter {
         // After an abort the server ignores it anyway; spare the bytes.
         if (controller.signal.aborted) return;
         const clamped = Math.min(100, Math.max(0, Math.round(Number(percent) || 0)));
-        send(connection, { progress: { ...ids, progress: { percent: clamped, message: String(message) } } });
+        send(connection, {
+          progress: { ...ids, progress: { percent: clamped, message: String(message) } },
+        });
       },
     };
     runHandler(this.#handlers.get(task.kind), job).then((outcome) => {
@@ -308,7 +316,8 @@ export class Worker extends EventEmitter {
 /** A handler's run as the outcome to send: never rejects. */
 async function runHandler(handler, job) {
   try {
-    if (!handler) throw new PermanentError(`this worker has no handler for kind "${job.task.kind}"`);
+    if (!handler)
+      throw new PermanentError(`this worker has no handler for kind "${job.task.kind}"`);
     job.data = job.task.data == null ? null : fromValue(job.task.data);
     const result = await handler(job);
     // JSON's own rules (undefined → null, Dates → strings, toJSON), so a

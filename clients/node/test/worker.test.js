@@ -40,7 +40,12 @@ const TOKEN = process.env.TASK_PROCESSOR_TOKEN || undefined;
 const NODE_DIRECTORY = fileURLToPath(new URL('..', import.meta.url));
 const REPOSITORY_ROOT = path.resolve(NODE_DIRECTORY, '..', '..');
 const EXAMPLE_WORKER = path.join(NODE_DIRECTORY, 'example-worker.js');
-const TASKCTL = path.resolve(REPOSITORY_ROOT, process.env.CARGO_TARGET_DIR || 'target', 'debug', 'taskctl');
+const TASKCTL = path.resolve(
+  REPOSITORY_ROOT,
+  process.env.CARGO_TARGET_DIR || 'target',
+  'debug',
+  'taskctl',
+);
 
 /** A promise and the functions that settle it, for a test to wait on a handler and back. */
 function deferred() {
@@ -57,7 +62,10 @@ function deferred() {
 function within(promise, what, milliseconds = WAIT_MILLISECONDS) {
   let timer;
   const timeout = new Promise((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: not within ${milliseconds} ms`)), milliseconds);
+    timer = setTimeout(
+      () => reject(new Error(`${what}: not within ${milliseconds} ms`)),
+      milliseconds,
+    );
   });
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
@@ -206,217 +214,291 @@ describe('Worker from Node', () => {
     await within(done, 'the worker stopping after drain()');
   }
 
-  test('a task runs on the worker and completes with its result', { timeout: TEST_TIMEOUT_MILLISECONDS }, async () => {
-    const data = { text: 'hello from node', list: [1, 2.5, null, true], nested: { ok: true } };
-    const running = startWorker(async (job) => ({
-      echoed: job.data,
-      taskId: job.taskId,
-      attempt: job.attempt,
-      kind: job.task.kind,
-      when: new Date(0),
-    }));
-    try {
-      const created = await create(data);
-      const task = await finished(created.id);
-      assert.equal(task.status, 'TASK_STATUS_COMPLETED', task.error);
-      assert.deepEqual(fromValue(task.result), {
-        echoed: data,
-        taskId: created.id,
-        attempt: 1,
-        kind: KIND,
-        when: '1970-01-01T00:00:00.000Z',
-      });
-      assert.ok(task.node.endsWith(`/${running.workerName}`), `node ${task.node}`);
-    } finally {
-      await stopWorker(running);
-    }
-  });
+  test(
+    'a task runs on the worker and completes with its result',
+    { timeout: TEST_TIMEOUT_MILLISECONDS },
+    async () => {
+      const data = { text: 'hello from node', list: [1, 2.5, null, true], nested: { ok: true } };
+      const running = startWorker(async (job) => ({
+        echoed: job.data,
+        taskId: job.taskId,
+        attempt: job.attempt,
+        kind: job.task.kind,
+        when: new Date(0),
+      }));
+      try {
+        const created = await create(data);
+        const task = await finished(created.id);
+        assert.equal(task.status, 'TASK_STATUS_COMPLETED', task.error);
+        assert.deepEqual(fromValue(task.result), {
+          echoed: data,
+          taskId: created.id,
+          attempt: 1,
+          kind: KIND,
+          when: '1970-01-01T00:00:00.000Z',
+        });
+        assert.ok(task.node.endsWith(`/${running.workerName}`), `node ${task.node}`);
+      } finally {
+        await stopWorker(running);
+      }
+    },
+  );
 
-  test('progress reaches a watcher while the task runs', { timeout: TEST_TIMEOUT_MILLISECONDS }, async () => {
-    // The handler reports, then waits until the test has seen the report:
-    // nothing depends on how fast either side is.
-    const progressSeen = deferred();
-    const running = startWorker(async (job) => {
-      job.progress(30, 'a third');
-      job.progress(66.6, 'two thirds');
-      await within(progressSeen.promise, 'the test seeing the progress');
-      return 'done';
-    });
-    try {
-      const created = await create({});
-      const { task } = await watchUntil(
-        created.id,
-        (state) => state.progress?.message === 'two thirds',
-        'progress "two thirds" reaching the watcher',
+  test(
+    'progress reaches a watcher while the task runs',
+    { timeout: TEST_TIMEOUT_MILLISECONDS },
+    async () => {
+      // The handler reports, then waits until the test has seen the report:
+      // nothing depends on how fast either side is.
+      const progressSeen = deferred();
+      const running = startWorker(async (job) => {
+        job.progress(30, 'a third');
+        job.progress(66.6, 'two thirds');
+        await within(progressSeen.promise, 'the test seeing the progress');
+        return 'done';
+      });
+      try {
+        const created = await create({});
+        const { task } = await watchUntil(
+          created.id,
+          (state) => state.progress?.message === 'two thirds',
+          'progress "two thirds" reaching the watcher',
+        );
+        assert.equal(task.status, 'TASK_STATUS_RUNNING');
+        assert.equal(task.progress.percent, 67, 'rounded to a whole percent');
+        progressSeen.resolve();
+        const last = await finished(created.id);
+        assert.equal(last.status, 'TASK_STATUS_COMPLETED', last.error);
+        assert.equal(fromValue(last.result), 'done');
+      } finally {
+        progressSeen.resolve();
+        await stopWorker(running);
+      }
+    },
+  );
+
+  test(
+    'a thrown error fails the run with its message, and the retry policy runs it again',
+    { timeout: TEST_TIMEOUT_MILLISECONDS },
+    async () => {
+      const attempts = [];
+      const running = startWorker(async (job) => {
+        attempts.push(job.attempt);
+        throw new Error(`disk quota exceeded on attempt ${job.attempt}`);
+      });
+      try {
+        const created = await create(
+          {},
+          {
+            retry_policy: { max_attempts: 2, initial_backoff: { seconds: 0, nanos: 100_000_000 } },
+          },
+        );
+        const task = await finished(created.id);
+        assert.equal(task.status, 'TASK_STATUS_FAILED');
+        assert.match(task.error, /disk quota exceeded on attempt 2/);
+        assert.equal(task.attempt, 2);
+        assert.deepEqual(attempts, [1, 2]);
+      } finally {
+        await stopWorker(running);
+      }
+    },
+  );
+
+  test(
+    'a PermanentError fails the task at once, whatever the retry policy',
+    { timeout: TEST_TIMEOUT_MILLISECONDS },
+    async () => {
+      let calls = 0;
+      const running = startWorker(async () => {
+        calls += 1;
+        throw new PermanentError('no such mailbox');
+      });
+      try {
+        const created = await create(
+          {},
+          {
+            retry_policy: { max_attempts: 3, initial_backoff: { seconds: 0, nanos: 100_000_000 } },
+          },
+        );
+        const task = await finished(created.id);
+        assert.equal(task.status, 'TASK_STATUS_FAILED');
+        assert.match(task.error, /no such mailbox/);
+        assert.equal(task.attempt, 1, 'no retry');
+        assert.equal(calls, 1);
+      } finally {
+        await stopWorker(running);
+      }
+    },
+  );
+
+  test(
+    "CancelTask aborts the job's signal, the task is CANCELLED, and the slot frees",
+    { timeout: TEST_TIMEOUT_MILLISECONDS },
+    async () => {
+      const started = deferred();
+      const aborted = deferred();
+      // One slot: the second task can run only once the cancelled run's
+      // outcome has been sent.
+      const running = startWorker(
+        async (job) => {
+          if (job.data.wait === false) return 'second';
+          started.resolve(job.taskId);
+          await new Promise((resolve) =>
+            job.signal.addEventListener('abort', resolve, { once: true }),
+          );
+          aborted.resolve(job.signal.reason);
+          throw job.signal.reason;
+        },
+        { maxConcurrent: 1 },
       );
-      assert.equal(task.status, 'TASK_STATUS_RUNNING');
-      assert.equal(task.progress.percent, 67, 'rounded to a whole percent');
-      progressSeen.resolve();
-      const last = await finished(created.id);
-      assert.equal(last.status, 'TASK_STATUS_COMPLETED', last.error);
-      assert.equal(fromValue(last.result), 'done');
-    } finally {
-      progressSeen.resolve();
-      await stopWorker(running);
-    }
-  });
+      try {
+        const created = await create({ wait: true });
+        assert.equal(await within(started.promise, 'the handler starting'), created.id);
 
-  test('a thrown error fails the run with its message, and the retry policy runs it again', { timeout: TEST_TIMEOUT_MILLISECONDS }, async () => {
-    const attempts = [];
-    const running = startWorker(async (job) => {
-      attempts.push(job.attempt);
-      throw new Error(`disk quota exceeded on attempt ${job.attempt}`);
-    });
-    try {
-      const created = await create({}, {
-        retry_policy: { max_attempts: 2, initial_backoff: { seconds: 0, nanos: 100_000_000 } },
+        const cancelled = await call(clients.tasks, 'CancelTask', { id: created.id });
+        assert.equal(cancelled.status, 'TASK_STATUS_CANCELLED');
+
+        const reason = await within(aborted.promise, "the job's signal aborting");
+        assert.ok(reason instanceof CancelledError);
+        assert.equal(reason.name, 'AbortError');
+        assert.equal(reason.cancellationCause, 'CANCELLATION_CAUSE_CANCELLED');
+        assert.match(reason.message, /cancel/i);
+        assert.equal(
+          (await getTask(created.id)).status,
+          'TASK_STATUS_CANCELLED',
+          'the ignored outcome changes nothing',
+        );
+
+        const second = await create({ wait: false });
+        const task = await finished(second.id);
+        assert.equal(task.status, 'TASK_STATUS_COMPLETED', task.error);
+        assert.equal(fromValue(task.result), 'second');
+      } finally {
+        await stopWorker(running);
+      }
+    },
+  );
+
+  test(
+    'drain() lets the running task finish, takes no other, and run() resolves',
+    { timeout: TEST_TIMEOUT_MILLISECONDS },
+    async () => {
+      const started = deferred();
+      const release = deferred();
+      const handled = [];
+      const draining = startWorker(
+        async (job) => {
+          handled.push(job.taskId);
+          started.resolve();
+          await within(release.promise, 'the test releasing the handler');
+          return 'finished while draining';
+        },
+        { maxConcurrent: 1, drainGraceMilliseconds: WAIT_MILLISECONDS },
+      );
+      let next;
+      try {
+        const first = await create({});
+        await within(started.promise, 'the handler starting');
+        draining.worker.drain();
+        // Created while the only slot is busy, so it cannot be assigned
+        // before the server has read the drain (which comes first on the stream).
+        const second = await create({});
+        release.resolve();
+        await within(draining.done, 'run() resolving after the drain');
+        const firstTask = await getTask(first.id);
+        assert.equal(firstTask.status, 'TASK_STATUS_COMPLETED', firstTask.error);
+        assert.equal(fromValue(firstTask.result), 'finished while draining');
+        assert.deepEqual(handled, [first.id], 'nothing assigned after the drain');
+        assert.equal((await getTask(second.id)).status, 'TASK_STATUS_PENDING');
+
+        // The next worker takes what the drained one left.
+        next = startWorker(async () => 'picked up');
+        const secondTask = await finished(second.id);
+        assert.equal(secondTask.status, 'TASK_STATUS_COMPLETED', secondTask.error);
+      } finally {
+        release.resolve();
+        await stopWorker(draining);
+        if (next) await stopWorker(next);
+      }
+    },
+  );
+
+  test(
+    'after the drain grace period the running task is given back and runs again',
+    { timeout: TEST_TIMEOUT_MILLISECONDS },
+    async () => {
+      const started = deferred();
+      const aborted = deferred();
+      const stuck = startWorker(
+        async (job) => {
+          started.resolve();
+          // Ignores nothing, but would never finish on its own.
+          await new Promise((resolve) =>
+            job.signal.addEventListener('abort', resolve, { once: true }),
+          );
+          aborted.resolve(job.signal.reason);
+          throw job.signal.reason;
+        },
+        { drainGraceMilliseconds: 300 },
+      );
+      let next;
+      try {
+        const created = await create({});
+        await within(started.promise, 'the handler starting');
+        stuck.worker.drain();
+        await within(stuck.done, 'run() resolving after the grace period');
+        const reason = await within(
+          aborted.promise,
+          "the job's signal aborting at the end of the grace period",
+        );
+        assert.equal(reason.cancellationCause, 'WORKER_STOPPED');
+
+        next = startWorker(async (job) => ({ attempt: job.attempt }));
+        const task = await finished(created.id);
+        assert.equal(task.status, 'TASK_STATUS_COMPLETED', task.error);
+        assert.ok(
+          fromValue(task.result).attempt >= 2,
+          `ran again as a new attempt: ${JSON.stringify(fromValue(task.result))}`,
+        );
+      } finally {
+        await stopWorker(stuck);
+        if (next) await stopWorker(next);
+      }
+    },
+  );
+
+  test(
+    'a kind the server does not hand out rejects run() with INVALID_ARGUMENT',
+    { timeout: TEST_TIMEOUT_MILLISECONDS },
+    async () => {
+      const worker = new Worker({
+        address,
+        caFile: CA_FILE,
+        token: TOKEN,
+        workerName: 'node-test-bad-kind',
       });
-      const task = await finished(created.id);
-      assert.equal(task.status, 'TASK_STATUS_FAILED');
-      assert.match(task.error, /disk quota exceeded on attempt 2/);
-      assert.equal(task.attempt, 2);
-      assert.deepEqual(attempts, [1, 2]);
-    } finally {
-      await stopWorker(running);
-    }
-  });
-
-  test('a PermanentError fails the task at once, whatever the retry policy', { timeout: TEST_TIMEOUT_MILLISECONDS }, async () => {
-    let calls = 0;
-    const running = startWorker(async () => {
-      calls += 1;
-      throw new PermanentError('no such mailbox');
-    });
-    try {
-      const created = await create({}, {
-        retry_policy: { max_attempts: 3, initial_backoff: { seconds: 0, nanos: 100_000_000 } },
+      worker.handle('node-test-no-such-kind', async () => null);
+      await assert.rejects(within(worker.run({ signals: [] }), 'run() rejecting'), (error) => {
+        assert.equal(error.code, grpc.status.INVALID_ARGUMENT);
+        assert.match(error.details, /hello\.kinds/);
+        return true;
       });
-      const task = await finished(created.id);
-      assert.equal(task.status, 'TASK_STATUS_FAILED');
-      assert.match(task.error, /no such mailbox/);
-      assert.equal(task.attempt, 1, 'no retry');
-      assert.equal(calls, 1);
-    } finally {
-      await stopWorker(running);
-    }
-  });
-
-  test('CancelTask aborts the job\'s signal, the task is CANCELLED, and the slot frees', { timeout: TEST_TIMEOUT_MILLISECONDS }, async () => {
-    const started = deferred();
-    const aborted = deferred();
-    // One slot: the second task can run only once the cancelled run's
-    // outcome has been sent.
-    const running = startWorker(async (job) => {
-      if (job.data.wait === false) return 'second';
-      started.resolve(job.taskId);
-      await new Promise((resolve) => job.signal.addEventListener('abort', resolve, { once: true }));
-      aborted.resolve(job.signal.reason);
-      throw job.signal.reason;
-    }, { maxConcurrent: 1 });
-    try {
-      const created = await create({ wait: true });
-      assert.equal(await within(started.promise, 'the handler starting'), created.id);
-
-      const cancelled = await call(clients.tasks, 'CancelTask', { id: created.id });
-      assert.equal(cancelled.status, 'TASK_STATUS_CANCELLED');
-
-      const reason = await within(aborted.promise, 'the job\'s signal aborting');
-      assert.ok(reason instanceof CancelledError);
-      assert.equal(reason.name, 'AbortError');
-      assert.equal(reason.cancellationCause, 'CANCELLATION_CAUSE_CANCELLED');
-      assert.match(reason.message, /cancel/i);
-      assert.equal((await getTask(created.id)).status, 'TASK_STATUS_CANCELLED', 'the ignored outcome changes nothing');
-
-      const second = await create({ wait: false });
-      const task = await finished(second.id);
-      assert.equal(task.status, 'TASK_STATUS_COMPLETED', task.error);
-      assert.equal(fromValue(task.result), 'second');
-    } finally {
-      await stopWorker(running);
-    }
-  });
-
-  test('drain() lets the running task finish, takes no other, and run() resolves', { timeout: TEST_TIMEOUT_MILLISECONDS }, async () => {
-    const started = deferred();
-    const release = deferred();
-    const handled = [];
-    const draining = startWorker(async (job) => {
-      handled.push(job.taskId);
-      started.resolve();
-      await within(release.promise, 'the test releasing the handler');
-      return 'finished while draining';
-    }, { maxConcurrent: 1, drainGraceMilliseconds: WAIT_MILLISECONDS });
-    let next;
-    try {
-      const first = await create({});
-      await within(started.promise, 'the handler starting');
-      draining.worker.drain();
-      // Created while the only slot is busy, so it cannot be assigned
-      // before the server has read the drain (which comes first on the stream).
-      const second = await create({});
-      release.resolve();
-      await within(draining.done, 'run() resolving after the drain');
-      const firstTask = await getTask(first.id);
-      assert.equal(firstTask.status, 'TASK_STATUS_COMPLETED', firstTask.error);
-      assert.equal(fromValue(firstTask.result), 'finished while draining');
-      assert.deepEqual(handled, [first.id], 'nothing assigned after the drain');
-      assert.equal((await getTask(second.id)).status, 'TASK_STATUS_PENDING');
-
-      // The next worker takes what the drained one left.
-      next = startWorker(async () => 'picked up');
-      const secondTask = await finished(second.id);
-      assert.equal(secondTask.status, 'TASK_STATUS_COMPLETED', secondTask.error);
-    } finally {
-      release.resolve();
-      await stopWorker(draining);
-      if (next) await stopWorker(next);
-    }
-  });
-
-  test('after the drain grace period the running task is given back and runs again', { timeout: TEST_TIMEOUT_MILLISECONDS }, async () => {
-    const started = deferred();
-    const aborted = deferred();
-    const stuck = startWorker(async (job) => {
-      started.resolve();
-      // Ignores nothing, but would never finish on its own.
-      await new Promise((resolve) => job.signal.addEventListener('abort', resolve, { once: true }));
-      aborted.resolve(job.signal.reason);
-      throw job.signal.reason;
-    }, { drainGraceMilliseconds: 300 });
-    let next;
-    try {
-      const created = await create({});
-      await within(started.promise, 'the handler starting');
-      stuck.worker.drain();
-      await within(stuck.done, 'run() resolving after the grace period');
-      const reason = await within(aborted.promise, 'the job\'s signal aborting at the end of the grace period');
-      assert.equal(reason.cancellationCause, 'WORKER_STOPPED');
-
-      next = startWorker(async (job) => ({ attempt: job.attempt }));
-      const task = await finished(created.id);
-      assert.equal(task.status, 'TASK_STATUS_COMPLETED', task.error);
-      assert.ok(fromValue(task.result).attempt >= 2, `ran again as a new attempt: ${JSON.stringify(fromValue(task.result))}`);
-    } finally {
-      await stopWorker(stuck);
-      if (next) await stopWorker(next);
-    }
-  });
-
-  test('a kind the server does not hand out rejects run() with INVALID_ARGUMENT', { timeout: TEST_TIMEOUT_MILLISECONDS }, async () => {
-    const worker = new Worker({ address, caFile: CA_FILE, token: TOKEN, workerName: 'node-test-bad-kind' });
-    worker.handle('node-test-no-such-kind', async () => null);
-    await assert.rejects(within(worker.run({ signals: [] }), 'run() rejecting'), (error) => {
-      assert.equal(error.code, grpc.status.INVALID_ARGUMENT);
-      assert.match(error.details, /hello\.kinds/);
-      return true;
-    });
-  });
+    },
+  );
 
   test(
     'a wrong token rejects run() with UNAUTHENTICATED, without retrying',
-    { timeout: TEST_TIMEOUT_MILLISECONDS, skip: !TOKEN && 'TASK_PROCESSOR_TOKEN is not set: this server needs no token' },
+    {
+      timeout: TEST_TIMEOUT_MILLISECONDS,
+      skip: !TOKEN && 'TASK_PROCESSOR_TOKEN is not set: this server needs no token',
+    },
     async () => {
-      const worker = new Worker({ address, caFile: CA_FILE, token: `${TOKEN}-not`, workerName: 'node-test-bad-token' });
+      const worker = new Worker({
+        address,
+        caFile: CA_FILE,
+        token: `${TOKEN}-not`,
+        workerName: 'node-test-bad-token',
+      });
       worker.handle(KIND, async () => null);
       let reconnects = 0;
       worker.on('reconnecting', () => {
@@ -430,31 +512,38 @@ describe('Worker from Node', () => {
     },
   );
 
-  test('with no server it reconnects with growing, capped back-off until drained', { timeout: TEST_TIMEOUT_MILLISECONDS }, async () => {
-    const worker = new Worker({
-      address: `127.0.0.1:${await unusedPort()}`,
-      reconnectInitialMilliseconds: 20,
-      reconnectMaxMilliseconds: 80,
-    });
-    worker.handle(KIND, async () => null);
-    const delays = [];
-    const enoughAttempts = deferred();
-    const codes = new Set();
-    worker.on('reconnecting', ({ error, delayMilliseconds }) => {
-      codes.add(error.code);
-      delays.push(delayMilliseconds);
-      if (delays.length === 5) enoughAttempts.resolve();
-    });
-    const done = worker.run({ signals: [] });
-    await within(enoughAttempts.promise, 'five reconnect attempts');
-    worker.drain();
-    await within(done, 'run() resolving after drain()');
-    assert.deepEqual([...codes], [grpc.status.UNAVAILABLE]);
-    // Each delay is within [ceiling / 2, ceiling], the ceiling doubling from 20 up to 80.
-    for (const [index, ceiling] of [20, 40, 80, 80, 80].entries()) {
-      assert.ok(delays[index] >= ceiling / 2 && delays[index] <= ceiling, `delay ${index}: ${delays[index]} for ceiling ${ceiling}`);
-    }
-  });
+  test(
+    'with no server it reconnects with growing, capped back-off until drained',
+    { timeout: TEST_TIMEOUT_MILLISECONDS },
+    async () => {
+      const worker = new Worker({
+        address: `127.0.0.1:${await unusedPort()}`,
+        reconnectInitialMilliseconds: 20,
+        reconnectMaxMilliseconds: 80,
+      });
+      worker.handle(KIND, async () => null);
+      const delays = [];
+      const enoughAttempts = deferred();
+      const codes = new Set();
+      worker.on('reconnecting', ({ error, delayMilliseconds }) => {
+        codes.add(error.code);
+        delays.push(delayMilliseconds);
+        if (delays.length === 5) enoughAttempts.resolve();
+      });
+      const done = worker.run({ signals: [] });
+      await within(enoughAttempts.promise, 'five reconnect attempts');
+      worker.drain();
+      await within(done, 'run() resolving after drain()');
+      assert.deepEqual([...codes], [grpc.status.UNAVAILABLE]);
+      // Each delay is within [ceiling / 2, ceiling], the ceiling doubling from 20 up to 80.
+      for (const [index, ceiling] of [20, 40, 80, 80, 80].entries()) {
+        assert.ok(
+          delays[index] >= ceiling / 2 && delays[index] <= ceiling,
+          `delay ${index}: ${delays[index]} for ceiling ${ceiling}`,
+        );
+      }
+    },
+  );
 
   const exampleEnv = {
     TASK_PROCESSOR_ADDR: process.env.TASK_PROCESSOR_ADDR,
@@ -462,75 +551,130 @@ describe('Worker from Node', () => {
     TASK_PROCESSOR_TOKEN: TOKEN ?? '',
   };
 
-  test('SIGTERM drains example-worker.js: its running task completes and it exits 0', { timeout: TEST_TIMEOUT_MILLISECONDS }, async () => {
-    const example = spawnProcess(process.execPath, [EXAMPLE_WORKER], exampleEnv);
-    try {
-      const created = await create({ to: 'drain@example.com' }, { kind: EXAMPLE_KIND });
-      // Running, and past its first step: SIGTERM comes mid-task.
-      await watchUntil(
-        created.id,
-        (task) => task.status === 'TASK_STATUS_RUNNING' && task.progress?.percent > 0,
-        'the example reporting progress',
-      );
-      example.child.kill('SIGTERM');
-      const { code, signal, stdout, stderr } = await within(example.exited, 'example-worker.js exiting after SIGTERM');
-      assert.equal(code, 0, `exit ${code} (signal ${signal}); stdout:\n${stdout}\nstderr:\n${stderr}`);
-      assert.match(stdout, /draining/);
-      const task = await getTask(created.id);
-      assert.equal(task.status, 'TASK_STATUS_COMPLETED', `within the grace period; ${task.error}`);
-      assert.deepEqual(fromValue(task.result), { sent: true, to: 'drain@example.com' });
-    } finally {
-      example.child.kill('SIGKILL');
-      await example.exited;
-    }
-  });
+  test(
+    'SIGTERM drains example-worker.js: its running task completes and it exits 0',
+    { timeout: TEST_TIMEOUT_MILLISECONDS },
+    async () => {
+      const example = spawnProcess(process.execPath, [EXAMPLE_WORKER], exampleEnv);
+      try {
+        const created = await create({ to: 'drain@example.com' }, { kind: EXAMPLE_KIND });
+        // Running, and past its first step: SIGTERM comes mid-task.
+        await watchUntil(
+          created.id,
+          (task) => task.status === 'TASK_STATUS_RUNNING' && task.progress?.percent > 0,
+          'the example reporting progress',
+        );
+        example.child.kill('SIGTERM');
+        const { code, signal, stdout, stderr } = await within(
+          example.exited,
+          'example-worker.js exiting after SIGTERM',
+        );
+        assert.equal(
+          code,
+          0,
+          `exit ${code} (signal ${signal}); stdout:\n${stdout}\nstderr:\n${stderr}`,
+        );
+        assert.match(stdout, /draining/);
+        const task = await getTask(created.id);
+        assert.equal(
+          task.status,
+          'TASK_STATUS_COMPLETED',
+          `within the grace period; ${task.error}`,
+        );
+        assert.deepEqual(fromValue(task.result), { sent: true, to: 'drain@example.com' });
+      } finally {
+        example.child.kill('SIGKILL');
+        await example.exited;
+      }
+    },
+  );
 
-  test('example-worker.js runs tasks created from taskctl, live progress and cancel included', { timeout: TEST_TIMEOUT_MILLISECONDS }, async () => {
-    assert.ok(existsSync(TASKCTL), `no taskctl at ${TASKCTL}: build it (cargo build --bins)`);
-    const taskctlFlags = ['--addr', address, ...(CA_FILE ? ['--ca', CA_FILE] : [])];
-    // The token by environment, as docs/taskctl.md advises (out of the
-    // process list); nothing else from the caller's TASKCTL_* variables.
-    const taskctlEnv = { TASKCTL_TOKEN: TOKEN, TASKCTL_ADDR: undefined, TASKCTL_CALL_TIMEOUT: undefined };
-    const taskctl = (...args) =>
-      within(spawnProcess(TASKCTL, [...taskctlFlags, ...args], taskctlEnv).exited, `taskctl ${args[0]}`);
-    const createWithTaskctl = async (to) => {
-      const created = await taskctl('create', `node email to ${to}`, '--kind', EXAMPLE_KIND, '--data', JSON.stringify({ to }), '-o', 'json');
-      assert.equal(created.code, 0, created.stderr);
-      return JSON.parse(created.stdout).id;
-    };
+  test(
+    'example-worker.js runs tasks created from taskctl, live progress and cancel included',
+    { timeout: TEST_TIMEOUT_MILLISECONDS },
+    async () => {
+      assert.ok(existsSync(TASKCTL), `no taskctl at ${TASKCTL}: build it (cargo build --bins)`);
+      const taskctlFlags = ['--addr', address, ...(CA_FILE ? ['--ca', CA_FILE] : [])];
+      // The token by environment, as docs/taskctl.md advises (out of the
+      // process list); nothing else from the caller's TASKCTL_* variables.
+      const taskctlEnv = {
+        TASKCTL_TOKEN: TOKEN,
+        TASKCTL_ADDR: undefined,
+        TASKCTL_CALL_TIMEOUT: undefined,
+      };
+      const taskctl = (...args) =>
+        within(
+          spawnProcess(TASKCTL, [...taskctlFlags, ...args], taskctlEnv).exited,
+          `taskctl ${args[0]}`,
+        );
+      const createWithTaskctl = async (to) => {
+        const created = await taskctl(
+          'create',
+          `node email to ${to}`,
+          '--kind',
+          EXAMPLE_KIND,
+          '--data',
+          JSON.stringify({ to }),
+          '-o',
+          'json',
+        );
+        assert.equal(created.code, 0, created.stderr);
+        return JSON.parse(created.stdout).id;
+      };
 
-    const example = spawnProcess(process.execPath, [EXAMPLE_WORKER], exampleEnv);
-    let cancelWatch;
-    try {
-      // One task, followed to its end by taskctl watch: a line per state.
-      const id = await createWithTaskctl('ada@example.com');
-      const watched = await taskctl('watch', id);
-      assert.equal(watched.code, 0, `watch exits 0 for a completed task:\n${watched.stdout}${watched.stderr}`);
-      const progressLines = watched.stdout.split('\n').filter((line) => /^RUNNING\s+\d+%\s+\S+ \(\d of 4\)$/.test(line));
-      assert.ok(progressLines.length >= 1, `progress lines in:\n${watched.stdout}`);
-      assert.match(watched.stdout, /^COMPLETED\s+100%/m);
-      assert.match(watched.stdout, /completed after .*"sent":true.*"to":"ada@example.com"/);
+      const example = spawnProcess(process.execPath, [EXAMPLE_WORKER], exampleEnv);
+      let cancelWatch;
+      try {
+        // One task, followed to its end by taskctl watch: a line per state.
+        const id = await createWithTaskctl('ada@example.com');
+        const watched = await taskctl('watch', id);
+        assert.equal(
+          watched.code,
+          0,
+          `watch exits 0 for a completed task:\n${watched.stdout}${watched.stderr}`,
+        );
+        const progressLines = watched.stdout
+          .split('\n')
+          .filter((line) => /^RUNNING\s+\d+%\s+\S+ \(\d of 4\)$/.test(line));
+        assert.ok(progressLines.length >= 1, `progress lines in:\n${watched.stdout}`);
+        assert.match(watched.stdout, /^COMPLETED\s+100%/m);
+        assert.match(watched.stdout, /completed after .*"sent":true.*"to":"ada@example.com"/);
 
-      // Another, cancelled with taskctl while taskctl watch follows it.
-      const second = await createWithTaskctl('grace@example.com');
-      cancelWatch = spawnProcess(TASKCTL, [...taskctlFlags, 'watch', second], taskctlEnv);
-      await poll(() => /^RUNNING\s+\d+%\s+\S+ \(\d of 4\)$/m.test(cancelWatch.output.stdout), 'taskctl watch printing progress');
-      const cancelled = await taskctl('cancel', second);
-      assert.equal(cancelled.code, 0, cancelled.stderr);
-      assert.match(cancelled.stdout, /^STATUS:\s+CANCELLED$/m);
-      const watchEnd = await within(cancelWatch.exited, 'taskctl watch ending with the cancel');
-      assert.equal(watchEnd.code, 4, `watch exits 4 for a cancelled task:\n${watchEnd.stdout}${watchEnd.stderr}`);
-      assert.match(watchEnd.stdout, /^CANCELLED/m);
-      const got = await taskctl('get', second, '-o', 'json');
-      assert.equal(JSON.parse(got.stdout).status, 'TASK_STATUS_CANCELLED');
+        // Another, cancelled with taskctl while taskctl watch follows it.
+        const second = await createWithTaskctl('grace@example.com');
+        cancelWatch = spawnProcess(TASKCTL, [...taskctlFlags, 'watch', second], taskctlEnv);
+        await poll(
+          () => /^RUNNING\s+\d+%\s+\S+ \(\d of 4\)$/m.test(cancelWatch.output.stdout),
+          'taskctl watch printing progress',
+        );
+        const cancelled = await taskctl('cancel', second);
+        assert.equal(cancelled.code, 0, cancelled.stderr);
+        assert.match(cancelled.stdout, /^STATUS:\s+CANCELLED$/m);
+        const watchEnd = await within(cancelWatch.exited, 'taskctl watch ending with the cancel');
+        assert.equal(
+          watchEnd.code,
+          4,
+          `watch exits 4 for a cancelled task:\n${watchEnd.stdout}${watchEnd.stderr}`,
+        );
+        assert.match(watchEnd.stdout, /^CANCELLED/m);
+        const got = await taskctl('get', second, '-o', 'json');
+        assert.equal(JSON.parse(got.stdout).status, 'TASK_STATUS_CANCELLED');
 
-      example.child.kill('SIGTERM');
-      const { code, stdout, stderr } = await within(example.exited, 'example-worker.js exiting after SIGTERM');
-      assert.equal(code, 0, `example-worker.js after SIGTERM; stdout:\n${stdout}\nstderr:\n${stderr}`);
-    } finally {
-      cancelWatch?.child.kill('SIGKILL');
-      example.child.kill('SIGKILL');
-      await example.exited;
-    }
-  });
+        example.child.kill('SIGTERM');
+        const { code, stdout, stderr } = await within(
+          example.exited,
+          'example-worker.js exiting after SIGTERM',
+        );
+        assert.equal(
+          code,
+          0,
+          `example-worker.js after SIGTERM; stdout:\n${stdout}\nstderr:\n${stderr}`,
+        );
+      } finally {
+        cancelWatch?.child.kill('SIGKILL');
+        example.child.kill('SIGKILL');
+        await example.exited;
+      }
+    },
+  );
 });
