@@ -12,8 +12,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 import { PermanentError, Worker } from './worker.js';
 
+const address = process.env.TASK_PROCESSOR_ADDR || '127.0.0.1:50051';
 const worker = new Worker({
-  address: process.env.TASK_PROCESSOR_ADDR || '127.0.0.1:50051',
+  address,
   caFile: process.env.TASK_PROCESSOR_CA_FILE || undefined,
   token: process.env.TASK_PROCESSOR_TOKEN || undefined,
   workerName: `example-worker-${process.pid}`,
@@ -22,8 +23,9 @@ const worker = new Worker({
 
 worker.handle('email', async ({ data, taskId, signal, progress }) => {
   // Bad input will not get better on a retry.
-  if (typeof data?.to !== 'string')
+  if (typeof data?.to !== 'string') {
     throw new PermanentError('data.to: the address to send to is required');
+  }
   const steps = ['rendering', 'connecting', 'sending', 'confirming'];
   for (const [index, step] of steps.entries()) {
     progress((index / steps.length) * 100, `${step} (${index + 1} of ${steps.length})`);
@@ -34,9 +36,7 @@ worker.handle('email', async ({ data, taskId, signal, progress }) => {
   return { sent: true, to: data.to };
 });
 
-worker.on('connected', () =>
-  console.log(`connected to ${process.env.TASK_PROCESSOR_ADDR || '127.0.0.1:50051'}`),
-);
+worker.on('connected', () => console.log(`connected to ${address}`));
 worker.on('reconnecting', ({ error, delayMilliseconds }) =>
   console.log(`stream ended (${error.message}); reconnecting in ${delayMilliseconds} ms`),
 );
