@@ -270,8 +270,8 @@ export class Worker extends EventEmitter {
       traceContext: { ...traceContext },
       signal: controller.signal,
       progress: (percent, message = '') => {
-        // After an abort the server ignores it anyway; spare the bytes.
-        if (controller.signal.aborted) return;
+        // After an abort or the outcome the server ignores it anyway; spare the bytes.
+        if (controller.signal.aborted || !this.#running.has(key)) return;
         const clamped = Math.min(100, Math.max(0, Math.round(Number(percent) || 0)));
         send(connection, {
           progress: { ...ids, progress: { percent: clamped, message: String(message) } },
