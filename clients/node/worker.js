@@ -1,7 +1,7 @@
 // A worker for taskprocessor.v1.WorkerService: runs tasks of the kinds the
 // server hands out to workers (its `worker_kinds`), in this Node process.
 //
-//   const worker = new Worker({ address: '127.0.0.1:50051', workerName: 'mailer', maxConcurrent: 4 });
+//   const worker = new Worker({ address: '127.0.0.1:50051', maxConcurrent: 4 });
 //   worker.handle('email', async (job) => {
 //     job.progress(50, 'connecting');
 //     return { sent: true, to: job.data.to };
@@ -207,7 +207,8 @@ export class Worker extends EventEmitter {
       const call = this.#client.Work();
       const connection = { call, open: true, accepted: false };
       this.#connection = connection;
-      // Headers mean the server took the stream: the back-off starts over.
+      // Headers mean the server took the stream (it sends them on accepting
+      // the call, before any message): the back-off starts over.
       call.on('metadata', () => {
         connection.accepted = true;
         this.emit('connected');
@@ -316,8 +317,10 @@ export class Worker extends EventEmitter {
 /** A handler's run as the outcome to send: never rejects. */
 async function runHandler(handler, job) {
   try {
-    if (!handler)
+    // Cannot happen with a server that keeps to the hello's kinds.
+    if (!handler) {
       throw new PermanentError(`this worker has no handler for kind "${job.task.kind}"`);
+    }
     job.data = job.task.data == null ? null : fromValue(job.task.data);
     const result = await handler(job);
     // JSON's own rules (undefined → null, Dates → strings, toJSON), so a
