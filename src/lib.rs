@@ -20,3 +20,4 @@ pub mod server;
 pub mod store;
 pub mod task;
 pub mod telemetry;
+pub mod worker;

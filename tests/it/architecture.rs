@@ -2,6 +2,7 @@
 //! dependencies point one way (edge → manager → store and processor →
 //! task), so no module imports one above it and there are no cycles.
 //! `schedule` is domain beside `task`: it may import `task`, not the reverse.
+//! `worker` (the worker library) is a client: no server-side module.
 
 use std::{
     collections::BTreeSet,
@@ -85,6 +86,25 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "errors",
             "codec",
             "pb",
+        ],
+    ),
+    // The worker library is a client of the server: the protocol (`pb`) and
+    // `api`'s JSON conversions, nothing of the server's own side.
+    (
+        "worker",
+        &[
+            "auth",
+            "server",
+            "gateway",
+            "config",
+            "telemetry",
+            "admin",
+            "manager",
+            "store",
+            "processor",
+            "task",
+            "schedule",
+            "metrics",
         ],
     ),
     (

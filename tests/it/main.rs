@@ -45,4 +45,5 @@ mod tracing;
 mod watch;
 mod watch_tasks;
 mod watch_tasks_replicas;
+mod worker_library;
 mod workers;

@@ -190,9 +190,16 @@ async fn a_run_that_times_out_is_retried() {
         .await
         .expect("create")
         .into_inner();
-    let retrying = wait_for_status(&client, &task.id, pb::TaskStatus::Retrying).await;
+    // Watched, not polled: RETRYING lasts only the 50 ms back-off, which a
+    // poll on a busy machine can miss; a watch delivers every status.
+    let states = watch_to_end(&mut client, &task.id).await;
+    let retrying = states
+        .iter()
+        .find(|state| status_of(state) == pb::TaskStatus::Retrying)
+        .unwrap_or_else(|| panic!("no RETRYING state in {states:?}"));
     assert!(retrying.error.contains("timed out"), "{}", retrying.error);
-    let failed = wait_for_status(&client, &task.id, pb::TaskStatus::Failed).await;
+    let failed = states.last().expect("a final state");
+    assert_eq!(status_of(failed), pb::TaskStatus::Failed);
     assert_eq!(failed.attempt, 2);
     assert!(failed.error.contains("timed out"), "{}", failed.error);
 }

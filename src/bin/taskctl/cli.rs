@@ -241,6 +241,19 @@ code is the highest of the failures' codes (0 when all were deleted).")]
     #[command(subcommand, after_help = SCHEDULE_EXAMPLES)]
     Schedule(ScheduleCommand),
 
+    /// List the workers connected to the server: kinds, capacity, tasks in
+    /// flight and replica.
+    #[command(after_help = "\
+Examples:
+  taskctl workers
+  taskctl workers -o json | jq -r '.workers[].workerName'
+
+Lists the worker streams (WorkerService/Work) connected to the replica
+that answers, in the order they connected; with several replicas, ask
+each one. IN FLIGHT/MAX is the tasks a worker runs now out of how many it
+runs at once.")]
+    Workers,
+
     /// Ask the server whether it is serving (grpc.health.v1).
     #[command(after_help = "\
 Examples:

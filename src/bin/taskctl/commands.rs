@@ -16,7 +16,9 @@ use std::{
 use serde_json::Value as JsonValue;
 use task_processor::{
     api::json::json_to_proto,
-    pb::{self, task_service_client::TaskServiceClient},
+    pb::{
+        self, task_service_client::TaskServiceClient, worker_service_client::WorkerServiceClient,
+    },
 };
 use tonic::{Code, Request, Response, Status};
 use tonic_health::pb::{
@@ -34,7 +36,7 @@ use crate::{
     output::{self, HealthReport, Printer},
     paging,
     progress::WatchDisplay,
-    schedules,
+    schedules, workers,
 };
 
 /// The health services checked when `--service` is not given.
@@ -101,6 +103,7 @@ pub async fn run(cli: Cli) -> Result<Outcome, CliError> {
         Command::Delete(args) => session.delete(&args.ids).await,
         Command::Health(args) => session.health(args).await,
         Command::Schedule(command) => schedules::run(&session, command).await,
+        Command::Workers => workers::list(&session).await,
         Command::Completions(args) => print_completions(args.shell),
     }
 }
@@ -116,6 +119,10 @@ impl Session {
 
     pub async fn tasks(&self) -> Result<TaskServiceClient<Transport>, CliError> {
         Ok(TaskServiceClient::new(self.connect().await?))
+    }
+
+    pub async fn workers(&self) -> Result<WorkerServiceClient<Transport>, CliError> {
+        Ok(WorkerServiceClient::new(self.connect().await?))
     }
 
     /// A request that tells the server our deadline too.

@@ -5,7 +5,8 @@
 //! Everything else lives in the modules: `cli` (flags), `commands` (what
 //! each subcommand does), `from_file` (`create --from-file`, many tasks in
 //! batches), `schedules` (the `schedule` subcommands, from flags to
-//! printing), `paging` (`--all`), `connection`, `output`,
+//! printing), `workers` (`taskctl workers`, the connected remote
+//! workers), `paging` (`--all`), `connection`, `output`,
 //! `proto_json` and `yaml` (how answers are printed), `progress` (the live
 //! bar), `errors`.
 
@@ -20,6 +21,7 @@ mod progress;
 mod proto_json;
 mod schedules;
 mod watch_all;
+mod workers;
 mod yaml;
 
 use std::process::ExitCode;

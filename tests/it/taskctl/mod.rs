@@ -12,7 +12,8 @@
 //! formats in `output`, the task commands in `commands`, many tasks from
 //! a JSON Lines file (`create --from-file`) in `from_file`, the scheduling
 //! flags of `create`, retries and `delete` in `scheduling`, the `schedule`
-//! subcommands in `schedules`, `watch --all` in `watch_all`, errors and exit codes in
+//! subcommands in `schedules`, `watch --all` in `watch_all`, the connected
+//! workers (`workers`) in `workers`, errors and exit codes in
 //! `exit_codes`, and
 //! `health`, completions and help in `health_and_help`. taskctl when its connection fails is in
 //! `taskctl_connection`.
@@ -347,3 +348,4 @@ mod output;
 mod schedules;
 mod scheduling;
 mod watch_all;
+mod workers;
