@@ -6,7 +6,8 @@
 //   TASK_PROCESSOR_CA_FILE  PEM of the CA of the server's certificate: TLS
 //   TASK_PROCESSOR_TOKEN    a bearer token whose principal has the role `work`
 // SIGTERM or Ctrl-C drains it: no new task, the running ones finish (30 s at
-// most), then it exits 0.
+// most), then it exits 0. A second one stops them at once (they run again
+// elsewhere).
 
 import { setTimeout as sleep } from 'node:timers/promises';
 

@@ -182,23 +182,23 @@ export class Worker extends EventEmitter {
    * Stops taking tasks: tells the server (`drain`), lets running handlers
    * finish and send their outcomes for up to drainGraceMilliseconds, then
    * aborts the rest and closes the stream, which gives their tasks back to
-   * run again. run() resolves once the stream is over. Calling it again
-   * changes nothing.
+   * run again. run() resolves once the stream is over. A second call (a
+   * second Ctrl-C) does not wait for the grace period: it closes at once.
    */
   drain() {
-    if (this.#draining) return;
+    const connection = this.#connection;
+    if (this.#draining) {
+      if (connection) this.#close(connection);
+      return;
+    }
     this.#draining = true;
     this.emit('draining');
     this.#wakeUp?.();
-    const connection = this.#connection;
     if (!connection) return;
     // The server ends the stream with OK once every assignment has its
     // outcome; the timer is for handlers that take longer than we may wait.
     send(connection, { drain: {} });
-    this.#graceTimer = setTimeout(() => {
-      this.#abortJobs(connection, 'the worker stopped before the task finished', 'WORKER_STOPPED');
-      connection.call.cancel();
-    }, this.drainGraceMilliseconds);
+    this.#graceTimer = setTimeout(() => this.#close(connection), this.drainGraceMilliseconds);
   }
 
   /** One Work stream, from hello to its status: resolves { status, accepted }. */
@@ -284,6 +284,13 @@ export class Worker extends EventEmitter {
       // Also after a cancellation: the server frees the slot only on an outcome.
       send(connection, { outcome: { ...ids, ...outcome } });
     });
+  }
+
+  /** Ends a drain that may wait no longer: the server gives the unfinished tasks back. */
+  #close(connection) {
+    clearTimeout(this.#graceTimer);
+    this.#abortJobs(connection, 'the worker stopped before the task finished', 'WORKER_STOPPED');
+    connection.call.cancel();
   }
 
   #abortJobs(connection, message, cause) {

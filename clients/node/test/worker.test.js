@@ -423,46 +423,86 @@ describe('Worker from Node', () => {
     },
   );
 
+  /**
+   * Starts a task on a worker whose handler never finishes on its own,
+   * calls `stop(worker)`, and checks that run() resolves, the handler's
+   * signal aborts, and the task runs again, as a new attempt, elsewhere.
+   */
+  async function checkGivenBack(stop, drainGraceMilliseconds) {
+    const started = deferred();
+    const aborted = deferred();
+    const stuck = startWorker(
+      async (job) => {
+        started.resolve();
+        await new Promise((resolve) =>
+          job.signal.addEventListener('abort', resolve, { once: true }),
+        );
+        aborted.resolve(job.signal.reason);
+        throw job.signal.reason;
+      },
+      { drainGraceMilliseconds },
+    );
+    let next;
+    try {
+      const created = await create({});
+      await within(started.promise, 'the handler starting');
+      stop(stuck.worker);
+      await within(stuck.done, 'run() resolving');
+      const reason = await within(aborted.promise, "the job's signal aborting");
+      assert.equal(reason.cancellationCause, 'WORKER_STOPPED');
+
+      next = startWorker(async (job) => ({ attempt: job.attempt }));
+      const task = await finished(created.id);
+      assert.equal(task.status, 'TASK_STATUS_COMPLETED', task.error);
+      assert.ok(
+        fromValue(task.result).attempt >= 2,
+        `ran again as a new attempt: ${JSON.stringify(fromValue(task.result))}`,
+      );
+    } finally {
+      await stopWorker(stuck);
+      if (next) await stopWorker(next);
+    }
+  }
+
   test(
     'after the drain grace period the running task is given back and runs again',
     { timeout: TEST_TIMEOUT_MILLISECONDS },
-    async () => {
-      const started = deferred();
-      const aborted = deferred();
-      const stuck = startWorker(
-        async (job) => {
-          started.resolve();
-          // Ignores nothing, but would never finish on its own.
-          await new Promise((resolve) =>
-            job.signal.addEventListener('abort', resolve, { once: true }),
-          );
-          aborted.resolve(job.signal.reason);
-          throw job.signal.reason;
-        },
-        { drainGraceMilliseconds: 300 },
-      );
-      let next;
-      try {
-        const created = await create({});
-        await within(started.promise, 'the handler starting');
-        stuck.worker.drain();
-        await within(stuck.done, 'run() resolving after the grace period');
-        const reason = await within(
-          aborted.promise,
-          "the job's signal aborting at the end of the grace period",
-        );
-        assert.equal(reason.cancellationCause, 'WORKER_STOPPED');
+    () => checkGivenBack((worker) => worker.drain(), 300),
+  );
 
-        next = startWorker(async (job) => ({ attempt: job.attempt }));
-        const task = await finished(created.id);
-        assert.equal(task.status, 'TASK_STATUS_COMPLETED', task.error);
-        assert.ok(
-          fromValue(task.result).attempt >= 2,
-          `ran again as a new attempt: ${JSON.stringify(fromValue(task.result))}`,
+  test(
+    'a second drain() closes at once: the running task is given back and runs again',
+    { timeout: TEST_TIMEOUT_MILLISECONDS },
+    // A grace period far longer than the test may wait: only the second call can end it.
+    () =>
+      checkGivenBack((worker) => {
+        worker.drain();
+        worker.drain();
+      }, 100 * WAIT_MILLISECONDS),
+  );
+
+  test(
+    "a task's timeout aborts the job's signal, and the task fails",
+    { timeout: TEST_TIMEOUT_MILLISECONDS },
+    async () => {
+      const aborted = deferred();
+      const running = startWorker(async (job) => {
+        await new Promise((resolve) =>
+          job.signal.addEventListener('abort', resolve, { once: true }),
         );
+        aborted.resolve(job.signal.reason);
+        throw job.signal.reason;
+      });
+      try {
+        const created = await create({}, { timeout_seconds: 1 });
+        const reason = await within(aborted.promise, "the job's signal aborting at the timeout");
+        assert.equal(reason.cancellationCause, 'CANCELLATION_CAUSE_TIMED_OUT');
+        assert.match(reason.message, /timed out/);
+        const task = await finished(created.id);
+        assert.equal(task.status, 'TASK_STATUS_FAILED');
+        assert.match(task.error, /timed out/);
       } finally {
-        await stopWorker(stuck);
-        if (next) await stopWorker(next);
+        await stopWorker(running);
       }
     },
   );
