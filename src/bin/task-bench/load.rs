@@ -220,6 +220,18 @@ async fn end_to_end(
     request: pb::CreateTaskRequest,
 ) -> anyhow::Result<f64> {
     let server = RunningServer::ours(config).await?;
+    let figure = end_to_end_on(&server, tasks, request).await;
+    server.stop().await;
+    figure
+}
+
+/// Tasks per second through `server`: `tasks` creates of `request`, 256 in
+/// flight over [`CONNECTIONS`] connections, until every one is finished.
+pub async fn end_to_end_on(
+    server: &RunningServer,
+    tasks: usize,
+    request: pb::CreateTaskRequest,
+) -> anyhow::Result<f64> {
     let clients = server.clients(CONNECTIONS).await?;
     let manager = server
         .manager

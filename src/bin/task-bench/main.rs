@@ -14,6 +14,8 @@
 //! `--default-logging [--binary PATH]` is one too: the real binary with its
 //! shipped defaults, logging included, against a bare echo, each in a
 //! process of its own (see `default_logging.rs`).
+//! `--workers` is one too: remote workers against local processors, and
+//! the latency from a create to the worker (see `workers.rs`).
 //! `--help` lists the flags; an unknown one is an error (exit 2), as is
 //! asking for two runs at once.
 //! These machines are noisy: compare ratios taken in the same run, not
@@ -27,6 +29,7 @@ mod memory;
 mod retained;
 mod stores;
 mod watch;
+mod workers;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -72,7 +75,8 @@ impl RunningServer {
     pub async fn ours(config: Config) -> anyhow::Result<Self> {
         let grpc = TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", grpc.local_addr()?);
-        let registry = Registry::with_builtins(config.demo_duration);
+        let registry =
+            server::registry_with_workers(&config, Registry::with_builtins(config.demo_duration))?;
         let metrics = Metrics::new();
         let manager = ManagerHandle::start(
             config.manager_config(),
@@ -227,6 +231,9 @@ struct Arguments {
     /// Instead: the real task-processor with its shipped defaults (logging on) against a bare echo, each a process of its own
     #[arg(long, groups = ["run", "real_binary"])]
     default_logging: bool,
+    /// Instead: no-op tasks through remote workers (1 and 8 streams) against local processors, and create-to-assignment latency
+    #[arg(long, group = "run")]
+    workers: bool,
     /// Inside --delayed: one memory phase in a fresh process, one line out
     #[arg(long, value_enum, value_name = "KIND", group = "run", hide = true)]
     memory_phase: Option<delayed::MemoryPhase>,
@@ -319,6 +326,9 @@ async fn run(arguments: Arguments, scale: Scale) -> anyhow::Result<()> {
     }
     if arguments.delayed {
         return delayed::report(scale, arguments.quick).await;
+    }
+    if arguments.workers {
+        return workers::report(scale).await;
     }
     if let Some(phase) = arguments.memory_phase {
         return delayed::memory_phase(phase, scale).await;
