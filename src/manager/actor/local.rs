@@ -502,18 +502,30 @@ impl Manager<Local> {
                 .recovered
                 .iter()
                 .position(|id| self.tasks.get(id).is_none_or(|task| may_start(&task.kind)));
-            let (task_id, start) = if let Some(task_id) =
+            let (task_id, again) = if let Some(task_id) =
                 recovered.and_then(|index| self.shape.recovered.remove(index))
             {
                 // It was running when the last process died: run it again.
-                (task_id, TaskEvent::Restart { node })
+                (task_id, true)
             } else if let Some(task_id) = self.shape.waiting.pop_ready(may_start) {
-                (task_id, TaskEvent::Start { node })
+                (task_id, false)
             } else {
                 break;
             };
+            // A worker kind's slot is taken first, so the start names the
+            // worker in one change.
+            let reserved = self.reserve_worker_slot(task_id);
+            let node = match &reserved {
+                Some(reservation) => format!("{node}/{}", reservation.worker_name()),
+                None => node,
+            };
+            let start = if again {
+                TaskEvent::Restart { node }
+            } else {
+                TaskEvent::Start { node }
+            };
             if let Some(task) = self.transition(task_id, start) {
-                self.start_run(task);
+                self.start_run_on(task, reserved);
             }
         }
     }

@@ -12,7 +12,10 @@ use tracing::{Instrument, Span, debug, info, warn};
 use super::{Manager, RunOutput, RunSlot, Shape, Timer, held};
 use crate::{
     manager::FORCED_STOP_AFTER,
-    processor::{ProgressReporter, ProgressUpdate, TaskContext, remote::StopReason},
+    processor::{
+        ProgressReporter, ProgressUpdate, TaskContext,
+        remote::{Reservation, StopReason},
+    },
     task::{Failure, Task, TaskEvent, TaskId, TaskStatus, cut_short_too_often},
 };
 
@@ -142,6 +145,12 @@ impl<S: Shape> Manager<S> {
     /// cut short too often in a row: then it fails, so that one task cannot
     /// crash-loop every server that takes it.
     pub(super) fn start_run(&mut self, task: Arc<Task>) {
+        self.start_run_on(task, None);
+    }
+
+    /// [`start_run`](Self::start_run), on a worker stream's slot taken
+    /// before the start (so the start already named the worker).
+    pub(super) fn start_run_on(&mut self, task: Arc<Task>, reserved: Option<Reservation>) {
         if let Some(error) =
             cut_short_too_often(task.cut_short_runs, self.config.max_cut_short_runs)
         {
@@ -157,13 +166,13 @@ impl<S: Shape> Manager<S> {
         {
             self.metrics_of(&task.kind).task_started(delay);
         }
-        self.spawn_run(task);
+        self.spawn_run(task, reserved);
     }
 
     /// Runs a task that is `RUNNING` for this node on a free slot: in this
     /// process, or on a remote worker's stream when its kind is a worker
     /// kind.
-    fn spawn_run(&mut self, task: Arc<Task>) {
+    fn spawn_run(&mut self, task: Arc<Task>, reserved: Option<Reservation>) {
         let task_id = task.id;
         let cancellation = CancellationToken::new();
         let context = TaskContext::new(
@@ -174,7 +183,8 @@ impl<S: Shape> Manager<S> {
             ProgressReporter::new(self.progress_sender.clone()),
         );
         let (task, processing) = if let Some(workers) = self.registry.workers_for(&task.kind) {
-            let Some(reservation) = workers.reserve(&task.kind, task_id, task.attempt) else {
+            let reserved = reserved.or_else(|| workers.reserve(&task.kind, task_id, task.attempt));
+            let Some(reservation) = reserved else {
                 // The room was counted just before this start; a stream
                 // that left since took it. Not the task's fault.
                 info!(task_id = %task_id, kind = %task.kind, "no worker has room after all; the task runs again");
@@ -182,9 +192,13 @@ impl<S: Shape> Manager<S> {
                 return;
             };
             let worker = reservation.worker_name().to_owned();
-            let task = self
-                .transition(task_id, TaskEvent::Assigned { worker })
-                .unwrap_or(task);
+            // Named at the start already when the slot was taken first.
+            let task = if task.node.ends_with(&format!("/{worker}")) {
+                task
+            } else {
+                self.transition(task_id, TaskEvent::Assigned { worker })
+                    .unwrap_or(task)
+            };
             self.metrics_of(&task.kind).task_assigned();
             let run = reservation.dispatch(Arc::clone(&task), context);
             (task, Either::Left(run))
@@ -259,6 +273,14 @@ impl<S: Shape> Manager<S> {
             join_stored_trace(&span, &task.trace_context);
         }
         span
+    }
+
+    /// A slot on a worker stream for the next run of a waiting task of a
+    /// worker kind (`None` for other kinds, or when no stream has room).
+    pub(super) fn reserve_worker_slot(&self, task_id: TaskId) -> Option<Reservation> {
+        let task = self.tasks.get(&task_id)?;
+        let workers = self.registry.workers_for(&task.kind)?;
+        workers.reserve(&task.kind, task_id, task.attempt + 1)
     }
 
     /// Tells a run to stop, and arms the timer that aborts it if it does

@@ -63,6 +63,7 @@ async fn a_worker_runs_a_task_with_progress_and_its_result() {
     .await;
 
     worker.progress(&assigned, 40, "scaling").await;
+    let mut running_nodes = Vec::new();
     let progress = loop {
         let state = watch
             .next()
@@ -71,10 +72,24 @@ async fn a_worker_runs_a_task_with_progress_and_its_result() {
             .expect("a state")
             .task
             .expect("task");
+        if status_of(&state) == pb::TaskStatus::Running {
+            running_nodes.push(state.node.clone());
+        }
         if let Some(progress) = state.progress {
             break progress;
         }
     };
+    // Where the run starts in one step (memory, SQLite), watchers never see
+    // it running without its worker; a PostgreSQL claim names the worker
+    // in a second change.
+    if crate::stores::current() != crate::stores::StoreUnderTest::Postgres {
+        assert!(
+            running_nodes
+                .iter()
+                .all(|node| node == "test-node/resizer-1"),
+            "{running_nodes:?}"
+        );
+    }
     assert_eq!(
         (progress.percent, progress.message.as_str()),
         (40, "scaling")
