@@ -261,7 +261,7 @@ impl WorkerStream {
                     .connection
                     .progress(task_id, progress.attempt, reported)
                     .await;
-                if delivery == Delivery::Unknown {
+                if delivery != Delivery::Delivered {
                     debug!(task_id = %task_id, attempt = progress.attempt, "progress for a run that is not running here ignored");
                 }
                 Ok(())
@@ -307,6 +307,7 @@ impl WorkerStream {
         };
         let label = match self.connection.outcome(task_id, outcome.attempt, decided) {
             Delivery::Delivered => label,
+            Delivery::Discarded => "ignored",
             Delivery::Unknown => {
                 debug!(task_id = %task_id, attempt = outcome.attempt, "outcome for a run this stream does not hold ignored");
                 "ignored"

@@ -112,6 +112,9 @@ pub enum Delivery {
     /// No such run on this stream (never assigned, or already answered):
     /// ignored, as the contract says.
     Unknown,
+    /// The run had stopped (cancelled, timed out): the outcome only freed
+    /// its slot.
+    Discarded,
 }
 
 /// The worker streams of this process; cheap to clone.
@@ -499,12 +502,12 @@ impl Connection {
         if !drained {
             self.hub.signal_room();
         }
-        if let Some(sender) = in_flight.outcome {
-            // A run that stopped waiting (cancelled, timed out) has
-            // dropped its receiver: the outcome is discarded.
-            let _ = sender.send(outcome);
+        // A run that stopped waiting (cancelled, timed out) has dropped its
+        // receiver: the outcome is discarded.
+        match in_flight.outcome.map(|sender| sender.send(outcome)) {
+            Some(Ok(())) => Delivery::Delivered,
+            _ => Delivery::Discarded,
         }
-        Delivery::Delivered
     }
 
     /// How many assignments of this stream have no outcome yet.

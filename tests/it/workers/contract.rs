@@ -9,7 +9,7 @@ use tokio_stream::StreamExt;
 use super::{RawWorker, assert_refused, hello, worker_server};
 use crate::{
     retries::{create_with_policy, policy},
-    support::{create, get, json, request, status_of, wait_for_status},
+    support::{create, eventually, get, http_get, json, request, status_of, wait_for_status},
 };
 
 contract_tests!(
@@ -121,8 +121,20 @@ async fn tasks_wait_for_a_worker_and_go_in_order_never_beyond_max_concurrent() {
         .expect("create")
         .into_inner();
     let other = create(&mut client, "other kind", "other-remote", None).await;
-    // No worker: everything waits, however long.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // No worker: everything waits, however long, and the gauge says so.
+    let admin = server.admin_address.to_string();
+    eventually("the waiting tasks to be counted", || {
+        let admin = admin.clone();
+        async move {
+            let (_, metrics) = http_get(&admin, "/metrics").await;
+            let counted = metrics
+                .contains(r#"task_processor_tasks_waiting_for_worker{kind="remote"} 3"#)
+                && metrics
+                    .contains(r#"task_processor_tasks_waiting_for_worker{kind="other-remote"} 1"#);
+            counted.then_some(())
+        }
+    })
+    .await;
     for task in [&low, &first, &high, &other] {
         assert_eq!(
             status_of(&get(&mut client, &task.id).await),
@@ -245,6 +257,16 @@ async fn a_cancel_reaches_the_worker_and_its_slot_frees_only_with_an_outcome() {
     let still = get(&mut client, &cancelled.id).await;
     assert_eq!(status_of(&still), pb::TaskStatus::Cancelled);
     assert_eq!(still.result, None);
+    let (_, metrics) = http_get(&server.admin_address.to_string(), "/metrics").await;
+    for line in [
+        r#"task_processor_worker_assignments_total{kind="remote"} 2"#,
+        r#"task_processor_worker_outcomes_total{result="ignored"} 1"#,
+        r#"task_processor_workers_connected{kind="remote"} 1"#,
+        r#"task_processor_tasks_waiting_for_worker{kind="remote"} 0"#,
+    ] {
+        assert!(metrics.contains(line), "{line} missing from {metrics}");
+    }
+    assert!(!metrics.contains(r#"task_processor_worker_outcomes_total{result="completed"}"#));
 }
 
 async fn a_timeout_reaches_the_worker() {
