@@ -253,6 +253,7 @@ pub async fn run_with(
     let workers_end = CancellationToken::new();
     let worker_api = WorkerApi::new(
         registry.workers().cloned(),
+        manager.clone(),
         config.node_name.clone(),
         metrics.clone(),
         workers_end.clone(),

@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 use super::{ApiError, json::json_from_proto};
 use crate::{
     auth::PeerInfo,
+    manager::{ManagerHandle, WorkerRow},
     metrics::Metrics,
     pb::{self, worker_service_server::WorkerService},
     processor::remote::{
@@ -43,6 +44,8 @@ pub type WorkStream =
 pub struct WorkerApi {
     /// `None` when the server has no worker kinds: every hello is refused.
     workers: Option<WorkerHub>,
+    /// For the workers of other replicas (PostgreSQL).
+    manager: ManagerHandle,
     /// This server's node name, shown with each worker.
     node: String,
     metrics: Metrics,
@@ -54,12 +57,14 @@ pub struct WorkerApi {
 impl WorkerApi {
     pub fn new(
         workers: Option<WorkerHub>,
+        manager: ManagerHandle,
         node: String,
         metrics: Metrics,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             workers,
+            manager,
             node,
             metrics,
             shutdown,
@@ -129,7 +134,8 @@ impl WorkerService for WorkerApi {
         &self,
         _request: Request<pb::ListWorkersRequest>,
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
-        let workers = self
+        // This replica's own, live; the others' from the shared table.
+        let mut workers: Vec<pb::Worker> = self
             .workers
             .as_ref()
             .map(WorkerHub::list)
@@ -137,6 +143,21 @@ impl WorkerService for WorkerApi {
             .into_iter()
             .map(|info| worker_message(info, &self.node))
             .collect();
+        let elsewhere = self
+            .manager
+            .workers_of_other_replicas(&self.node)
+            .await
+            .map_err(|error| Status::from(ApiError::from(error)))?;
+        workers.extend(elsewhere.unwrap_or_default().into_iter().map(row_message));
+        workers.sort_by(|a, b| {
+            let key = |worker: &pb::Worker| {
+                worker
+                    .connected_at
+                    .as_ref()
+                    .map(|at| (at.seconds, at.nanos))
+            };
+            key(a).cmp(&key(b)).then_with(|| a.id.cmp(&b.id))
+        });
         Ok(Response::new(pb::ListWorkersResponse { workers }))
     }
 }
@@ -434,6 +455,20 @@ fn cause_of(reason: &StopReason) -> pb::CancellationCause {
         StopReason::TimedOut { .. } => pb::CancellationCause::TimedOut,
         StopReason::ShuttingDown => pb::CancellationCause::ShuttingDown,
         StopReason::TakenOver => pb::CancellationCause::TakenOver,
+    }
+}
+
+/// A worker of another replica, as the shared table has it.
+fn row_message(row: WorkerRow) -> pb::Worker {
+    pb::Worker {
+        id: row.id.to_string(),
+        worker_name: row.name,
+        kinds: row.kinds,
+        max_concurrent: u32::try_from(row.max_concurrent).unwrap_or(u32::MAX),
+        in_flight: u32::try_from(row.in_flight).unwrap_or(u32::MAX),
+        node: row.node,
+        peer: row.peer,
+        connected_at: Some(prost_types::Timestamp::from(row.connected_at)),
     }
 }
 

@@ -11,6 +11,7 @@ mod persist;
 mod scope;
 mod watch;
 mod watch_tasks;
+mod workers;
 
 use std::{
     collections::HashMap,
@@ -34,7 +35,7 @@ use crate::{
 
 use actor::json_bytes as held_json_bytes;
 
-pub use crate::store::{LIST_PAGE_BYTES, ListPage, ListQuery, SchedulePage};
+pub use crate::store::{LIST_PAGE_BYTES, ListPage, ListQuery, SchedulePage, postgres::WorkerRow};
 pub use error::ManagerError;
 pub use journal::DEFAULT_JOURNAL_CAPACITY;
 use journal::LOG_KEPT_ON;

@@ -70,6 +70,8 @@ pub(in crate::manager) enum ClusterEvent {
         result: Result<Deleted, StoreError>,
         respond_to: Reply<()>,
     },
+    /// This replica's workers are in the `workers` table.
+    WorkersPublished(Result<(), StoreError>),
     /// Tasks ready to start of the worker kinds no worker here runs.
     WorkerKindsCounted(Result<Vec<(String, u64)>, StoreError>),
     /// A run cut short is back in the table for any replica to take.
@@ -146,6 +148,10 @@ pub(in crate::manager) struct Cluster {
     /// Tasks ready to start of each worker kind that no worker here runs,
     /// counted at housekeeping (for the gauge and the warning).
     pub(super) ready_without_worker: HashMap<String, usize>,
+    /// Whether the `workers` table has rows of this replica (so an empty
+    /// list must still be written once), and whether a write is under way.
+    pub(super) workers_published: bool,
+    pub(super) publishing_workers: bool,
     /// Pending tasks in the whole cluster, as last counted plus what this
     /// replica created since: what counts against `queue_capacity`.
     pub(super) pending_estimate: usize,
@@ -185,6 +191,8 @@ impl Cluster {
             next_due: None,
             ending: HashMap::new(),
             ready_without_worker: HashMap::new(),
+            workers_published: false,
+            publishing_workers: false,
             pending_estimate: 0,
             retrying: 0,
             pending_watches: HashMap::new(),
@@ -521,6 +529,7 @@ impl Manager<Cluster> {
             }
             ClusterEvent::GivenBack { id, result } => self.handle_given_back(id, result),
             ClusterEvent::WorkerKindsCounted(result) => self.handle_worker_kinds_counted(result),
+            ClusterEvent::WorkersPublished(result) => self.handle_workers_published(result),
             ClusterEvent::HandedOver {
                 count,
                 result,
@@ -856,6 +865,7 @@ impl Shape for Cluster {
     fn housekeeping(manager: &mut Manager<Self>) {
         manager.renew_and_retain();
         manager.count_kinds_without_workers();
+        manager.publish_workers();
         manager.want_firing_round();
     }
 

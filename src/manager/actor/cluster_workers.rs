@@ -11,7 +11,7 @@ use super::{
 use crate::{
     errors::error_chain,
     manager::STORE_CALL_TIMEOUT,
-    store::{StoreError, within},
+    store::{StoreError, postgres::WorkerRow, within},
     task::TaskId,
 };
 
@@ -69,6 +69,52 @@ impl Manager<Cluster> {
             Err(error) => {
                 debug!(error = %error_chain(&error), "counting tasks waiting for workers failed");
             }
+        }
+    }
+
+    /// Writes this replica's worker streams to the `workers` table, so
+    /// `ListWorkers` on any replica shows them: every housekeeping tick
+    /// while there are any, and once more when the last one left.
+    pub(super) fn publish_workers(&mut self) {
+        let Some(workers) = self.registry.workers() else {
+            return;
+        };
+        if self.shape.publishing_workers {
+            return;
+        }
+        let rows: Vec<WorkerRow> = workers
+            .list()
+            .into_iter()
+            .map(|info| WorkerRow {
+                id: info.id,
+                node: self.config.node_name.clone(),
+                name: info.name,
+                kinds: info.kinds,
+                max_concurrent: u64::try_from(info.max_concurrent).unwrap_or(u64::MAX),
+                in_flight: u64::try_from(info.in_flight).unwrap_or(u64::MAX),
+                peer: info.peer.unwrap_or_default(),
+                connected_at: info.connected_at,
+            })
+            .collect();
+        if rows.is_empty() && !self.shape.workers_published {
+            return;
+        }
+        self.shape.workers_published = !rows.is_empty();
+        self.shape.publishing_workers = true;
+        let node = self.config.node_name.clone();
+        let store = self.shape.store.clone();
+        self.shape.calls.spawn(async move {
+            let result = within(STORE_CALL_TIMEOUT, store.publish_workers(&node, &rows)).await;
+            ClusterEvent::WorkersPublished(result)
+        });
+    }
+
+    pub(super) fn handle_workers_published(&mut self, result: Result<(), StoreError>) {
+        self.shape.publishing_workers = false;
+        if let Err(error) = result {
+            // Tried again at the next tick.
+            self.shape.workers_published = true;
+            debug!(error = %error_chain(&error), "writing the worker list failed");
         }
     }
 

@@ -47,6 +47,7 @@ pub use change_log::{ChangeLogStart, ChangesAfter, Watching};
 pub use feed::ChangeFeed;
 use feed::{Announcement, WORK_WAITING, change_payload, deleted_payload, notify};
 pub use schedules::{FIRE_CHUNK, Fired, FiringRound};
+pub use workers::WorkerRow;
 pub use writes::BatchInserted;
 use writes::{delete_finished, insert_tasks, update_tasks};
 
@@ -115,6 +116,7 @@ macro_rules! list_sizes_select {
 // After `database_micros!`, which it uses (macros are in scope from where
 // they are defined).
 mod claims;
+mod workers;
 
 /// A new state of a task, as `LISTEN` delivers it to every replica.
 #[derive(Clone, Debug, PartialEq)]

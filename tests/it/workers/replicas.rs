@@ -5,12 +5,15 @@
 use std::{collections::HashSet, future::Future};
 
 use serde_json::json;
-use task_processor::{config::Config, pb};
+use task_processor::{
+    config::Config,
+    pb::{self, worker_service_client::WorkerServiceClient},
+};
 
 use super::{RawWorker, worker_config};
 use crate::{
     stores::{self, StoreUnderTest},
-    support::{TestServer, create, get, status_of, wait_for_status},
+    support::{TestServer, create, eventually, get, status_of, wait_for_status},
 };
 
 async fn two_replicas() -> (TestServer, TestServer) {
@@ -116,4 +119,54 @@ async fn no_replica_claims_a_worker_kind_without_a_worker_and_work_spreads_over_
         }
     })
     .await;
+}
+
+#[tokio::test]
+async fn list_workers_on_any_replica_shows_the_workers_of_every_replica() {
+    on_postgres(module_path!(), async {
+        let (a, b) = two_replicas().await;
+        let _on_a = RawWorker::connect(&a, &["remote"], 2, "on-a").await;
+        let on_b = RawWorker::connect(&b, &["remote", "other-remote"], 3, "on-b").await;
+        let expected = vec![
+            ("on-a".to_owned(), "replica-a".to_owned(), 2),
+            ("on-b".to_owned(), "replica-b".to_owned(), 3),
+        ];
+        for server in [&a, &b] {
+            let expected = expected.clone();
+            eventually("every replica's workers to be listed", || {
+                let expected = expected.clone();
+                let listing = listed_by(server);
+                async move { (listing.await == expected).then_some(()) }
+            })
+            .await;
+        }
+        // A worker that leaves leaves every list.
+        drop(on_b);
+        eventually("the worker that left to be gone from a's list", || {
+            let listing = listed_by(&a);
+            async move {
+                let names: Vec<String> =
+                    listing.await.into_iter().map(|(name, _, _)| name).collect();
+                (names == ["on-a"]).then_some(())
+            }
+        })
+        .await;
+    })
+    .await;
+}
+
+/// (name, node, max_concurrent) of each worker `server` lists, sorted.
+async fn listed_by(server: &TestServer) -> Vec<(String, String, u32)> {
+    let mut client = WorkerServiceClient::new(server.channel().await);
+    let mut workers: Vec<(String, String, u32)> = client
+        .list_workers(pb::ListWorkersRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .workers
+        .into_iter()
+        .map(|worker| (worker.worker_name, worker.node, worker.max_concurrent))
+        .collect();
+    workers.sort();
+    workers
 }
