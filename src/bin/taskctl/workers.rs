@@ -35,7 +35,7 @@ pub async fn list(session: &Session) -> Result<Outcome, CliError> {
         })?;
     if session.printer.format == OutputFormat::Table && response.workers.is_empty() {
         // On stderr, as `list`'s next-page hint, so stdout stays the table.
-        eprintln!("no workers are connected to this server (each replica lists its own)");
+        eprintln!("no workers are connected (with PostgreSQL: to any replica)");
     }
     Ok(Outcome::Success)
 }

@@ -132,7 +132,7 @@ async fn workers_without_any_prints_the_header_and_says_so() {
     assert!(table_rows(&shown.stdout).is_empty(), "{shown:?}");
     assert_eq!(
         shown.stderr.trim(),
-        "no workers are connected to this server (each replica lists its own)"
+        "no workers are connected (with PostgreSQL: to any replica)"
     );
 
     let json = taskctl(&server, &["workers", "-o", "json"]).await;
