@@ -463,3 +463,47 @@ async fn a_run_on_another_replica_joins_the_trace_of_its_create() {
     assert_eq!(done.node, "b", "run on the other replica");
     collector.run_in_trace_of_create(&task_id, 1).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_remote_workers_assignment_carries_the_trace_of_the_create() {
+    let collector = Collector::default();
+    let endpoint = collector.start().await;
+    let process = start_binary(&["--worker-kinds", "remote"], &exporting_to(&endpoint));
+    let task_id = create_request_in_trace(&process, request("traced remote", "remote", None)).await;
+    let mut worker = crate::workers::RawWorker::open(
+        process.channel().await,
+        crate::workers::hello(&["remote"], 1, "traced"),
+    )
+    .await
+    .expect("hello accepted");
+    let assignment = match worker.next().await {
+        pb::work_response::Message::Assignment(assignment) => assignment,
+        other => panic!("expected an assignment, got {other:?}"),
+    };
+    assert_eq!(
+        assignment.task.as_ref().map(|task| task.id.as_str()),
+        Some(task_id.as_str())
+    );
+    let traceparent = assignment
+        .trace_context
+        .get("traceparent")
+        .unwrap_or_else(|| panic!("no traceparent in {:?}", assignment.trace_context));
+    assert!(
+        traceparent.starts_with(&format!("00-{TRACE_ID}-")),
+        "{traceparent}"
+    );
+    assert_eq!(
+        assignment
+            .trace_context
+            .get("tracestate")
+            .map(String::as_str),
+        Some("vendor=value")
+    );
+    worker.complete(&task_id, 1, json!("done")).await;
+    // The run, on the server's side, is a span in the same trace.
+    let run = collector.run_in_trace_of_create(&task_id, 1).await;
+    assert_eq!(
+        run.attributes.get("outcome").map(String::as_str),
+        Some("completed")
+    );
+}
