@@ -5,6 +5,7 @@
 
 mod contract;
 mod liveness;
+mod logs;
 mod replicas;
 
 use std::time::Duration;
