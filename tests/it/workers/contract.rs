@@ -15,6 +15,7 @@ use crate::{
 contract_tests!(
     a_worker_runs_a_task_with_progress_and_its_result,
     tasks_wait_for_a_worker_and_go_in_order_never_beyond_max_concurrent,
+    the_servers_slots_and_a_kinds_limit_bound_worker_runs_too,
     a_failure_follows_the_retry_policy_and_the_retry_goes_to_another_worker,
     a_cancel_reaches_the_worker_and_its_slot_frees_only_with_an_outcome,
     a_timeout_reaches_the_worker,
@@ -172,6 +173,61 @@ async fn tasks_wait_for_a_worker_and_go_in_order_never_beyond_max_concurrent() {
     }
     assert_eq!(
         status_of(&get(&mut client, &other.id).await),
+        pb::TaskStatus::Pending
+    );
+}
+
+async fn the_servers_slots_and_a_kinds_limit_bound_worker_runs_too() {
+    use task_processor::config::{Config, KindSettings};
+    // Two slots in all; one for `remote`; the stream could take ten.
+    let server = crate::support::TestServer::start_with(Config {
+        max_concurrent: 2,
+        kinds: [(
+            "remote".to_owned(),
+            KindSettings {
+                max_concurrent: Some(1),
+                ..KindSettings::default()
+            },
+        )]
+        .into(),
+        ..super::worker_config()
+    })
+    .await;
+    let mut client = server.client().await;
+    let remote = [
+        create(&mut client, "remote 1", "remote", None).await,
+        create(&mut client, "remote 2", "remote", None).await,
+    ];
+    let other = [
+        create(&mut client, "other 1", "other-remote", None).await,
+        create(&mut client, "other 2", "other-remote", None).await,
+    ];
+    let mut worker = RawWorker::connect(&server, &["remote", "other-remote"], 10, "wide").await;
+    let first = worker.next_assignment().await;
+    let second = worker.next_assignment().await;
+    let mut assigned = [first.id.clone(), second.id.clone()];
+    assigned.sort();
+    let mut expected = [remote[0].id.clone(), other[0].id.clone()];
+    expected.sort();
+    assert_eq!(
+        assigned, expected,
+        "one of the limited kind, then the server is full"
+    );
+    worker.expect_nothing_for(Duration::from_millis(300)).await;
+    // A slot of the limited kind frees: its next task goes.
+    let remote_run = if first.kind == "remote" {
+        &first
+    } else {
+        &second
+    };
+    worker
+        .complete(&remote_run.id, remote_run.attempt, json!(1))
+        .await;
+    let third = worker.next_assignment().await;
+    assert_eq!(third.id, remote[1].id);
+    worker.expect_nothing_for(Duration::from_millis(200)).await;
+    assert_eq!(
+        status_of(&get(&mut client, &other[1].id).await),
         pb::TaskStatus::Pending
     );
 }
