@@ -21,6 +21,7 @@
 mod cluster;
 mod cluster_batch;
 mod cluster_claims;
+mod cluster_feed;
 mod cluster_schedules;
 mod cluster_workers;
 mod commits;
