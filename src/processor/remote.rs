@@ -233,6 +233,39 @@ impl WorkerHub {
             .sum()
     }
 
+    /// The free slots of every stream, each counted for one of the kinds
+    /// its stream runs (round robin over them, starting at `rotation`), so
+    /// that taking at most this many of each kind never takes more tasks
+    /// than the streams can hold, however their kinds overlap. A claim on
+    /// PostgreSQL asks for no more (`room` counts a slot for every kind of
+    /// its stream); rotating the start shares the slots of a stream of
+    /// several kinds between them from one claim to the next.
+    pub fn slots_by_kind(&self, rotation: usize) -> HashMap<String, usize> {
+        let mut slots: HashMap<String, usize> = HashMap::new();
+        for stream in self.state().streams.values() {
+            let kinds = &stream.info.kinds;
+            if kinds.is_empty() {
+                continue;
+            }
+            for slot in 0..stream.free() {
+                let kind = &kinds[(rotation + slot) % kinds.len()];
+                *slots.entry(kind.clone()).or_default() += 1;
+            }
+        }
+        slots
+    }
+
+    /// The most kinds one stream with free slots runs (0 with none).
+    pub fn most_kinds_of_a_free_stream(&self) -> usize {
+        self.state()
+            .streams
+            .values()
+            .filter(|stream| stream.free() > 0)
+            .map(|stream| stream.info.kinds.len())
+            .max()
+            .unwrap_or(0)
+    }
+
     /// How many streams serve `kind`, draining or not.
     pub fn streams_serving(&self, kind: &str) -> usize {
         self.state()
@@ -294,8 +327,9 @@ impl WorkerHub {
     }
 
     /// Takes a slot for a run of `kind` on the stream with the most room
-    /// (the first connected among equals), or `None` when no stream has
-    /// room. The slot is the run's once it is dispatched, and given back if
+    /// (among equals, the one that runs the fewest kinds, so a slot that
+    /// only another kind could use stays free for it; then the first
+    /// connected), or `None` when no stream has room. The slot is the run's once it is dispatched, and given back if
     /// the reservation is dropped first.
     pub fn reserve(&self, kind: &str, task_id: TaskId, attempt: u32) -> Option<Reservation> {
         let mut state = self.state();
@@ -303,7 +337,13 @@ impl WorkerHub {
             .streams
             .iter_mut()
             .filter(|(_, stream)| stream.serves(kind) && stream.free() > 0)
-            .max_by_key(|(key, stream)| (stream.free(), std::cmp::Reverse(**key)))?;
+            .max_by_key(|(key, stream)| {
+                (
+                    stream.free(),
+                    std::cmp::Reverse(stream.info.kinds.len()),
+                    std::cmp::Reverse(**key),
+                )
+            })?;
         let (sender, receiver) = oneshot::channel();
         stream.in_flight.insert(
             (task_id, attempt),

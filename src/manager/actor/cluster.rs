@@ -149,6 +149,13 @@ pub(in crate::manager) struct Cluster {
     /// Whether the `workers` table has rows of this replica (so an empty
     /// list must still be written once), and whether a write is under way.
     pub(super) workers_published: bool,
+    /// Moves on at every claim: which kind of a stream of several is
+    /// counted first (`WorkerHub::slots_by_kind`).
+    pub(super) claim_rotation: usize,
+    /// Claims left to try the other kinds of such streams, and whether the
+    /// claim under way is one of them.
+    pub(super) rotations_left: usize,
+    pub(super) rotating: bool,
     pub(super) publishing_workers: bool,
     /// Pending tasks in the whole cluster, as last counted plus what this
     /// replica created since: what counts against `queue_capacity`.
@@ -190,6 +197,9 @@ impl Cluster {
             ending: HashMap::new(),
             ready_without_worker: HashMap::new(),
             workers_published: false,
+            claim_rotation: 0,
+            rotations_left: 0,
+            rotating: false,
             publishing_workers: false,
             pending_estimate: 0,
             retrying: 0,

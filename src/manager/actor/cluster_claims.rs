@@ -68,17 +68,40 @@ impl Manager<Cluster> {
         if free == 0 {
             return;
         }
+        // A worker kind may take no more than the stream slots counted for
+        // it alone: `kind_room` counts a slot for every kind of its stream,
+        // and a claim of each kind up to that would take more tasks than
+        // the streams can run (the rest would be given back, runs cut
+        // short for nothing).
+        // A claim that came back short is tried once more for each other
+        // kind a stream's slots could have been counted for.
+        self.shape.claim_rotation = self.shape.claim_rotation.wrapping_add(1);
+        if !self.shape.rotating {
+            self.shape.rotations_left = self.registry.workers().map_or(0, |workers| {
+                workers.most_kinds_of_a_free_stream().saturating_sub(1)
+            });
+        }
+        let worker_slots = self
+            .registry
+            .workers()
+            .map(|workers| workers.slots_by_kind(self.shape.claim_rotation));
         let rooms: Vec<KindRoom> = self
             .shape
             .kinds
             .iter()
-            .map(|kind| KindRoom {
-                kind: kind.clone(),
-                room: self.kind_room(
+            .map(|kind| {
+                let mut room = self.kind_room(
                     kind,
                     ending_elsewhere.get(kind.as_str()).copied().unwrap_or(0),
                     free,
-                ),
+                );
+                if let (Some(slots), Some(_)) = (&worker_slots, self.registry.workers_for(kind)) {
+                    room = room.min(slots.get(kind.as_str()).copied().unwrap_or(0));
+                }
+                KindRoom {
+                    kind: kind.clone(),
+                    room,
+                }
             })
             .filter(|room| room.room > 0)
             .collect();
@@ -121,7 +144,14 @@ impl Manager<Cluster> {
     /// here; a full claim means more may wait.
     pub(super) fn start_claimed(&mut self, limit: usize, claimed: Claimed) {
         let Claimed { tasks, next_due } = claimed;
+        self.shape.rotating = false;
         if tasks.len() >= limit {
+            self.shape.claim_wanted = true;
+        } else if self.shape.rotations_left > 0 {
+            // The slots of a stream of several kinds went to one of them
+            // this time: let the next one have them at once.
+            self.shape.rotations_left -= 1;
+            self.shape.rotating = true;
             self.shape.claim_wanted = true;
         }
         self.shape.next_due = next_due;

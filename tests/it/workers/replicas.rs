@@ -13,7 +13,7 @@ use task_processor::{
 use super::{RawWorker, worker_config};
 use crate::{
     stores::{self, StoreUnderTest},
-    support::{TestServer, create, eventually, get, status_of, wait_for_status},
+    support::{TestServer, create, eventually, get, request, status_of, wait_for_status},
 };
 
 async fn two_replicas() -> (TestServer, TestServer) {
@@ -169,4 +169,59 @@ async fn listed_by(server: &TestServer) -> Vec<(String, String, u32)> {
         .collect();
     workers.sort();
     workers
+}
+
+#[tokio::test]
+async fn streams_of_overlapping_kinds_are_never_claimed_more_than_they_can_run() {
+    on_postgres(module_path!(), async {
+        let server = TestServer::start_with(worker_config()).await;
+        let mut client = server.client().await;
+        // One slot that runs both kinds, one that runs only `remote`, and
+        // work of both kinds waiting: claiming each kind up to the slots
+        // that could run it would take three tasks for two slots.
+        let mut wide = RawWorker::connect(&server, &["remote", "other-remote"], 1, "wide").await;
+        let mut narrow = RawWorker::connect(&server, &["remote"], 1, "narrow").await;
+        // All at once, so one claim sees them all.
+        let tasks = client
+            .batch_create_tasks(pb::BatchCreateTasksRequest {
+                requests: vec![
+                    request("other", "other-remote", None),
+                    request("remote 1", "remote", None),
+                    request("remote 2", "remote", None),
+                    request("remote 3", "remote", None),
+                ],
+            })
+            .await
+            .expect("batch")
+            .into_inner()
+            .tasks;
+        let mut done = 0;
+        let deadline = tokio::time::Instant::now() + crate::support::DEADLINE;
+        while done < tasks.len() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {done} tasks ran"
+            );
+            for worker in [&mut wide, &mut narrow] {
+                if done == tasks.len() {
+                    break;
+                }
+                if let Ok(run) = tokio::time::timeout(
+                    std::time::Duration::from_millis(200),
+                    worker.next_assignment(),
+                )
+                .await
+                {
+                    assert_eq!(run.attempt, 1, "a run was given back: {run:?}");
+                    worker.complete(&run.id, run.attempt, json!("ok")).await;
+                    done += 1;
+                }
+            }
+        }
+        for task in &tasks {
+            let finished = wait_for_status(&client, &task.id, pb::TaskStatus::Completed).await;
+            assert_eq!(finished.attempt, 1, "{finished:?}");
+        }
+    })
+    .await;
 }
