@@ -332,7 +332,7 @@ fn bounded_page(page: &ListPage, query: &ListQuery) -> pb::ListTasksResponse {
 /// The caller's view of the tasks: its principal's tenant, which
 /// `auth::AuthLayer` put into the request's extensions. Without one
 /// (authentication off) the caller sees every task, as before tenants.
-fn scope_of<T>(request: &Request<T>) -> Scope {
+pub(crate) fn scope_of<T>(request: &Request<T>) -> Scope {
     request
         .extensions()
         .get::<Arc<Principal>>()

@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 use super::{ApiError, json::json_from_proto};
 use crate::{
     auth::PeerInfo,
-    manager::{ManagerHandle, WorkerRow},
+    manager::{ManagerHandle, Scope, WorkerRow},
     metrics::Metrics,
     pb::{self, worker_service_server::WorkerService},
     processor::remote::{
@@ -82,6 +82,14 @@ impl WorkerService for WorkerApi {
     ) -> Result<Response<Self::WorkStream>, Status> {
         // Our listener's connections carry `PeerInfo` (tonic's own
         // `remote_addr` knows only its TCP listener's).
+        // A worker runs tasks of every tenant: a principal bound to one
+        // must not see the others' data.
+        if let Scope::Tenant(tenant) = super::scope_of(&request) {
+            return Err(Status::permission_denied(format!(
+                "a worker runs the tasks of every tenant, and this principal is bound to tenant \
+                 {tenant:?}: give workers a principal without a tenant"
+            )));
+        }
         let peer = request
             .extensions()
             .get::<PeerInfo>()

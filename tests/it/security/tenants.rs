@@ -39,6 +39,10 @@ principals:
   - name: ops
     token_sha256: TOKEN_OPS
     roles: [admin]
+  - name: worker-a
+    token_sha256: TOKEN_WORKER_A
+    roles: [work]
+    tenant: team-a
 ";
 
 fn principals_yaml() -> String {
@@ -47,6 +51,7 @@ fn principals_yaml() -> String {
         .replace("TOKEN_A", &token_sha256_hex("alice-token"))
         .replace("TOKEN_B", &token_sha256_hex("bob-token"))
         .replace("TOKEN_OPS", &token_sha256_hex("ops-token"))
+        .replace("TOKEN_WORKER_A", &token_sha256_hex("worker-a-token"))
 }
 
 /// Sends `authorization: Bearer <token>` with every call.
@@ -462,7 +467,34 @@ async fn a_tenant_past_its_quota_of_waiting_tasks_is_resource_exhausted() {
     server.gate.release(16);
 }
 
+/// A worker runs the tasks of every tenant, so a principal bound to one
+/// may not open `Work` (it would see the others' data); one without a
+/// tenant may.
+async fn a_worker_principal_bound_to_a_tenant_is_refused() {
+    use task_processor::pb::worker_service_client::WorkerServiceClient;
+    let files = Files::new();
+    let server = start_with(
+        &files,
+        crate::stores::fresh_store().await,
+        crate::workers::worker_config(),
+    )
+    .await;
+    let hello = || tokio_stream::iter([crate::workers::hello(&["remote"], 1, "w")]);
+    let channel = server.channel().await;
+    let mut bound =
+        WorkerServiceClient::with_interceptor(channel.clone(), Bearer("worker-a-token"));
+    let refused = bound.work(hello()).await.expect_err("refused");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("team-a"), "{refused:?}");
+    let mut unbound = WorkerServiceClient::with_interceptor(channel, Bearer("ops-token"));
+    unbound
+        .work(hello())
+        .await
+        .expect("a principal without a tenant works");
+}
+
 contract_tests!(
+    a_worker_principal_bound_to_a_tenant_is_refused,
     each_tenant_sees_and_touches_only_its_own_tasks,
     a_request_id_is_unique_per_tenant,
     watch_tasks_shows_a_tenant_only_its_own_tasks_and_changes,
