@@ -364,12 +364,14 @@ def test_a_drain_lets_the_running_task_finish(address, tasks, create_task):
 
 def test_a_task_that_outlives_the_grace_period_runs_again(address, tasks, create_task):
     started = threading.Event()
+    told = threading.Event()
     reasons = []
 
     def stubborn(job):
         started.set()
         job.cancelled.wait(DEADLINE)
         reasons.append(job.cancel_reason)
+        told.set()
         return "too late"
 
     with running_worker(address, stubborn, grace_period=0.2) as (worker, thread):
@@ -378,6 +380,9 @@ def test_a_task_that_outlives_the_grace_period_runs_again(address, tasks, create
         worker.drain()
         thread.join(DEADLINE)
         assert not thread.is_alive(), "the grace period did not end the stream"
+    # The handler runs in a thread of its own, which may still be on its
+    # way from the cancellation to the list when run() has returned.
+    wait_for(told, "the handler to be told")
     assert reasons == ["the stream to the server ended"], "the handler was told"
     given_back = tasks.GetTask(pb.GetTaskRequest(id=created.id), timeout=DEADLINE)
     assert given_back.status not in TERMINAL, given_back

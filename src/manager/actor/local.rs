@@ -488,6 +488,16 @@ impl Manager<Local> {
     /// were running when the last process stopped, then the ready ones,
     /// highest priority first, then oldest first.
     fn start_pending(&mut self) {
+        // A task waiting to run again that was cancelled (or forgotten)
+        // meanwhile has nothing left to run.
+        if !self.shape.recovered.is_empty() {
+            let tasks = &self.tasks;
+            self.shape.recovered.retain(|id| {
+                tasks
+                    .get(id)
+                    .is_some_and(|task| task.status == TaskStatus::Running)
+            });
+        }
         while self.free_slots(0) > 0 {
             let node = self.config.node_name.clone();
             // Kinds at their own limit wait, whatever their priority.

@@ -20,6 +20,7 @@ contract_tests!(
     a_cancel_reaches_the_worker_and_its_slot_frees_only_with_an_outcome,
     a_timeout_reaches_the_worker,
     a_closed_stream_gives_its_tasks_back_to_run_again,
+    a_task_given_back_can_be_cancelled_before_it_runs_again,
     a_bad_hello_or_a_broken_message_ends_the_stream_invalid_argument,
     outcomes_and_progress_for_runs_not_running_are_ignored,
     a_draining_worker_gets_no_more_tasks_and_its_stream_ends_ok,
@@ -368,6 +369,28 @@ async fn a_closed_stream_gives_its_tasks_back_to_run_again() {
     let done = wait_for_status(&client, &task.id, pb::TaskStatus::Completed).await;
     assert_eq!(done.attempt, 2);
     assert_eq!(done.error, "", "a run cut short is not a failure");
+}
+
+async fn a_task_given_back_can_be_cancelled_before_it_runs_again() {
+    let server = worker_server().await;
+    let mut client = server.client().await;
+    let task = create(&mut client, "given back", "remote", None).await;
+    let mut leaving = RawWorker::connect(&server, &["remote"], 1, "leaving").await;
+    leaving.next_assignment().await;
+    leaving.close();
+    drop(leaving);
+    let cancelled = client
+        .cancel_task(pb::CancelTaskRequest {
+            id: task.id.clone(),
+        })
+        .await
+        .expect("cancel")
+        .into_inner();
+    assert_eq!(status_of(&cancelled), pb::TaskStatus::Cancelled);
+    let mut next = RawWorker::connect(&server, &["remote"], 1, "next").await;
+    next.expect_nothing_for(Duration::from_millis(1500)).await;
+    let still = get(&mut client, &task.id).await;
+    assert_eq!(status_of(&still), pb::TaskStatus::Cancelled);
 }
 
 async fn a_bad_hello_or_a_broken_message_ends_the_stream_invalid_argument() {
