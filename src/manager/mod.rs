@@ -268,10 +268,12 @@ enum Command {
     Stats {
         respond_to: Reply<ManagerStats>,
     },
-    /// How many of a tenant's tasks wait (local shape), for its quota.
+    /// How many of a tenant's tasks wait (local shape), for its quota, and
+    /// how many of `request_ids` name a task of the tenant already.
     TenantWaiting {
         tenant: String,
-        respond_to: Reply<u64>,
+        request_ids: Vec<String>,
+        respond_to: Reply<(u64, usize)>,
     },
     Schedule(ScheduleCommand),
     Flush {

@@ -88,15 +88,32 @@ impl ManagerHandle {
 
     /// How many of `tenant`'s tasks wait (pending or retrying): the
     /// table's count on PostgreSQL, the actor's on the other stores.
-    async fn tenant_waiting(&self, tenant: &str) -> Result<u64, ManagerError> {
+    /// How many of `tenant`'s tasks wait, and how many of `request_ids`
+    /// name one of its tasks already.
+    async fn tenant_waiting(
+        &self,
+        tenant: &str,
+        request_ids: Vec<String>,
+    ) -> Result<(u64, usize), ManagerError> {
         if let Some(store) = &self.shared_store {
-            return within(STORE_READ_TIMEOUT, store.count_waiting_of(tenant))
+            let waiting = within(STORE_READ_TIMEOUT, store.count_waiting_of(tenant))
                 .await
-                .map_err(|error| storage_error(&error));
+                .map_err(|error| storage_error(&error))?;
+            let known = within(
+                STORE_READ_TIMEOUT,
+                store.count_request_ids_of(tenant, &request_ids),
+            )
+            .await
+            .map_err(|error| storage_error(&error))?;
+            return Ok((waiting, known));
         }
         let tenant = tenant.to_owned();
-        self.call(|respond_to| Command::TenantWaiting { tenant, respond_to })
-            .await
+        self.call(|respond_to| Command::TenantWaiting {
+            tenant,
+            request_ids,
+            respond_to,
+        })
+        .await
     }
 
     /// The tenant of task `id`, without its payload: a PostgreSQL read of
@@ -120,7 +137,7 @@ impl Scoped<'_> {
     /// Creates a task of the caller's tenant (its `request_id` is unique
     /// within that tenant).
     pub async fn create_task(&self, mut new_task: NewTask) -> Result<Arc<Task>, ManagerError> {
-        self.check_quota(1).await?;
+        self.check_quota(std::slice::from_ref(&new_task)).await?;
         self.scope.tenant().clone_into(&mut new_task.tenant);
         self.manager.create_task(new_task).await
     }
@@ -130,7 +147,7 @@ impl Scoped<'_> {
         &self,
         mut new_tasks: Vec<NewTask>,
     ) -> Result<Vec<Arc<Task>>, ManagerError> {
-        self.check_quota(new_tasks.len()).await?;
+        self.check_quota(&new_tasks).await?;
         for new_task in &mut new_tasks {
             self.scope.tenant().clone_into(&mut new_task.tenant);
         }
@@ -236,20 +253,29 @@ impl Scoped<'_> {
         self.get_schedule(id).await.map(drop)
     }
 
-    /// `TenantQuotaFull` when `adding` more waiting tasks would take the
-    /// caller's tenant past its `max_waiting`. The count is read, then the
+    /// `TenantQuotaFull` when `new_tasks` (those whose `request_id` names
+    /// no task of the tenant yet) would take the caller's tenant past its
+    /// `max_waiting`. The count is read, then the
     /// create sent: creates of one tenant racing each other (or on other
     /// replicas) may pass it by the few in flight; the quota bounds a
     /// tenant's backlog, not an exact number.
-    async fn check_quota(&self, adding: usize) -> Result<(), ManagerError> {
+    async fn check_quota(&self, new_tasks: &[NewTask]) -> Result<(), ManagerError> {
         let Scope::Tenant(tenant) = self.scope else {
             return Ok(());
         };
         let Some(&max_waiting) = self.manager.tenant_max_waiting.get(tenant) else {
             return Ok(());
         };
-        let waiting = self.manager.tenant_waiting(tenant).await?;
-        if waiting.saturating_add(adding as u64) > max_waiting as u64 {
+        // A create repeated with its request_id returns the task it made:
+        // it adds nothing to wait, so a client retrying at its quota gets
+        // its answer rather than a refusal.
+        let request_ids: Vec<String> = new_tasks
+            .iter()
+            .filter_map(|new_task| new_task.request_id.clone())
+            .collect();
+        let (waiting, known) = self.manager.tenant_waiting(tenant, request_ids).await?;
+        let adding = new_tasks.len().saturating_sub(known);
+        if adding > 0 && waiting.saturating_add(adding as u64) > max_waiting as u64 {
             return Err(ManagerError::TenantQuotaFull {
                 tenant: tenant.clone(),
                 waiting,

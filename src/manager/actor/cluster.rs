@@ -728,6 +728,14 @@ impl Shape for Cluster {
         stats.retrying = manager.shape.retrying;
     }
 
+    fn known_request_ids(
+        _manager: &Manager<Self>,
+        _tenant: &str,
+        _request_ids: &[String],
+    ) -> usize {
+        0 // never asked: the handle looks in the table
+    }
+
     fn tenant_waiting(_manager: &Manager<Self>, _tenant: &str) -> u64 {
         0 // never asked: `ManagerHandle::tenant_waiting` counts in the table
     }

@@ -280,6 +280,16 @@ impl Shape for Local {
         manager.announce(&task, Before::Deleted);
     }
 
+    fn known_request_ids(manager: &Manager<Self>, tenant: &str, request_ids: &[String]) -> usize {
+        request_ids
+            .iter()
+            .filter(|request_id| {
+                let key = (tenant.to_owned(), (*request_id).clone());
+                manager.shape.request_ids.contains_key(&key)
+            })
+            .count()
+    }
+
     fn ready_of_kind(manager: &Manager<Self>, kind: &str) -> usize {
         manager.shape.waiting.ready_of(kind)
     }

@@ -195,6 +195,9 @@ pub(super) trait Shape: Sized + Send + 'static {
     /// How many of `tenant`'s tasks wait, for its quota. (The cluster
     /// shape holds no count: the handle asks the table instead.)
     fn tenant_waiting(manager: &Manager<Self>, tenant: &str) -> u64;
+    /// How many of `request_ids` name a task of `tenant` already (whose
+    /// create would return that task, so adds nothing to wait).
+    fn known_request_ids(manager: &Manager<Self>, tenant: &str, request_ids: &[String]) -> usize;
 
     /// The shape's next background event; never completes if it has none.
     fn next_event(&mut self) -> impl Future<Output = Option<Self::Event>> + Send;
@@ -402,8 +405,14 @@ impl<S: Shape> Manager<S> {
             Command::Stats { respond_to } => {
                 let _ = respond_to.send(Ok(self.stats()));
             }
-            Command::TenantWaiting { tenant, respond_to } => {
-                let _ = respond_to.send(Ok(S::tenant_waiting(self, &tenant)));
+            Command::TenantWaiting {
+                tenant,
+                request_ids,
+                respond_to,
+            } => {
+                let waiting = S::tenant_waiting(self, &tenant);
+                let known = S::known_request_ids(self, &tenant, &request_ids);
+                let _ = respond_to.send(Ok((waiting, known)));
             }
             Command::Schedule(command) => S::schedule_command(self, command),
         }

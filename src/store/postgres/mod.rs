@@ -491,6 +491,26 @@ impl PostgresStore {
 
     /// How many of `tenant`'s tasks wait (pending or retrying), through
     /// the partial index `tasks_tenant_waiting`: for its quota.
+    /// How many of `request_ids` name a task of `tenant` (through the
+    /// unique index on `(tenant, request_id)`).
+    pub async fn count_request_ids_of(
+        &self,
+        tenant: &str,
+        request_ids: &[String],
+    ) -> Result<usize, StoreError> {
+        if request_ids.is_empty() {
+            return Ok(0);
+        }
+        let count: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM tasks WHERE tenant = $1 AND request_id = ANY($2)",
+        )
+        .bind(tenant)
+        .bind(request_ids)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(usize::try_from(count).unwrap_or(0))
+    }
+
     pub async fn count_waiting_of(&self, tenant: &str) -> Result<u64, StoreError> {
         let count: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM tasks WHERE tenant = $1 AND status IN ('pending', 'retrying')",

@@ -434,7 +434,7 @@ async fn a_tenant_past_its_quota_of_waiting_tasks_is_resource_exhausted() {
     })
     .await;
     let first = create(&mut alice, "a1", "gate").await;
-    create(&mut alice, "a2", "gate").await;
+    let second = create_with_key(&mut alice, "a2", "key-a2").await;
 
     let refused = alice
         .create_task(request("a3", "gate", None))
@@ -452,6 +452,29 @@ async fn a_tenant_past_its_quota_of_waiting_tasks_is_resource_exhausted() {
         })
         .await
         .expect_err("a batch past the quota");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+
+    // A create repeated with its request_id adds nothing to wait: at the
+    // quota it still gets its task back, alone or in a batch; a batch that
+    // also adds a new task is refused.
+    let again = create_with_key(&mut alice, "a2", "key-a2").await;
+    assert_eq!(again.id, second.id);
+    let mut repeated = request("a2", "gate", None);
+    repeated.request_id = "key-a2".into();
+    let batch = alice
+        .batch_create_tasks(pb::BatchCreateTasksRequest {
+            requests: vec![repeated.clone()],
+        })
+        .await
+        .expect("a repeated batch at the quota")
+        .into_inner();
+    assert_eq!(batch.tasks[0].id, second.id);
+    let refused = alice
+        .batch_create_tasks(pb::BatchCreateTasksRequest {
+            requests: vec![repeated, request("a4", "gate", None)],
+        })
+        .await
+        .expect_err("a new task past the quota");
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
 
     // Other tenants have no quota here; the waiting count goes down as
