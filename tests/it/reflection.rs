@@ -223,7 +223,12 @@ fn method_names(service: &ServiceDescriptor) -> Vec<String> {
 async fn lists_task_health_and_reflection_services<R: ReflectionVersion>() {
     let server = TestServer::start().await;
     let services = list_services::<R>(&server.channel().await).await;
-    for expected in [TASK_SERVICE, HEALTH_SERVICE, R::SERVICE] {
+    for expected in [
+        TASK_SERVICE,
+        "taskprocessor.v1.WorkerService",
+        HEALTH_SERVICE,
+        R::SERVICE,
+    ] {
         assert!(
             services.iter().any(|service| service == expected),
             "{expected} missing from {services:?}"
