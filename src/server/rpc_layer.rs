@@ -48,6 +48,8 @@ pub const SLOW_CALL_THRESHOLD: Duration = Duration::from_secs(1);
 /// `UNIMPLEMENTED` at once, so they never come near the threshold.)
 const STREAMING_METHODS: &[&str] = &[
     "TaskService/WatchTask",
+    "TaskService/WatchTasks",
+    "WorkerService/Work",
     "Health/Watch",
     "ServerReflection/ServerReflectionInfo",
 ];
@@ -634,6 +636,8 @@ mod tests {
     fn the_streaming_methods_are_named_as_the_layer_names_them() {
         for path in [
             "/taskprocessor.v1.TaskService/WatchTask",
+            "/taskprocessor.v1.TaskService/WatchTasks",
+            "/taskprocessor.v1.WorkerService/Work",
             "/grpc.health.v1.Health/Watch",
             "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
             "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
@@ -642,6 +646,32 @@ mod tests {
                 STREAMING_METHODS.contains(&short_method(path).as_ref()),
                 "{path}"
             );
+        }
+    }
+
+    /// Every streaming RPC of our contract is known as one, so a stream
+    /// added later is never logged as a slow call.
+    #[test]
+    fn every_streaming_rpc_of_the_contract_is_a_streaming_method() {
+        use prost::Message;
+        let descriptors = prost_types::FileDescriptorSet::decode(crate::pb::FILE_DESCRIPTOR_SET)
+            .expect("our descriptor set decodes");
+        let mut streams = Vec::new();
+        for file in descriptors.file {
+            if file.package() != "taskprocessor.v1" {
+                continue;
+            }
+            for service in file.service {
+                for method in &service.method {
+                    if method.client_streaming() || method.server_streaming() {
+                        streams.push(format!("{}/{}", service.name(), method.name()));
+                    }
+                }
+            }
+        }
+        assert!(streams.len() >= 3, "{streams:?}");
+        for stream in &streams {
+            assert!(STREAMING_METHODS.contains(&stream.as_str()), "{stream}");
         }
     }
 
