@@ -152,6 +152,9 @@ struct Stream {
 struct InFlight {
     outcome: Option<oneshot::Sender<WorkOutcome>>,
     progress: ProgressReporter,
+    /// The worker was told to stop this run: its outcome only frees the
+    /// slot, whenever it comes (also before the run noticed the stop).
+    stopped: bool,
 }
 
 impl Stream {
@@ -351,6 +354,7 @@ impl WorkerHub {
                 outcome: Some(sender),
                 // Replaced by the run's own reporter at dispatch.
                 progress: ProgressReporter::detached(),
+                stopped: false,
             },
         );
         Some(Reservation {
@@ -367,21 +371,20 @@ impl WorkerHub {
     /// Tells the worker running `task_id`'s `attempt` to stop. Its slot
     /// stays taken until the worker answers.
     pub fn cancel(&self, task_id: TaskId, attempt: u32, reason: StopReason) {
-        let state = self.state();
-        let Some(stream) = state
-            .streams
-            .values()
-            .find(|stream| stream.in_flight.contains_key(&(task_id, attempt)))
-        else {
-            return;
-        };
+        let to_worker = self.state().streams.values_mut().find_map(|stream| {
+            let in_flight = stream.in_flight.get_mut(&(task_id, attempt))?;
+            in_flight.stopped = true;
+            Some(stream.to_worker.clone())
+        });
         // A closed receiver means the stream is ending: its runs are cut
         // short anyway.
-        let _ = stream.to_worker.send(ToWorker::Cancel {
-            task_id,
-            attempt,
-            reason,
-        });
+        if let Some(to_worker) = to_worker {
+            let _ = to_worker.send(ToWorker::Cancel {
+                task_id,
+                attempt,
+                reason,
+            });
+        }
     }
 
     fn release(&self, key: u64, task_id: TaskId, attempt: u32) {
@@ -506,10 +509,11 @@ impl Connection {
             .get(&self.key)
             .and_then(|stream| stream.in_flight.get(&(task_id, attempt)))
             .filter(|in_flight| {
-                in_flight
-                    .outcome
-                    .as_ref()
-                    .is_some_and(|waiting| !waiting.is_closed())
+                !in_flight.stopped
+                    && in_flight
+                        .outcome
+                        .as_ref()
+                        .is_some_and(|waiting| !waiting.is_closed())
             })
             .map(|in_flight| in_flight.progress.clone());
         match reporter {
@@ -542,8 +546,11 @@ impl Connection {
         if !drained {
             self.hub.signal_room();
         }
-        // A run that stopped waiting (cancelled, timed out) has dropped its
-        // receiver: the outcome is discarded.
+        // A run told to stop (cancelled, timed out) has its status already:
+        // the outcome is discarded, whether or not the run still waits.
+        if in_flight.stopped {
+            return Delivery::Discarded;
+        }
         match in_flight.outcome.map(|sender| sender.send(outcome)) {
             Some(Ok(())) => Delivery::Delivered,
             _ => Delivery::Discarded,

@@ -7,7 +7,7 @@
 //! store call runs in a spawned task whose result comes back as an event.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -67,6 +67,13 @@ pub(in crate::manager) enum ClusterEvent {
         id: TaskId,
         result: Result<Deleted, StoreError>,
         respond_to: Reply<()>,
+    },
+    /// The row of a worker's run whose update was refused, read to tell
+    /// the worker why its run stops.
+    LostRowRead {
+        id: TaskId,
+        attempt: u32,
+        result: Result<Option<Task>, StoreError>,
     },
     /// This replica's workers are in the `workers` table.
     WorkersPublished(Result<(), StoreError>),
@@ -152,6 +159,8 @@ pub(in crate::manager) struct Cluster {
     /// Moves on at every claim: which kind of a stream of several is
     /// counted first (`WorkerHub::slots_by_kind`).
     pub(super) claim_rotation: usize,
+    /// Worker runs whose refused update is being read (`LostRowRead`).
+    pub(super) lost_rows_reading: HashSet<TaskId>,
     /// Claims left to try the other kinds of such streams, and whether the
     /// claim under way is one of them.
     pub(super) rotations_left: usize,
@@ -198,6 +207,7 @@ impl Cluster {
             ready_without_worker: HashMap::new(),
             workers_published: false,
             claim_rotation: 0,
+            lost_rows_reading: HashSet::new(),
             rotations_left: 0,
             rotating: false,
             publishing_workers: false,
@@ -386,7 +396,12 @@ impl Manager<Cluster> {
         for (task, written) in batch.updates.values().zip(&outcome.updated) {
             if !written {
                 debug!(task_id = %task.id, "this run lost its task (cancelled elsewhere or taken over)");
-                self.lose_run(task.id, StopReason::TakenOver);
+                if self.registry.workers_for(&task.kind).is_some() {
+                    // A worker is told why it stops: read which it was.
+                    self.lose_remote_run_after_reading(task.id, task.attempt);
+                } else {
+                    self.lose_run(task.id, StopReason::TakenOver);
+                }
             }
         }
     }
@@ -524,6 +539,11 @@ impl Manager<Cluster> {
             ClusterEvent::GivenBack { id, result } => self.handle_given_back(id, result),
             ClusterEvent::WorkerKindsCounted(result) => self.handle_worker_kinds_counted(result),
             ClusterEvent::WorkersPublished(result) => self.handle_workers_published(result),
+            ClusterEvent::LostRowRead {
+                id,
+                attempt,
+                result,
+            } => self.handle_lost_row_read(id, attempt, result),
             ClusterEvent::HandedOver {
                 count,
                 result,

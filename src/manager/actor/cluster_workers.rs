@@ -10,9 +10,10 @@ use super::{
 };
 use crate::{
     errors::error_chain,
-    manager::STORE_CALL_TIMEOUT,
+    manager::{STORE_CALL_TIMEOUT, STORE_READ_TIMEOUT},
+    processor::remote::StopReason,
     store::{StoreError, postgres::WorkerRow, within},
-    task::TaskId,
+    task::{Task, TaskId, TaskStatus},
 };
 
 impl Manager<Cluster> {
@@ -116,6 +117,46 @@ impl Manager<Cluster> {
             self.shape.workers_published = true;
             debug!(error = %error_chain(&error), "writing the worker list failed");
         }
+    }
+
+    /// A worker's run whose update the table refused (the row is not this
+    /// run's any more) stops once the row says why: cancelled, or taken
+    /// over. Until then it goes on, its updates refused; a read that
+    /// fails says taken over.
+    pub(super) fn lose_remote_run_after_reading(&mut self, id: TaskId, attempt: u32) {
+        if !self.shape.lost_rows_reading.insert(id) {
+            return;
+        }
+        let store = self.shape.store.clone();
+        self.shape.calls.spawn(async move {
+            let result = within(STORE_READ_TIMEOUT, store.get(id)).await;
+            ClusterEvent::LostRowRead {
+                id,
+                attempt,
+                result,
+            }
+        });
+    }
+
+    pub(super) fn handle_lost_row_read(
+        &mut self,
+        id: TaskId,
+        attempt: u32,
+        result: Result<Option<Task>, StoreError>,
+    ) {
+        self.shape.lost_rows_reading.remove(&id);
+        let still_running = self
+            .running
+            .get(&id)
+            .is_some_and(|slot| slot.attempt == attempt);
+        if !still_running {
+            return;
+        }
+        let reason = match result {
+            Ok(Some(task)) if task.status == TaskStatus::Cancelled => StopReason::Cancelled,
+            _ => StopReason::TakenOver,
+        };
+        self.lose_run(id, reason);
     }
 
     pub(super) fn handle_given_back(&mut self, id: TaskId, result: Result<(), StoreError>) {
