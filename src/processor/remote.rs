@@ -586,3 +586,141 @@ impl Drop for Connection {
         drop(removed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, time::Duration};
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::task::NewTask;
+
+    fn hello(kinds: &[&str], max_concurrent: usize) -> WorkerHello {
+        WorkerHello {
+            kinds: kinds.iter().map(|kind| (*kind).to_owned()).collect(),
+            max_concurrent,
+            name: "w".into(),
+            peer: None,
+        }
+    }
+
+    fn task(kind: &str) -> Arc<Task> {
+        let new_task = NewTask {
+            tenant: String::new(),
+            name: "t".into(),
+            description: String::new(),
+            kind: kind.into(),
+            data: None,
+            timeout_seconds: 60,
+            labels: BTreeMap::new(),
+            request_id: None,
+            scheduling: Default::default(),
+            trace_context: Default::default(),
+        };
+        Arc::new(Task::new(TaskId::generate(), new_task, SystemTime::now()))
+    }
+
+    fn context(task: &Task, cancellation: &CancellationToken) -> TaskContext {
+        let (updates, _) = mpsc::channel(8);
+        TaskContext::new(
+            task.id,
+            1,
+            None,
+            cancellation.clone(),
+            ProgressReporter::new(updates),
+        )
+    }
+
+    #[test]
+    fn each_free_slot_counts_for_one_kind_of_its_stream_in_turn() {
+        let hub = WorkerHub::new(["a".to_owned(), "b".to_owned()]);
+        let (_both, _) = hub.connect(hello(&["a", "b"], 1));
+        let (_only_a, _) = hub.connect(hello(&["a"], 1));
+        // `room` counts the shared slot for both kinds...
+        assert_eq!((hub.room("a"), hub.room("b")), (2, 1));
+        // ...a claim may count it for one only, taking turns.
+        let even = hub.slots_by_kind(0);
+        let odd = hub.slots_by_kind(1);
+        assert_eq!(even.values().sum::<usize>(), 2);
+        assert_eq!(odd.values().sum::<usize>(), 2);
+        assert_ne!(even, odd, "the shared slot goes to each kind in turn");
+        assert_eq!(hub.most_kinds_of_a_free_stream(), 2);
+    }
+
+    #[test]
+    fn a_reservation_prefers_the_stream_of_fewer_kinds_among_equals() {
+        let hub = WorkerHub::new(["a".to_owned(), "b".to_owned()]);
+        let (_both, _) = hub.connect(hello(&["a", "b"], 1));
+        let (_only_a, _) = hub.connect(hello(&["a"], 1));
+        let first = hub.reserve("a", TaskId::generate(), 1).expect("room for a");
+        // The slot only `b` can use is still free for it.
+        let second = hub.reserve("b", TaskId::generate(), 1).expect("room for b");
+        assert_eq!((hub.room("a"), hub.room("b")), (0, 0));
+        drop((first, second));
+        assert_eq!(
+            (hub.room("a"), hub.room("b")),
+            (2, 1),
+            "undispatched: given back"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_outcome_after_a_stop_is_discarded_and_only_then_frees_the_slot() {
+        let hub = WorkerHub::new(["a".to_owned()]);
+        let (connection, mut to_worker) = hub.connect(hello(&["a"], 1));
+        let task = task("a");
+        let cancellation = CancellationToken::new();
+        let reservation = hub.reserve("a", task.id, 1).expect("room");
+        let run = reservation.dispatch(Arc::clone(&task), context(&task, &cancellation));
+        assert!(matches!(to_worker.recv().await, Some(ToWorker::Assign(_))));
+        hub.cancel(task.id, 1, StopReason::Cancelled);
+        assert!(matches!(
+            to_worker.recv().await,
+            Some(ToWorker::Cancel {
+                reason: StopReason::Cancelled,
+                ..
+            })
+        ));
+        assert_eq!(
+            hub.room("a"),
+            0,
+            "the slot is the stopped run's until it answers"
+        );
+        // The run has not noticed its stop yet: the outcome still does not
+        // decide it.
+        let outcome = connection.outcome(task.id, 1, WorkOutcome::Result(JsonValue::Null));
+        assert_eq!(outcome, Delivery::Discarded);
+        assert_eq!(hub.room("a"), 1);
+        cancellation.cancel();
+        let ended = tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("the run ends");
+        assert!(ended.is_err(), "a stopped run returns no result: {ended:?}");
+        assert_eq!(
+            connection.outcome(task.id, 1, WorkOutcome::Result(JsonValue::Null)),
+            Delivery::Unknown,
+            "a second outcome is for no run"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_goes_away_cuts_its_runs_short() {
+        let hub = WorkerHub::new(["a".to_owned()]);
+        let (connection, _to_worker) = hub.connect(hello(&["a"], 2));
+        let task = task("a");
+        let cancellation = CancellationToken::new();
+        let run = hub
+            .reserve("a", task.id, 1)
+            .expect("room")
+            .dispatch(Arc::clone(&task), context(&task, &cancellation));
+        drop(connection);
+        let ended = tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("the run ends");
+        let error = ended.expect_err("no outcome came");
+        assert!(error.is_cut_short(), "{error:?}");
+        assert_eq!(hub.room("a"), 0);
+        assert!(hub.list().is_empty());
+    }
+}
