@@ -252,7 +252,10 @@ pub async fn run_with(
     let watches_end = CancellationToken::new();
     let workers_end = CancellationToken::new();
     let worker_api = WorkerApi::new(
-        registry.workers().cloned(),
+        registry
+            .workers()
+            .cloned()
+            .unwrap_or_else(|| WorkerHub::new([])),
         manager.clone(),
         config.node_name.clone(),
         metrics.clone(),

@@ -13,11 +13,11 @@ use tracing::{debug, info, warn};
 use super::{ApiError, json::json_from_proto};
 use crate::{
     auth::PeerInfo,
-    manager::{ManagerHandle, Scope, WorkerRow},
+    manager::{ManagerHandle, Scope, WorkerRow, worker_row},
     metrics::Metrics,
     pb::{self, worker_service_server::WorkerService},
     processor::remote::{
-        Connection, Delivery, StopReason, ToWorker, WorkOutcome, WorkerHello, WorkerHub, WorkerInfo,
+        Connection, Delivery, StopReason, ToWorker, WorkOutcome, WorkerHello, WorkerHub,
     },
     task::{Progress, Task, TaskId},
 };
@@ -42,8 +42,8 @@ pub type WorkStream =
 /// The `WorkerService` implementation.
 #[derive(Clone, Debug)]
 pub struct WorkerApi {
-    /// `None` when the server has no worker kinds: every hello is refused.
-    workers: Option<WorkerHub>,
+    /// Without worker kinds, a hub of none: every hello is refused.
+    workers: WorkerHub,
     /// For the workers of other replicas (PostgreSQL).
     manager: ManagerHandle,
     /// This server's node name, shown with each worker.
@@ -56,7 +56,7 @@ pub struct WorkerApi {
 
 impl WorkerApi {
     pub fn new(
-        workers: Option<WorkerHub>,
+        workers: WorkerHub,
         manager: ManagerHandle,
         node: String,
         metrics: Metrics,
@@ -112,12 +112,8 @@ impl WorkerService for WorkerApi {
                 .into());
             }
         };
-        let hello = hello_of(first, self.workers.as_ref(), peer)?;
-        let Some(workers) = &self.workers else {
-            // `hello_of` refuses every hello without worker kinds.
-            return Err(Status::internal("no worker kinds"));
-        };
-        let (connection, to_worker) = workers.connect(hello.clone());
+        let hello = hello_of(first, &self.workers, peer)?;
+        let (connection, to_worker) = self.workers.connect(hello.clone());
         info!(
             worker = %hello.name,
             stream = %connection.id(),
@@ -145,18 +141,21 @@ impl WorkerService for WorkerApi {
         // This replica's own, live; the others' from the shared table.
         let mut workers: Vec<pb::Worker> = self
             .workers
-            .as_ref()
-            .map(WorkerHub::list)
-            .unwrap_or_default()
+            .list()
             .into_iter()
-            .map(|info| worker_message(info, &self.node))
+            .map(|info| worker_message(worker_row(info, &self.node)))
             .collect();
         let elsewhere = self
             .manager
             .workers_of_other_replicas(&self.node)
             .await
             .map_err(|error| Status::from(ApiError::from(error)))?;
-        workers.extend(elsewhere.unwrap_or_default().into_iter().map(row_message));
+        workers.extend(
+            elsewhere
+                .unwrap_or_default()
+                .into_iter()
+                .map(worker_message),
+        );
         workers.sort_by(|a, b| {
             let key = |worker: &pb::Worker| {
                 worker
@@ -365,7 +364,7 @@ fn refuse(error: ApiError) -> End {
 /// this server, with a sane `max_concurrent` and name.
 fn hello_of(
     first: Option<pb::WorkRequest>,
-    workers: Option<&WorkerHub>,
+    workers: &WorkerHub,
     peer: Option<String>,
 ) -> Result<WorkerHello, ApiError> {
     let hello = match first.and_then(|request| request.message) {
@@ -383,7 +382,7 @@ fn hello_of(
             ));
         }
     };
-    let configured: &[String] = workers.map_or(&[], WorkerHub::kinds);
+    let configured = workers.kinds();
     if hello.kinds.is_empty() {
         return Err(ApiError::invalid(
             "hello.kinds",
@@ -466,8 +465,9 @@ fn cause_of(reason: &StopReason) -> pb::CancellationCause {
     }
 }
 
-/// A worker of another replica, as the shared table has it.
-fn row_message(row: WorkerRow) -> pb::Worker {
+/// A worker stream as `ListWorkers` shows it (this replica's, or another's
+/// from the shared table).
+fn worker_message(row: WorkerRow) -> pb::Worker {
     pb::Worker {
         id: row.id.to_string(),
         worker_name: row.name,
@@ -477,18 +477,5 @@ fn row_message(row: WorkerRow) -> pb::Worker {
         node: row.node,
         peer: row.peer,
         connected_at: Some(prost_types::Timestamp::from(row.connected_at)),
-    }
-}
-
-fn worker_message(info: WorkerInfo, node: &str) -> pb::Worker {
-    pb::Worker {
-        id: info.id.to_string(),
-        worker_name: info.name,
-        kinds: info.kinds,
-        max_concurrent: u32::try_from(info.max_concurrent).unwrap_or(u32::MAX),
-        in_flight: u32::try_from(info.in_flight).unwrap_or(u32::MAX),
-        node: node.to_owned(),
-        peer: info.peer.unwrap_or_default(),
-        connected_at: Some(prost_types::Timestamp::from(info.connected_at)),
     }
 }

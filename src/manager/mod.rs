@@ -12,6 +12,7 @@ mod scope;
 mod watch;
 mod watch_tasks;
 mod workers;
+pub use workers::worker_row;
 
 use std::{
     collections::HashMap,

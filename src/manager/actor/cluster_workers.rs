@@ -10,7 +10,7 @@ use super::{
 };
 use crate::{
     errors::error_chain,
-    manager::{STORE_CALL_TIMEOUT, STORE_READ_TIMEOUT},
+    manager::{STORE_CALL_TIMEOUT, STORE_READ_TIMEOUT, worker_row},
     processor::remote::StopReason,
     store::{StoreError, postgres::WorkerRow, within},
     task::{Task, TaskId, TaskStatus},
@@ -86,16 +86,7 @@ impl Manager<Cluster> {
         let rows: Vec<WorkerRow> = workers
             .list()
             .into_iter()
-            .map(|info| WorkerRow {
-                id: info.id,
-                node: self.config.node_name.clone(),
-                name: info.name,
-                kinds: info.kinds,
-                max_concurrent: u64::try_from(info.max_concurrent).unwrap_or(u64::MAX),
-                in_flight: u64::try_from(info.in_flight).unwrap_or(u64::MAX),
-                peer: info.peer.unwrap_or_default(),
-                connected_at: info.connected_at,
-            })
+            .map(|info| worker_row(info, &self.config.node_name))
             .collect();
         if rows.is_empty() && !self.shape.workers_published {
             return;

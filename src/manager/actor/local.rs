@@ -513,8 +513,8 @@ impl Manager<Local> {
             // Kinds at their own limit wait, whatever their priority.
             let full: Vec<String> = self
                 .kinds_with_room_of_their_own()
-                .into_iter()
                 .filter(|kind| self.kind_room(kind, 0, 1) == 0)
+                .map(str::to_owned)
                 .collect();
             let may_start = |kind: &str| !full.iter().any(|full| full == kind);
             let recovered = self

@@ -183,6 +183,8 @@ impl<S: Shape> Manager<S> {
             ProgressReporter::new(self.progress_sender.clone()),
         );
         let (task, processing) = if let Some(workers) = self.registry.workers_for(&task.kind) {
+            // A slot taken before the start was named by it already.
+            let named_at_start = reserved.is_some();
             let reserved = reserved.or_else(|| workers.reserve(&task.kind, task_id, task.attempt));
             let Some(reservation) = reserved else {
                 // The room was counted just before this start; a stream
@@ -191,11 +193,10 @@ impl<S: Shape> Manager<S> {
                 S::run_cut_short(self, task_id, task.attempt, &task.kind);
                 return;
             };
-            let worker = reservation.worker_name().to_owned();
-            // Named at the start already when the slot was taken first.
-            let task = if task.node.ends_with(&format!("/{worker}")) {
+            let task = if named_at_start {
                 task
             } else {
+                let worker = reservation.worker_name().to_owned();
                 self.transition(task_id, TaskEvent::Assigned { worker })
                     .unwrap_or(task)
             };
@@ -331,12 +332,16 @@ impl<S: Shape> Manager<S> {
 
     /// The kinds that may have no room while slots are free: those with a
     /// limit of their own, and the worker kinds.
-    pub(super) fn kinds_with_room_of_their_own(&self) -> Vec<String> {
-        let mut kinds: Vec<String> = self.config.kind_limits.keys().cloned().collect();
-        if let Some(workers) = self.registry.workers() {
-            kinds.extend(workers.kinds().iter().cloned());
-        }
-        kinds
+    pub(super) fn kinds_with_room_of_their_own(&self) -> impl Iterator<Item = &str> {
+        let worker_kinds = self
+            .registry
+            .workers()
+            .map_or(&[][..], |workers| workers.kinds());
+        self.config
+            .kind_limits
+            .keys()
+            .chain(worker_kinds)
+            .map(String::as_str)
     }
 }
 

@@ -33,16 +33,17 @@ async fn worker_through(proxy: &Proxy, name: &str) -> RawWorker {
         .expect("hello accepted")
 }
 
-async fn a_killed_workers_task_runs_again_on_another_worker() {
-    let server = TestServer::start_with(worker_config()).await;
+/// A worker through a proxy takes a task; `lose` takes its network away;
+/// the task runs again, as attempt 2, on a worker connected directly.
+async fn runs_again_after(config: Config, lose: impl FnOnce(&Proxy)) {
+    let server = TestServer::start_with(config).await;
     let mut client = server.client().await;
     let proxy = Proxy::start(server.address).await;
     let task = create(&mut client, "survives", "remote", None).await;
-    let mut doomed = worker_through(&proxy, "doomed").await;
-    let run = doomed.next_assignment().await;
+    let mut lost = worker_through(&proxy, "lost").await;
+    let run = lost.next_assignment().await;
     assert_eq!(run.attempt, 1);
-    // As when the worker's process is killed: its socket closes.
-    proxy.cut();
+    lose(&proxy);
     let mut survivor = RawWorker::connect(&server, &["remote"], 1, "survivor").await;
     let again = survivor.next_assignment().await;
     assert_eq!((again.id.as_str(), again.attempt), (task.id.as_str(), 2));
@@ -52,27 +53,18 @@ async fn a_killed_workers_task_runs_again_on_another_worker() {
     wait_for_status(&client, &task.id, pb::TaskStatus::Completed).await;
 }
 
+async fn a_killed_workers_task_runs_again_on_another_worker() {
+    // As when the worker's process is killed: its socket closes.
+    runs_again_after(worker_config(), Proxy::cut).await;
+}
+
 async fn a_silent_worker_is_found_by_keepalive_and_its_task_runs_again() {
-    let server = TestServer::start_with(Config {
+    // Nothing is closed and nothing gets through: only the server's
+    // keepalive pings, unanswered, can tell.
+    let config = Config {
         keepalive_interval: Duration::from_millis(500),
         keepalive_timeout: Duration::from_millis(500),
         ..worker_config()
-    })
-    .await;
-    let mut client = server.client().await;
-    let proxy = Proxy::start(server.address).await;
-    let task = create(&mut client, "survives", "remote", None).await;
-    let mut frozen = worker_through(&proxy, "frozen").await;
-    let run = frozen.next_assignment().await;
-    assert_eq!(run.attempt, 1);
-    // Nothing is closed and nothing gets through: only the server's
-    // keepalive pings, unanswered, can tell.
-    proxy.silence();
-    let mut survivor = RawWorker::connect(&server, &["remote"], 1, "survivor").await;
-    let again = survivor.next_assignment().await;
-    assert_eq!((again.id.as_str(), again.attempt), (task.id.as_str(), 2));
-    survivor
-        .complete(&again.id, again.attempt, json!("ok"))
-        .await;
-    wait_for_status(&client, &task.id, pb::TaskStatus::Completed).await;
+    };
+    runs_again_after(config, Proxy::silence).await;
 }
