@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use sqlx::{Postgres, Transaction};
 
-use super::{Announcement, PostgresStore, change_payload, notify};
+use super::{Announcement, PostgresStore, change_payload, notify, notify_through_gate};
 use crate::store::{
     StoreError,
     row::{TaskRow, duration_micros, from_micros, micros, task_columns},
@@ -78,9 +78,9 @@ impl PostgresStore {
     /// replicas know, during a rolling update), and keeps each kind within
     /// its own limit.
     pub async fn claim_due(&self, request: ClaimRequest<'_>) -> Result<Claimed, StoreError> {
-        let mut transaction = self.pool.begin().await?;
+        let mut transaction = self.begin_gated().await?;
         let (claimed, payloads) = claim_within(&mut transaction, request).await?;
-        notify(&mut transaction, &self.channel, &payloads).await?;
+        notify_through_gate(&mut transaction, &self.channel, &payloads).await?;
         transaction.commit().await?;
         Ok(claimed)
     }

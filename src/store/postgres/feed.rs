@@ -153,34 +153,58 @@ pub(super) async fn notify(
         .bind(channel)
         .execute(&mut **transaction)
         .await?;
-    // While the log is on, take its lock (writers of the log wait for each
-    // other; nothing else waits for them), in the same statement.
-    let recording: bool = sqlx::query_scalar(
-        "SELECT CASE WHEN watched_until > now() \
-                THEN NOT (pg_advisory_xact_lock($1, hashtext($2)) IS NULL) \
-                ELSE false END \
-         FROM task_changes_horizon",
+    notify_through_gate(transaction, channel, announcements).await
+}
+
+/// The statement that begins a transaction holding the change log's gate
+/// shared from its start (see [`notify`]), in the same round trip as the
+/// `BEGIN`: for the transactions that run most often, which then announce
+/// with [`notify_through_gate`].
+pub(super) fn gated_begin(channel: &str) -> String {
+    format!(
+        "BEGIN; SELECT pg_advisory_xact_lock_shared({CHANGE_LOG_GATE_CLASS}, hashtext('{}'))",
+        channel.replace('\'', "''")
     )
-    .bind(CHANGE_LOG_ORDER_CLASS)
-    .bind(channel)
-    .fetch_one(&mut **transaction)
-    .await?;
+}
+
+/// [`notify`] in a transaction that holds the gate already (begun with
+/// [`gated_begin`]): while the log is off, as it is unless a replica has
+/// `WatchTasks` streams, one round trip reads the switch and announces.
+pub(super) async fn notify_through_gate(
+    transaction: &mut Transaction<'static, Postgres>,
+    channel: &str,
+    announcements: &[Announcement],
+) -> Result<(), StoreError> {
+    if announcements.is_empty() {
+        return Ok(());
+    }
     let texts: Vec<&str> = announcements
         .iter()
         .map(|each| each.text.as_str())
         .collect();
-    if !recording {
-        sqlx::query(
-            "SELECT pg_notify($1, payload) \
+    let recording: bool = sqlx::query_scalar(
+        "SELECT switch.recording \
+         FROM (SELECT coalesce(watched_until > now(), false) AS recording \
+               FROM task_changes_horizon) AS switch, \
+         LATERAL (SELECT count(*) FROM ( \
+             SELECT pg_notify($1, payload) \
              FROM UNNEST($2::text[]) WITH ORDINALITY AS payloads(payload, n) \
-             ORDER BY n",
-        )
-        .bind(channel)
-        .bind(texts)
-        .execute(&mut **transaction)
-        .await?;
+             WHERE NOT switch.recording ORDER BY n) AS notified) AS sent",
+    )
+    .bind(channel)
+    .bind(&texts)
+    .fetch_one(&mut **transaction)
+    .await?;
+    if !recording {
         return Ok(());
     }
+    // The log is on: take its lock (writers of the log wait for each
+    // other; nothing else waits for them), then record and announce.
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(CHANGE_LOG_ORDER_CLASS)
+        .bind(channel)
+        .execute(&mut **transaction)
+        .await?;
     let task_ids: Vec<Uuid> = announcements.iter().map(|each| each.task_id).collect();
     // The position goes in front of the change's other fields: the text is
     // a JSON object, so `{"position":N,` + the rest is one too.

@@ -14,14 +14,14 @@
 //! Nothing here knows about the actor or about gRPC.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     str::FromStr,
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use sqlx::{
-    PgPool,
+    PgPool, Postgres, Transaction,
     migrate::Migrator,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
@@ -38,6 +38,7 @@ use crate::task::{Task, TaskId, TaskStatus};
 
 mod change_log;
 mod feed;
+mod fresh_starts;
 mod schedules;
 mod writes;
 
@@ -45,7 +46,11 @@ pub use claims::{ClaimRequest, Claimed, KindRoom};
 
 pub use change_log::{ChangeLogStart, ChangesAfter, Watching};
 pub use feed::ChangeFeed;
-use feed::{Announcement, WORK_WAITING, change_payload, deleted_payload, notify};
+use feed::{
+    Announcement, WORK_WAITING, change_payload, deleted_payload, gated_begin, notify,
+    notify_through_gate,
+};
+use fresh_starts::fresh_starts;
 pub use schedules::{FIRE_CHUNK, Fired, FiringRound};
 pub use workers::WorkerRow;
 pub use writes::BatchInserted;
@@ -62,6 +67,9 @@ const MAX_CONNECTIONS: u32 = 10;
 /// while the database is down, a create must hear `UNAVAILABLE` within 2 s,
 /// and reads as soon; a healthy pool hands out a connection in microseconds.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// A pooled connection idle this long is pinged before it is used again.
+const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// How long a commit, a probe, a claim, a renewal or a cancel may take
 /// before it counts as failed. Creates must hear `UNAVAILABLE` within 2 s
@@ -185,6 +193,8 @@ pub enum Cancelled {
 pub struct PostgresStore {
     /// The URL without its password, for logs and errors.
     name: Arc<str>,
+    /// `BEGIN` and the change log's gate in one round trip ([`gated_begin`]).
+    gated_begin: Arc<str>,
     pool: PgPool,
     /// `task_processor_changes_<schema>`: per schema, so separate
     /// deployments in one database do not hear each other.
@@ -229,6 +239,20 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            // sqlx pings every connection it hands out by default: a round
+            // trip before every transaction. Only a connection that sat
+            // idle is checked; one in use a moment ago is most likely fine,
+            // and if the database went away meanwhile the transaction fails
+            // and is retried like any other failed write.
+            .test_before_acquire(false)
+            .before_acquire(|connection, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_WHEN_IDLE_FOR {
+                        sqlx::Connection::ping(connection).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options)
             .await
             .map_err(open_error)?;
@@ -243,9 +267,17 @@ impl PostgresStore {
             })?;
         Ok(Self {
             name: name.into(),
+            gated_begin: gated_begin(&channel).into(),
             pool,
             channel: channel.into(),
         })
+    }
+
+    /// A transaction that holds the change log's gate from its first
+    /// statement, begun in one round trip: it announces with
+    /// [`notify_through_gate`].
+    pub(super) async fn begin_gated(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        Ok(self.pool.begin_with(self.gated_begin.to_string()).await?)
     }
 
     /// The store as the `store` setting names it, without a password.
@@ -272,10 +304,36 @@ impl PostgresStore {
         if !batch.has_task_writes() {
             return Ok(BatchOutcome::default());
         }
-        let mut transaction = self.pool.begin().await?;
-        let inserted = insert_tasks(&mut transaction, &batch.inserts).await?;
+        let mut transaction = self.begin_gated().await?;
         let updated = update_tasks(&mut transaction, origin, &batch.updates).await?;
         delete_finished(&mut transaction, &batch.deletes).await?;
+        // The claim comes before the inserts: it takes the older ready tasks
+        // first, and the room it leaves goes to this batch's fresh tasks,
+        // which the insert stores running (see `fresh_starts`).
+        let now = SystemTime::now();
+        let claim = match &batch.claim {
+            Some(ask) => {
+                let request = ClaimRequest {
+                    node: origin,
+                    limit: ask.limit,
+                    lease: ask.lease,
+                    rooms: &ask.rooms,
+                    now,
+                    take_over: ask.take_over,
+                };
+                let (claimed, claim_payloads) =
+                    claims::claim_within(&mut transaction, request).await?;
+                let starts = fresh_starts(origin, ask, &claimed.tasks, &batch.inserts, now);
+                Some((claimed, claim_payloads, starts, ask.lease))
+            }
+            None => None,
+        };
+        let no_starts = HashMap::new();
+        let (starts, lease) = match &claim {
+            Some((_, _, starts, lease)) => (starts, *lease),
+            None => (&no_starts, Duration::ZERO),
+        };
+        let inserted = insert_tasks(&mut transaction, &batch.inserts, starts, lease).await?;
 
         // A change of a task that was not stored (its request_id was taken)
         // or whose run lost the row must not be announced: it did not happen.
@@ -296,26 +354,28 @@ impl PostgresStore {
             .filter(|task| !not_written.contains(&task.id))
             .filter_map(|task| change_payload(origin, task))
             .collect();
-        let claimed = match &batch.claim {
-            Some(ask) => {
-                let request = ClaimRequest {
-                    node: origin,
-                    limit: ask.limit,
-                    lease: ask.lease,
-                    rooms: &ask.rooms,
-                    now: SystemTime::now(),
-                    take_over: ask.take_over,
-                };
-                let (claimed, claim_payloads) =
-                    claims::claim_within(&mut transaction, request).await?;
+        let claimed = match claim {
+            Some((mut claimed, claim_payloads, mut starts, _)) => {
                 // After the batch's own changes: a task inserted here is
                 // announced pending, then running.
                 payloads.extend(claim_payloads);
+                for task in &batch.inserts {
+                    if not_written.contains(&task.id) {
+                        continue;
+                    }
+                    if let Some(started) = starts.remove(&task.id) {
+                        payloads.extend(change_payload(origin, &started));
+                        claimed.tasks.push(started);
+                    }
+                }
+                claimed
+                    .tasks
+                    .sort_by_key(|task| (std::cmp::Reverse(task.scheduling.priority), task.id));
                 Some(claimed)
             }
             None => None,
         };
-        notify(&mut transaction, &self.channel, &payloads).await?;
+        notify_through_gate(&mut transaction, &self.channel, &payloads).await?;
         transaction.commit().await?;
         Ok(BatchOutcome {
             inserted,

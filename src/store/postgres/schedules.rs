@@ -8,7 +8,11 @@
 //! inserts the task; a replica that reaches the row afterwards rechecks
 //! `next_fire_at <= now` on the row as committed, and leaves it.
 
-use std::{collections::HashMap, sync::Arc, time::SystemTime};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use uuid::Uuid;
 
@@ -283,7 +287,8 @@ impl PostgresStore {
             .iter()
             .map(|fired| Arc::new(fired.task.clone()))
             .collect();
-        let inserted = insert_tasks(&mut transaction, &tasks).await?;
+        let inserted =
+            insert_tasks(&mut transaction, &tasks, &HashMap::new(), Duration::ZERO).await?;
         if let Some((task, _)) = tasks
             .iter()
             .zip(&inserted)

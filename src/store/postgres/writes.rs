@@ -5,7 +5,7 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use serde_json::Value as JsonValue;
@@ -14,16 +14,20 @@ use uuid::Uuid;
 
 use crate::store::{
     StoreError,
-    row::{TaskRow, micros, status_name, task_columns},
+    row::{TaskRow, duration_micros, micros, status_name, task_columns},
 };
 use crate::task::{RequestKey, Task, TaskId};
 
 use super::*;
 
-/// Inserts the batch's new tasks; the outcome of each, in order.
+/// Inserts the batch's new tasks; the outcome of each, in order. A task in
+/// `starting` is stored as it is there (running here, with a lease of
+/// `lease`) instead of as it was created.
 pub(super) async fn insert_tasks(
     transaction: &mut Transaction<'static, Postgres>,
     tasks: &[Arc<Task>],
+    starting: &HashMap<TaskId, Task>,
+    lease: Duration,
 ) -> Result<Vec<Inserted>, StoreError> {
     // The first task of the batch with a request_id (or an id) is the one
     // that may be stored; the later ones are answered with what holds it.
@@ -68,7 +72,14 @@ pub(super) async fn insert_tasks(
             .iter()
             .map(|index| {
                 let task = &tasks[*index];
-                (TaskRow::from_task(task), waiting_columns(task, now))
+                match starting.get(&task.id) {
+                    Some(started) => (
+                        TaskRow::from_task(started),
+                        waiting_columns(started, now),
+                        Some(duration_micros(lease)),
+                    ),
+                    None => (TaskRow::from_task(task), waiting_columns(task, now), None),
+                }
             })
             .collect();
         let new_ids: HashSet<Uuid> = insert_rows(transaction, rows).await?;
@@ -135,25 +146,33 @@ pub(super) async fn insert_tasks(
 /// returns the ids it stored. Rows that would break a unique key are left out.
 pub(super) async fn insert_rows(
     transaction: &mut Transaction<'static, Postgres>,
-    rows: Vec<(TaskRow, WaitingColumns)>,
+    rows: Vec<(TaskRow, WaitingColumns, Option<i64>)>,
 ) -> Result<HashSet<Uuid>, StoreError> {
     let mut columns = InsertColumns::default();
-    for (row, (due_at, queue_deadline)) in rows {
+    for (row, (due_at, queue_deadline), lease) in rows {
         columns.push(row);
         columns.due_at.push(due_at);
         columns.queue_deadline.push(queue_deadline);
+        columns.lease_micros.push(lease);
     }
     let ids: Vec<Uuid> = sqlx::query_scalar(concat!(
         "INSERT INTO tasks (",
         task_columns!(),
-        ", due_at, queue_deadline) \
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
+        ", due_at, queue_deadline, lease_until) \
+         SELECT ",
+        task_columns!(),
+        ", due_at, queue_deadline, \
+             clock_timestamp() + lease_micros * interval '1 microsecond' \
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
              $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], $11::bigint[], \
              $12::text[], $13::bigint[], $14::text[], $15::bigint[], $16::text[], \
              $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[], $21::bigint[], \
              $22::bigint[], $23::bigint[], $24::bigint[], $25::bigint[], \
              $26::double precision[], $27::bigint[], $28::bigint[], $29::bigint[], \
-             $30::text[], $31::text[], $32::text[], $33::bigint[], $34::bigint[]) \
+             $30::text[], $31::text[], $32::text[], $33::bigint[], $34::bigint[], \
+             $35::bigint[]) AS input(",
+        task_columns!(),
+        ", due_at, queue_deadline, lease_micros) \
          ON CONFLICT DO NOTHING \
          RETURNING id"
     ))
@@ -191,6 +210,7 @@ pub(super) async fn insert_rows(
     .bind(columns.tenant)
     .bind(columns.due_at)
     .bind(columns.queue_deadline)
+    .bind(columns.lease_micros)
     .fetch_all(&mut **transaction)
     .await?;
     Ok(ids.into_iter().collect())
@@ -233,6 +253,9 @@ pub(super) struct InsertColumns {
     tenant: Vec<String>,
     due_at: Vec<Option<i64>>,
     queue_deadline: Vec<Option<i64>>,
+    /// For a task stored running: how long its lease lasts, from the
+    /// database's clock (as a claim's does).
+    lease_micros: Vec<Option<i64>>,
 }
 
 impl InsertColumns {
@@ -503,8 +526,9 @@ impl PostgresStore {
         origin: &str,
         tasks: &[Arc<Task>],
     ) -> Result<BatchInserted, StoreError> {
-        let mut transaction = self.pool.begin().await?;
-        let inserted = insert_tasks(&mut transaction, tasks).await?;
+        let mut transaction = self.begin_gated().await?;
+        let inserted =
+            insert_tasks(&mut transaction, tasks, &HashMap::new(), Duration::ZERO).await?;
         let mut answers = Vec::with_capacity(tasks.len());
         let mut new_tasks = Vec::with_capacity(tasks.len());
         for (task, outcome) in tasks.iter().zip(inserted) {
@@ -528,7 +552,7 @@ impl PostgresStore {
             .iter()
             .filter_map(|task| change_payload(origin, task))
             .collect();
-        notify(&mut transaction, &self.channel, &payloads).await?;
+        notify_through_gate(&mut transaction, &self.channel, &payloads).await?;
         transaction.commit().await?;
         Ok(BatchInserted::Stored(answers))
     }

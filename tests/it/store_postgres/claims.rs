@@ -352,3 +352,87 @@ async fn only_a_claim_that_takes_over_takes_an_expired_run() {
     assert_eq!(ids(&taking_over.tasks), [expired.id]);
     assert_eq!(taking_over.tasks[0].attempt, 2);
 }
+
+/// A claim that rides on a commit takes the older ready tasks first; the
+/// room it leaves goes to the commit's own new tasks, which are stored
+/// running here with a lease (so no take-over walk mistakes them for a run
+/// nobody renews), announced pending then running, and the rest stay
+/// pending for later claims.
+#[tokio::test]
+async fn a_commit_starts_its_new_tasks_in_the_room_its_claim_leaves() {
+    let (schema, store) =
+        store_or_skip!("a_commit_starts_its_new_tasks_in_the_room_its_claim_leaves");
+    let older = task("older");
+    insert(&store, std::slice::from_ref(&older)).await;
+    let mut feed = store.listen().await.expect("listen");
+    let fresh: Vec<Task> = (0..3).map(|index| task(&format!("fresh{index}"))).collect();
+    let fresh_arcs: Vec<Arc<Task>> = fresh.iter().cloned().map(Arc::new).collect();
+    let batch = Batch {
+        inserts: fresh_arcs.clone(),
+        changes: fresh_arcs,
+        claim: Some(ClaimAsk {
+            limit: 10,
+            lease: HOUR,
+            rooms: vec![KindRoom {
+                kind: "echo".to_owned(),
+                room: 3,
+            }],
+            take_over: false,
+        }),
+        ..Batch::default()
+    };
+    let outcome = store.commit("n1", &batch).await.expect("commit");
+    let claimed = outcome.claimed.expect("the claim ran").tasks;
+    assert_eq!(ids(&claimed), [older.id, fresh[0].id, fresh[1].id]);
+    for started in &claimed {
+        assert_eq!(started.status, TaskStatus::Running);
+        assert_eq!(started.attempt, 1);
+        assert_eq!(started.node, "n1");
+        assert_eq!(started.revision, 2);
+        assert_eq!(
+            store.get(started.id).await.expect("get").as_ref(),
+            Some(started)
+        );
+        assert!(!lease_until_is_null(&schema, started.id).await);
+    }
+    let waiting = store.get(fresh[2].id).await.expect("get").expect("stored");
+    assert_eq!(waiting.status, TaskStatus::Pending);
+    assert_eq!(store.count_pending().await.expect("count"), 1);
+
+    // Announced in order: the inserts as created, then the starts.
+    let mut announced = Vec::new();
+    for _ in 0..6 {
+        let change = next_change(&mut feed).await;
+        announced.push((change.task.id, change.task.status));
+    }
+    let pending = TaskStatus::Pending;
+    let running = TaskStatus::Running;
+    assert_eq!(
+        announced,
+        [
+            (fresh[0].id, pending),
+            (fresh[1].id, pending),
+            (fresh[2].id, pending),
+            (older.id, running),
+            (fresh[0].id, running),
+            (fresh[1].id, running),
+        ]
+    );
+    // Nothing takes them over while their lease holds.
+    let rooms = [KindRoom {
+        kind: "echo".to_owned(),
+        room: 10,
+    }];
+    let taking_over = store
+        .claim_due(ClaimRequest {
+            node: "n2",
+            limit: 10,
+            lease: HOUR,
+            rooms: &rooms,
+            now: SystemTime::now(),
+            take_over: true,
+        })
+        .await
+        .expect("claim");
+    assert_eq!(ids(&taking_over.tasks), [fresh[2].id]);
+}

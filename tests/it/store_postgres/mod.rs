@@ -15,7 +15,7 @@ use serde_json::json;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use task_processor::{
     store::{
-        ListPage, ListQuery, PostgresStore, StoreError,
+        ClaimAsk, ListPage, ListQuery, PostgresStore, StoreError,
         postgres::{
             Batch, Cancelled, Change, ChangeFeed, ClaimRequest, FeedEvent, Inserted, KindRoom,
         },
