@@ -18,7 +18,7 @@ use crate::task::{Task, TaskEvent};
 
 /// Delayed tasks one claim makes ready at most, and waiting tasks one sweep
 /// fails at most: the rest follow at the next claim or sweep.
-const DUE_CHUNK: i64 = 1000;
+pub(super) const DUE_CHUNK: i64 = 1000;
 
 /// What a claim took, and when it should look again.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -79,7 +79,7 @@ impl PostgresStore {
     /// its own limit.
     pub async fn claim_due(&self, request: ClaimRequest<'_>) -> Result<Claimed, StoreError> {
         let mut transaction = self.begin_gated().await?;
-        let (claimed, payloads) = claim_within(&mut transaction, request).await?;
+        let (claimed, payloads) = claim_within(&mut transaction, request, None).await?;
         notify_through_gate(&mut transaction, &self.channel, &payloads).await?;
         transaction.commit().await?;
         Ok(claimed)
@@ -192,13 +192,65 @@ impl PostgresStore {
     }
 }
 
+/// When the earliest delayed task becomes due (`None`: none is delayed).
+pub(super) type NextDue = Option<SystemTime>;
+
+/// The statement of [`make_due_ready`] (as a query a CTE can hold),
+/// `$now` and `$chunk` its parameters: delayed tasks whose time has come
+/// by `$now` become ready, at most `$chunk`, their ids returned.
+macro_rules! made_ready_sql {
+    ($now:literal, $chunk:literal) => {
+        concat!(
+            "UPDATE tasks SET due_at = NULL WHERE id IN ( \
+                 SELECT id FROM tasks \
+                 WHERE status IN ('pending', 'retrying') AND due_at IS NOT NULL \
+                     AND due_at <= ",
+            $now,
+            " ORDER BY due_at LIMIT ",
+            $chunk,
+            " FOR UPDATE SKIP LOCKED) \
+             RETURNING id"
+        )
+    };
+}
+pub(super) use made_ready_sql;
+
+/// A claim's first step, in its own statement so that the claim's sees
+/// what it did: delayed tasks whose time has come by `now` become ready
+/// (claims read only ready tasks, so thousands of delayed tasks cost an
+/// index range, not a scan), and the next due time is read. The
+/// statement's snapshot still shows the rows it makes ready as delayed,
+/// hence `due_at > now`; a full chunk means more may be due at once.
+pub(super) async fn make_due_ready(
+    transaction: &mut Transaction<'static, Postgres>,
+    now: SystemTime,
+) -> Result<NextDue, StoreError> {
+    let next_due: Option<i64> = sqlx::query_scalar(concat!(
+        "WITH made_ready AS (",
+        made_ready_sql!("$1", "$2"),
+        ") SELECT CASE WHEN (SELECT count(*) FROM made_ready) >= $2 THEN $1 \
+             ELSE (SELECT min(due_at) FROM tasks \
+                   WHERE status IN ('pending', 'retrying') AND due_at > $1) END"
+    ))
+    .bind(micros(now))
+    .bind(DUE_CHUNK)
+    .fetch_one(&mut **transaction)
+    .await?;
+    Ok(next_due.map(from_micros))
+}
+
 /// [`PostgresStore::claim_due`]'s work inside `transaction`, which may
 /// hold a replica's commit too (a claim that rides on the commit that ends
 /// runs): the tasks claimed, and the payloads announcing them, for the
 /// caller to send before it commits.
+///
+/// `next_due`: what [`make_due_ready`] answered, when the caller had it
+/// done already in this transaction (in the same statement as its own
+/// update); `None` makes it the claim's first statement.
 pub(super) async fn claim_within(
     transaction: &mut Transaction<'static, Postgres>,
     request: ClaimRequest<'_>,
+    next_due: Option<NextDue>,
 ) -> Result<(Claimed, Vec<Announcement>), StoreError> {
     let ClaimRequest {
         node,
@@ -208,28 +260,10 @@ pub(super) async fn claim_within(
         now,
         take_over,
     } = request;
-    // One round trip: what is due becomes ready, and what is not yet
-    // due says when to look again. The statement's snapshot still shows
-    // the rows it makes ready as delayed, hence `due_at > $1`; a full
-    // chunk means more may be due at once.
-    let next_due: Option<i64> = sqlx::query_scalar(
-        "WITH made_ready AS ( \
-             UPDATE tasks SET due_at = NULL WHERE id IN ( \
-                 SELECT id FROM tasks \
-                 WHERE status IN ('pending', 'retrying') AND due_at IS NOT NULL \
-                     AND due_at <= $1 \
-                 ORDER BY due_at LIMIT $2 \
-                 FOR UPDATE SKIP LOCKED) \
-             RETURNING id) \
-         SELECT CASE WHEN (SELECT count(*) FROM made_ready) >= $2 THEN $1 \
-             ELSE (SELECT min(due_at) FROM tasks \
-                   WHERE status IN ('pending', 'retrying') AND due_at > $1) END",
-    )
-    .bind(micros(now))
-    .bind(DUE_CHUNK)
-    .fetch_one(&mut **transaction)
-    .await?;
-    let next_due = next_due.map(from_micros);
+    let next_due = match next_due {
+        Some(next_due) => next_due,
+        None => make_due_ready(transaction, now).await?,
+    };
     if limit == 0 || rooms.is_empty() {
         return Ok((
             Claimed {

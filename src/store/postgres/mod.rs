@@ -43,6 +43,7 @@ mod schedules;
 mod writes;
 
 pub use claims::{ClaimRequest, Claimed, KindRoom};
+use claims::{DUE_CHUNK, NextDue, made_ready_sql};
 
 pub use change_log::{ChangeLogStart, ChangesAfter, Watching};
 pub use feed::ChangeFeed;
@@ -305,12 +306,15 @@ impl PostgresStore {
             return Ok(BatchOutcome::default());
         }
         let mut transaction = self.begin_gated().await?;
-        let updated = update_tasks(&mut transaction, origin, &batch.updates).await?;
+        let now = SystemTime::now();
+        // A claim's first step rides in the update's statement.
+        let make_due_ready = batch.claim.as_ref().map(|_| now);
+        let (updated, next_due) =
+            update_tasks(&mut transaction, origin, &batch.updates, make_due_ready).await?;
         delete_finished(&mut transaction, &batch.deletes).await?;
         // The claim comes before the inserts: it takes the older ready tasks
         // first, and the room it leaves goes to this batch's fresh tasks,
         // which the insert stores running (see `fresh_starts`).
-        let now = SystemTime::now();
         let claim = match &batch.claim {
             Some(ask) => {
                 let request = ClaimRequest {
@@ -322,7 +326,7 @@ impl PostgresStore {
                     take_over: ask.take_over,
                 };
                 let (claimed, claim_payloads) =
-                    claims::claim_within(&mut transaction, request).await?;
+                    claims::claim_within(&mut transaction, request, next_due).await?;
                 let starts = fresh_starts(origin, ask, &claimed.tasks, &batch.inserts, now);
                 Some((claimed, claim_payloads, starts, ask.lease))
             }

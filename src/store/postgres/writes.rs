@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::store::{
     StoreError,
-    row::{TaskRow, duration_micros, micros, status_name, task_columns},
+    row::{TaskRow, duration_micros, from_micros, micros, status_name, task_columns},
 };
 use crate::task::{RequestKey, Task, TaskId};
 
@@ -358,15 +358,59 @@ pub(super) async fn stored_task(
     row.into_task()
 }
 
+/// The guarded update of [`update_tasks`] as a data-modifying CTE
+/// `updated` returning the ids it wrote: `$1` the origin, `$2`… `$16` the
+/// columns.
+macro_rules! update_sql {
+    () => {
+        "WITH input AS ( \
+             SELECT * FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], \
+                 $6::bigint[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], \
+                 $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[], \
+                 $16::text[]) \
+                 AS input(id, status, result, error, progress_percent, progress_message, \
+                          attempt, revision, completed_at, retry_at, failed_runs, \
+                          cut_short_runs, due_at, queue_deadline, node) \
+         ), \
+         held AS ( \
+             SELECT tasks.id FROM tasks JOIN input ON input.id = tasks.id \
+             WHERE tasks.status = 'running' AND tasks.attempt = input.attempt \
+                 AND (tasks.node = $1 OR starts_with(tasks.node, $1 || '/')) \
+             ORDER BY tasks.id \
+             FOR UPDATE OF tasks \
+         ), \
+         updated AS ( \
+             UPDATE tasks SET status = input.status, result = input.result, \
+                 error = input.error, progress_percent = input.progress_percent, \
+                 progress_message = input.progress_message, \
+                 revision = input.revision, completed_at = input.completed_at, \
+                 retry_at = input.retry_at, failed_runs = input.failed_runs, \
+                 cut_short_runs = input.cut_short_runs, due_at = input.due_at, \
+                 queue_deadline = input.queue_deadline, node = input.node, \
+                 lease_until = CASE WHEN input.status = 'running' \
+                     THEN tasks.lease_until ELSE NULL END \
+             FROM input \
+             WHERE tasks.id = input.id AND tasks.id IN (SELECT id FROM held) \
+             RETURNING tasks.id \
+         )"
+    };
+}
+
 /// Writes what a run may change, only where the row still belongs to that
 /// run; whether each was written, in order.
+///
+/// With `make_due_ready` (the claim's time), the same statement also does
+/// the first step of a claim ([`super::claims::make_due_ready`]), and its
+/// answer comes back: one round trip less for a commit that ends runs and
+/// claims. `None` when the statement did not run (no tasks).
 pub(super) async fn update_tasks(
     transaction: &mut Transaction<'static, Postgres>,
     origin: &str,
     tasks: &[Arc<Task>],
-) -> Result<Vec<bool>, StoreError> {
+    make_due_ready: Option<SystemTime>,
+) -> Result<(Vec<bool>, Option<NextDue>), StoreError> {
     if tasks.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
     // One state per task (the last), so no row is matched twice.
     let mut latest: HashMap<TaskId, &Task> = HashMap::new();
@@ -419,59 +463,64 @@ pub(super) async fn update_tasks(
         revisions.push(i64::try_from(task.revision).unwrap_or(i64::MAX));
         completed_ats.push(task.completed_at.map(micros));
     }
-    let written: Vec<Uuid> = sqlx::query_scalar(
-        "WITH input AS ( \
-             SELECT * FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], \
-                 $6::bigint[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], \
-                 $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[], \
-                 $16::text[]) \
-                 AS input(id, status, result, error, progress_percent, progress_message, \
-                          attempt, revision, completed_at, retry_at, failed_runs, \
-                          cut_short_runs, due_at, queue_deadline, node) \
-         ), \
-         held AS ( \
-             SELECT tasks.id FROM tasks JOIN input ON input.id = tasks.id \
-             WHERE tasks.status = 'running' AND tasks.attempt = input.attempt \
-                 AND (tasks.node = $1 OR starts_with(tasks.node, $1 || '/')) \
-             ORDER BY tasks.id \
-             FOR UPDATE OF tasks \
-         ) \
-         UPDATE tasks SET status = input.status, result = input.result, error = input.error, \
-             progress_percent = input.progress_percent, \
-             progress_message = input.progress_message, \
-             revision = input.revision, completed_at = input.completed_at, \
-             retry_at = input.retry_at, failed_runs = input.failed_runs, \
-             cut_short_runs = input.cut_short_runs, due_at = input.due_at, \
-             queue_deadline = input.queue_deadline, node = input.node, \
-             lease_until = CASE WHEN input.status = 'running' \
-                 THEN tasks.lease_until ELSE NULL END \
-         FROM input \
-         WHERE tasks.id = input.id AND tasks.id IN (SELECT id FROM held) \
-         RETURNING tasks.id",
-    )
-    .bind(origin)
-    .bind(ids)
-    .bind(statuses)
-    .bind(results)
-    .bind(errors)
-    .bind(progress_percents)
-    .bind(progress_messages)
-    .bind(attempts)
-    .bind(revisions)
-    .bind(completed_ats)
-    .bind(retry_ats)
-    .bind(failed_runs)
-    .bind(cut_short_runs)
-    .bind(due_ats)
-    .bind(queue_deadlines)
-    .bind(nodes)
-    .fetch_all(&mut **transaction)
-    .await?;
+    let query = match make_due_ready {
+        None => sqlx::query_as::<_, (Option<Uuid>, Option<i64>)>(concat!(
+            update_sql!(),
+            " SELECT id, NULL::bigint FROM updated"
+        )),
+        // The claim's first step, in the same round trip: delayed tasks
+        // whose time has come become ready, and the next due time is read
+        // (the snapshot still shows both the rows made ready as delayed and
+        // the retries written here as running, hence the two sources).
+        Some(_) => sqlx::query_as::<_, (Option<Uuid>, Option<i64>)>(concat!(
+            update_sql!(),
+            ", made_ready AS (",
+            made_ready_sql!("$17", "$18"),
+            ") SELECT id, NULL::bigint FROM updated \
+             UNION ALL \
+             SELECT NULL, CASE WHEN (SELECT count(*) FROM made_ready) >= $18 THEN $17 \
+                 ELSE LEAST( \
+                     (SELECT min(due_at) FROM tasks \
+                      WHERE status IN ('pending', 'retrying') AND due_at > $17), \
+                     (SELECT min(due_at) FROM input \
+                      WHERE status IN ('pending', 'retrying') AND due_at > $17)) END"
+        )),
+    };
+    let rows = query
+        .bind(origin)
+        .bind(ids)
+        .bind(statuses)
+        .bind(results)
+        .bind(errors)
+        .bind(progress_percents)
+        .bind(progress_messages)
+        .bind(attempts)
+        .bind(revisions)
+        .bind(completed_ats)
+        .bind(retry_ats)
+        .bind(failed_runs)
+        .bind(cut_short_runs)
+        .bind(due_ats)
+        .bind(queue_deadlines)
+        .bind(nodes)
+        .bind(make_due_ready.map(micros))
+        .bind(DUE_CHUNK)
+        .fetch_all(&mut **transaction)
+        .await?;
+    let mut next_due = None;
+    let mut written = Vec::with_capacity(rows.len());
+    for (id, due) in rows {
+        match id {
+            Some(id) => written.push(id),
+            None => next_due = Some(due.map(from_micros)),
+        }
+    }
     let written: HashSet<Uuid> = written.into_iter().collect();
-    Ok(tasks
+    let written = tasks
         .iter()
         .map(|task| written.contains(task.id.as_uuid()))
-        .collect())
+        .collect();
+    Ok((written, next_due))
 }
 
 /// Deletes finished tasks (never an unfinished one, whoever asks).

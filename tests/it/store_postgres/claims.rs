@@ -436,3 +436,50 @@ async fn a_commit_starts_its_new_tasks_in_the_room_its_claim_leaves() {
         .expect("claim");
     assert_eq!(ids(&taking_over.tasks), [fresh[2].id]);
 }
+
+/// A commit that ends runs and claims makes due tasks ready in its update's
+/// statement; the next due time it answers still counts a retry that the
+/// same statement writes (which that statement's snapshot cannot see).
+#[tokio::test]
+async fn a_claim_riding_on_an_update_answers_the_retry_that_update_writes() {
+    let (_schema, store) =
+        store_or_skip!("a_claim_riding_on_an_update_answers_the_retry_that_update_writes");
+    let mut flaky = task("flaky");
+    flaky.scheduling.retry_policy.max_attempts = 3;
+    flaky.scheduling.retry_policy.initial_backoff = Duration::from_secs(600);
+    insert(&store, std::slice::from_ref(&flaky)).await;
+    let running = store.claim("n1", 1, HOUR, None).await.expect("claim");
+    assert_eq!(ids(&running), [flaky.id]);
+    let retrying = Arc::new(applied(
+        &running[0],
+        TaskEvent::Fail(Failure::retryable("try again")),
+    ));
+    assert_eq!(retrying.status, TaskStatus::Retrying);
+    let retry_at = retrying.retry_at.expect("a retry time");
+    let batch = Batch {
+        updates: vec![Arc::clone(&retrying)],
+        changes: vec![retrying],
+        claim: Some(ClaimAsk {
+            limit: 1,
+            lease: HOUR,
+            rooms: vec![KindRoom {
+                kind: "echo".to_owned(),
+                room: 1,
+            }],
+            take_over: false,
+        }),
+        ..Batch::default()
+    };
+    let outcome = store.commit("n1", &batch).await.expect("commit");
+    assert_eq!(outcome.updated, [true]);
+    let claimed = outcome.claimed.expect("the claim ran");
+    assert!(claimed.tasks.is_empty(), "{:?}", claimed.tasks);
+    let next_due = claimed.next_due.expect("the retry is due later");
+    let gap = next_due
+        .duration_since(retry_at)
+        .unwrap_or_else(|early| early.duration());
+    assert!(
+        gap < Duration::from_millis(1),
+        "{next_due:?} vs {retry_at:?}"
+    );
+}
