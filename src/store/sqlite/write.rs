@@ -6,21 +6,25 @@
 
 use std::sync::LazyLock;
 
+use serde_json::Value as JsonValue;
 use sqlx::{
-    Connection, SqliteConnection,
-    query::Query,
+    Arguments, Connection, Encode, SqliteConnection, Type,
     sqlite::{Sqlite, SqliteArguments},
 };
 
 use super::schedules::{ScheduleWrites, write_schedules};
-use crate::store::{StoreError, Write, row::TaskRow};
+use crate::{
+    store::{
+        StoreError, Write,
+        row::{duration_micros, labels_json, micros, status_name},
+    },
+    task::Task,
+};
 
 /// Rows per statement, largest first: a write of any count is cut into
 /// these, greedily (so at most three of each smaller size). The largest
 /// binds 32 × 256 = 8 192 values, well under SQLite's limit of 32 766.
 const CHUNK_SIZES: [usize; 5] = [256, 64, 16, 4, 1];
-
-type Statement<'q> = Query<'q, Sqlite, SqliteArguments<'q>>;
 
 /// The statement texts, one per size of [`CHUNK_SIZES`], built once.
 type Texts = LazyLock<[String; CHUNK_SIZES.len()]>;
@@ -76,7 +80,7 @@ static DELETES: Texts = LazyLock::new(|| {
 /// [`task_columns`].
 const TASK_COLUMNS: usize = 32;
 
-/// How many values an update binds per row, as [`bind_update`] does.
+/// How many values an update binds per row, as [`Values::update`] does.
 const UPDATE_COLUMNS: usize = 14;
 
 /// One batch in one transaction: the schedules first, then the tasks.
@@ -94,32 +98,35 @@ pub(super) async fn write_batch(
     let mut deletes = Vec::new();
     for write in writes {
         match write {
-            Write::Insert(task) => inserts.push(TaskRow::from_task(task)),
-            Write::Update(task) => updates.push(TaskRow::from_task(task)),
+            Write::Insert(task) => inserts.push(task.as_ref()),
+            Write::Update(task) => updates.push(task.as_ref()),
             Write::Delete(id) => deletes.push(*id.as_uuid()),
         }
     }
     for (size, chunk) in chunks(&inserts) {
-        let statement = sqlx::query(&INSERTS[size]);
-        chunk
-            .iter()
-            .fold(statement, bind_insert)
+        let mut values = Values::with_capacity(chunk.len() * TASK_COLUMNS);
+        for task in chunk {
+            values.insert(task)?;
+        }
+        sqlx::query_with(&INSERTS[size], values.0)
             .execute(&mut *transaction)
             .await?;
     }
     for (size, chunk) in chunks(&updates) {
-        let statement = sqlx::query(&UPDATES[size]);
-        chunk
-            .iter()
-            .fold(statement, bind_update)
+        let mut values = Values::with_capacity(chunk.len() * UPDATE_COLUMNS);
+        for task in chunk {
+            values.update(task)?;
+        }
+        sqlx::query_with(&UPDATES[size], values.0)
             .execute(&mut *transaction)
             .await?;
     }
     for (size, chunk) in chunks(&deletes) {
-        let statement = sqlx::query(&DELETES[size]);
-        chunk
-            .iter()
-            .fold(statement, |statement, id| statement.bind(*id))
+        let mut values = Values::with_capacity(chunk.len());
+        for id in chunk {
+            values.push(*id)?;
+        }
+        sqlx::query_with(&DELETES[size], values.0)
             .execute(&mut *transaction)
             .await?;
     }
@@ -141,60 +148,110 @@ fn chunks<T>(mut rows: &[T]) -> impl Iterator<Item = (usize, &[T])> {
     })
 }
 
-/// A row's values, in the order of [`task_columns`].
-fn bind_insert<'q>(statement: Statement<'q>, row: &'q TaskRow) -> Statement<'q> {
-    statement
-        .bind(row.id)
-        .bind(&row.name)
-        .bind(&row.description)
-        .bind(&row.kind)
-        .bind(&row.status)
-        .bind(&row.data)
-        .bind(&row.result)
-        .bind(&row.error)
-        .bind(row.timeout_seconds)
-        .bind(&row.labels)
-        .bind(row.progress_percent)
-        .bind(&row.progress_message)
-        .bind(row.attempt)
-        .bind(&row.node)
-        .bind(row.revision)
-        .bind(&row.request_id)
-        .bind(row.created_at)
-        .bind(row.started_at)
-        .bind(row.completed_at)
-        .bind(row.priority)
-        .bind(row.run_after)
-        .bind(row.queue_timeout_seconds)
-        .bind(row.max_attempts)
-        .bind(row.initial_backoff_us)
-        .bind(row.max_backoff_us)
-        .bind(row.backoff_multiplier)
-        .bind(row.retry_at)
-        .bind(row.failed_runs)
-        .bind(row.cut_short_runs)
-        .bind(&row.traceparent)
-        .bind(&row.tracestate)
-        .bind(&row.tenant)
+/// The values of one statement, in order, taken straight from the tasks
+/// (as [`crate::store::row::TaskRow::from_task`] encodes them, which
+/// `load` reads back). Text is borrowed from the task: sqlx copies it once
+/// on its way to SQLite's thread, where a row built first was a second
+/// copy. An update encodes only the columns it writes, not `data` and the
+/// labels, which never change after create.
+struct Values<'q>(SqliteArguments<'q>);
+
+impl<'q> Values<'q> {
+    fn with_capacity(values: usize) -> Self {
+        let mut arguments = SqliteArguments::default();
+        arguments.reserve(values, 0);
+        Self(arguments)
+    }
+
+    fn push<T>(&mut self, value: T) -> Result<(), StoreError>
+    where
+        T: Encode<'q, Sqlite> + Type<Sqlite> + 'q,
+    {
+        self.0
+            .add(value)
+            .map_err(|source| StoreError::Database(sqlx::Error::Encode(source)))
+    }
+
+    /// Every column, in the order of [`task_columns`].
+    fn insert(&mut self, task: &'q Task) -> Result<(), StoreError> {
+        let policy = &task.scheduling.retry_policy;
+        self.push(*task.id.as_uuid())?;
+        self.push(task.name.as_str())?;
+        self.push(task.description.as_str())?;
+        self.push(task.kind.as_str())?;
+        self.push(status_name(task.status))?;
+        self.push(json(task.data.as_deref()))?;
+        self.push(json(task.result.as_deref()))?;
+        self.push(task.error.as_str())?;
+        self.push(i64::from(task.timeout_seconds))?;
+        self.push(labels_json(&task.labels))?;
+        self.push(
+            task.progress
+                .as_ref()
+                .map(|progress| i64::from(progress.percent)),
+        )?;
+        self.push(
+            task.progress
+                .as_ref()
+                .map(|progress| progress.message.as_str()),
+        )?;
+        self.push(i64::from(task.attempt))?;
+        self.push(task.node.as_str())?;
+        self.push(revision(task))?;
+        self.push(task.request_id.as_deref())?;
+        self.push(micros(task.created_at))?;
+        self.push(task.started_at.map(micros))?;
+        self.push(task.completed_at.map(micros))?;
+        self.push(i64::from(task.scheduling.priority))?;
+        self.push(task.scheduling.run_after.map(micros))?;
+        self.push(i64::from(task.scheduling.queue_timeout_seconds))?;
+        self.push(i64::from(policy.max_attempts))?;
+        self.push(duration_micros(policy.initial_backoff))?;
+        self.push(duration_micros(policy.max_backoff))?;
+        self.push(policy.backoff_multiplier)?;
+        self.push(task.retry_at.map(micros))?;
+        self.push(i64::from(task.failed_runs))?;
+        self.push(i64::from(task.cut_short_runs))?;
+        self.push(task.trace_context.traceparent.as_str())?;
+        self.push(task.trace_context.tracestate.as_str())?;
+        self.push(task.tenant.as_str())
+    }
+
+    /// The id, then what can change after create, as [`UPDATES`] reads
+    /// them.
+    fn update(&mut self, task: &'q Task) -> Result<(), StoreError> {
+        self.push(*task.id.as_uuid())?;
+        self.push(status_name(task.status))?;
+        self.push(json(task.result.as_deref()))?;
+        self.push(task.error.as_str())?;
+        self.push(
+            task.progress
+                .as_ref()
+                .map(|progress| i64::from(progress.percent)),
+        )?;
+        self.push(
+            task.progress
+                .as_ref()
+                .map(|progress| progress.message.as_str()),
+        )?;
+        self.push(i64::from(task.attempt))?;
+        self.push(task.node.as_str())?;
+        self.push(revision(task))?;
+        self.push(task.started_at.map(micros))?;
+        self.push(task.completed_at.map(micros))?;
+        self.push(task.retry_at.map(micros))?;
+        self.push(i64::from(task.failed_runs))?;
+        self.push(i64::from(task.cut_short_runs))
+    }
 }
 
-/// The id, then what can change after create, as [`UPDATES`] reads them.
-fn bind_update<'q>(statement: Statement<'q>, row: &'q TaskRow) -> Statement<'q> {
-    statement
-        .bind(row.id)
-        .bind(&row.status)
-        .bind(&row.result)
-        .bind(&row.error)
-        .bind(row.progress_percent)
-        .bind(&row.progress_message)
-        .bind(row.attempt)
-        .bind(&row.node)
-        .bind(row.revision)
-        .bind(row.started_at)
-        .bind(row.completed_at)
-        .bind(row.retry_at)
-        .bind(row.failed_runs)
-        .bind(row.cut_short_runs)
+/// A JSON column's text.
+fn json(value: Option<&JsonValue>) -> Option<String> {
+    value.map(JsonValue::to_string)
+}
+
+fn revision(task: &Task) -> i64 {
+    i64::try_from(task.revision).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -203,9 +260,70 @@ mod tests {
 
     use super::*;
     use crate::{
-        store::sqlite::{SqliteStore, tests::new_task},
+        store::{
+            row::tests::{full_task, lived, truncate_to_micros},
+            sqlite::{SqliteStore, tests::new_task},
+        },
         task::TaskEvent,
     };
+
+    /// Every column through the insert and the update, read back as
+    /// written: the values bound here and `TaskRow`, which reads them,
+    /// agree.
+    #[tokio::test]
+    async fn every_field_reads_back_after_insert_and_after_update() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let store = SqliteStore::open(&directory.path().join("tasks.db"))
+            .await
+            .expect("opens");
+        let inserted = lived(full_task());
+        let mut created = full_task();
+        created.request_id = Some("another".into());
+        store
+            .commit(&[
+                Write::Insert(Arc::new(inserted.clone())),
+                Write::Insert(Arc::new(created.clone())),
+            ])
+            .await
+            .expect("inserts");
+        let updated = lived(created);
+        store
+            .commit(&[Write::Update(Arc::new(updated.clone()))])
+            .await
+            .expect("updates");
+        assert_eq!(
+            store.load().await.expect("loads"),
+            [
+                truncate_to_micros(inserted),
+                truncate_to_micros(updated.clone())
+            ]
+        );
+
+        // Running (the restart ran it again); now it completes.
+        let mut finished = updated;
+        finished
+            .apply(
+                TaskEvent::Complete(Arc::new(serde_json::json!({"echo": "a\u{0}b"}))),
+                SystemTime::now(),
+            )
+            .expect("completes");
+        store
+            .commit(&[Write::Update(Arc::new(finished.clone()))])
+            .await
+            .expect("updates");
+        let payloads = store.payloads(&[finished.id]).await.expect("reads");
+        assert_eq!(
+            payloads
+                .get(&finished.id)
+                .and_then(|payload| payload.result.clone()),
+            finished.result
+        );
+        let loaded = store.load().await.expect("loads");
+        assert_eq!(
+            loaded.get(1),
+            Some(&truncate_to_micros(finished).without_payload())
+        );
+    }
 
     /// Every statement text, as SQLite plans it on the real schema: each
     /// finds its rows by the primary key and none walks the table. A scan
