@@ -39,8 +39,9 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 /// How long opening waits for another process to let go of the file.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 
-/// Rows per statement: SQLite allows 32 766 bound values, and a row binds
-/// at most 31.
+/// Rows per statement of the reads by id and the schedule writes (one and
+/// twelve values a row), under SQLite's 32 766 bound values. The task
+/// writes have sizes of their own (see the `write` module).
 const ROWS_PER_STATEMENT: usize = 1000;
 
 /// A finished task's `data` and `result`, read back from the file.
