@@ -246,14 +246,14 @@ pub(super) fn from_micros(value: i64) -> SystemTime {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::task::{NewTask, TaskEvent};
 
-    #[test]
-    fn a_task_survives_the_row_round_trip_exactly() {
+    /// A new task with every field set, the awkward text included.
+    pub(in crate::store) fn full_task() -> Task {
         let new_task = NewTask {
-            tenant: Default::default(),
+            tenant: "tenant a".into(),
             name: "report".into(),
             description: "with \u{0} inside".into(),
             kind: "echo".into(),
@@ -279,7 +279,12 @@ mod tests {
                 tracestate: "vendor=value".into(),
             },
         };
-        let mut task = Task::new(TaskId::generate(), new_task, SystemTime::now());
+        Task::new(TaskId::generate(), new_task, SystemTime::now())
+    }
+
+    /// `task` after a run that failed and one cut short: every field that
+    /// changes after create has changed.
+    pub(in crate::store) fn lived(mut task: Task) -> Task {
         task.apply(TaskEvent::Start { node: "n".into() }, SystemTime::now())
             .expect("start");
         task.apply(
@@ -301,6 +306,20 @@ mod tests {
             .expect("runs again");
         task.apply(TaskEvent::Restart { node: "m".into() }, SystemTime::now())
             .expect("cut short");
+        task.apply(
+            TaskEvent::Progress(Progress {
+                percent: 70,
+                message: "again".into(),
+            }),
+            SystemTime::now(),
+        )
+        .expect("progress of the third run");
+        task
+    }
+
+    #[test]
+    fn a_task_survives_the_row_round_trip_exactly() {
+        let task = lived(full_task());
         let back = TaskRow::from_task(&task).into_task().expect("decodes");
         assert_eq!(back, truncate_to_micros(task));
     }
@@ -368,7 +387,8 @@ mod tests {
         }
     }
 
-    fn truncate_to_micros(mut task: Task) -> Task {
+    /// `task` as a row keeps it: times to the microsecond.
+    pub(in crate::store) fn truncate_to_micros(mut task: Task) -> Task {
         fn truncate(time: SystemTime) -> SystemTime {
             from_micros(micros(time))
         }

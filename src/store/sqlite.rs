@@ -29,16 +29,19 @@ use super::{Batch, BatchOutcome, StoreError, Write, refuse_newer_schema, row::Ta
 use crate::task::{PayloadLocation, Task, TaskId};
 
 mod schedules;
+mod write;
 
-use schedules::{ScheduleWrites, write_schedules};
+use schedules::ScheduleWrites;
+use write::write_batch;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// How long opening waits for another process to let go of the file.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 
-/// Rows per statement: SQLite allows 32 766 bound values, and a row binds
-/// at most 31.
+/// Rows per statement of the reads by id and the schedule writes (one and
+/// twelve values a row), under SQLite's 32 766 bound values. The task
+/// writes have sizes of their own (see the `write` module).
 const ROWS_PER_STATEMENT: usize = 1000;
 
 /// A finished task's `data` and `result`, read back from the file.
@@ -340,127 +343,6 @@ async fn probe_write(connection: &mut SqliteConnection) -> Result<(), StoreError
         .await?;
     transaction.commit().await?;
     Ok(())
-}
-
-/// One batch in one transaction: the schedules first, then the tasks.
-async fn write_batch(
-    connection: &mut SqliteConnection,
-    writes: &[Write],
-    schedules: &ScheduleWrites<'_>,
-) -> Result<(), StoreError> {
-    let mut transaction = connection.begin().await?;
-    write_schedules(&mut transaction, schedules).await?;
-    // Few statements per batch, however many tasks: each statement is a
-    // round trip to SQLite's worker thread.
-    let mut inserts = Vec::new();
-    let mut updates = Vec::new();
-    let mut deletes = Vec::new();
-    for write in writes {
-        match write {
-            Write::Insert(task) => inserts.push(TaskRow::from_task(task)),
-            Write::Update(task) => updates.push(TaskRow::from_task(task)),
-            Write::Delete(id) => deletes.push(*id.as_uuid()),
-        }
-    }
-    for chunk in inserts.chunks(ROWS_PER_STATEMENT) {
-        insert_rows(chunk)
-            .build()
-            .execute(&mut *transaction)
-            .await?;
-    }
-    for chunk in updates.chunks(ROWS_PER_STATEMENT) {
-        update_rows(chunk)
-            .build()
-            .execute(&mut *transaction)
-            .await?;
-    }
-    for chunk in deletes.chunks(ROWS_PER_STATEMENT) {
-        let mut builder = QueryBuilder::<Sqlite>::new("DELETE FROM tasks WHERE id IN (");
-        let mut ids = builder.separated(", ");
-        for id in chunk {
-            ids.push_bind(*id);
-        }
-        builder.push(")");
-        builder.build().execute(&mut *transaction).await?;
-    }
-    transaction.commit().await?;
-    Ok(())
-}
-
-fn insert_rows(rows: &[TaskRow]) -> QueryBuilder<'_, Sqlite> {
-    let mut builder = QueryBuilder::new(concat!("INSERT INTO tasks (", task_columns!(), ") "));
-    builder.push_values(rows, |mut values, row| {
-        values
-            .push_bind(row.id)
-            .push_bind(&row.name)
-            .push_bind(&row.description)
-            .push_bind(&row.kind)
-            .push_bind(&row.status)
-            .push_bind(&row.data)
-            .push_bind(&row.result)
-            .push_bind(&row.error)
-            .push_bind(row.timeout_seconds)
-            .push_bind(&row.labels)
-            .push_bind(row.progress_percent)
-            .push_bind(&row.progress_message)
-            .push_bind(row.attempt)
-            .push_bind(&row.node)
-            .push_bind(row.revision)
-            .push_bind(&row.request_id)
-            .push_bind(row.created_at)
-            .push_bind(row.started_at)
-            .push_bind(row.completed_at)
-            .push_bind(row.priority)
-            .push_bind(row.run_after)
-            .push_bind(row.queue_timeout_seconds)
-            .push_bind(row.max_attempts)
-            .push_bind(row.initial_backoff_us)
-            .push_bind(row.max_backoff_us)
-            .push_bind(row.backoff_multiplier)
-            .push_bind(row.retry_at)
-            .push_bind(row.failed_runs)
-            .push_bind(row.cut_short_runs)
-            .push_bind(&row.traceparent)
-            .push_bind(&row.tracestate)
-            .push_bind(&row.tenant);
-    });
-    builder
-}
-
-/// One UPDATE for many tasks: what can change after create, by id.
-fn update_rows(rows: &[TaskRow]) -> QueryBuilder<'_, Sqlite> {
-    let mut builder = QueryBuilder::new(
-        "WITH changed (id, status, result, error, progress_percent, progress_message, \
-         attempt, node, revision, started_at, completed_at, retry_at, failed_runs, \
-         cut_short_runs) AS (",
-    );
-    builder.push_values(rows, |mut values, row| {
-        values
-            .push_bind(row.id)
-            .push_bind(&row.status)
-            .push_bind(&row.result)
-            .push_bind(&row.error)
-            .push_bind(row.progress_percent)
-            .push_bind(&row.progress_message)
-            .push_bind(row.attempt)
-            .push_bind(&row.node)
-            .push_bind(row.revision)
-            .push_bind(row.started_at)
-            .push_bind(row.completed_at)
-            .push_bind(row.retry_at)
-            .push_bind(row.failed_runs)
-            .push_bind(row.cut_short_runs);
-    });
-    builder.push(
-        ") UPDATE tasks SET status = changed.status, result = changed.result, \
-         error = changed.error, progress_percent = changed.progress_percent, \
-         progress_message = changed.progress_message, attempt = changed.attempt, \
-         node = changed.node, revision = changed.revision, started_at = changed.started_at, \
-         completed_at = changed.completed_at, retry_at = changed.retry_at, \
-         failed_runs = changed.failed_runs, cut_short_runs = changed.cut_short_runs \
-         FROM changed WHERE tasks.id = changed.id",
-    );
-    builder
 }
 
 /// A JSON column as the row stored it.

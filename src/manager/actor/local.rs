@@ -243,6 +243,14 @@ impl Shape for Local {
     }
 
     fn committed(manager: &mut Manager<Self>, batch: &Pending, _outcome: &BatchOutcome) {
+        // What gathered while this batch was committed starts committing
+        // now, before its replies and the start of its tasks (a few
+        // hundred of each, a millisecond or more of the loop), so the
+        // file's thread writes while the loop works. Nothing in that work
+        // must ride on the next commit (a local commit carries no claim),
+        // and what it changes goes in the one after, as it would have if
+        // a commit were in flight already.
+        manager.persister.flush();
         // Durable now, so they may run.
         for task in &batch.inserts {
             manager.shape.uncommitted.remove(&task.id);

@@ -57,7 +57,7 @@ pub(super) async fn write_schedules(
         .iter()
         .map(|schedule| ScheduleRow::from_schedule(schedule))
         .collect();
-    // 11 values a row: a thousand rows stay well under SQLite's limit.
+    // 12 values a row: a thousand rows stay well under SQLite's limit.
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let mut builder = QueryBuilder::<Sqlite>::new(concat!(
             "INSERT INTO schedules (",
