@@ -10,6 +10,7 @@ mod retry;
 mod tests;
 
 use std::{
+    cmp::Reverse,
     collections::BTreeMap,
     fmt,
     sync::Arc,
@@ -340,6 +341,13 @@ impl Task {
     pub fn ready_at(&self) -> SystemTime {
         self.run_after()
             .map_or(self.created_at, |run_after| run_after.max(self.created_at))
+    }
+
+    /// Where the task stands among tasks ready to start, smallest first:
+    /// highest priority, then oldest (ids are UUID v7, so FIFO). The one
+    /// statement of the contract's start order, for every store.
+    pub fn start_order(&self) -> (Reverse<i32>, TaskId) {
+        (Reverse(self.scheduling.priority), self.id)
     }
 
     /// When a waiting task has waited too long to start, if it has a queue

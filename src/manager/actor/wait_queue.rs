@@ -168,5 +168,5 @@ impl WaitEnded {
 type ReadyKey = (Reverse<i32>, TaskId);
 
 fn ready_key(task: &Task) -> ReadyKey {
-    (Reverse(task.scheduling.priority), task.id)
+    task.start_order()
 }

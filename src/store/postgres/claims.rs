@@ -351,7 +351,7 @@ pub(super) async fn claim_within(
         .map(TaskRow::into_task)
         .collect::<Result<Vec<_>, _>>()?;
     // RETURNING does not keep the order of the candidates.
-    tasks.sort_by_key(|task| (std::cmp::Reverse(task.scheduling.priority), task.id));
+    tasks.sort_by_key(Task::start_order);
     let payloads: Vec<Announcement> = tasks
         .iter()
         .filter_map(|task| change_payload(node, task))

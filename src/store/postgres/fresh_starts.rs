@@ -9,7 +9,7 @@
 //! first, so start order (priority, then FIFO) is kept: a fresh task only
 //! takes room that no waiting task in the table could have had.
 
-use std::{cmp::Reverse, collections::HashMap, sync::Arc, time::SystemTime};
+use std::{collections::HashMap, sync::Arc, time::SystemTime};
 
 use crate::store::{
     ClaimAsk,
@@ -49,7 +49,7 @@ pub(super) fn fresh_starts(
         .iter()
         .filter(|task| task.status == TaskStatus::Pending && task.ready_at() <= now)
         .collect();
-    ready.sort_by_key(|task| (Reverse(task.scheduling.priority), task.id));
+    ready.sort_by_key(|task| task.start_order());
     for task in ready {
         if limit_left == 0 {
             break;

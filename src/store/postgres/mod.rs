@@ -315,29 +315,25 @@ impl PostgresStore {
         // The claim comes before the inserts: it takes the older ready tasks
         // first, and the room it leaves goes to this batch's fresh tasks,
         // which the insert stores running (see `fresh_starts`).
-        let claim = match &batch.claim {
-            Some(ask) => {
-                let request = ClaimRequest {
-                    node: origin,
-                    limit: ask.limit,
-                    lease: ask.lease,
-                    rooms: &ask.rooms,
-                    now,
-                    take_over: ask.take_over,
-                };
-                let (claimed, claim_payloads) =
-                    claims::claim_within(&mut transaction, request, next_due).await?;
-                let starts = fresh_starts(origin, ask, &claimed.tasks, &batch.inserts, now);
-                Some((claimed, claim_payloads, starts, ask.lease))
-            }
-            None => None,
-        };
-        let no_starts = HashMap::new();
-        let (starts, lease) = match &claim {
-            Some((_, _, starts, lease)) => (starts, *lease),
-            None => (&no_starts, Duration::ZERO),
-        };
-        let inserted = insert_tasks(&mut transaction, &batch.inserts, starts, lease).await?;
+        let mut claim = None;
+        let mut starts = HashMap::new();
+        let mut lease = Duration::ZERO;
+        if let Some(ask) = &batch.claim {
+            let request = ClaimRequest {
+                node: origin,
+                limit: ask.limit,
+                lease: ask.lease,
+                rooms: &ask.rooms,
+                now,
+                take_over: ask.take_over,
+            };
+            let (claimed, claim_payloads) =
+                claims::claim_within(&mut transaction, request, next_due).await?;
+            starts = fresh_starts(origin, ask, &claimed.tasks, &batch.inserts, now);
+            lease = ask.lease;
+            claim = Some((claimed, claim_payloads));
+        }
+        let inserted = insert_tasks(&mut transaction, &batch.inserts, &starts, lease).await?;
 
         // A change of a task that was not stored (its request_id was taken)
         // or whose run lost the row must not be announced: it did not happen.
@@ -359,7 +355,7 @@ impl PostgresStore {
             .filter_map(|task| change_payload(origin, task))
             .collect();
         let claimed = match claim {
-            Some((mut claimed, claim_payloads, mut starts, _)) => {
+            Some((mut claimed, claim_payloads)) => {
                 // After the batch's own changes: a task inserted here is
                 // announced pending, then running.
                 payloads.extend(claim_payloads);
@@ -372,9 +368,7 @@ impl PostgresStore {
                         claimed.tasks.push(started);
                     }
                 }
-                claimed
-                    .tasks
-                    .sort_by_key(|task| (std::cmp::Reverse(task.scheduling.priority), task.id));
+                claimed.tasks.sort_by_key(Task::start_order);
                 Some(claimed)
             }
             None => None,

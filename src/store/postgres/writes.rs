@@ -486,7 +486,7 @@ pub(super) async fn update_tasks(
                       WHERE status IN ('pending', 'retrying') AND due_at > $17)) END"
         )),
     };
-    let rows = query
+    let query = query
         .bind(origin)
         .bind(ids)
         .bind(statuses)
@@ -502,20 +502,22 @@ pub(super) async fn update_tasks(
         .bind(cut_short_runs)
         .bind(due_ats)
         .bind(queue_deadlines)
-        .bind(nodes)
-        .bind(make_due_ready.map(micros))
-        .bind(DUE_CHUNK)
-        .fetch_all(&mut **transaction)
-        .await?;
+        .bind(nodes);
+    let query = match make_due_ready {
+        Some(now) => query.bind(micros(now)).bind(DUE_CHUNK),
+        None => query,
+    };
+    let rows = query.fetch_all(&mut **transaction).await?;
     let mut next_due = None;
-    let mut written = Vec::with_capacity(rows.len());
+    let mut written: HashSet<Uuid> = HashSet::with_capacity(rows.len());
     for (id, due) in rows {
         match id {
-            Some(id) => written.push(id),
+            Some(id) => {
+                written.insert(id);
+            }
             None => next_due = Some(due.map(from_micros)),
         }
     }
-    let written: HashSet<Uuid> = written.into_iter().collect();
     let written = tasks
         .iter()
         .map(|task| written.contains(task.id.as_uuid()))

@@ -186,16 +186,7 @@ impl<'q> Values<'q> {
         self.push(task.error.as_str())?;
         self.push(i64::from(task.timeout_seconds))?;
         self.push(labels_json(&task.labels))?;
-        self.push(
-            task.progress
-                .as_ref()
-                .map(|progress| i64::from(progress.percent)),
-        )?;
-        self.push(
-            task.progress
-                .as_ref()
-                .map(|progress| progress.message.as_str()),
-        )?;
+        self.progress(task)?;
         self.push(i64::from(task.attempt))?;
         self.push(task.node.as_str())?;
         self.push(revision(task))?;
@@ -218,6 +209,13 @@ impl<'q> Values<'q> {
         self.push(task.tenant.as_str())
     }
 
+    /// The two progress columns: percent, then message.
+    fn progress(&mut self, task: &'q Task) -> Result<(), StoreError> {
+        let progress = task.progress.as_ref();
+        self.push(progress.map(|progress| i64::from(progress.percent)))?;
+        self.push(progress.map(|progress| progress.message.as_str()))
+    }
+
     /// The id, then what can change after create, as [`UPDATES`] reads
     /// them.
     fn update(&mut self, task: &'q Task) -> Result<(), StoreError> {
@@ -225,16 +223,7 @@ impl<'q> Values<'q> {
         self.push(status_name(task.status))?;
         self.push(json(task.result.as_deref()))?;
         self.push(task.error.as_str())?;
-        self.push(
-            task.progress
-                .as_ref()
-                .map(|progress| i64::from(progress.percent)),
-        )?;
-        self.push(
-            task.progress
-                .as_ref()
-                .map(|progress| progress.message.as_str()),
-        )?;
+        self.progress(task)?;
         self.push(i64::from(task.attempt))?;
         self.push(task.node.as_str())?;
         self.push(revision(task))?;
