@@ -129,19 +129,23 @@ async fn with_two_replicas_up_a_retrying_task_runs_again_exactly_once_on_either(
     let a = TestServer::start_with(replica("a")).await;
     let b = TestServer::start_with(replica("b")).await;
     let mut on_a = a.client().await;
-    // A gate run that nobody opens times out: its first run fails that way.
+    // The gate fails the first run at once and holds the second until the
+    // test opens it: no timeout to race on a loaded machine.
     let task = on_a
         .create_task(pb::CreateTaskRequest {
-            timeout_seconds: 1,
             retry_policy: Some(policy(2, Duration::from_millis(500))),
-            ..request("gated", "gate", Some(json!({"gated": true})))
+            ..request("gated", "gate", Some(json!({"fail_attempts": 1})))
         })
         .await
         .expect("created on a")
         .into_inner();
     let retrying = wait_for_status(&on_a, &task.id, pb::TaskStatus::Retrying).await;
     assert_eq!(retrying.attempt, 1);
-    assert!(retrying.error.contains("timed out"), "{}", retrying.error);
+    assert!(
+        retrying.error.contains("failed attempt 1"),
+        "{}",
+        retrying.error
+    );
     assert_eq!(runs_of(&[&a, &b], &task.id), 1);
 
     let second_run = wait_for_attempt(&on_a, &task.id, 2).await;
@@ -158,6 +162,6 @@ async fn with_two_replicas_up_a_retrying_task_runs_again_exactly_once_on_either(
         (done.attempt, done.node.as_str()),
         (2, second_run.node.as_str())
     );
-    assert_eq!(json(&done.result), Some(json!({"gated": true})));
+    assert_eq!(json(&done.result), Some(json!({"fail_attempts": 1})));
     assert_eq!(runs_of(&[&a, &b], &task.id), 2, "and no run after it");
 }

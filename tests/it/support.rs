@@ -297,7 +297,9 @@ pub fn assert_invalid_argument(status: &Status, field: &str) {
 
 /// A processor the test opens and closes: each run waits for a permit (or
 /// cancellation), and the gate records how many run at once and in which
-/// order they started.
+/// order they started. A task whose data holds `"fail_attempts": n` fails
+/// its first `n` runs at once, without waiting, so a test can see a retry
+/// without racing a timeout.
 #[derive(Clone)]
 pub struct Gate {
     permits: Arc<tokio::sync::Semaphore>,
@@ -344,6 +346,16 @@ impl Processor for Gate {
             .lock()
             .expect("not poisoned")
             .push(context.task_id);
+        let fail_attempts = context
+            .data()
+            .get("fail_attempts")
+            .and_then(JsonValue::as_u64);
+        if fail_attempts.is_some_and(|failures| u64::from(context.attempt) <= failures) {
+            return Err(ProcessorError::new(format!(
+                "gate failed attempt {} as asked",
+                context.attempt
+            )));
+        }
         let now_running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_running.fetch_max(now_running, Ordering::SeqCst);
         let outcome = tokio::select! {
