@@ -163,9 +163,11 @@ export class Worker extends EventEmitter {
       // Failed streams since the last one the server accepted: the back-off's exponent.
       let failures = 0;
       while (!this.#draining) {
-        const { status, accepted } = await this.#work();
+        const { status, accepted, connection } = await this.#work();
         if (this.#draining) break;
         if (CONFIGURATION_ERRORS.has(status.code)) throw statusError(status);
+        await this.#handlersSettled(connection);
+        if (this.#draining) break;
         failures = accepted ? 0 : failures + 1;
         const delayMilliseconds = this.#backoff(failures);
         this.emit('reconnecting', { error: statusError(status), delayMilliseconds });
@@ -205,7 +207,9 @@ export class Worker extends EventEmitter {
   #work() {
     return new Promise((resolve) => {
       const call = this.#client.Work();
-      const connection = { call, open: true, accepted: false };
+      // `handlers`: the promises of this stream's handlers that have not
+      // settled, kept after the stream ends (unlike #running's entries).
+      const connection = { call, open: true, accepted: false, handlers: new Set() };
       this.#connection = connection;
       // Headers mean the server took the stream (it sends them on accepting
       // the call, before any message): the back-off starts over.
@@ -227,7 +231,7 @@ export class Worker extends EventEmitter {
           `the stream to the server ended: ${status.details}`,
           'STREAM_ENDED',
         );
-        resolve({ status, accepted: connection.accepted });
+        resolve({ status, accepted: connection.accepted, connection });
       });
       send(connection, {
         hello: {
@@ -279,11 +283,29 @@ export class Worker extends EventEmitter {
         });
       },
     };
-    runHandler(this.#handlers.get(task.kind), job).then((outcome) => {
+    const settled = runHandler(this.#handlers.get(task.kind), job).then((outcome) => {
       this.#running.delete(key);
+      connection.handlers.delete(settled);
       // Also after a cancellation: the server frees the slot only on an outcome.
       send(connection, { outcome: { ...ids, ...outcome } });
     });
+    connection.handlers.add(settled);
+  }
+
+  /**
+   * Waits until the handlers of a lost stream (aborted when it ended) have
+   * settled, for up to drainGraceMilliseconds, or until a drain starts: the
+   * next stream brings up to maxConcurrent new tasks, and with the old
+   * handlers still going the worker would run more than that. A handler
+   * that ignores its signal holds the reconnection up for that long at most.
+   */
+  async #handlersSettled(connection) {
+    if (connection.handlers.size === 0) return;
+    const settled = Promise.allSettled([...connection.handlers]);
+    const gaveUp = this.#sleep(this.drainGraceMilliseconds);
+    await Promise.race([settled, gaveUp]);
+    // Ends the grace timer when the handlers won the race.
+    this.#wakeUp?.();
   }
 
   /** Ends a drain that may wait no longer: the server gives the unfinished tasks back. */

@@ -154,7 +154,10 @@ class Worker:
     One `Work` stream, at most `max_concurrent` tasks running on it. When the
     stream ends without the worker asking (the server restarted, the network
     failed), the worker reconnects with back-off; the server runs the tasks
-    that were cut short again, so handlers must be safe to run twice.
+    that were cut short again, so handlers must be safe to run twice. The
+    handlers of the lost stream are cancelled, and the next stream opens
+    only once they have returned (or after `grace_period`, with a warning),
+    so that no more than `max_concurrent` handlers ever run at once.
     """
 
     def __init__(
@@ -194,6 +197,8 @@ class Worker:
         self._lock = threading.Lock()
         self._draining = threading.Event()
         self._session: Optional[_Session] = None
+        # The last stream that ended, whose handlers may still be returning.
+        self._ended_session: Optional[_Session] = None
 
     def handle(self, kind: str, handler: Handler) -> None:
         """Registers the handler of a kind (one of the server's worker kinds)."""
@@ -314,6 +319,7 @@ class Worker:
             )
         )
         session = _Session(hello)
+        self._wait_for_lost_handlers()
         with self._lock:
             if self._draining.is_set():
                 return False
@@ -338,8 +344,32 @@ class Worker:
         finally:
             with self._lock:
                 self._session = None
+                self._ended_session = session
             session.end("the stream to the server ended")
         return assigned
+
+    def _wait_for_lost_handlers(self) -> None:
+        """Waits until the handlers of the last stream, cancelled when it
+        ended, have returned: a new stream brings up to `max_concurrent` new
+        tasks, and with the old handlers still going the worker would run
+        more than that. A handler that ignores its cancellation holds the
+        reconnection up for `grace_period` at most. A drain ends the wait."""
+        with self._lock:
+            ended = self._ended_session
+            self._ended_session = None
+        if ended is None:
+            return
+        deadline = time.monotonic() + self.grace_period
+        while not self._draining.is_set():
+            left = deadline - time.monotonic()
+            if ended.wait_for_handlers(min(max(left, 0.0), 0.2)):
+                return
+            if left <= 0:
+                LOGGER.warning(
+                    "reconnecting with %d handler(s) of the lost stream still running",
+                    ended.handlers_running(),
+                )
+                return
 
     def _open_channel(self) -> grpc.Channel:
         if self._root_certificates is None:
@@ -365,33 +395,49 @@ class Worker:
             # process alive after the drain's grace period.
             daemon=True,
         )
-        thread.start()
+        # Counted before it starts, so a stream that ends at once still
+        # waits for it.
+        session.handler_started()
+        try:
+            thread.start()
+        except BaseException:
+            session.handler_returned()
+            raise
 
 
 def _run_job(session: "_Session", job: Job, handler: Optional[Handler]) -> None:
     """Runs one handler and sends its one outcome."""
+    try:
+        outcome = _outcome_of(job, handler)
+        # Sent after a cancellation too: the server discards it, and only
+        # then frees the stream's slot for another task.
+        session.finish(job, pb.WorkRequest(outcome=outcome))
+    finally:
+        session.handler_returned()
+
+
+def _outcome_of(job: Job, handler: Optional[Handler]) -> pb.WorkOutcome:
+    """What the handler made of the job, as the outcome to send."""
     outcome = pb.WorkOutcome(task_id=job.task_id, attempt=job.attempt)
     if handler is None:
         # The server assigns only the kinds of the hello; this is a guard.
         outcome.failure.message = f"this worker has no handler for kind {job.kind!r}"
         outcome.failure.permanent = True
-    else:
-        try:
-            result = handler(job)
-        except Exception as error:  # a failed run, not a failed worker
-            if not job.cancelled.is_set():
-                LOGGER.exception("task %s attempt %d failed", job.task_id, job.attempt)
-            outcome.failure.message = str(error) or type(error).__name__
-            outcome.failure.permanent = isinstance(error, PermanentError)
-        else:
-            try:
-                outcome.result.CopyFrom(_to_value(result))
-            except (json_format.ParseError, ValueError, TypeError) as error:
-                outcome.failure.message = f"the handler's result is not JSON: {error}"
-                outcome.failure.permanent = True
-    # Sent after a cancellation too: the server discards it, and only then
-    # frees the stream's slot for another task.
-    session.finish(job, pb.WorkRequest(outcome=outcome))
+        return outcome
+    try:
+        result = handler(job)
+    except Exception as error:  # a failed run, not a failed worker
+        if not job.cancelled.is_set():
+            LOGGER.exception("task %s attempt %d failed", job.task_id, job.attempt)
+        outcome.failure.message = str(error) or type(error).__name__
+        outcome.failure.permanent = isinstance(error, PermanentError)
+        return outcome
+    try:
+        outcome.result.CopyFrom(_to_value(result))
+    except (json_format.ParseError, ValueError, TypeError) as error:
+        outcome.failure.message = f"the handler's result is not JSON: {error}"
+        outcome.failure.permanent = True
+    return outcome
 
 
 class _Session:
@@ -410,6 +456,10 @@ class _Session:
         self._lock = threading.Lock()
         self._jobs: Dict[Tuple[str, int], Job] = {}
         self._ended = False
+        # Handler threads of this stream that have not returned; unlike
+        # `_jobs`, which forgets them when the stream ends.
+        self._handlers_running = 0
+        self._handlers_returned = threading.Condition(self._lock)
 
     def requests(self):
         """The request stream grpcio sends from: queued messages until None."""
@@ -427,6 +477,28 @@ class _Session:
     def add(self, job: Job) -> None:
         with self._lock:
             self._jobs[(job.task_id, job.attempt)] = job
+
+    def handler_started(self) -> None:
+        with self._lock:
+            self._handlers_running += 1
+
+    def handler_returned(self) -> None:
+        with self._lock:
+            self._handlers_running -= 1
+            if self._handlers_running == 0:
+                self._handlers_returned.notify_all()
+
+    def handlers_running(self) -> int:
+        with self._lock:
+            return self._handlers_running
+
+    def wait_for_handlers(self, timeout: float) -> bool:
+        """Whether every handler of this stream has returned, waiting up to
+        `timeout` seconds for it."""
+        with self._lock:
+            return self._handlers_returned.wait_for(
+                lambda: self._handlers_running == 0, timeout
+            )
 
     def running(self) -> int:
         with self._lock:

@@ -770,6 +770,63 @@ def test_a_stream_that_ends_unavailable_is_opened_again():
     assert json_format.MessageToDict(outcome.result) == {"n": 2, "attempt": 3}
 
 
+def assign_one_then_end_unavailable(service, requests, context):
+    """One assignment, then the stream is lost (as when the server dies)."""
+    task = pb.Task(id="task-1", kind="py-test", attempt=1, status=pb.TASK_STATUS_RUNNING)
+    yield worker_pb.WorkResponse(assignment=worker_pb.WorkAssignment(task=task))
+    context.abort(grpc.StatusCode.UNAVAILABLE, "scripted loss of the stream")
+
+
+def end_on_drain(service, requests, context):
+    for message in requests:
+        if message.HasField("drain"):
+            return
+    yield  # never reached: a generator, as grpcio wants
+
+
+def test_a_lost_stream_is_opened_again_only_once_its_handlers_returned():
+    """A handler slow to see its cancellation must not run beside the new
+    stream's tasks: the worker would run more than max_concurrent."""
+    service = FakeWorkerService([assign_one_then_end_unavailable, end_on_drain])
+    started, release = threading.Event(), threading.Event()
+    cancelled_while_running = []
+
+    def stubborn(job):
+        started.set()
+        release.wait(DEADLINE)
+        cancelled_while_running.append(job.cancelled.is_set())
+
+    with fake_server(service) as fake_address:
+        worker = Worker(
+            fake_address,
+            max_concurrent=1,
+            backoff=Backoff(initial=0.01, maximum=0.02),
+        )
+        worker.handle("py-test", stubborn)
+        thread = threading.Thread(target=worker.run, kwargs={"handle_signals": False})
+        thread.start()
+        try:
+            wait_for(started, "the first stream's task to start")
+            # The back-off is at most 20 ms: without the wait, a second
+            # stream would open well within this second.
+            deadline = time.monotonic() + 1
+            while time.monotonic() < deadline:
+                assert len(service.hellos) == 1, "a new stream opened while the handler ran"
+                time.sleep(0.02)
+            release.set()
+            deadline = time.monotonic() + DEADLINE
+            while len(service.hellos) < 2:
+                assert time.monotonic() < deadline, "no new stream after the handler returned"
+                time.sleep(0.01)
+        finally:
+            release.set()
+            worker.drain()
+            thread.join(DEADLINE)
+    assert not thread.is_alive()
+    assert cancelled_while_running == [True], "the lost stream's handler was cancelled"
+    assert service.outcomes == [], "its outcome went nowhere"
+
+
 @pytest.mark.parametrize(
     "code",
     [

@@ -28,7 +28,7 @@ import { after, afterEach, before, describe, test } from 'node:test';
 import grpc from '@grpc/grpc-js';
 
 import { call, connect, fromValue, toValue, waitForReady } from '../client.js';
-import { CancelledError, PermanentError, Worker } from '../worker.js';
+import { CancelledError, PermanentError, Worker, WorkerServiceClient } from '../worker.js';
 
 const KIND = 'node-test';
 const EXAMPLE_KIND = 'email';
@@ -581,6 +581,78 @@ describe('Worker from Node', () => {
           delays[index] >= ceiling / 2 && delays[index] <= ceiling,
           `delay ${index}: ${delays[index]} for ceiling ${ceiling}`,
         );
+      }
+    },
+  );
+
+  test(
+    'a lost stream is opened again only once its handlers have settled',
+    { timeout: TEST_TIMEOUT_MILLISECONDS },
+    async () => {
+      // A scripted server: the first stream assigns one task and ends; the
+      // second ends once the worker drains.
+      const hellos = [];
+      const server = new grpc.Server();
+      server.addService(WorkerServiceClient.service, {
+        Work: (stream) => {
+          stream.on('data', (request) => {
+            if (request.hello) {
+              hellos.push(request.hello);
+              if (hellos.length === 1) {
+                const task = { id: 'task-1', kind: KIND, attempt: 1, status: 'TASK_STATUS_RUNNING' };
+                stream.write({ assignment: { task } });
+                stream.end();
+              }
+            } else if (request.drain) {
+              stream.end();
+            }
+          });
+          stream.on('error', () => {});
+        },
+        ListWorkers: (_call, callback) => callback(null, { workers: [] }),
+      });
+      const port = await new Promise((resolvePort, rejectPort) =>
+        server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (error, bound) =>
+          error ? rejectPort(error) : resolvePort(bound),
+        ),
+      );
+      const started = deferred();
+      const release = deferred();
+      const abortedWhileRunning = [];
+      const worker = new Worker({
+        address: `127.0.0.1:${port}`,
+        reconnectInitialMilliseconds: 10,
+        reconnectMaxMilliseconds: 20,
+      });
+      // Slow to notice its abort, as a handler inside a blocking call is.
+      worker.handle(KIND, async ({ signal }) => {
+        started.resolve();
+        await release.promise;
+        abortedWhileRunning.push(signal.aborted);
+        return null;
+      });
+      try {
+        const done = worker.run({ signals: [] });
+        await within(started.promise, "the first stream's task starting");
+        // The back-off is at most 20 ms: without the wait, a second stream
+        // would open well within this second.
+        const quietUntil = Date.now() + 1_000;
+        while (Date.now() < quietUntil) {
+          assert.equal(hellos.length, 1, 'a new stream opened while the handler ran');
+          await new Promise((resolveTick) => setTimeout(resolveTick, 20));
+        }
+        release.resolve();
+        const reopenedBy = Date.now() + WAIT_MILLISECONDS;
+        while (hellos.length < 2) {
+          assert.ok(Date.now() < reopenedBy, 'no new stream after the handler settled');
+          await new Promise((resolveTick) => setTimeout(resolveTick, 10));
+        }
+        worker.drain();
+        await within(done, 'run() resolving after drain()');
+        assert.deepEqual(abortedWhileRunning, [true], "the lost stream's handler was aborted");
+      } finally {
+        release.resolve();
+        server.forceShutdown();
       }
     },
   );
