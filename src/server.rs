@@ -33,6 +33,7 @@ use crate::{
     telemetry,
 };
 
+pub use connection::FIRST_BYTES_TIMEOUT;
 use incoming::Incoming;
 use rpc_layer::RpcLayer;
 use tls_accept::Connections;

@@ -4,26 +4,42 @@
 //!
 //! A plaintext connection is the `TcpStream` itself, with its vectored
 //! writes, so the default (no TLS) serves as before.
+//!
+//! A plaintext client must send its first bytes within
+//! [`FIRST_BYTES_TIMEOUT`], as a TLS one must finish its handshake: a
+//! connection that never says anything would otherwise hold its socket
+//! forever (HTTP/1.1's header timeout and HTTP/2's keepalive pings start
+//! only once the protocol is known, from those first bytes).
 
 use std::{
+    future::Future,
     io::{self, IoSlice},
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
+    time::Sleep,
 };
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
 use crate::auth::{PeerInfo, certificate_subject};
 
+/// How long a plaintext client may stay silent after connecting: as long
+/// as a TLS client may take over its handshake.
+pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub struct Connection {
     stream: Stream,
     peer: PeerInfo,
+    /// Until the client's first bytes arrive: when it must have sent them.
+    /// Boxed so that it costs a pointer once they have.
+    first_bytes_due: Option<Pin<Box<Sleep>>>,
 }
 
 enum Stream {
@@ -39,6 +55,7 @@ impl Connection {
         Self {
             stream: Stream::Plain(stream),
             peer,
+            first_bytes_due: Some(Box::pin(tokio::time::sleep(FIRST_BYTES_TIMEOUT))),
         }
     }
 
@@ -54,6 +71,8 @@ impl Connection {
         Self {
             stream: Stream::Tls(Box::new(stream)),
             peer,
+            // The handshake had its own deadline, and it needed bytes.
+            first_bytes_due: None,
         }
     }
 }
@@ -72,10 +91,27 @@ impl AsyncRead for Connection {
         context: &mut Context<'_>,
         buffer: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().stream {
+        let this = self.get_mut();
+        let read = match &mut this.stream {
             Stream::Plain(stream) => Pin::new(stream).poll_read(context, buffer),
             Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_read(context, buffer),
+        };
+        if let Some(due) = &mut this.first_bytes_due {
+            match read {
+                // Bytes, the end of the stream or an error: the client
+                // said something (or is gone), and the protocol's own
+                // timeouts take over.
+                Poll::Ready(_) => this.first_bytes_due = None,
+                Poll::Pending if due.as_mut().poll(context).is_ready() => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client sent nothing after connecting",
+                    )));
+                }
+                Poll::Pending => {}
+            }
         }
+        read
     }
 }
 

@@ -1,11 +1,14 @@
-//! The gRPC edge under abuse: requests larger than the limit, and the
-//! HTTP/2 bounds every connection gets.
+//! The gRPC edge under abuse: requests larger than the limit, the HTTP/2
+//! bounds every connection gets, and clients that never speak.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::json;
-use task_processor::{pb, server::MAX_CONCURRENT_STREAMS};
+use task_processor::{
+    pb,
+    server::{FIRST_BYTES_TIMEOUT, MAX_CONCURRENT_STREAMS},
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -147,4 +150,38 @@ async fn a_peer_that_stops_answering_is_pinged_then_dropped() {
         closed.is_ok(),
         "the server drops a peer that does not answer"
     );
+}
+
+#[tokio::test]
+async fn a_client_that_never_speaks_is_disconnected() {
+    let server = TestServer::start().await;
+    let mut silent = TcpStream::connect(server.address).await.expect("connect");
+    let started = Instant::now();
+    let mut byte = [0u8; 1];
+    // Twice the allowance: the server closes well within it.
+    let read = tokio::time::timeout(FIRST_BYTES_TIMEOUT * 2, silent.read(&mut byte)).await;
+    let read = read.expect("the server closed the connection of a client that sent nothing");
+    // Closed (or reset), with nothing sent: the server has nothing to say
+    // to a peer whose protocol it does not know.
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // Not at once (the server's clock started a moment before ours).
+    assert!(
+        started.elapsed() >= FIRST_BYTES_TIMEOUT / 2,
+        "closed after only {:?}",
+        started.elapsed()
+    );
+
+    // A client that speaks is served as ever, on a connection made as the
+    // silent one waited.
+    let mut speaking = TcpStream::connect(server.address).await.expect("connect");
+    speaking
+        .write_all(b"GET /health HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request sent");
+    let mut answer = String::new();
+    speaking
+        .read_to_string(&mut answer)
+        .await
+        .expect("answer read");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
