@@ -27,6 +27,8 @@ use crate::pb;
 /// Full names of the messages printed or read as JSON.
 pub const TASK: &str = "taskprocessor.v1.Task";
 pub const CREATE_TASK_REQUEST: &str = "taskprocessor.v1.CreateTaskRequest";
+pub const BATCH_CREATE_TASKS_REQUEST: &str = "taskprocessor.v1.BatchCreateTasksRequest";
+pub const BATCH_CREATE_TASKS_RESPONSE: &str = "taskprocessor.v1.BatchCreateTasksResponse";
 pub const LIST_TASKS_RESPONSE: &str = "taskprocessor.v1.ListTasksResponse";
 pub const WATCH_TASK_RESPONSE: &str = "taskprocessor.v1.WatchTaskResponse";
 pub const WATCH_TASKS_RESPONSE: &str = "taskprocessor.v1.WatchTasksResponse";

@@ -108,6 +108,9 @@ pub fn router(gateway: Gateway, cors_origins: &[String]) -> Router {
             "/api/v1/tasks",
             post(tasks::create_task).get(tasks::list_tasks),
         )
+        // Google's custom-method form: a path of its own, so no task id
+        // can be mistaken for it.
+        .route("/api/v1/tasks:batchCreate", post(tasks::batch_create_tasks))
         .route(
             "/api/v1/tasks/{id}",
             get(tasks::get_task).delete(tasks::delete_task),

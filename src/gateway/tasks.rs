@@ -11,7 +11,10 @@ use axum::{
 
 use super::{Gateway, call::CallContext, query};
 use crate::{
-    api::proto_json::{CREATE_TASK_REQUEST, EMPTY, LIST_TASKS_RESPONSE, TASK},
+    api::proto_json::{
+        BATCH_CREATE_TASKS_REQUEST, BATCH_CREATE_TASKS_RESPONSE, CREATE_TASK_REQUEST, EMPTY,
+        LIST_TASKS_RESPONSE, TASK,
+    },
     pb,
 };
 
@@ -31,6 +34,27 @@ pub(super) async fn create_task(
         .create_task(call.request(request))
         .await;
     gateway.answer(StatusCode::CREATED, answer, TASK)
+}
+
+/// `POST /api/v1/tasks:batchCreate`: `BatchCreateTasks` (body:
+/// `{"requests": [CreateTaskRequest, …]}`), answered `201 Created` with
+/// every task, in request order.
+pub(super) async fn batch_create_tasks(
+    State(gateway): State<Gateway>,
+    call: CallContext,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let request: pb::BatchCreateTasksRequest =
+        match gateway.read_body(body, BATCH_CREATE_TASKS_REQUEST) {
+            Ok(request) => request,
+            Err(refused) => return refused.into_response_for(&call),
+        };
+    let answer = gateway
+        .tasks
+        .clone()
+        .batch_create_tasks(call.request(request))
+        .await;
+    gateway.answer(StatusCode::CREATED, answer, BATCH_CREATE_TASKS_RESPONSE)
 }
 
 /// `GET /api/v1/tasks/{id}`: `GetTask`.

@@ -56,7 +56,10 @@ async fn create_and_get_as_the_seed_did() {
     assert_eq!(done["attempt"], 1);
 }
 
-contract_tests!(create_and_get_as_the_seed_did);
+contract_tests!(
+    create_and_get_as_the_seed_did,
+    batch_create_answers_every_task_in_order_or_none
+);
 
 #[tokio::test]
 async fn list_filters_by_status_and_label_and_pages() {
@@ -151,6 +154,53 @@ async fn cancel_then_delete_then_the_task_is_gone() {
     http.get(&format!("/api/v1/tasks/{id}"))
         .await
         .assert_error(404, Code::NotFound, &id);
+}
+
+/// `BatchCreateTasks` as curl calls it: all the tasks, in order, or none
+/// with the broken field named.
+async fn batch_create_answers_every_task_in_order_or_none() {
+    let server = TestServer::start().await;
+    let http = Http::new(server.address);
+    let answer = http
+        .post(
+            "/api/v1/tasks:batchCreate",
+            r#"{"requests": [
+                {"name": "first", "kind": "echo", "data": {"n": 1}},
+                {"name": "second", "kind": "echo", "requestId": "batch-rest-2"}
+            ]}"#,
+        )
+        .await;
+    assert_eq!(answer.status, 201, "{answer:?}");
+    let tasks = answer.json()["tasks"].clone();
+    let names: Vec<&str> = tasks
+        .as_array()
+        .expect("a list of tasks")
+        .iter()
+        .map(|task| task["name"].as_str().expect("a name"))
+        .collect();
+    assert_eq!(names, ["first", "second"]);
+    assert_eq!(tasks[0]["data"], json!({"n": 1}));
+    for task in tasks.as_array().expect("tasks") {
+        let stored = http.get(&format!("/api/v1/tasks/{}", id_of(task))).await;
+        assert_eq!(stored.status, 200, "durable before the answer: {stored:?}");
+    }
+
+    let refused = http
+        .post(
+            "/api/v1/tasks:batchCreate",
+            r#"{"requests": [{"name": "fine", "kind": "echo"}, {"name": "", "kind": "echo"}]}"#,
+        )
+        .await;
+    refused.assert_error(400, Code::InvalidArgument, "requests[1].name");
+    let listed = http.get("/api/v1/tasks").await.json();
+    assert_eq!(
+        listed["tasks"].as_array().map(Vec::len),
+        Some(2),
+        "nothing of the refused batch: {listed}"
+    );
+    http.post("/api/v1/tasks:batchCreate", r#"{"requests": "#)
+        .await
+        .assert_error(400, Code::InvalidArgument, "not a BatchCreateTasksRequest");
 }
 
 #[tokio::test]
