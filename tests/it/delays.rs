@@ -157,12 +157,14 @@ async fn a_task_that_waits_past_its_queue_timeout_fails_without_running() {
 async fn the_queue_timeout_counts_from_run_after() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
-    // Waits 1.5 s by design: that is not waiting in the queue.
+    // Waits 3 s by design: that is not waiting in the queue. Counted from
+    // the creation, the 2 s would be over before it may start; counted from
+    // `run_after`, a loaded machine has 2 s to start it.
     let task = create_request(
         &mut client,
         pb::CreateTaskRequest {
-            run_after: Some(timestamp(SystemTime::now() + Duration::from_millis(1500))),
-            queue_timeout_seconds: 1,
+            run_after: Some(timestamp(SystemTime::now() + Duration::from_secs(3))),
+            queue_timeout_seconds: 2,
             ..request("delayed", "echo", None)
         },
     )
