@@ -2,6 +2,11 @@
 //! process is alive) and `/readyz` (it takes traffic; false from the moment
 //! a drain begins, and while the store cannot be written), for clusters and
 //! tools without native gRPC probes.
+//!
+//! Its connections are held to the gRPC port's rule for silent clients: one
+//! that sends nothing for [`FIRST_BYTES_TIMEOUT`] after connecting is
+//! closed, so idle sockets cannot pile up on a port that is often open to a
+//! whole cluster.
 
 use axum::{
     Router,
@@ -10,13 +15,19 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
+use std::{io, net::SocketAddr};
+
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     manager::{ManagerHandle, StoreHealth},
     metrics::Metrics,
+    server::connection::Connection,
 };
+
+#[cfg(doc)]
+use crate::server::connection::FIRST_BYTES_TIMEOUT;
 
 /// What `prometheus-client` writes: the OpenMetrics text format, which
 /// Prometheus negotiates and parses.
@@ -48,9 +59,28 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state);
-    axum::serve(listener, router)
+    axum::serve(AdminListener(listener), router)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
+}
+
+/// The admin port's listener: axum's own for `TcpListener` (which backs
+/// off after a failed accept), each connection wrapped as the gRPC port's
+/// plaintext ones are.
+struct AdminListener(TcpListener);
+
+impl axum::serve::Listener for AdminListener {
+    type Io = Connection;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (stream, address) = axum::serve::Listener::accept(&mut self.0).await;
+        (Connection::plain(stream), address)
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
 }
 
 async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {

@@ -3,7 +3,7 @@
 //! them on the same port; the admin endpoints on their own; and the order
 //! in which things stop.
 
-mod connection;
+pub(crate) mod connection;
 mod incoming;
 pub mod rpc_layer;
 mod tls_accept;

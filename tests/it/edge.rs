@@ -152,36 +152,58 @@ async fn a_peer_that_stops_answering_is_pinged_then_dropped() {
     );
 }
 
+/// Waits for the server to close `silent`, which has sent nothing; fails
+/// the test past twice the allowance. Returns how long that took.
+async fn closed_by_the_server(mut silent: TcpStream, port: &str) -> Duration {
+    let started = Instant::now();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(FIRST_BYTES_TIMEOUT * 2, silent.read(&mut byte))
+        .await
+        .unwrap_or_else(|_| panic!("the {port} port kept a client that sent nothing"));
+    // Closed (or reset), with nothing sent: the server has nothing to say
+    // to a peer whose protocol it does not know.
+    assert!(matches!(read, Ok(0) | Err(_)), "{port}: {read:?}");
+    started.elapsed()
+}
+
 #[tokio::test]
 async fn a_client_that_never_speaks_is_disconnected() {
     let server = TestServer::start().await;
-    let mut silent = TcpStream::connect(server.address).await.expect("connect");
-    let started = Instant::now();
-    let mut byte = [0u8; 1];
-    // Twice the allowance: the server closes well within it.
-    let read = tokio::time::timeout(FIRST_BYTES_TIMEOUT * 2, silent.read(&mut byte)).await;
-    let read = read.expect("the server closed the connection of a client that sent nothing");
-    // Closed (or reset), with nothing sent: the server has nothing to say
-    // to a peer whose protocol it does not know.
-    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-    // Not at once (the server's clock started a moment before ours).
-    assert!(
-        started.elapsed() >= FIRST_BYTES_TIMEOUT / 2,
-        "closed after only {:?}",
-        started.elapsed()
+    let on_grpc = TcpStream::connect(server.address).await.expect("connect");
+    let on_admin = TcpStream::connect(server.admin_address)
+        .await
+        .expect("connect");
+    let (grpc_waited, admin_waited) = tokio::join!(
+        closed_by_the_server(on_grpc, "gRPC"),
+        closed_by_the_server(on_admin, "admin"),
     );
+    // Not at once (the server's clock started a moment before ours).
+    for waited in [grpc_waited, admin_waited] {
+        assert!(
+            waited >= FIRST_BYTES_TIMEOUT / 2,
+            "closed after only {waited:?}"
+        );
+    }
 
-    // A client that speaks is served as ever, on a connection made as the
-    // silent one waited.
-    let mut speaking = TcpStream::connect(server.address).await.expect("connect");
-    speaking
-        .write_all(b"GET /health HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("request sent");
-    let mut answer = String::new();
-    speaking
-        .read_to_string(&mut answer)
-        .await
-        .expect("answer read");
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // A client that speaks is served as ever, on connections made as the
+    // silent ones waited.
+    for (address, path) in [
+        (server.address, "/health"),
+        (server.admin_address, "/healthz"),
+    ] {
+        let mut speaking = TcpStream::connect(address).await.expect("connect");
+        speaking
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .expect("request sent");
+        let mut answer = String::new();
+        speaking
+            .read_to_string(&mut answer)
+            .await
+            .expect("answer read");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+    }
 }
