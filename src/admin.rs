@@ -4,7 +4,8 @@
 //! tools without native gRPC probes.
 //!
 //! Its connections are held to the gRPC port's rule for silent clients: one
-//! that sends nothing for [`FIRST_BYTES_TIMEOUT`] after connecting is
+//! that sends nothing for
+//! [`FIRST_BYTES_TIMEOUT`](crate::server::FIRST_BYTES_TIMEOUT) after connecting is
 //! closed, so idle sockets cannot pile up on a port that is often open to a
 //! whole cluster.
 
@@ -25,9 +26,6 @@ use crate::{
     metrics::Metrics,
     server::connection::Connection,
 };
-
-#[cfg(doc)]
-use crate::server::connection::FIRST_BYTES_TIMEOUT;
 
 /// What `prometheus-client` writes: the OpenMetrics text format, which
 /// Prometheus negotiates and parses.
